@@ -1,0 +1,143 @@
+"""The data that flows between stages: numpy arrays, validated once, at construction.
+
+One segment of one stream moves through the DAG as:
+
+    SegmentInfo + payload --decode--> FrameBatch --encode--> FeatureBatch --compress--> CompressedBatch
+
+Every batch carries its SegmentInfo so any stage can key its state by stream
+and any write is idempotent on (tenant, stream, seq, frame pts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class StageError(Exception):
+    """Bad input a stage cannot process. ``code`` is a stable dead-letter reason code."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """Where a batch came from. ``wallclock_start`` is epoch seconds of the segment's first frame."""
+
+    tenant_id: str
+    stream_id: str
+    seq: int
+    wallclock_start: float
+    media_start_s: float
+    duration_s: float
+    codec: str = "h264"
+    container: str = "mpegts"
+
+    def frame_key(self, pts_s: float) -> str:
+        """Stable id of one frame: replaying a segment yields the same keys, so writes are idempotent."""
+        return f"{self.tenant_id}/{self.stream_id}/{self.seq}/{int(round(pts_s * 1000))}"
+
+
+@dataclass
+class FrameBatch:
+    """Decoded, sampled frames of one segment.
+
+    pts_s: seconds from the stream's start, shape [N], increasing.
+    images: RGB uint8, shape [N, H, W, 3].
+    thumbnails: one JPEG per frame.
+    """
+
+    segment: SegmentInfo
+    pts_s: np.ndarray
+    images: np.ndarray
+    thumbnails: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pts_s = np.asarray(self.pts_s, dtype=np.float64)
+        n = len(self.pts_s)
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [N,H,W,3], got {self.images.dtype} {self.images.shape}")
+        if self.images.shape[0] != n:
+            raise ValueError(f"{self.images.shape[0]} images for {n} timestamps")
+        if self.thumbnails and len(self.thumbnails) != n:
+            raise ValueError(f"{len(self.thumbnails)} thumbnails for {n} frames")
+        if n > 1 and np.any(np.diff(self.pts_s) <= 0):
+            raise ValueError("pts_s must be strictly increasing")
+
+    def __len__(self) -> int:
+        return len(self.pts_s)
+
+
+@dataclass
+class FeatureBatch:
+    """Encoder output for the frames of one segment.
+
+    tokens: per-frame visual tokens, shape [N, T, D] (float32 or float16); for a VLM
+        these are the answer model's input embeddings (after its projector).
+    embedding: one L2-normalised index vector per frame, shape [N, E], float32. With a
+        dual encoder (CLIP / SigLIP) it lives in the text tower's space.
+    grid: (rows, cols) of the token grid when tokens are spatial, else (1, T).
+    """
+
+    segment: SegmentInfo
+    pts_s: np.ndarray
+    tokens: np.ndarray
+    embedding: np.ndarray
+    grid: tuple[int, int]
+    thumbnails: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pts_s = np.asarray(self.pts_s, dtype=np.float64)
+        n = len(self.pts_s)
+        if self.tokens.ndim != 3 or self.tokens.shape[0] != n:
+            raise ValueError(f"tokens must be [N={n},T,D], got {self.tokens.shape}")
+        if self.embedding.ndim != 2 or self.embedding.shape[0] != n:
+            raise ValueError(f"embedding must be [N={n},E], got {self.embedding.shape}")
+        self.embedding = np.ascontiguousarray(self.embedding, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.pts_s)
+
+
+@dataclass
+class CompressedBatch:
+    """What memory stores for one segment.
+
+    kept: bool mask [N, T]; True where a token survived the drop. Kept tokens keep
+        their original positions: a token's index in T is its position.
+    tokens: the kept tokens of all frames concatenated in (frame, position) order,
+        shape [K, D] with K == kept.sum().
+    drop_ratio: fraction of tokens dropped per frame, shape [N]; a free change signal.
+    """
+
+    segment: SegmentInfo
+    pts_s: np.ndarray
+    embedding: np.ndarray
+    kept: np.ndarray
+    tokens: np.ndarray
+    drop_ratio: np.ndarray
+    grid: tuple[int, int]
+    thumbnails: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pts_s = np.asarray(self.pts_s, dtype=np.float64)
+        n = len(self.pts_s)
+        if self.kept.dtype != np.bool_ or self.kept.ndim != 2 or self.kept.shape[0] != n:
+            raise ValueError(f"kept must be bool [N={n},T], got {self.kept.dtype} {self.kept.shape}")
+        if self.tokens.ndim != 2 or self.tokens.shape[0] != int(self.kept.sum()):
+            raise ValueError(f"tokens {self.tokens.shape} do not match {int(self.kept.sum())} kept positions")
+        if self.embedding.shape[0] != n or self.drop_ratio.shape != (n,):
+            raise ValueError("embedding and drop_ratio need one row per frame")
+
+    def __len__(self) -> int:
+        return len(self.pts_s)
+
+    def frame_tokens(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, tokens) kept for frame i."""
+        counts = self.kept.sum(axis=1)
+        start = int(counts[:i].sum())
+        return np.flatnonzero(self.kept[i]), self.tokens[start : start + int(counts[i])]

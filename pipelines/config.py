@@ -1,0 +1,232 @@
+"""One frozen configuration tree for every livelens process.
+
+Sources, highest priority first:
+1. keyword arguments (tests, `LivelensConfig(...)`),
+2. environment variables: ``LIVELENS_<SECTION>__<FIELD>`` (for example
+   ``LIVELENS_DECODE__SAMPLE_FPS=2``), plus the well-known short names
+   ``LIVELENS_KAFKA_BOOTSTRAP``, ``LIVELENS_REDIS_URL`` and ``RAY_ADDRESS``,
+3. a TOML file named by ``LIVELENS_CONFIG`` (default ``livelens.toml`` in the
+   working directory, when it exists),
+4. the profile's defaults (``offline`` or ``gpu``), then the field defaults.
+
+`livelens config` prints the tree in effect.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Profile = Literal["offline", "gpu"]
+ProcessingGuarantee = Literal["at-least-once"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaConfig(_Section):
+    bootstrap: str | None = Field(
+        None,
+        description="host:port list of the Kafka cluster. Env LIVELENS_KAFKA_BOOTSTRAP. "
+        "Unset: `livelens up` starts a local broker and records its address.",
+    )
+    topic_prefix: str = "livelens."
+    segments_topic: str = "video-segments"
+    queries_topic: str = "queries"
+    answers_topic: str = "answers"
+    alerts_topic: str = "alerts"
+    dead_letters_topic: str = "dead-letters"
+    partitions: int = Field(8, ge=1, description="Partitions created for each topic that does not exist yet.")
+    # Kafka's default message.max.bytes is 1,000,012; chunks stay below it with room for headers.
+    max_message_bytes: int = Field(900_000, ge=10_000)
+    ingest_group: str = "livelens-ingest"
+    query_group: str = "livelens-queries"
+    # kafka-python's defaults (10 s session, 3 s heartbeat) make a group join take ~23 s;
+    # these make it ~3.5 s while still tolerating a GC pause or a slow poll.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_interval_ms: int = 120_000
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + getattr(self, f"{name}_topic")
+
+
+class RedisConfig(_Section):
+    url: str | None = Field(
+        None, description="redis:// URL. Env LIVELENS_REDIS_URL. Unset: `livelens up` starts a local redis-server."
+    )
+    # `always` makes every acknowledged write survive a crash of redis-server, which is what lets
+    # the source commit Kafka offsets right after a write returns. `everysec` can lose ~1 s.
+    appendfsync: Literal["always", "everysec"] = "always"
+
+
+class RayConfig(_Section):
+    address: str | None = Field(None, description="Ray cluster address. Env RAY_ADDRESS. Unset: a local runtime.")
+    namespace: str = "livelens"
+    num_cpus: int | None = Field(None, description="CPUs of a local runtime (None: all).")
+
+
+class DecodeConfig(_Section):
+    sample_fps: float = Field(1.0, gt=0, description="Frames per second kept from each stream.")
+    keyframes_only: bool = Field(
+        False, description="Decode only keyframes (FFmpeg skip_frame=NONKEY): far cheaper when sample_fps <= keyframe rate."
+    )
+    max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
+    thumbnail_px: int = Field(160, description="Longest side of the JPEG thumbnail kept per frame.")
+
+
+class EncodeConfig(_Section):
+    model: str = Field(
+        "", description="Hugging Face model id or local path. Empty in the offline profile: a tiny model built locally."
+    )
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_frames: int = Field(32, ge=1, description="Frames per encoder forward pass, across streams.")
+    max_batch_wait_ms: float = Field(20.0, ge=0, description="How long a partial batch waits for more frames.")
+
+
+class CompressConfig(_Section):
+    drop_threshold: float = Field(
+        0.5,
+        ge=-1.0,
+        le=1.0,
+        description="Differential token drop: a token whose cosine to the same position in the previous frame is "
+        "above this is dropped. Lower drops more (0.5 as evaluated in TimeChat-Online, 0.25 in its demo).",
+    )
+
+
+class MemoryConfig(_Section):
+    recent_frames: int = Field(
+        600, ge=1, description="Frames per stream whose kept tokens stay in Redis (the short tier)."
+    )
+    snapshot_every_frames: int = Field(2000, ge=1, description="Frames added between FAISS snapshots.")
+    shards: int = Field(1, ge=1, description="Memory actors; tenants are spread over them by hash.")
+
+
+class AnswerConfig(_Section):
+    model: str = Field("", description="HF causal LM or VLM id/path. Empty: extractive answers from evidence.")
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_new_tokens: int = 64
+    max_evidence_frames: int = 8
+
+
+class PipelineConfig(_Section):
+    guarantee: ProcessingGuarantee = "at-least-once"
+    sources: int = Field(1, ge=1, description="Kafka source actors in the ingest consumer group.")
+    decoders: int = Field(2, ge=1)
+    encoders: int = Field(1, ge=1)
+    compressors: int = Field(1, ge=1)
+    answerers: int = Field(1, ge=1)
+    max_inflight_segments: int = Field(
+        8, ge=1, description="Segments a source has in the DAG at once; past it, it pauses its partitions."
+    )
+    segment_attempts: int = Field(3, ge=1, description="Tries before a segment that keeps failing is dead-lettered.")
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_request_bytes: int = 8 << 20
+
+
+class LivelensConfig(BaseSettings):
+    """The whole configuration. Frozen: build a new one to change it."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        env_prefix="LIVELENS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    profile: Profile = "offline"
+    data_dir: Path = Field(Path(".livelens"), description="Where the local stack keeps its state. Env LIVELENS_DATA_DIR.")
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    ray: RayConfig = RayConfig()
+    decode: DecodeConfig = DecodeConfig()
+    encode: EncodeConfig = EncodeConfig()
+    compress: CompressConfig = CompressConfig()
+    memory: MemoryConfig = MemoryConfig()
+    answer: AnswerConfig = AnswerConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile_and_short_env(cls, data: Any) -> Any:
+        data = dict(data or {})
+        profile = data.get("profile") or os.environ.get("LIVELENS_PROFILE", "offline")
+        for section, values in PROFILE_DEFAULTS.get(profile, {}).items():
+            merged = dict(values)
+            merged.update(_as_dict(data.get(section)))
+            data[section] = merged
+        for env_name, (section, field) in SHORT_ENV.items():
+            if os.environ.get(env_name):
+                merged = _as_dict(data.get(section))
+                merged.setdefault(field, os.environ[env_name])
+                data[section] = merged
+        return data
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("LIVELENS_CONFIG", "livelens.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.exists():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @property
+    def tiny_models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_unset=True)
+    return dict(value)
+
+
+# Environment names people already use for these, honoured beside the LIVELENS_<SECTION>__ form.
+SHORT_ENV: dict[str, tuple[str, str]] = {
+    "LIVELENS_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "LIVELENS_REDIS_URL": ("redis", "url"),
+    "RAY_ADDRESS": ("ray", "address"),
+}
+
+# What a profile changes. offline: tiny random models built locally, CPU, float32.
+# gpu: real Hugging Face checkpoints, bf16 on CUDA; the answer model reads the stored tokens.
+PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "offline": {},
+    "gpu": {
+        "encode": {
+            "model": "google/siglip-base-patch16-224",
+            "device": "cuda",
+            "dtype": "bfloat16",
+            "batch_frames": 256,
+            "max_batch_wait_ms": 30.0,
+        },
+        "answer": {"model": "Qwen/Qwen2.5-1.5B-Instruct", "device": "cuda", "dtype": "bfloat16"},
+        "pipeline": {"decoders": 8, "encoders": 1, "sources": 2, "max_inflight_segments": 32},
+    },
+}

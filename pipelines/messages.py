@@ -1,0 +1,256 @@
+"""Typed, versioned contracts for every Kafka topic.
+
+Wire format of a record value (docs/messages.md has the full table):
+
+    +----------------+----------------------------+------------------+
+    | 4 bytes: N, BE | N bytes: UTF-8 JSON header | payload (binary) |
+    +----------------+----------------------------+------------------+
+
+The JSON header is the message model (``schema`` and ``version`` first); the
+payload is raw bytes (a video chunk) or empty. Binary stays binary: base64 in
+JSON would cost a third more on the broker for every segment.
+
+A schema change adds a new model with ``version`` + 1 and registers an upgrade
+from the old one, so records written by older publishers are still read.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+_HEADER_LEN = struct.Struct(">I")
+# Headers are small; a larger one is malformed or hostile, never buffered.
+MAX_HEADER_BYTES = 256 * 1024
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class MessageError(ValueError):
+    """A record that cannot be read as any known message. ``code`` is stable for dead letters."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    SCHEMA: ClassVar[str]
+    VERSION: ClassVar[int]
+
+    tenant_id: Id
+    produced_at: datetime = Field(default_factory=utcnow)
+
+
+class VideoSegment(Message):
+    """One short container chunk of a stream (topic: video-segments, key: stream_id).
+
+    Large segments travel as several records with the same ``seq`` and
+    ``chunk_index`` 0..``chunk_count``-1, on the same partition, in order.
+    """
+
+    SCHEMA: ClassVar[str] = "video_segment"
+    VERSION: ClassVar[int] = 1
+    schema_: Literal["video_segment"] = Field("video_segment", alias="schema")
+    version: Literal[1] = 1
+    stream_id: Id
+    seq: int = Field(ge=0, description="Segment number within the stream, from 0, no gaps.")
+    codec: str = Field(description="FFmpeg codec name of the video track, e.g. h264.")
+    container: str = Field("mpegts", description="FFmpeg format name of the payload.")
+    wallclock_start: datetime = Field(description="Wall-clock time of the segment's first frame (UTC).")
+    media_start_s: float = Field(ge=0, description="Seconds from the stream's start to the segment's first frame.")
+    duration_s: float = Field(ge=0)
+    width: int = Field(ge=0)
+    height: int = Field(ge=0)
+    payload_bytes: int = Field(ge=0, description="Size of the whole segment, all chunks together.")
+    chunk_index: int = Field(0, ge=0)
+    chunk_count: int = Field(1, ge=1)
+    source: str = Field("", max_length=2048, description="Where the publisher read it (file, URL), for humans.")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant_id}/{self.stream_id}/{self.seq}"
+
+
+class TimeScope(BaseModel):
+    """Wall-clock range; either bound may be open. ``since_s`` means the last N seconds before now."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    start: datetime | None = None
+    end: datetime | None = None
+    since_s: float | None = Field(None, gt=0)
+
+    def resolve(self, now: datetime | None = None) -> tuple[float | None, float | None]:
+        """Epoch-seconds (start, end); None for an open bound."""
+        start = self.start.timestamp() if self.start else None
+        end = self.end.timestamp() if self.end else None
+        if self.since_s is not None:
+            since = (now or utcnow()).timestamp() - self.since_s
+            start = since if start is None else max(start, since)
+        return start, end
+
+
+class Query(Message):
+    """A question about one or more streams (topic: queries, key: tenant_id)."""
+
+    SCHEMA: ClassVar[str] = "query"
+    VERSION: ClassVar[int] = 1
+    schema_: Literal["query"] = Field("query", alias="schema")
+    version: Literal[1] = 1
+    query_id: Id = Field(default_factory=new_id)
+    stream_ids: list[Id] = Field(default_factory=list, max_length=1000, description="Empty: every stream of the tenant.")
+    text: str = Field("", max_length=4096)
+    image_jpeg_b64: str | None = Field(None, max_length=4 << 20, description="An example image, JPEG, base64.")
+    scope: TimeScope = TimeScope()
+    top_k: int = Field(5, ge=1, le=100)
+    generate: bool = Field(True, description="False: evidence only, no answer model.")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    stream_id: str
+    frame_key: str
+    t_start: float = Field(description="Seconds from the stream's start.")
+    t_end: float
+    wallclock_start: datetime
+    wallclock_end: datetime
+    score: float
+    segment_seq: int
+    thumbnail: str = Field(description="Redis key of the JPEG thumbnail; GET /v1/thumbnails/{key} serves it.")
+
+
+class Answer(Message):
+    """The reply to a Query (topic: answers, key: query_id)."""
+
+    SCHEMA: ClassVar[str] = "answer"
+    VERSION: ClassVar[int] = 1
+    schema_: Literal["answer"] = Field("answer", alias="schema")
+    version: Literal[1] = 1
+    query_id: Id
+    answer: str
+    extractive: bool = Field(description="True when no generative model wrote the answer.")
+    model: str = ""
+    evidence: list[Evidence] = Field(default_factory=list)
+    latency_ms: float = 0.0
+    error: str | None = None
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Alert(Message):
+    """A risk or standing-query notification (topic: alerts, key: stream_id)."""
+
+    SCHEMA: ClassVar[str] = "alert"
+    VERSION: ClassVar[int] = 1
+    schema_: Literal["alert"] = Field("alert", alias="schema")
+    version: Literal[1] = 1
+    stream_id: Id
+    alert_id: Id = Field(default_factory=new_id)
+    state: Literal["GREEN", "YELLOW", "RED"]
+    score: float
+    reason: str
+    evidence: list[Evidence] = Field(default_factory=list)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class DeadLetter(Message):
+    """A record livelens could not process, and why (topic: dead-letters, key: stream_id or '')."""
+
+    SCHEMA: ClassVar[str] = "dead_letter"
+    VERSION: ClassVar[int] = 1
+    schema_: Literal["dead_letter"] = Field("dead_letter", alias="schema")
+    version: Literal[1] = 1
+    stream_id: str = ""
+    source_topic: str
+    partition: int
+    offset: int
+    stage: str = Field(description="Where it failed: source, decode, encode, compress, memory, query.")
+    code: str = Field(description="Stable reason code, e.g. decode_error, malformed_message, oversize_frame.")
+    reason: str = Field(max_length=4096)
+    record_bytes: int = 0
+    attempts: int = 1
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (VideoSegment, Query, Answer, Alert, DeadLetter)
+
+# (schema, old version) -> function turning an old header dict into the next version's dict.
+# Register one whenever a model's VERSION goes up; `decode` applies them in a chain.
+UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+_CURRENT: dict[str, type[Message]] = {m.SCHEMA: m for m in MESSAGE_TYPES}
+
+
+def encode(message: Message, payload: bytes = b"") -> bytes:
+    header = message.model_dump_json(by_alias=True).encode()
+    return _HEADER_LEN.pack(len(header)) + header + payload
+
+
+def decode(value: bytes | None, expect: type[Message] | None = None) -> tuple[Message, bytes]:
+    """Parse a record value into (message, payload). Raises MessageError with a stable code."""
+    if not value or len(value) < _HEADER_LEN.size:
+        raise MessageError("malformed_message", "record is empty or shorter than its length prefix")
+    (n,) = _HEADER_LEN.unpack_from(value)
+    if n > MAX_HEADER_BYTES or _HEADER_LEN.size + n > len(value):
+        raise MessageError("malformed_message", f"header length {n} does not fit a {len(value)}-byte record")
+    try:
+        header = json.loads(value[_HEADER_LEN.size : _HEADER_LEN.size + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError("malformed_message", f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise MessageError("malformed_message", "header is not a JSON object")
+    schema, version = header.get("schema"), header.get("version")
+    model = _CURRENT.get(schema) if isinstance(schema, str) else None
+    if model is None:
+        raise MessageError("unknown_schema", f"unknown schema {schema!r}")
+    if expect is not None and model is not expect:
+        raise MessageError("unexpected_schema", f"expected {expect.SCHEMA}, got {schema}")
+    if not isinstance(version, int) or version > model.VERSION or version < 1:
+        raise MessageError("unknown_version", f"{schema} version {version!r} (this build reads up to {model.VERSION})")
+    while version < model.VERSION:
+        upgrade = UPGRADES.get((schema, version))
+        if upgrade is None:
+            raise MessageError("unknown_version", f"no upgrade from {schema} v{version}")
+        header = upgrade(header)
+        version += 1
+        header["version"] = version
+    try:
+        message = model.model_validate(header)
+    except ValidationError as exc:
+        raise MessageError("invalid_message", _short(exc)) from None
+    return message, value[_HEADER_LEN.size + n :]
+
+
+def chunk_segment(segment: VideoSegment, payload: bytes, max_message_bytes: int) -> Iterator[tuple[VideoSegment, bytes]]:
+    """Split a segment into records that each fit ``max_message_bytes`` (header included)."""
+    room = max_message_bytes - MAX_HEADER_BYTES // 64  # headers are ~600 bytes; keep 4 KiB spare
+    count = max(1, -(-len(payload) // room))
+    for i in range(count):
+        part = payload[i * room : (i + 1) * room]
+        yield segment.model_copy(update={"chunk_index": i, "chunk_count": count, "payload_bytes": len(payload)}), part
+
+
+def _short(exc: ValidationError) -> str:
+    errs = exc.errors()[:3]
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errs)
