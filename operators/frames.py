@@ -18,10 +18,19 @@ import numpy as np
 class StageError(Exception):
     """Bad input a stage cannot process. ``code`` is a stable dead-letter reason code."""
 
-    def __init__(self, code: str, reason: str):
+    def __init__(self, code: str, reason: str, *, stage: str = ""):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.stage = stage
+
+    def __reduce__(self):
+        # Crosses process boundaries (Ray): keep code, reason and stage.
+        return (_rebuild_stage_error, (self.code, self.reason, self.stage))
+
+
+def _rebuild_stage_error(code: str, reason: str, stage: str) -> StageError:
+    return StageError(code, reason, stage=stage)
 
 
 @dataclass(frozen=True)

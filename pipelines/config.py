@@ -215,7 +215,9 @@ SHORT_ENV: dict[str, tuple[str, str]] = {
 }
 
 # What a profile changes. offline: tiny random models built locally, CPU, float32.
-# gpu: real Hugging Face checkpoints, bf16 on CUDA; the answer model reads the stored tokens.
+# gpu: real Hugging Face checkpoints, bf16 on CUDA: a SigLIP dual encoder (text queries work) and a
+# text LLM that answers from the evidence's times and scores. To feed stored visual tokens to the answer
+# model instead, set encode.model and answer.model to the same VLM (docs/operations.md).
 PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "offline": {},
     "gpu": {

@@ -1,0 +1,276 @@
+"""The answer stage: turn a question and retrieved evidence into an answer.
+
+Three kinds, chosen by ``AnswerConfig.model``:
+
+- ``extractive`` (no model): a deterministic sentence listing the evidence. It
+  never says more than the memory holds, so it is the honest default offline.
+- ``vlm`` (LLaVA-style, a vision tower + projector in front of a language model):
+  the stored visual tokens of each evidence frame already live in the language
+  model's input-embedding space (the encoder *is* this VLM's vision tower and
+  projector), so they are spliced into ``inputs_embeds`` as they are. Frames are
+  never re-encoded at answer time: the pixels are gone, the tokens are the memory.
+- ``llm`` (text-only causal LM): the evidence is rendered as text lines.
+
+Generation is greedy so that the same question over the same memory gets the
+same answer, which keeps replays and tests reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from operators.frames import StageError
+from operators.tiny_models import is_tiny
+from pipelines.config import AnswerConfig
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["extractive", "vlm", "llm"]
+
+_INSTRUCTIONS = (
+    "You answer questions about live video streams. Use only the evidence frames below, "
+    "which are in chronological order, and cite the stream and time you rely on."
+)
+# Stands in for the evidence while the chat template is rendered, then the rendered text is
+# split around its first occurrence (a question quoting it comes later): the evidence of a VLM
+# is embeddings, which no template can render.
+_EVIDENCE_SLOT = "<<livelens-evidence>>"
+
+
+@dataclass(frozen=True)
+class EvidenceItem:
+    """One retrieved frame.
+
+    t_start, t_end: seconds from the stream's start.
+    wallclock_start: ISO 8601 with a UTC offset; it orders evidence across streams.
+    tokens: the frame's stored visual tokens [K, D], or None once memory has dropped them
+        (older frames keep only their index embedding and metadata).
+    positions: original token positions of ``tokens`` [K].
+    text: on-screen text recognised in the frame, if any.
+    """
+
+    stream_id: str
+    t_start: float
+    t_end: float
+    wallclock_start: str
+    score: float
+    tokens: np.ndarray | None
+    positions: np.ndarray | None
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if self.t_end < self.t_start:
+            raise ValueError(f"t_end {self.t_end} is before t_start {self.t_start}")
+        if self.wallclock.tzinfo is None:
+            raise ValueError(f"wallclock_start {self.wallclock_start!r} has no UTC offset")
+        if self.tokens is not None and self.tokens.ndim != 2:
+            raise ValueError(f"tokens must be [K, D], got {self.tokens.shape}")
+        if self.positions is not None and (self.tokens is None or len(self.positions) != len(self.tokens)):
+            raise ValueError("positions need one entry per stored token")
+
+    @property
+    def wallclock(self) -> datetime:
+        return datetime.fromisoformat(self.wallclock_start)
+
+    def label(self) -> str:
+        """Where and when, for humans and for the prompt: 'stream s at 12.0-14.0 s'."""
+        return f"stream {self.stream_id} at {self.t_start:.1f}-{self.t_end:.1f} s"
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    text: str
+    extractive: bool
+    model: str
+    evidence_used: int
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What ``generate`` receives: token ids (llm) or input embeddings (vlm), shape [1, L(, D)]."""
+
+    input_ids: torch.Tensor | None
+    inputs_embeds: torch.Tensor | None
+    used: tuple[EvidenceItem, ...]
+
+    @property
+    def length(self) -> int:
+        return (self.input_ids if self.input_ids is not None else self.inputs_embeds).shape[1]
+
+
+class Answerer:
+    """Answers questions from evidence; see the module docstring for the three kinds."""
+
+    def __init__(self, config: AnswerConfig, model: str | Path | None):
+        self.config = config
+        self.model_name = str(model) if model else ""
+        self.model: PreTrainedModel | None = None
+        self.kind: Kind = "extractive"
+        self.expects_token_dim: int | None = None
+        if not self.model_name:
+            log.info("answer stage: no model configured, answers are extractive")
+            return
+        dtype = getattr(torch, config.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+        # A vision config marks a VLM; its language model reads our tokens through inputs_embeds.
+        if hasattr(AutoConfig.from_pretrained(self.model_name), "vision_config"):
+            self.kind = "vlm"
+            self.model = AutoModelForImageTextToText.from_pretrained(self.model_name, dtype=dtype)
+            self.expects_token_dim = self.model.get_input_embeddings().embedding_dim
+        else:
+            self.kind = "llm"
+            self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype)
+        self.model.to(config.device).eval()
+        text_config = self.model.config.get_text_config()
+        if getattr(text_config, "max_position_embeddings", None) is None:
+            raise ValueError(f"{self.model_name}: config has no max_position_embeddings to bound the prompt by")
+        self.max_positions: int = text_config.max_position_embeddings
+        self.random_weights = is_tiny(self.model_name)
+        log.info(
+            "answer stage: %s loaded as %s (%s on %s, %d positions, token dim %s)%s",
+            self.model_name, self.kind, config.dtype, config.device, self.max_positions,
+            self.expects_token_dim, ", random weights" if self.random_weights else "",
+        )
+
+    def answer(self, question: str, evidence: list[EvidenceItem]) -> AnswerResult:
+        # With nothing retrieved there is nothing to ground an answer on; a model would only invent one.
+        if self.kind == "extractive" or not evidence:
+            return self._extractive(question, evidence)
+        inputs = self.build_inputs(question, evidence)
+        ones = torch.ones((1, inputs.length), dtype=torch.long, device=self.config.device)
+        with torch.inference_mode():
+            if inputs.inputs_embeds is not None:
+                # Generating from embeddings alone returns only the new tokens.
+                out = self.model.generate(
+                    inputs_embeds=inputs.inputs_embeds, attention_mask=ones,
+                    max_new_tokens=self.config.max_new_tokens, do_sample=False, num_beams=1,
+                )[0]
+            else:
+                out = self.model.generate(
+                    input_ids=inputs.input_ids, attention_mask=ones,
+                    max_new_tokens=self.config.max_new_tokens, do_sample=False, num_beams=1,
+                )[0, inputs.length :]
+        text = self.tokenizer.decode(out, skip_special_tokens=True).strip()
+        if self.random_weights:
+            text += (
+                f"\n[Note: {self.model_name} is a tiny model with random weights built by livelens for the "
+                "offline profile; this text means nothing.]"
+            )
+        return AnswerResult(text=text, extractive=False, model=self.model_name, evidence_used=len(inputs.used))
+
+    def build_inputs(self, question: str, evidence: list[EvidenceItem]) -> ModelInputs:
+        """The prompt for ``generate``: instructions, then evidence in time order, then the question.
+
+        Evidence is admitted best score first until ``max_evidence_frames`` or the position
+        budget (the model's max positions less ``max_new_tokens``) is reached, then put in
+        chronological order so the model reads events in the order they happened.
+        """
+        if self.model is None:
+            raise RuntimeError("an extractive Answerer has no model inputs")
+        prefix, suffix = self._prompt_ids(question)
+        budget = self.max_positions - self.config.max_new_tokens - len(prefix) - len(suffix)
+        if budget < 0:
+            reason = f"the question needs {-budget} more positions than {self.model_name} has"
+            raise StageError("question_too_long", reason, stage="answer")
+        pieces: list[tuple[EvidenceItem, list[int], torch.Tensor | None]] = []
+        for item in _by_score(evidence)[: self.config.max_evidence_frames]:
+            ids, visual = self._evidence_piece(item)
+            cost = len(ids) + (0 if visual is None else visual.shape[0])
+            if cost > budget:
+                break
+            budget -= cost
+            pieces.append((item, ids, visual))
+        if not pieces:
+            reason = f"the best evidence frame does not fit in {self.model_name}'s positions"
+            raise StageError("evidence_too_large", reason, stage="answer")
+        pieces.sort(key=lambda piece: _chronological(piece[0]))
+        used = tuple(item for item, _, _ in pieces)
+        if self.kind == "llm":
+            ids = prefix + [i for _, piece_ids, _ in pieces for i in piece_ids] + suffix
+            return ModelInputs(input_ids=self._ids_tensor(ids), inputs_embeds=None, used=used)
+        embed = self.model.get_input_embeddings()
+        parts = [embed(self._ids_tensor(prefix))[0]]
+        for _, ids, visual in pieces:
+            parts.append(embed(self._ids_tensor(ids))[0])
+            if visual is not None:
+                parts.append(visual)
+        parts.append(embed(self._ids_tensor(suffix))[0])
+        return ModelInputs(input_ids=None, inputs_embeds=torch.cat(parts).unsqueeze(0), used=used)
+
+    def _prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the evidence: the chat template when there is one, else a plain prompt."""
+        content = f"{_INSTRUCTIONS}\n{_EVIDENCE_SLOT}\nQuestion: {question}"
+        if self.tokenizer.chat_template:
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+            before, _, after = rendered.partition(_EVIDENCE_SLOT)
+            bos: list[int] = []  # the template writes any BOS itself
+        else:
+            before, _, after = content.partition(_EVIDENCE_SLOT)
+            after += "\nAnswer:"
+            bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        encode = self.tokenizer.encode
+        return bos + encode(before, add_special_tokens=False), encode(after, add_special_tokens=False)
+
+    def _evidence_piece(self, item: EvidenceItem) -> tuple[list[int], torch.Tensor | None]:
+        """One frame's text ids and, for a VLM, its visual tokens as embeddings of the model's dtype."""
+        on_screen = f', on-screen text: "{item.text}"' if item.text else ""
+        if self.kind == "llm":
+            line = f"- {item.label()} ({item.wallclock_start}), score {item.score:.2f}{on_screen}\n"
+            return self.tokenizer.encode(line, add_special_tokens=False), None
+        if item.tokens is None:
+            marker = f"[stream {item.stream_id}, {item.t_start:.1f}-{item.t_end:.1f} s{on_screen}, no visual tokens]"
+            return self.tokenizer.encode(marker, add_special_tokens=False), None
+        if item.tokens.shape[1] != self.expects_token_dim:
+            raise ValueError(
+                f"evidence tokens have dim {item.tokens.shape[1]} but {self.model_name} embeds to "
+                f"{self.expects_token_dim}: the encoder is not this VLM's own vision tower and projector"
+            )
+        marker = f"[stream {item.stream_id}, {item.t_start:.1f}-{item.t_end:.1f} s{on_screen}]"
+        visual = torch.from_numpy(np.ascontiguousarray(item.tokens)).to(self.config.device, self.model.dtype)
+        return self.tokenizer.encode(marker, add_special_tokens=False), visual
+
+    def _ids_tensor(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], dtype=torch.long, device=self.config.device)
+
+    def _extractive(self, question: str, evidence: list[EvidenceItem]) -> AnswerResult:
+        asked = f'"{question}"' if question.strip() else "the query"
+        lead = "No generative model is configured; this answer is extractive. " if self.model is None else ""
+        if not evidence:
+            return AnswerResult(
+                text=f"{lead}Nothing in memory matched {asked} in the requested scope.",
+                extractive=True, model=self.model_name, evidence_used=0,
+            )
+        used = sorted(_by_score(evidence)[: self.config.max_evidence_frames], key=_chronological)
+        matches = []
+        for item in used:
+            on_screen = f', on-screen text "{item.text}"' if item.text else ""
+            matches.append(f"{item.label()} ({item.wallclock_start}, score {item.score:.2f}{on_screen})")
+        text = f"{lead}Best matches for {asked}, in time order: " + "; ".join(matches) + "."
+        if len(evidence) > len(used):
+            text += f" {len(evidence) - len(used)} lower-scoring matches not shown."
+        return AnswerResult(text=text, extractive=True, model=self.model_name, evidence_used=len(used))
+
+
+def _by_score(evidence: list[EvidenceItem]) -> list[EvidenceItem]:
+    # Stable sort: equal scores keep retrieval order, so selection is deterministic.
+    return sorted(evidence, key=lambda item: -item.score)
+
+
+def _chronological(item: EvidenceItem) -> tuple[datetime, str, float]:
+    return item.wallclock, item.stream_id, item.t_start

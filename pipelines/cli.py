@@ -1,0 +1,233 @@
+"""The `livelens` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines import messages
+from pipelines.app import effective_config
+from pipelines.config import LivelensConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch live video, remember it, answer questions.")
+console = Console(stderr=True)
+
+
+def _duration(text: str) -> float:
+    """'90', '90s', '5m', '2h' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"not a duration: {text!r} (use 30s, 5m, 2h)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _stream_start(config: LivelensConfig, tenant: str, stream: str) -> float | None:
+    import redis
+
+    from memory_store.redis_tier import RedisTier
+
+    info = RedisTier(redis.Redis.from_url(config.redis.url), config.memory).stream_info(tenant, stream)
+    return info.first_wallclock if info else None
+
+
+@app.command()
+def up(http: Annotated[bool, typer.Option(help="Also serve the HTTP API through Ray Serve.")] = True) -> None:
+    """Start the local stack (broker, redis-server, Ray) where none is configured, and deploy the pipeline."""
+    from deploy import local_stack
+    from pipelines.app import deploy_pipeline
+
+    config = LivelensConfig()
+    state = local_stack.up(config.data_dir, kafka_bootstrap=config.kafka.bootstrap, redis_url=config.redis.url,
+                           ray_address=config.ray.address, appendfsync=config.redis.appendfsync,
+                           num_cpus=config.ray.num_cpus)
+    config = effective_config(config)
+    with console.status("deploying the pipeline"):
+        urls = deploy_pipeline(config, detached=True, http=http)
+    state.http_url = urls.get("http", "")
+    state.save(Path(config.data_dir))
+    _print_state(state)
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly what `livelens up` started."""
+    config = LivelensConfig()
+    from deploy import local_stack
+
+    stopped = local_stack.down(config.data_dir)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing (no local stack recorded)'}")
+
+
+@app.command()
+def status() -> None:
+    """What runs where, and how the pipeline is doing."""
+    from deploy.local_stack import StackState
+
+    config = effective_config()
+    state = StackState.load(Path(config.data_dir))
+    if state is None:
+        console.print(f"no local stack under {config.data_dir}; configured: kafka={config.kafka.bootstrap} "
+                      f"redis={config.redis.url} ray={config.ray.address}")
+        raise typer.Exit(1)
+    _print_state(state)
+    import ray
+
+    from pipelines.app import connect_ray, pipeline_stats
+
+    connect_ray(config)
+    table = Table("actor", "stats")
+    try:
+        for name, stats in pipeline_stats(config).items():
+            stats.pop("latencies_s", None)
+            table.add_row(name, json.dumps(stats, default=str))
+    except (ValueError, ray.exceptions.RayError) as exc:
+        console.print(f"[red]pipeline not reachable: {exc}")
+        raise typer.Exit(1) from None
+    Console().print(table)
+
+
+def _print_state(state) -> None:
+    table = Table("service", "address", "pid", "alive", "log")
+    started = {p.name: p for p in state.started}
+    rows = [("kafka", state.kafka_bootstrap), ("redis", state.redis_url), ("ray", state.ray_address)]
+    for name, address in rows:
+        p = started.get(name)
+        table.add_row(name, address, str(p.pid) if p else "external", str(p.alive()) if p else "-",
+                      p.log if p else "")
+    if state.ray_dashboard:
+        table.add_row("ray dashboard", state.ray_dashboard, "", "", "")
+    if state.http_url:
+        table.add_row("http api", state.http_url + "/docs", "", "", "")
+    Console().print(table)
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the configuration in effect (file, env and profile merged)."""
+    print(effective_config().model_dump_json(indent=2))
+
+
+@app.command("sample-video")
+def sample_video(out: Path, duration: float = 60.0, fps: int = 10, seed: int = 0) -> None:
+    """Write a synthetic broadcast and its ground truth (OUT.json)."""
+    from pipelines.sample_video import write_sample_video
+
+    truth = write_sample_video(out, duration_s=duration, fps=fps, seed=seed)
+    console.print(f"wrote {out} ({truth['duration_s']} s) and its ground truth {out.with_suffix('.json')}")
+
+
+@app.command()
+def publish(
+    source: str,
+    stream: Annotated[str, typer.Option("--stream", help="Stream id.")],
+    tenant: Annotated[str, typer.Option("--tenant")] = "default",
+    realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Pace like a live source, or as fast as possible.")] = True,
+    loop: Annotated[bool, typer.Option("--loop", help="Start over at the end, forever.")] = False,
+) -> None:
+    """Publish a file, directory or URL as video segments to the segments topic."""
+    from pipelines.publish import SegmentPublisher
+
+    config = effective_config()
+    stats = SegmentPublisher(kafka=config.kafka).publish(
+        source, stream_id=stream, tenant_id=tenant, pace="realtime" if realtime else "fast", loop=loop)
+    console.print(f"published {stats}")
+
+
+@app.command()
+def ask(
+    question: str,
+    stream: Annotated[list[str] | None, typer.Option("--stream", help="Stream id (repeatable).")] = None,
+    tenant: Annotated[str, typer.Option("--tenant")] = "default",
+    since: Annotated[str | None, typer.Option("--since", help="Only the last N: 30s, 5m, 2h.")] = None,
+    t_from: Annotated[str | None, typer.Option("--from", help="Start: ISO time, or seconds from stream start.")] = None,
+    t_to: Annotated[str | None, typer.Option("--to", help="End: ISO time, or seconds from stream start.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    via: Annotated[str, typer.Option(help="http or kafka")] = "http",
+) -> None:
+    """Ask a question about one or more streams; prints the answer and its evidence."""
+    from pipelines.client import Client
+
+    config = effective_config()
+    streams = stream or []
+    scope = messages.TimeScope(
+        since_s=_duration(since) if since else None,
+        start=_time_arg(config, tenant, streams, t_from), end=_time_arg(config, tenant, streams, t_to))
+    query = messages.Query(tenant_id=tenant, stream_ids=streams, text=question, scope=scope, top_k=top_k)
+    client = Client(config)
+    answer = client.ask_kafka(query) if via == "kafka" else client.ask_http(query)
+    print_answer(answer, as_json=as_json)
+    if answer.error:
+        raise typer.Exit(2)
+
+
+def _time_arg(config: LivelensConfig, tenant: str, streams: list[str], value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return datetime.fromisoformat(value)
+    if len(streams) != 1:
+        raise typer.BadParameter("seconds from stream start need exactly one --stream")
+    start = _stream_start(config, tenant, streams[0])
+    if start is None:
+        raise typer.BadParameter(f"stream {streams[0]} has nothing in memory yet")
+    return datetime.fromtimestamp(start + seconds, UTC)
+
+
+def print_answer(answer: messages.Answer, *, as_json: bool) -> None:
+    if as_json:
+        body = {
+            "answer": answer.answer,
+            "extractive": answer.extractive,
+            "evidence": [e.model_dump(mode="json") for e in answer.evidence],
+            "latency_ms": round(answer.latency_ms, 1),
+            "error": answer.error,
+        }
+        print(json.dumps(body))
+        return
+    out = Console()
+    if answer.error:
+        out.print(f"[red]error:[/red] {answer.error}")
+    out.print(f"[bold]answer[/bold] ({'extractive' if answer.extractive else answer.model}): {answer.answer}")
+    table = Table("stream", "t (s)", "wall clock", "score")
+    for e in answer.evidence:
+        table.add_row(e.stream_id, f"{e.t_start:.1f}-{e.t_end:.1f}", e.wallclock_start.isoformat(timespec="seconds"),
+                      f"{e.score:.3f}")
+    out.print(table)
+    out.print(f"latency {answer.latency_ms:.0f} ms")
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of sample broadcast.")] = 40.0,
+    fast: Annotated[bool, typer.Option("--fast", help="Publish as fast as possible instead of in real time.")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the stack running afterwards.")] = False,
+) -> None:
+    """Up, generate the sample broadcast, publish it live, ask questions while it plays, down."""
+    from pipelines.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    ok = run_demo(duration_s=duration, fast=fast, keep=keep, console=Console())
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # `python -m pipelines.cli`
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

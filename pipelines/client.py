@@ -1,0 +1,75 @@
+"""A small client for asking livelens questions, over HTTP or over the queries/answers topics."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import httpx
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from pipelines import messages
+from pipelines.config import LivelensConfig
+from pipelines.kafka_io import ensure_topics, make_producer, require_bootstrap
+
+
+def image_b64(path: Path) -> str:
+    """An example image as the query wants it: JPEG, base64."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as img:
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class Client:
+    def __init__(self, config: LivelensConfig, *, http_url: str | None = None, timeout_s: float = 60.0):
+        self.config = config
+        self.http_url = http_url or f"http://{config.serve.host}:{config.serve.port}"
+        self.timeout_s = timeout_s
+
+    def ask_http(self, query: messages.Query) -> messages.Answer:
+        body = {
+            "tenant_id": query.tenant_id, "stream_ids": query.stream_ids, "text": query.text,
+            "image_jpeg_b64": query.image_jpeg_b64, "top_k": query.top_k, "generate": query.generate,
+            "since_s": query.scope.since_s,
+            "start": query.scope.start.isoformat() if query.scope.start else None,
+            "end": query.scope.end.isoformat() if query.scope.end else None,
+        }
+        response = httpx.post(f"{self.http_url}/v1/query", json=body, timeout=self.timeout_s)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
+        return messages.Answer.model_validate(response.json())
+
+    def ask_kafka(self, query: messages.Query) -> messages.Answer:
+        """Produce to the queries topic and wait for the answer with the same query_id."""
+        kafka = self.config.kafka
+        answers = kafka.topic("answers")
+        ensure_topics(kafka)
+        consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), enable_auto_commit=False,
+                                 group_id=None)
+        try:
+            partitions = consumer.partitions_for_topic(answers) or set()
+            tps = [TopicPartition(answers, p) for p in partitions]
+            consumer.assign(tps)
+            consumer.seek_to_end(*tps)
+            for tp in tps:
+                consumer.position(tp)  # resolve the end offsets now, before the answer can arrive
+            producer = make_producer(kafka)
+            producer.send(kafka.topic("queries"), key=query.tenant_id.encode(), value=messages.encode(query)).get(30)
+            producer.close()
+            deadline = time.monotonic() + self.timeout_s
+            while time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        answer, _ = messages.decode(record.value, expect=messages.Answer)
+                        if answer.query_id == query.query_id:
+                            return answer
+            raise TimeoutError(f"no answer to {query.query_id} within {self.timeout_s:.0f} s")
+        finally:
+            consumer.close()

@@ -1,0 +1,263 @@
+"""The ingest DAG as Ray actors: thin wrappers around the operators, and its assembly.
+
+    KafkaSegmentSource ──► Decode ──► Encode (batched across streams) ──► Compress ──► Memory
+
+Placement follows state: a stream's segments always go to the same compressor
+(its previous-frame tokens live there) and a tenant's writes to the same memory
+shard (its FAISS index lives there); decoders and encoders are stateless and
+shared. Every call passes ObjectRefs straight on, so frames never travel back
+to the source. Actor tasks from one submitter run in submission order, which
+keeps a stream's segments in order at its compressor.
+
+Each actor restarts when it dies (max_restarts=-1) and its in-flight calls are
+retried (max_task_retries): at-least-once, safe because memory writes are
+idempotent per segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, SegmentInfo, StageError
+from pipelines.config import LivelensConfig
+
+log = logging.getLogger(__name__)
+
+RESTART = dict(max_restarts=-1, max_task_retries=3)
+
+
+def shard(key: str, n: int) -> int:
+    """Stable across processes and restarts (unlike hash())."""
+    return zlib.crc32(key.encode()) % n
+
+
+def _tagged(stage: str, fn, *args):
+    """Run a stage, tagging bad-input errors with the stage's name for the dead letter."""
+    try:
+        return fn(*args)
+    except StageError as exc:
+        exc.stage = exc.stage or stage
+        raise
+
+
+@ray.remote(**RESTART)
+class DecodeActor:
+    def __init__(self, config: LivelensConfig):
+        from operators.decode import SegmentDecoder
+
+        self.decoder = SegmentDecoder(config.decode)
+
+    def decode(self, info: SegmentInfo, payload: bytes) -> FrameBatch:
+        return _tagged("decode", self.decoder.decode, info, payload)
+
+
+@ray.remote(**RESTART)
+class EncodeActor:
+    """Batches frames of many concurrent calls (many streams) into one forward pass.
+
+    Calls wait at most `max_batch_wait_ms` for company; a full batch goes at once.
+    The model runs in a worker thread so the event loop keeps collecting the next batch.
+    """
+
+    def __init__(self, config: LivelensConfig):
+        from operators.encode import VisionEncoder
+        from pipelines.models import encoder_model
+
+        self.config = config.encode
+        self.encoder = VisionEncoder(config.encode, encoder_model(config))
+        self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._runner: asyncio.Task | None = None
+
+    async def encode(self, batch: FrameBatch) -> FeatureBatch:
+        if self._runner is None:
+            self._wakeup = asyncio.Event()
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if sum(len(b) for b, _ in self._queue) < self.config.batch_frames:
+                await asyncio.sleep(self.config.max_batch_wait_ms / 1000)
+            taken, frames = [], 0
+            while self._queue and (not taken or frames + len(self._queue[0][0]) <= self.config.batch_frames):
+                item = self._queue.pop(0)
+                taken.append(item)
+                frames += len(item[0])
+            if not self._queue:
+                self._wakeup.clear()
+            try:
+                results = await asyncio.to_thread(self.encoder.encode, [b for b, _ in taken])
+            except Exception as exc:  # one bad batch fails its callers, not the actor
+                if isinstance(exc, StageError):
+                    exc.stage = exc.stage or "encode"
+                for _, future in taken:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(taken, results):
+                future.set_result(result)
+
+    def embed_text(self, texts: list[str]):
+        return self.encoder.embed_text(texts)
+
+    def embed_images(self, images):
+        return self.encoder.embed_images(images)
+
+    def describe(self) -> dict[str, Any]:
+        e = self.encoder
+        return dict(model=e.model_name, kind=e.kind, embedding_dim=e.embedding_dim, token_dim=e.token_dim,
+                    tokens_per_frame=e.tokens_per_frame, has_text_tower=e.has_text_tower)
+
+
+@ray.remote(**RESTART)
+class CompressActor:
+    def __init__(self, config: LivelensConfig):
+        from operators.compress import TokenDropCompressor
+
+        self.compressor = TokenDropCompressor(config.compress)
+
+    def compress(self, batch: FeatureBatch) -> CompressedBatch:
+        return _tagged("compress", self.compressor.compress, batch)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4)
+class MemoryActor:
+    """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
+
+    def __init__(self, config: LivelensConfig, shard_index: int):
+        import redis
+
+        from memory_store.service import MemoryStore
+
+        if not config.redis.url:
+            raise RuntimeError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
+        client = redis.Redis.from_url(config.redis.url)
+        index_dir = (config.data_dir / "faiss" / f"shard-{shard_index}").resolve()
+        self.store = MemoryStore(client, config.memory, index_dir=index_dir)
+
+    def write(self, batch: CompressedBatch):
+        return _tagged("memory", self.store.write, batch)
+
+    def call(self, method: str, *args, **kwargs):
+        """Read-side calls (search, recent, streams, frames, thumbnail, stats) by name."""
+        if method not in {"search", "recent", "streams", "frames", "thumbnail", "stats"}:
+            raise ValueError(f"MemoryActor has no read method {method!r}")
+        return getattr(self.store, method)(*args, **kwargs)
+
+
+@dataclass
+class PipelineHandles:
+    decoders: list
+    encoders: list
+    compressors: list
+    memory: list
+
+    def memory_for(self, tenant_id: str):
+        return self.memory[shard(tenant_id, len(self.memory))]
+
+
+def _named(cls, name: str, namespace: str, detached: bool, options: dict, *args):
+    opts = dict(name=name, namespace=namespace, get_if_exists=True, **options)
+    if detached:
+        opts["lifetime"] = "detached"
+    return cls.options(**opts).remote(*args)
+
+
+def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineHandles:
+    """Create (or find, when already running) the stage actors, named so any process can reach them."""
+    ns, p = config.ray.namespace, config.pipeline
+    gpu = {"num_gpus": 1} if config.encode.device == "cuda" else {}
+    return PipelineHandles(
+        decoders=[_named(DecodeActor, f"decode-{i}", ns, detached, {}, config) for i in range(p.decoders)],
+        encoders=[_named(EncodeActor, f"encode-{i}", ns, detached, gpu, config) for i in range(p.encoders)],
+        compressors=[_named(CompressActor, f"compress-{i}", ns, detached, {}, config) for i in range(p.compressors)],
+        memory=[_named(MemoryActor, f"memory-{i}", ns, detached, {}, config, i) for i in range(config.memory.shards)],
+    )
+
+
+def find_stages(config: LivelensConfig) -> PipelineHandles:
+    ns, p = config.ray.namespace, config.pipeline
+
+    def get(name):
+        return ray.get_actor(name, namespace=ns)
+
+    return PipelineHandles(
+        decoders=[get(f"decode-{i}") for i in range(p.decoders)],
+        encoders=[get(f"encode-{i}") for i in range(p.encoders)],
+        compressors=[get(f"compress-{i}") for i in range(p.compressors)],
+        memory=[get(f"memory-{i}") for i in range(config.memory.shards)],
+    )
+
+
+class RayIngest:
+    """The source's view of the DAG: submit a segment, learn when its write is durable."""
+
+    def __init__(self, handles: PipelineHandles):
+        self.h = handles
+        self._next_decoder = 0
+
+    def submit(self, info: SegmentInfo, payload: bytes):
+        decoder = self.h.decoders[self._next_decoder % len(self.h.decoders)]
+        self._next_decoder += 1
+        stream = f"{info.tenant_id}/{info.stream_id}"
+        frames = decoder.decode.remote(info, payload)
+        features = self.h.encoders[shard(stream, len(self.h.encoders))].encode.remote(frames)
+        compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(features)
+        return self.h.memory_for(info.tenant_id).write.remote(compressed)
+
+    def wait(self, handles: list, timeout_s: float) -> list:
+        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout_s, fetch_local=False)
+        return ready
+
+    def result(self, handle):
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, StageError):
+                raise exc.cause from None
+            raise
+
+
+@ray.remote(max_restarts=-1, max_concurrency=4)
+class SourceActor:
+    """Runs a KafkaSegmentSource in a thread from its constructor, so a restarted actor resumes by itself."""
+
+    def __init__(self, config: LivelensConfig, source_id: str):
+        from pipelines.source import KafkaSegmentSource
+
+        logging.basicConfig(level=logging.INFO)
+        self.source = KafkaSegmentSource(config, RayIngest(find_stages(config)), source_id=source_id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=source_id, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.source.run(self._stop)
+        except Exception:
+            log.exception("source loop died")
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.source.stats.as_dict(), "alive": self._thread.is_alive()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def start_sources(config: LivelensConfig, *, detached: bool = False) -> list:
+    ns = config.ray.namespace
+    return [_named(SourceActor, f"source-{i}", ns, detached, {}, config, f"source-{i}")
+            for i in range(config.pipeline.sources)]

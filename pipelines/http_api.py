@@ -1,0 +1,106 @@
+"""HTTP API through Ray Serve (FastAPI): queries, streams, thumbnails. OpenAPI at /docs and /openapi.json.
+
+Errors are JSON `{"error": {"code": ..., "message": ...}}` with a stable code; bad
+requests get 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+
+from pipelines import messages
+from pipelines.config import LivelensConfig
+from pipelines.query_service import QueryEngine, QueryError
+
+api = FastAPI(title="livelens", version="1", description="Ask questions about live video streams.")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(422, "invalid_request", str(exc.errors()[:3]))
+
+
+@api.exception_handler(QueryError)
+async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
+    return _error(exc.status, exc.code, exc.message)
+
+
+# The largest body accepted: an example image plus a question. Larger is refused before it is read.
+MAX_BODY_BYTES = 8 << 20
+
+
+@api.middleware("http")
+async def _limit_size(request: Request, call_next):
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return _error(413, "request_too_large", f"body over {MAX_BODY_BYTES} bytes")
+    return await call_next(request)
+
+
+class QueryRequest(BaseModel):
+    """A query over HTTP: the Query message without the envelope fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    tenant_id: messages.Id = "default"
+    stream_ids: list[messages.Id] = Field(default_factory=list, max_length=1000)
+    text: str = Field("", max_length=4096)
+    image_jpeg_b64: str | None = Field(None, max_length=4 << 20)
+    since_s: float | None = Field(None, gt=0)
+    start: datetime | None = None
+    end: datetime | None = None
+    top_k: int = Field(5, ge=1, le=100)
+    generate: bool = True
+
+    def to_message(self) -> messages.Query:
+        scope = messages.TimeScope(start=self.start, end=self.end, since_s=self.since_s)
+        return messages.Query(tenant_id=self.tenant_id, stream_ids=self.stream_ids, text=self.text,
+                              image_jpeg_b64=self.image_jpeg_b64, scope=scope, top_k=self.top_k,
+                              generate=self.generate)
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=16)
+@serve.ingress(api)
+class LivelensAPI:
+    def __init__(self, config: LivelensConfig):
+        self.config = config
+        self.engine = QueryEngine(config)
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"ok": True}
+
+    @api.post("/v1/query", response_model=messages.Answer)
+    def query(self, request: QueryRequest):
+        try:
+            message = request.to_message()
+        except ValidationError as exc:
+            raise QueryError("invalid_request", str(exc.errors()[:3]), 422) from None
+        return self.engine.run(message).model_dump(mode="json", by_alias=True)
+
+    @api.get("/v1/streams")
+    def streams(self, tenant_id: str = "default") -> list[dict]:
+        return [s.__dict__ if hasattr(s, "__dict__") else dict(s) for s in self.engine.streams(tenant_id)]
+
+    @api.get("/v1/thumbnails/{key:path}")
+    def thumbnail(self, key: str, tenant_id: str = "default"):
+        data = self.engine.thumbnail(tenant_id, key)
+        if data is None:
+            raise QueryError("not_found", f"no thumbnail {key}", 404)
+        return Response(content=data, media_type="image/jpeg")
+
+
+def start_http(config: LivelensConfig) -> str:
+    """Start Serve's HTTP proxy on the configured port and deploy the API. Returns its base URL."""
+    serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, detached=True)
+    serve.run(LivelensAPI.bind(config), name="livelens", route_prefix="/", blocking=False)
+    return f"http://{config.serve.host}:{config.serve.port}"

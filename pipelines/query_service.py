@@ -1,0 +1,232 @@
+"""Answering queries: embed the question, retrieve evidence from memory, hand it to an answer actor.
+
+The same `QueryEngine` serves both doors: the queries topic (`QueryConsumer`,
+answers to the answers topic) and HTTP (`pipelines.http_api`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import ray
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from operators.frames import StageError
+from pipelines import messages
+from pipelines.config import LivelensConfig
+from pipelines.dag import find_stages, shard
+from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
+
+log = logging.getLogger(__name__)
+
+
+class QueryError(Exception):
+    """A query that cannot be answered as asked. ``code`` is stable (HTTP error bodies, dead letters)."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.status = code, message, status
+
+
+@ray.remote(max_restarts=-1, max_task_retries=3)
+class AnswerActor:
+    def __init__(self, config: LivelensConfig):
+        from operators.answer import Answerer
+        from pipelines.models import answer_model
+
+        self.answerer = Answerer(config.answer, answer_model(config))
+
+    def answer(self, question: str, evidence: list):
+        return self.answerer.answer(question, evidence)
+
+    def kind(self) -> str:
+        return self.answerer.kind
+
+
+def start_answerers(config: LivelensConfig, *, detached: bool = False) -> list:
+    opts: dict[str, Any] = dict(namespace=config.ray.namespace, get_if_exists=True)
+    if detached:
+        opts["lifetime"] = "detached"
+    if config.answer.device == "cuda":
+        opts["num_gpus"] = 1
+    return [AnswerActor.options(name=f"answer-{i}", **opts).remote(config) for i in range(config.pipeline.answerers)]
+
+
+def _iso(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def decode_image(b64: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(b64, validate=True))) as img:
+            return np.asarray(img.convert("RGB"))[None]
+    except (ValueError, UnidentifiedImageError, OSError) as exc:
+        raise QueryError("bad_image", f"image_jpeg_b64 is not a readable image: {exc}") from None
+
+
+class QueryEngine:
+    """Retrieval plus answer, over the running stage actors (found by name)."""
+
+    def __init__(self, config: LivelensConfig):
+        self.config = config
+        self.stages = find_stages(config)
+        ns = config.ray.namespace
+        self.answerers = [ray.get_actor(f"answer-{i}", namespace=ns) for i in range(config.pipeline.answerers)]
+        self._next = 0
+
+    def _memory(self, tenant_id: str):
+        return self.stages.memory_for(tenant_id)
+
+    def embed(self, query: messages.Query) -> np.ndarray | None:
+        """The query vector in the index's space; None for a text-less, image-less query ("what is on now")."""
+        encoder = self.stages.encoders[shard(query.query_id, len(self.stages.encoders))]
+        try:
+            if query.image_jpeg_b64:
+                return ray.get(encoder.embed_images.remote(decode_image(query.image_jpeg_b64)))[0]
+            if query.text.strip():
+                return ray.get(encoder.embed_text.remote([query.text]))[0]
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, StageError):
+                raise QueryError(exc.cause.code, exc.cause.reason) from None
+            raise
+        return None
+
+    def evidence(self, query: messages.Query) -> list[Any]:
+        t_from, t_to = query.scope.resolve()
+        vector = self.embed(query)
+        memory = self._memory(query.tenant_id)
+        streams = query.stream_ids or None
+        if vector is None:
+            return ray.get(memory.call.remote("recent", query.tenant_id, streams, query.top_k))
+        return ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
+                                          t_from=t_from, t_to=t_to, k=query.top_k))
+
+    def run(self, query: messages.Query) -> messages.Answer:
+        started = time.perf_counter()
+        hits = sorted(self.evidence(query), key=lambda h: (h.wallclock_start, h.stream_id))
+        evidence = [
+            messages.Evidence(stream_id=h.stream_id, frame_key=h.frame_key, t_start=h.t_start, t_end=h.t_end,
+                              wallclock_start=_iso(h.wallclock_start), wallclock_end=_iso(h.wallclock_end),
+                              score=float(h.score), segment_seq=h.seq, thumbnail=h.thumbnail)
+            for h in hits
+        ]
+        text, extractive, model = "", True, ""
+        if query.generate:
+            result = self._answer(query, hits)
+            text, extractive, model = result.text, result.extractive, result.model
+        return messages.Answer(tenant_id=query.tenant_id, query_id=query.query_id, answer=text,
+                               extractive=extractive, model=model, evidence=evidence,
+                               latency_ms=(time.perf_counter() - started) * 1000)
+
+    def _answer(self, query: messages.Query, hits: list[Any]):
+        from operators.answer import EvidenceItem
+
+        records = ray.get(self._memory(query.tenant_id).call.remote("frames", query.tenant_id,
+                                                                    [h.frame_key for h in hits]))
+        items = [
+            EvidenceItem(stream_id=h.stream_id, t_start=h.t_start, t_end=h.t_end,
+                         wallclock_start=_iso(h.wallclock_start).isoformat(), score=float(h.score),
+                         tokens=getattr(r, "tokens", None), positions=getattr(r, "positions", None))
+            for h, r in zip(hits, records)
+        ]
+        answerer = self.answerers[self._next % len(self.answerers)]
+        self._next += 1
+        return ray.get(answerer.answer.remote(query.text or "What is on screen?", items))
+
+    def streams(self, tenant_id: str) -> list[Any]:
+        return ray.get(self._memory(tenant_id).call.remote("streams", tenant_id))
+
+    def thumbnail(self, tenant_id: str, key: str) -> bytes | None:
+        return ray.get(self._memory(tenant_id).call.remote("thumbnail", key))
+
+
+class QueryConsumer:
+    """Queries topic in, answers topic out. An offset is committed after its answer is acknowledged."""
+
+    def __init__(self, config: LivelensConfig, engine: QueryEngine):
+        self.config = config
+        self.engine = engine
+        self.answered = 0
+        self.dead_letters = 0
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            consumer = producer = None
+            try:
+                ensure_topics(self.config.kafka)
+                producer = make_producer(self.config.kafka)
+                consumer = make_consumer(self.config.kafka, self.config.kafka.query_group,
+                                         [self.config.kafka.topic("queries")], max_poll_records=16)
+                while not stop.is_set():
+                    for tp, records in consumer.poll(timeout_ms=100).items():
+                        for record in records:
+                            self._handle(producer, tp, record)
+                        # Answers first, then the offset: a crash in between re-answers, never loses.
+                        producer.flush()
+                        consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)})
+            except KafkaError as exc:
+                log.warning("query consumer: Kafka error (%s); reconnecting", exc)
+                stop.wait(1.0)
+            finally:
+                for client in (consumer, producer):
+                    if client is not None:
+                        try:
+                            client.close()
+                        except Exception:  # a dead broker's client may fail to close; nothing to save
+                            log.debug("close failed", exc_info=True)
+
+    def _handle(self, producer, tp, record) -> None:
+        try:
+            query, _ = messages.decode(record.value, expect=messages.Query)
+        except messages.MessageError as exc:
+            self._dead_letter(producer, tp, record, exc.code, exc.reason)
+            return
+        try:
+            answer = self.engine.run(query)
+        except QueryError as exc:
+            answer = messages.Answer(tenant_id=query.tenant_id, query_id=query.query_id, answer="",
+                                     extractive=True, error=f"{exc.code}: {exc.message}")
+        producer.send(self.config.kafka.topic("answers"), key=query.query_id.encode(), value=messages.encode(answer))
+        self.answered += 1
+
+    def _dead_letter(self, producer, tp, record, code: str, reason: str) -> None:
+        letter = messages.DeadLetter(tenant_id="unknown", source_topic=tp.topic, partition=tp.partition,
+                                     offset=record.offset, stage="query", code=code, reason=reason,
+                                     record_bytes=len(record.value or b""))
+        producer.send(self.config.kafka.topic("dead_letters"), key=b"", value=messages.encode(letter))
+        self.dead_letters += 1
+
+
+@ray.remote(max_restarts=-1, max_concurrency=4)
+class QueryConsumerActor:
+    def __init__(self, config: LivelensConfig):
+        logging.basicConfig(level=logging.INFO)
+        self.consumer = QueryConsumer(config, QueryEngine(config))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,), daemon=True)
+        self._thread.start()
+
+    def stats(self) -> dict[str, Any]:
+        return {"answered": self.consumer.answered, "dead_letters": self.consumer.dead_letters,
+                "alive": self._thread.is_alive()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def start_query_consumer(config: LivelensConfig, *, detached: bool = False):
+    opts: dict[str, Any] = dict(name="query-consumer", namespace=config.ray.namespace, get_if_exists=True)
+    if detached:
+        opts["lifetime"] = "detached"
+    return QueryConsumerActor.options(**opts).remote(config)

@@ -1,0 +1,99 @@
+"""A real Ray runtime and a deployed pipeline per test, on the real broker and a fresh redis-server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+import redis
+
+from pipelines.app import deploy_pipeline
+from pipelines.config import LivelensConfig
+from pipelines.sample_video import write_sample_video
+
+
+@pytest.fixture(scope="session")
+def ray_runtime() -> Iterator[None]:
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="livelens-tests")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sample") / "broadcast.mp4"
+    truth = write_sample_video(out, duration_s=24.0)
+    return out, truth
+
+
+def make_config(tmp_path: Path, broker, redis_server, tiny_models, **sections) -> LivelensConfig:
+    """A config isolated per test: own topics, own consumer groups, own Ray namespace, own redis."""
+    tag = uuid.uuid4().hex[:8]
+    kafka = dict(bootstrap=broker.address, topic_prefix=f"t{tag}.", partitions=4,
+                 ingest_group=f"ingest-{tag}", query_group=f"query-{tag}")
+    kafka.update(sections.pop("kafka", {}))
+    base = dict(
+        data_dir=tmp_path / "data",
+        kafka=kafka,
+        redis=dict(url=redis_server.address),
+        ray=dict(namespace=f"ns-{tag}"),
+        encode=dict(model=str(tiny_models["clip"]), batch_frames=16, max_batch_wait_ms=5),
+        serve=dict(port=_free_port()),
+    )
+    base.update(sections)
+    return LivelensConfig(**base)
+
+
+def _free_port() -> int:
+    from deploy.processes import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+def deployed(ray_runtime, tmp_path, kafka_broker, redis_server, tiny_models):
+    """Deploy a pipeline; returns a factory so a test may pass config sections first."""
+    deployed_ns: list[tuple[LivelensConfig, bool]] = []
+
+    def deploy(http: bool = False, **sections) -> LivelensConfig:
+        config = make_config(tmp_path, kafka_broker, redis_server, tiny_models, **sections)
+        deployed_ns.append((config, http))
+        deploy_pipeline(config, detached=False, http=http)
+        return config
+
+    yield deploy
+    for config, http in deployed_ns:
+        if http:
+            from ray import serve
+
+            serve.shutdown()
+        _kill_namespace(config)
+
+
+def _kill_namespace(config: LivelensConfig) -> None:
+    from ray.util.state import list_actors
+
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if actor.get("ray_namespace") == config.ray.namespace and actor.get("name"):
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=config.ray.namespace), no_restart=True)
+            except ValueError:
+                pass
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.25):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def redis_client(config: LivelensConfig) -> redis.Redis:
+    return redis.Redis.from_url(config.redis.url)

@@ -1,0 +1,142 @@
+"""The spine end to end: real broker, real redis-server, real Ray actors, real (tiny) models."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+import ray
+from kafka import KafkaConsumer, KafkaProducer
+
+from deploy.processes import start_redis
+from memory_store.redis_tier import RedisTier
+from pipelines import messages
+from pipelines.client import Client
+from pipelines.demo import frame_at
+from pipelines.publish import SegmentPublisher
+from pipelines.segmenter import iter_segments
+from tests.integration.conftest import redis_client, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def stored_segments(config, stream: str, tenant: str = "default") -> int:
+    info = RedisTier(redis_client(config), config.memory).stream_info(tenant, stream)
+    return info.segments if info else 0
+
+
+def assert_each_segment_once(config, stream: str, n_segments: int, tenant: str = "default") -> None:
+    tier = RedisTier(redis_client(config), config.memory)
+    info = tier.stream_info(tenant, stream)
+    assert info is not None and info.segments == n_segments, f"{info} != {n_segments} segments"
+    keys = [k for seq in range(n_segments) for k in tier.segment_frame_keys(tenant, stream, seq)]
+    assert all(tier.segment_frame_keys(tenant, stream, seq) for seq in range(n_segments)), "a segment has no frames"
+    assert len(keys) == len(set(keys)) == info.frames, "a frame was stored twice or lost"
+
+
+def dead_letters(config, n: int, timeout_s: float = 30) -> list[messages.DeadLetter]:
+    consumer = KafkaConsumer(config.kafka.topic("dead_letters"), bootstrap_servers=config.kafka.bootstrap,
+                             auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=int(timeout_s * 1000))
+    out = []
+    for record in consumer:
+        out.append(messages.decode(record.value, expect=messages.DeadLetter)[0])
+        if len(out) >= n:
+            break
+    consumer.close()
+    return out
+
+
+def test_ingest_then_ask_over_kafka_and_http(deployed, sample_video):
+    video, truth = sample_video
+    config = deployed(http=True)
+    n = sum(1 for _ in iter_segments(str(video)))
+    SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="news", pace="fast")
+    wait_for(lambda: stored_segments(config, "news") == n, 120, f"{n} segments in memory")
+    assert_each_segment_once(config, "news", n)
+
+    client = Client(config, timeout_s=60)
+    # An example image taken from the video: evidence at the time it was shown.
+    for scene in truth["scenes"][1:4]:
+        t = (scene["start"] + scene["end"]) / 2
+        query = messages.Query(tenant_id="default", stream_ids=["news"], image_jpeg_b64=frame_at(video, t), top_k=3)
+        answer = client.ask_kafka(query)
+        assert answer.error is None
+        assert abs(answer.evidence[0].t_start - t) <= 2.0 or any(abs(e.t_start - t) <= 2.0 for e in answer.evidence)
+        assert answer.extractive and "extractive" in answer.answer
+
+    # A time-scoped text query over HTTP: every piece of evidence inside the scope.
+    stream_start = RedisTier(redis_client(config), config.memory).stream_info("default", "news").first_wallclock
+    from datetime import UTC, datetime
+
+    scope = messages.TimeScope(start=datetime.fromtimestamp(stream_start + 5, UTC),
+                               end=datetime.fromtimestamp(stream_start + 10, UTC))
+    answer = client.ask_http(messages.Query(tenant_id="default", stream_ids=["news"], text="what happened",
+                                            scope=scope, top_k=5))
+    assert answer.evidence, "no evidence in scope"
+    assert all(5 - 0.01 <= e.t_start <= 10 + 0.01 for e in answer.evidence), [e.t_start for e in answer.evidence]
+    assert [e.t_start for e in answer.evidence] == sorted(e.t_start for e in answer.evidence)
+
+    # Another tenant sees nothing of this one.
+    other = client.ask_http(messages.Query(tenant_id="other", text="what happened", top_k=5))
+    assert other.evidence == []
+
+
+@pytest.mark.parametrize("victim", ["decode-0", "memory-0"])
+def test_killing_an_actor_mid_stream_loses_nothing_and_duplicates_nothing(deployed, sample_video, victim):
+    video, _ = sample_video
+    config = deployed()
+    n = sum(1 for _ in iter_segments(str(video)))
+    publisher = threading.Thread(target=SegmentPublisher(kafka=config.kafka).publish,
+                                 kwargs=dict(source=str(video), stream_id="cam", pace="fast"))
+    publisher.start()
+    wait_for(lambda: stored_segments(config, "cam") >= 2, 120, "ingest to start")
+    ray.kill(ray.get_actor(victim, namespace=config.ray.namespace), no_restart=False)
+    publisher.join()
+    wait_for(lambda: stored_segments(config, "cam") == n, 180, f"all {n} segments after killing {victim}")
+    assert_each_segment_once(config, "cam", n)
+
+
+def test_redis_restart_keeps_everything_acknowledged(deployed, sample_video, redis_server, tmp_path):
+    video, _ = sample_video
+    config = deployed()
+    n = sum(1 for _ in iter_segments(str(video)))
+    SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="a", pace="fast")
+    wait_for(lambda: stored_segments(config, "a") == n, 120, "first stream stored")
+    # SIGKILL, not a clean shutdown: only what appendfsync already put on disk survives.
+    redis_server.stop(sig=signal.SIGKILL)
+    start_redis(tmp_path, port=redis_server.port)
+    assert_each_segment_once(config, "a", n)
+    # The pipeline reconnects and keeps going.
+    SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="b", pace="fast")
+    wait_for(lambda: stored_segments(config, "b") == n, 120, "second stream stored after the restart")
+    assert_each_segment_once(config, "b", n)
+
+
+def test_bad_input_goes_to_dead_letters_and_the_stream_keeps_flowing(deployed, sample_video):
+    video, _ = sample_video
+    config = deployed()
+    segments = list(iter_segments(str(video)))
+    producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap)
+    topic = config.kafka.topic("segments")
+    # 1. garbage that is no livelens message at all
+    producer.send(topic, key=b"bad", value=b"\x00\x00\xff\xffnot a message")
+    # 2. a well-formed header around a truncated segment
+    first = segments[1]
+    truncated = messages.VideoSegment(
+        tenant_id="default", stream_id="bad", seq=0, codec=first.codec, wallclock_start=messages.utcnow(),
+        media_start_s=0, duration_s=first.duration_s, width=first.width, height=first.height,
+        payload_bytes=len(first.payload) // 3)
+    producer.send(topic, key=b"bad", value=messages.encode(truncated, first.payload[: len(first.payload) // 3]))
+    # 3. a malformed query
+    producer.send(config.kafka.topic("queries"), key=b"x", value=b'\x00\x00\x00\x02{}')
+    producer.flush()
+    # ... and a good stream right behind them
+    SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="good", pace="fast")
+    wait_for(lambda: stored_segments(config, "good") == len(segments), 120, "the good stream")
+    letters = dead_letters(config, 3)
+    codes = {(d.stage, d.code) for d in letters}
+    assert ("source", "malformed_message") in codes
+    assert ("query", "invalid_message") in codes or ("query", "unknown_schema") in codes
+    assert any(d.stream_id == "bad" and d.stage == "decode" for d in letters), codes
+    assert all(d.reason for d in letters)
