@@ -1,0 +1,233 @@
+"""Decode one container segment into sampled RGB frames and JPEG thumbnails.
+
+A segment is a short chunk (normally MPEG-TS) that starts at a keyframe. The
+decoder is stateless: any actor can decode any segment, and replaying a segment
+yields the same frames, which is what makes downstream writes idempotent.
+
+Sampling keeps frames on a grid anchored at the stream's start: grid point k is
+at k / sample_fps seconds, and the kept frame for a grid point is the first
+candidate frame whose stream time is at or after it. A candidate claims the grid
+points in (previous candidate, itself]. The previous candidate of a segment's
+first frame lives in the previous segment, which this decoder never sees; it
+sits one candidate period earlier (one frame in full decode, one GOP when
+decoding keyframes only), and that period is measured inside the segment. For
+constant-rate streams, the normal case for live encoders, consecutive segments
+therefore claim disjoint grid points and together claim every one. Where the
+period is misjudged it is underestimated (the smallest step seen; a lone
+keyframe's GOP is its segment's span, short for a stream's last segment), so a
+grid point can be missed but never sampled twice.
+
+Bad input raises StageError with a stable code:
+    decode_error       corrupt data, FFmpeg errors, a container FFmpeg cannot read
+    unknown_codec      no decoder for the declared codec, or no video track
+    oversize_frame     width * height above DecodeConfig.max_pixels
+    truncated_segment  the payload ends mid-packet or covers clearly less than its duration
+    empty_segment      a video track without a single frame
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+from PIL import Image
+
+from operators.frames import FrameBatch, SegmentInfo, StageError
+from pipelines.config import DecodeConfig
+
+# A frame this many grid steps before a grid point counts as on it: stream times are
+# sums of floats, and 6.0 must not come out as 5.999999999999999 and miss grid point 6.
+_GRID_EPS = 1e-6
+# Below this fraction of info.duration_s the payload is taken as cut short. Publishers
+# round durations and the last frame's duration is estimated, so only a clear shortfall counts.
+_MIN_COVERAGE = 0.5
+# FFmpeg's MPEG-TS demuxer reads 188-byte packets, and 192 / 204 with timecode or FEC
+# suffixes; a payload that is a whole number of none of them ended mid-packet.
+_TS_PACKET_SIZES = (188, 192, 204)
+# Thumbnails are previews; 80 keeps a 160 px frame around 5-8 KB.
+_JPEG_QUALITY = 80
+
+
+class SegmentDecoder:
+    """Decodes segments with PyAV, keeping frames on the ``sample_fps`` grid.
+
+    threads: FFmpeg decoder threads per segment. 1 suits many decoder actors
+        sharing a machine (each is one core); 0 lets FFmpeg pick (all cores),
+        which suits one decoder per machine.
+    """
+
+    def __init__(self, config: DecodeConfig, frame_px: int = 448, threads: int = 1):
+        if frame_px < 1 or threads < 0:
+            raise ValueError(f"frame_px must be >= 1 and threads >= 0, got {frame_px}, {threads}")
+        self.config = config
+        self.frame_px = frame_px
+        self.threads = threads
+
+    def decode(self, info: SegmentInfo, payload: bytes) -> FrameBatch:
+        """Sampled frames of one segment; an empty batch only when no grid point falls inside it."""
+        if not payload:
+            raise StageError("empty_segment", "the payload is empty")
+        _check_decoder_exists(info.codec)
+        try:
+            container = av.open(io.BytesIO(payload), format=info.container)
+        except av.FFmpegError as exc:
+            raise StageError("decode_error", f"FFmpeg cannot read the payload as {info.container}: {exc}") from exc
+        except ValueError as exc:  # PyAV's answer to a format name FFmpeg does not know
+            raise StageError("decode_error", f"no demuxer for container {info.container!r}: {exc}") from exc
+        with container:
+            try:
+                return self._decode(info, container, len(payload))
+            except av.FFmpegError as exc:
+                raise StageError("decode_error", f"FFmpeg failed while decoding: {exc}") from exc
+
+    def _decode(self, info: SegmentInfo, container: av.container.InputContainer, payload_size: int) -> FrameBatch:
+        if not container.streams:
+            raise StageError("decode_error", f"no streams found: not a {info.container} payload")
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams})
+            raise StageError("unknown_codec", f"no video track (tracks: {', '.join(kinds)})")
+        # Checked once FFmpeg has recognised the payload as TS: garbage is a decode error, not a cut.
+        if info.container == "mpegts" and not any(payload_size % n == 0 for n in _TS_PACKET_SIZES):
+            raise StageError("truncated_segment", f"{payload_size} bytes is not a whole number of TS packets")
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        if context is None:
+            raise StageError("unknown_codec", f"FFmpeg has no decoder for the video track ({stream.codec_tag!r})")
+        if av.codec.Codec(info.codec, "r").canonical_name != context.codec.canonical_name:
+            raise StageError("decode_error", f"segment declares {info.codec} but its video track is {context.name}")
+        self._check_size(context.width, context.height)
+        # Both must be set before the first packet opens the decoder.
+        context.thread_count = self.threads
+        if self.threads != 1:
+            context.thread_type = "AUTO"  # frame and slice threads
+        if self.config.keyframes_only:
+            context.skip_frame = "NONKEY"
+
+        # Demux everything first: the payload is already in memory, and the packet timestamps
+        # give coverage and candidate period before a single frame is decoded.
+        packets = [p for p in container.demux(stream) if p.size and p.pts is not None]
+        if not packets:
+            raise StageError("empty_segment", "the video track holds no frames")
+        tb = stream.time_base
+        all_pts = sorted(p.pts for p in packets)
+        frame_ticks = _min_step(all_pts)
+        if not frame_ticks and stream.guessed_rate:  # a one-frame segment: trust the stream's rate
+            frame_ticks = round(1 / (stream.guessed_rate * tb))
+        end_pts = max(p.pts + (p.duration or frame_ticks) for p in packets)
+        covered = float((end_pts - all_pts[0]) * tb)
+        if covered < _MIN_COVERAGE * info.duration_s:
+            raise StageError("truncated_segment",
+                             f"frames cover {covered:.3f} s of the declared {info.duration_s:.3f} s")
+
+        if self.config.keyframes_only:
+            key_pts = sorted(p.pts for p in packets if p.is_keyframe)
+            if not key_pts:
+                raise StageError("decode_error", "keyframes_only, but the segment has no keyframe")
+            # One GOP per segment is the norm: then the GOP is the segment's own span.
+            period_ticks = _min_step(key_pts) or end_pts - key_pts[0]
+        else:
+            period_ticks = frame_ticks
+        return self._sample(info, stream, packets, period_ticks * tb)
+
+    def _sample(
+        self, info: SegmentInfo, stream: av.VideoStream, packets: list[av.Packet], period: Fraction
+    ) -> FrameBatch:
+        """Decode in presentation order, keeping each frame that claims a grid point; ``period`` as above."""
+        fps = self.config.sample_fps
+        first_pts: int | None = None
+        previous_index = 0
+        previous_time = -math.inf
+        corrupt_at: float | None = None
+        pts_s: list[float] = []
+        images: list[np.ndarray] = []
+        thumbnails: list[bytes] = []
+        size: tuple[int, int] | None = None
+        # One scaler per output size, kept for the segment: FFmpeg reuses its scaling context
+        # across frames, which halves the cost of a conversion against a fresh one per frame.
+        to_rgb, to_thumbnail = VideoReformatter(), VideoReformatter()
+        for frame in _frames(stream, packets):
+            if corrupt_at is not None:
+                raise StageError("decode_error", f"corrupt frame at {corrupt_at:.3f} s")
+            if frame.pts is None:
+                raise StageError("decode_error", "a decoded frame has no timestamp")
+            self._check_size(frame.width, frame.height)
+            if first_pts is None:
+                first_pts = frame.pts
+                previous_index = _grid_index(info.media_start_s - float(period), fps)
+            t = info.media_start_s + float((frame.pts - first_pts) * stream.time_base)
+            if t <= previous_time:
+                raise StageError("decode_error", f"frame timestamps go backwards at {t:.3f} s")
+            previous_time = t
+            if frame.is_corrupt:
+                corrupt_at = t  # an error unless it turns out to be the last frame
+                continue
+            index = _grid_index(t, fps)
+            if index <= previous_index:
+                continue
+            previous_index = index
+            out = _fit(frame.width, frame.height, self.frame_px)
+            if size is not None and out != size:
+                raise StageError("decode_error", f"resolution changes inside the segment ({size} -> {out})")
+            size = out
+            pts_s.append(t)
+            images.append(to_rgb.reformat(frame, width=out[0], height=out[1], format="rgb24").to_ndarray())
+            thumbnails.append(self._thumbnail(frame, to_thumbnail))
+        if first_pts is None:
+            raise StageError("empty_segment", "no video frame could be decoded")
+        if corrupt_at is not None:
+            # Damage confined to the last frame is what a payload cut mid-frame looks like.
+            raise StageError("truncated_segment", f"the last frame ({corrupt_at:.3f} s) is incomplete")
+        if not images:
+            width, height = _fit(stream.codec_context.width, stream.codec_context.height, self.frame_px)
+            return FrameBatch(info, np.zeros(0), np.zeros((0, height, width, 3), np.uint8), [])
+        return FrameBatch(info, np.array(pts_s), np.stack(images), thumbnails)
+
+    def _check_size(self, width: int, height: int) -> None:
+        if width * height > self.config.max_pixels:
+            raise StageError("oversize_frame", f"{width}x{height} is above max_pixels={self.config.max_pixels}")
+
+    def _thumbnail(self, frame: av.VideoFrame, scaler: VideoReformatter) -> bytes:
+        # Scaled from the decoded frame (not the resized one): one resample, sharper preview.
+        width, height = _fit(frame.width, frame.height, self.config.thumbnail_px)
+        image: Image.Image = scaler.reformat(frame, width=width, height=height, format="rgb24").to_image()
+        out = io.BytesIO()
+        image.save(out, format="JPEG", quality=_JPEG_QUALITY)
+        return out.getvalue()
+
+
+def _check_decoder_exists(codec: str) -> None:
+    try:
+        found = av.codec.Codec(codec, "r")
+    except ValueError as exc:  # UnknownCodecError
+        raise StageError("unknown_codec", f"FFmpeg has no decoder named {codec!r}") from exc
+    if found.type != "video":
+        raise StageError("unknown_codec", f"{codec} decodes {found.type}, not video")
+
+
+def _frames(stream: av.VideoStream, packets: list[av.Packet]) -> Iterator[av.VideoFrame]:
+    """Decoded frames in presentation order, the decoder flushed at the end."""
+    for packet in packets:
+        yield from stream.codec_context.decode(packet)
+    yield from stream.codec_context.decode(None)
+
+
+def _grid_index(t: float, fps: float) -> int:
+    """Index of the last grid point at or before stream time t."""
+    return math.floor(t * fps + _GRID_EPS)
+
+
+def _min_step(sorted_pts: list[int]) -> int:
+    """Smallest positive gap between timestamps (0 with fewer than two)."""
+    steps = [b - a for a, b in zip(sorted_pts, sorted_pts[1:]) if b > a]
+    return min(steps, default=0)
+
+
+def _fit(width: int, height: int, longest: int) -> tuple[int, int]:
+    """(width, height) scaled so the longest side is ``longest``, aspect kept."""
+    scale = longest / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))

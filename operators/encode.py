@@ -1,0 +1,253 @@
+"""Encode sampled frames into visual tokens (what memory stores) and one index embedding per frame.
+
+Any Hugging Face vision checkpoint loads through ``AutoModel.from_pretrained``;
+what it produces depends on which of three kinds it is:
+
+dual   (CLIP, SigLIP: get_image_features + get_text_features)
+       tokens: the vision tower's patch tokens (CLS and other prefix tokens dropped).
+       embedding: the projected image features, in the text tower's space, so a
+       text query searches frames directly (``embed_text``).
+vlm    (LLaVA: vision tower + multi_modal_projector + language model)
+       tokens: vision tower + projector output, i.e. the answer model's own input
+       embeddings for the image, so stored tokens can be fed to it unchanged.
+       embedding: mean of those tokens; there is no text tower to query with.
+       The language model is dropped after loading: the encoder never runs it.
+plain  (ViT, DINOv2: a vision model with last_hidden_state)
+       tokens: patch tokens. embedding: the model's pooled output, else the
+       token mean; image-to-image search only.
+
+Cost per frame, before token drop (T tokens of D dims; tokens stored as float16;
+vision FLOPs ~ 2 * params * T + 4 * layers * T^2 * width):
+    tiny CLIP (offline profile)      T=64,  D=64:    8 KB,  ~10 MFLOPs
+    CLIP ViT-B/32 @224               T=49,  D=768:  75 KB,  ~9 GFLOPs
+    SigLIP base p16 @224 (gpu)       T=196, D=768: 301 KB,  ~36 GFLOPs
+    DINOv2 base p14 @224             T=256, D=768: 393 KB,  ~45 GFLOPs
+    LLaVA-1.5 (ViT-L/14 @336 + MLP)  T=576, D=4096: 4.7 MB, ~380 GFLOPs tower + ~24 GFLOPs projector
+The VLM kind stores ~15x the bytes of a dual encoder per frame: token drop
+(operators.compress) matters most there.
+
+Frames are resized whole to the model's input size, never centre-cropped:
+on-screen text and objects at the edges must reach memory. Resizing and
+normalising run in torch on the encoder's device, one call per input batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
+
+from operators.frames import FeatureBatch, FrameBatch, StageError
+from operators.tiny_models import is_tiny
+from pipelines.config import EncodeConfig
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["dual", "vlm", "plain"]
+
+# SigLIP's text tower pools the last position and was trained on text padded to its full
+# length; shorter padding gives different (wrong) text embeddings. CLIP pools the EOS token.
+_PAD_TEXT_TO_MAX_LENGTH = {"siglip"}
+
+
+class UnsupportedModel(ValueError):
+    """A checkpoint that is none of the three kinds, or whose vision tower cannot run on a fixed-size frame."""
+
+
+class VisionEncoder:
+    """Batched frame encoder over one Hugging Face vision model.
+
+    Frames of many segments (many streams) share forward passes of at most
+    ``config.batch_frames`` frames; outputs are split back per segment.
+    """
+
+    def __init__(self, config: EncodeConfig, model: str | Path):
+        self.config = config
+        self.model_name = str(model)
+        self._device = torch.device(config.device)
+        self._dtype: torch.dtype = getattr(torch, config.dtype)
+
+        hf_config = AutoConfig.from_pretrained(model)
+        try:
+            net = AutoModel.from_pretrained(model, dtype=self._dtype)
+        except ValueError as exc:
+            raise UnsupportedModel(f"{model}: AutoModel cannot load {hf_config.architectures}: {exc}") from exc
+        self.kind: Kind = _kind_of(net)
+        if self.kind == "vlm":
+            # Frees the bulk of a VLM (a 7B language model next to a 0.3B tower) for the actor's lifetime.
+            del net.language_model
+        self._net = net.to(self._device).eval()
+
+        processor = AutoImageProcessor.from_pretrained(model, backend="pil")
+        self._input_hw = _input_size(processor)
+        mean, std, scale = _normalisation(processor)
+        self._mean = torch.tensor(mean, device=self._device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, device=self._device).view(1, 3, 1, 1)
+        self._scale = scale
+
+        vision_config = getattr(hf_config, "vision_config", hf_config)
+        patch = vision_config.patch_size
+        self._patch_grid = (self._input_hw[0] // patch, self._input_hw[1] // patch)
+        self._prefix = 0  # set by the probe: CLS / register tokens ahead of the patches
+        self._tokenizer = None
+        if self.kind == "dual":
+            self._tokenizer = AutoTokenizer.from_pretrained(model)
+            self._text_max_length = min(self._tokenizer.model_max_length,
+                                        hf_config.text_config.max_position_embeddings)
+            self._pad_to_max = hf_config.model_type in _PAD_TEXT_TO_MAX_LENGTH
+
+        tokens, embedding = self._probe()
+        self.tokens_per_frame, self.token_dim = tokens.shape[1], tokens.shape[2]
+        self.embedding_dim = embedding.shape[1]
+        rows, cols = self._patch_grid
+        self.grid = (rows, cols) if rows * cols == self.tokens_per_frame else (1, self.tokens_per_frame)
+        logger.warning(
+            "VisionEncoder: %s is a %s model (%s): %d tokens x %d per frame, grid %s, embedding %d%s, "
+            "input %dx%d, %s/%s%s",
+            self.model_name, self.kind.upper(), type(net).__name__, self.tokens_per_frame, self.token_dim,
+            self.grid, self.embedding_dim, " (text-aligned)" if self.has_text_tower else " (image-only)",
+            *self._input_hw, config.device, config.dtype,
+            "; RANDOM WEIGHTS: a tiny test model, its features mean nothing" if is_tiny(model) else "",
+        )
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.kind == "dual"
+
+    @torch.inference_mode()
+    def encode(self, batches: Sequence[FrameBatch]) -> list[FeatureBatch]:
+        """Features for each batch, computed in shared forward passes; thumbnails and pts carried over."""
+        tokens, embedding = self._run([b.images for b in batches])
+        bounds = np.cumsum([len(b) for b in batches])[:-1]
+        return [
+            FeatureBatch(b.segment, b.pts_s, t, e, self.grid, list(b.thumbnails))
+            for b, t, e in zip(batches, np.split(tokens, bounds), np.split(embedding, bounds))
+        ]
+
+    @torch.inference_mode()
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """Index embeddings [N,E] of RGB uint8 images [N,H,W,3] (example-image queries): the frames' path."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [N,H,W,3], got {images.dtype} {images.shape}")
+        return self._run([images])[1]
+
+    @torch.inference_mode()
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Text embeddings [n,E] in the frames' embedding space; dual encoders only."""
+        if self._tokenizer is None:
+            raise StageError("no_text_tower", f"{self.model_name} is a {self.kind} model: it cannot embed text; "
+                             "query with an example image or use a dual encoder (CLIP, SigLIP)")
+        if not texts:
+            return np.zeros((0, self.embedding_dim), np.float32)
+        encoded = self._tokenizer(list(texts), padding="max_length" if self._pad_to_max else True, truncation=True,
+                                  max_length=self._text_max_length, return_token_type_ids=False, return_tensors="pt")
+        out = self._net.get_text_features(**encoded.to(self._device))
+        return F.normalize(out.pooler_output.float(), dim=-1).cpu().numpy()
+
+    def _run(self, image_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens [N,T,D] float16 and embeddings [N,E] float32 of all images, in chunks of batch_frames."""
+        tokens: list[np.ndarray] = []
+        embeddings: list[np.ndarray] = []
+        pieces: list[np.ndarray] = []
+        filled = 0
+        for images in image_arrays:
+            start = 0
+            while start < len(images):
+                take = min(self.config.batch_frames - filled, len(images) - start)
+                pieces.append(images[start : start + take])
+                filled += take
+                start += take
+                if filled == self.config.batch_frames:
+                    self._forward_into(pieces, tokens, embeddings)
+                    pieces, filled = [], 0
+        if pieces:
+            self._forward_into(pieces, tokens, embeddings)
+        if not tokens:
+            return (np.zeros((0, self.tokens_per_frame, self.token_dim), np.float16),
+                    np.zeros((0, self.embedding_dim), np.float32))
+        return np.concatenate(tokens), np.concatenate(embeddings)
+
+    def _forward_into(self, pieces: list[np.ndarray], tokens: list[np.ndarray], embeddings: list[np.ndarray]) -> None:
+        # One resize per piece: frames of one segment share a size, other segments may not.
+        pixels = torch.cat([self._preprocess(p) for p in pieces])
+        t, e = self._forward(pixels)
+        tokens.append(t.to(torch.float16).cpu().numpy())
+        embeddings.append(F.normalize(e.float(), dim=-1).cpu().numpy())
+
+    def _preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 [N,H,W,3] -> normalised [N,3,h,w] at the model's input size, whole frame (no crop)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self._device).permute(0, 3, 1, 2).float()
+        # Antialiased: frames are usually 3-7x larger than the model input; plain bilinear would alias.
+        x = F.interpolate(x, size=self._input_hw, mode="bilinear", antialias=True, align_corners=False)
+        return ((x * self._scale - self._mean) / self._std).to(self._dtype)
+
+    def _forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [N,T,D], unnormalised embeddings [N,E]) for one chunk."""
+        if self.kind == "vlm":
+            features = self._net.get_image_features(pixel_values=pixels).pooler_output
+            tokens = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+            return tokens, tokens.float().mean(dim=1)
+        if self.kind == "dual":
+            out = self._net.get_image_features(pixel_values=pixels)
+            return out.last_hidden_state[:, self._prefix :], out.pooler_output
+        out = self._net(pixel_values=pixels)
+        tokens = out.last_hidden_state[:, self._prefix :]
+        pooled = getattr(out, "pooler_output", None)
+        return tokens, pooled if pooled is not None else tokens.float().mean(dim=1)
+
+    @torch.inference_mode()
+    def _probe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one blank frame: fails loudly at load, not on the first segment, and measures the outputs."""
+        pixels = self._preprocess(np.zeros((1, *self._input_hw, 3), np.uint8))
+        try:
+            tokens, embedding = self._forward(pixels)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise UnsupportedModel(f"{type(self._net).__name__} cannot encode a fixed {self._input_hw} frame with "
+                                   f"pixel_values alone: {exc}") from exc
+        if self.kind != "vlm":
+            patches = self._patch_grid[0] * self._patch_grid[1]
+            extra = tokens.shape[1] - patches
+            if extra < 0:
+                raise UnsupportedModel(f"{type(self._net).__name__}: {tokens.shape[1]} tokens for {patches} patches")
+            # ViT-style towers put CLS and register tokens first, then the patches in raster order.
+            self._prefix = extra
+            tokens = tokens[:, extra:]
+        return tokens, embedding
+
+
+def _kind_of(net: PreTrainedModel) -> Kind:
+    if hasattr(net, "get_image_features") and hasattr(net, "get_text_features"):
+        return "dual"
+    if hasattr(net, "get_image_features") and hasattr(net, "multi_modal_projector"):
+        return "vlm"
+    if net.main_input_name == "pixel_values" and not hasattr(net, "get_image_features"):
+        return "plain"
+    raise UnsupportedModel(
+        f"{type(net).__name__} ({net.config.model_type}) is not a dual encoder (get_image_features + "
+        "get_text_features), a VLM (get_image_features + multi_modal_projector) or a vision model (pixel_values in)"
+    )
+
+
+def _input_size(processor) -> tuple[int, int]:
+    """(height, width) the checkpoint was trained on: its processor's final output size."""
+    size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
+    if size.height and size.width:
+        return size.height, size.width
+    if size.shortest_edge:
+        return size.shortest_edge, size.shortest_edge
+    raise UnsupportedModel(f"{type(processor).__name__} has no fixed output size ({size}): variable-resolution towers "
+                           "are not supported")
+
+
+def _normalisation(processor) -> tuple[list[float], list[float], float]:
+    """(mean, std, rescale factor): pixels are multiplied by the factor, then normalised with mean and std."""
+    scale = processor.rescale_factor if processor.do_rescale else 1.0
+    if not processor.do_normalize:
+        return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], scale
+    return list(processor.image_mean), list(processor.image_std), scale
