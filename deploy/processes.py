@@ -41,6 +41,17 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = N
     raise StackError(f"nothing listening on 127.0.0.1:{port} after {timeout_s:.0f} s")
 
 
+def wait_for_port_closed(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.05)
+    raise StackError(f"127.0.0.1:{port} still accepts connections {timeout_s:.0f} s after its process was stopped")
+
+
 @dataclass
 class ProcessRecord:
     """What a stopper needs to know about a started process, stored in the stack's state file."""
@@ -78,6 +89,9 @@ class ProcessRecord:
             except ProcessLookupError:
                 pass
         _reap(self.pid)
+        # A server's main thread can be gone while its other threads still hold the port; a restart on
+        # the same port must not connect to the dying one.
+        wait_for_port_closed(self.port, timeout_s)
 
     def to_dict(self) -> dict:
         return asdict(self)

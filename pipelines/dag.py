@@ -144,7 +144,9 @@ class MemoryActor:
             raise RuntimeError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
         client = redis.Redis.from_url(config.redis.url)
         index_dir = (config.data_dir / "faiss" / f"shard-{shard_index}").resolve()
-        self.store = MemoryStore(client, config.memory, index_dir=index_dir)
+        shards = config.memory.shards
+        self.store = MemoryStore(client, config.memory, index_dir=index_dir,
+                                 owns_tenant=lambda tenant: shard(tenant, shards) == shard_index)
 
     def write(self, batch: CompressedBatch):
         return _tagged("memory", self.store.write, batch)

@@ -136,7 +136,7 @@ class Evidence(BaseModel):
     wallclock_end: datetime
     score: float
     segment_seq: int
-    thumbnail: str = Field(description="Redis key of the JPEG thumbnail; GET /v1/thumbnails/{key} serves it.")
+    thumbnail: str | None = Field(None, description="Key of the JPEG thumbnail; GET /v1/thumbnails/{key} serves it.")
 
 
 class Answer(Message):

@@ -107,7 +107,12 @@ class QueryEngine:
         memory = self._memory(query.tenant_id)
         streams = query.stream_ids or None
         if vector is None:
-            return ray.get(memory.call.remote("recent", query.tenant_id, streams, query.top_k))
+            from memory_store.service import Hit
+
+            # Nothing to match against: "what is on now" is answered by the newest frames, scored by recency.
+            records = ray.get(memory.call.remote("recent", query.tenant_id, streams, query.top_k))
+            return [Hit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end,
+                        1.0, r.thumbnail) for r in records]
         return ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
                                           t_from=t_from, t_to=t_to, k=query.top_k))
 

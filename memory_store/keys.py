@@ -1,0 +1,86 @@
+"""Every Redis key the memory service uses, built in one place.
+
+Layout (``{t}`` is the tenant id, inside braces on purpose):
+
+    ll:tenants                         set     tenant ids that have ever written
+    ll:{t}:streams                     set     stream ids of the tenant
+    ll:{t}:stream:<stream>             hash    stream stats (first/last times, frames, segments, last seq)
+    ll:{t}:frame:<frame key>           hash    one frame: metadata, embedding, kept tokens while in the short tier
+    ll:{t}:thumb:<frame key>           string  JPEG thumbnail of the frame
+    ll:{t}:segment:<stream>:<seq>      set     frame keys of a durable segment: its presence makes replays no-ops
+    ll:{t}:ids                         zset    score = index id, member = frame key (FAISS ids are these)
+    ll:{t}:next_id                     string  the last index id handed out
+    ll:{t}:timeline:<stream>           zset    score = frame wallclock, member = frame key (recent frames)
+    ll:{t}:short:<stream>              zset    score = pts, member = frame key: frames that still hold tokens
+
+The braces are a Redis Cluster hash tag: every key of one tenant lands in one
+slot, which MULTI/EXEC requires of the keys it touches. ``ll:tenants`` is the one
+key outside any tenant, so it is written outside the segment transaction.
+
+Frame keys are ``SegmentInfo.frame_key(pts)``: ``tenant/stream/seq/ms``.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "ll"
+TENANTS = f"{PREFIX}:tenants"
+
+# The wire contract's Id rule (pipelines.messages.Id). Checked again here because a tenant
+# id with a brace would break the hash tag and a '/' would make frame keys ambiguous.
+_ID_CHARS = r"[A-Za-z0-9_.:\-]{1,128}"
+_ID = re.compile(_ID_CHARS)
+_THUMB = re.compile(rf"{PREFIX}:\{{{_ID_CHARS}\}}:thumb:.+")
+
+
+def check_id(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid tenant or stream id, else raise ValueError."""
+    if not _ID.fullmatch(value):
+        raise ValueError(f"{kind} id {value!r} must match {_ID.pattern}")
+    return value
+
+
+def _tenant(tenant_id: str) -> str:
+    return f"{PREFIX}:{{{check_id('tenant', tenant_id)}}}"
+
+
+def streams(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:streams"
+
+
+def stream_stats(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:stream:{check_id('stream', stream_id)}"
+
+
+def frame(tenant_id: str, frame_key: str) -> str:
+    return f"{_tenant(tenant_id)}:frame:{frame_key}"
+
+
+def thumbnail(tenant_id: str, frame_key: str) -> str:
+    return f"{_tenant(tenant_id)}:thumb:{frame_key}"
+
+
+def is_thumbnail(key: str) -> bool:
+    """True for keys `thumbnail` builds: a caller-supplied key must never read anything else."""
+    return bool(_THUMB.fullmatch(key))
+
+
+def segment(tenant_id: str, stream_id: str, seq: int) -> str:
+    return f"{_tenant(tenant_id)}:segment:{check_id('stream', stream_id)}:{int(seq)}"
+
+
+def ids(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:ids"
+
+
+def next_id(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:next_id"
+
+
+def timeline(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:timeline:{check_id('stream', stream_id)}"
+
+
+def short_tier(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:short:{check_id('stream', stream_id)}"
