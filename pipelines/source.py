@@ -36,7 +36,7 @@ from pipelines import messages
 from pipelines.config import LivelensConfig
 from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
 from pipelines.offsets import OffsetTracker
-from pipelines.publish import AssemblyError, SegmentAssembler
+from pipelines.publish import PendingBytesExceeded, SegmentAssembler
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ class KafkaSegmentSource:
         self._topic = config.kafka.topic("segments")
         self._dlq_topic = config.kafka.topic("dead_letters")
         self._tracker = OffsetTracker()
-        self._assembler = SegmentAssembler()
+        # One assembler per partition: a stream's chunks all arrive on its partition, and a revoked
+        # partition's half-assembled segments are dropped with it.
+        self._assemblers: dict[TopicPartition, SegmentAssembler] = {}
         self._inflight: dict[Any, _InFlight] = {}
         self._consumer = None
         self._producer = None
@@ -153,7 +155,7 @@ class KafkaSegmentSource:
                     log.debug("close failed", exc_info=True)
         self._consumer = self._producer = None
         self._tracker = OffsetTracker()
-        self._assembler = SegmentAssembler()
+        self._assemblers = {}
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -175,13 +177,17 @@ class KafkaSegmentSource:
         except messages.MessageError as exc:
             self._dead_letter(tp, [record.offset], None, "source", exc.code, exc.reason, len(record.value or b""))
             return
+        assembler = self._assemblers.setdefault(tp, SegmentAssembler())
         try:
-            whole = self._assembler.add(segment, chunk, record.offset)
-        except AssemblyError as exc:
-            self._dead_letter(tp, exc.offsets or [record.offset], segment, "source", exc.code, exc.reason, len(chunk))
+            whole = assembler.add(segment, chunk, record.offset)
+        except PendingBytesExceeded as exc:
+            self._dead_letter(tp, [record.offset], segment, "source", "oversize_segment", str(exc), len(chunk))
             return
-        for dropped in self._assembler.take_expired():
-            self._dead_letter(tp, dropped.offsets, dropped.segment, "source", dropped.code, dropped.reason, 0)
+        # Superseded or inconsistent partial segments, and ones whose publisher went quiet mid-segment:
+        # dead-letter them, or they would hold the partition's commit point forever.
+        for dropped in assembler.expire(max_idle_s=self.config.kafka.session_timeout_ms / 1000 * 10):
+            self._dead_letter(tp, dropped.offsets, segment, "source", dropped.code, dropped.reason, 0,
+                              stream_id=dropped.stream_id, tenant_id=dropped.tenant_id)
         if whole is not None:
             seg, payload, offsets = whole
             self._submit(_InFlight(tp, offsets, seg, payload))
@@ -251,15 +257,17 @@ class KafkaSegmentSource:
         self.stats.paused = paused
 
     def _dead_letter(self, tp: TopicPartition, offsets: list[int], segment: messages.VideoSegment | None,
-                     stage: str, code: str, reason: str, size: int, *, attempts: int = 1) -> None:
+                     stage: str, code: str, reason: str, size: int, *, attempts: int = 1,
+                     stream_id: str | None = None, tenant_id: str | None = None) -> None:
+        stream_id = stream_id or (segment.stream_id if segment else "")
         letter = messages.DeadLetter(
-            tenant_id=segment.tenant_id if segment else "unknown",
-            stream_id=segment.stream_id if segment else "",
+            tenant_id=tenant_id or (segment.tenant_id if segment else "unknown"),
+            stream_id=stream_id,
             source_topic=tp.topic, partition=tp.partition, offset=min(offsets), stage=stage, code=code,
             reason=reason[:4096], record_bytes=size, attempts=attempts,
         )
         # Wait for the broker's ack: the offset may only be committed once the letter is durable.
-        key = (segment.stream_id if segment else "").encode()
+        key = stream_id.encode()
         self._producer.send(self._dlq_topic, key=key, value=messages.encode(letter)).get(timeout=30)
         self.stats.dead_letters[code] = self.stats.dead_letters.get(code, 0) + 1
         log.warning("%s: dead letter %s at %s[%d]@%d: %s", self.source_id, code, tp.topic, tp.partition,
@@ -279,7 +287,8 @@ class KafkaSegmentSource:
         for handle in [h for h, item in self._inflight.items() if item.tp in set(revoked)]:
             self._inflight.pop(handle)  # the new owner replays these; writes are idempotent
         self._tracker.forget(revoked)
-        self._assembler.forget(revoked)
+        for tp in revoked:
+            self._assemblers.pop(tp, None)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -1,0 +1,150 @@
+"""Ingest and query benchmark on the embedded stack (offline profile). Prints a table; --write appends to
+BENCHMARKS.md.
+
+    python benchmarks/ingest.py [--streams 1 8 32] [--seconds 20] [--write]
+
+Ingest, per stream count N:
+- throughput: N copies of the sample broadcast published as fast as possible; frames stored per second of
+  wall time from the first record to the last segment in memory.
+- latency: N streams published in real time (as live encoders would); seconds from a segment's produce to
+  its frames being visible in memory, p50 / p99 over all segments.
+Query: p50 / p99 of retrieval alone (generate=false) and with the answer actor, over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from deploy.processes import free_port, start_broker, start_redis
+from memory_store.redis_tier import RedisTier
+from pipelines import messages
+from pipelines.app import deploy_pipeline
+from pipelines.client import Client
+from pipelines.config import LivelensConfig
+from pipelines.publish import SegmentPublisher
+from pipelines.sample_video import write_sample_video
+from pipelines.segmenter import iter_segments
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run_streams(config: LivelensConfig, video: Path, n: int, pace: str) -> dict:
+    import redis
+
+    tier = RedisTier(redis.Redis.from_url(config.redis.url), config.memory)
+    segments = sum(1 for _ in iter_segments(str(video)))
+    tag = uuid.uuid4().hex[:6]
+    streams = [f"{pace}-{n}-{tag}-{i}" for i in range(n)]
+    started = time.perf_counter()
+    threads = [threading.Thread(target=SegmentPublisher(kafka=config.kafka).publish,
+                                kwargs=dict(source=str(video), stream_id=s, pace=pace)) for s in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        infos = [tier.stream_info("default", s) for s in streams]
+        if all(i is not None and i.segments == segments for i in infos):
+            break
+        time.sleep(0.2)
+    else:
+        raise RuntimeError(f"{n} streams not fully ingested in time")
+    wall = time.perf_counter() - started
+    frames = sum(i.frames for i in infos)
+    source = ray.get_actor("source-0", namespace=config.ray.namespace)
+    latencies = ray.get(source.stats.remote())["latencies_s"][-n * segments:]
+    return dict(streams=n, pace=pace, frames=frames, wall_s=wall, fps=frames / wall,
+                p50=pct(latencies, 50), p99=pct(latencies, 99))
+
+
+def query_latency(config: LivelensConfig, http: str, generate: bool, count: int = 40) -> tuple[float, float]:
+    client = Client(config, http_url=http)
+    times = []
+    for i in range(count):
+        q = messages.Query(tenant_id="default", text=f"what happened {i}", top_k=5, generate=generate)
+        t = time.perf_counter()
+        client.ask_http(q)
+        times.append((time.perf_counter() - t) * 1000)
+    return pct(times, 50), pct(times, 99)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=20.0, help="Length of the sample broadcast per stream.")
+    parser.add_argument("--write", action="store_true", help="Append the results to BENCHMARKS.md.")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="livelens-bench-"))
+    broker, redis_proc = start_broker(work), start_redis(work)
+    config = LivelensConfig(data_dir=work / "data", kafka=dict(bootstrap=broker.address),
+                            redis=dict(url=redis_proc.address), serve=dict(port=free_port()))
+    video = work / "broadcast.mp4"
+    write_sample_video(video, duration_s=args.seconds)
+    ray.init(include_dashboard=False, log_to_driver=False, namespace=config.ray.namespace)
+    try:
+        http = deploy_pipeline(config, detached=False)["http"]
+        rows = []
+        for n in args.streams:
+            for pace in ("fast", "realtime"):
+                row = run_streams(config, video, n, pace)
+                rows.append(row)
+                print(f"{n:>3} streams {pace:>8}: {row['frames']:>5} frames in {row['wall_s']:6.1f} s = "
+                      f"{row['fps']:6.1f} frames/s; publish->memory p50 {row['p50']:.2f} s p99 {row['p99']:.2f} s",
+                      flush=True)
+        retrieval = query_latency(config, http, generate=False)
+        answered = query_latency(config, http, generate=True)
+        print(f"query over HTTP: retrieval p50 {retrieval[0]:.1f} ms p99 {retrieval[1]:.1f} ms; "
+              f"with answer actor p50 {answered[0]:.1f} ms p99 {answered[1]:.1f} ms")
+    finally:
+        ray.shutdown()
+        broker.stop()
+        redis_proc.stop()
+    if args.write:
+        write_markdown(rows, retrieval, answered, args)
+    return 0
+
+
+def write_markdown(rows, retrieval, answered, args) -> None:
+    lines = [
+        "",
+        f"### Ingest and query, offline profile ({time.strftime('%Y-%m-%d')}, 2-core CPU, "
+        f"{args.seconds:.0f} s sample broadcast per stream, 640x360 10 fps H.264, sampled at 1 fps)",
+        "",
+        f"Command: `python benchmarks/ingest.py --streams {' '.join(map(str, args.streams))} "
+        f"--seconds {args.seconds:g} --write`",
+        "",
+        "| streams | publishing | frames stored | wall s | frames/s | publish->memory p50 s | p99 s |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['streams']} | {r['pace']} | {r['frames']} | {r['wall_s']:.1f} | {r['fps']:.1f} | "
+                     f"{r['p50']:.2f} | {r['p99']:.2f} |")
+    lines += [
+        "",
+        f"Query latency over HTTP (Ray Serve), 40 queries: retrieval only p50 {retrieval[0]:.1f} ms, "
+        f"p99 {retrieval[1]:.1f} ms; with the answer actor (extractive) p50 {answered[0]:.1f} ms, "
+        f"p99 {answered[1]:.1f} ms.",
+        "",
+    ]
+    with open(REPO / "BENCHMARKS.md", "a") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
