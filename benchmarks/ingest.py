@@ -98,7 +98,8 @@ def main() -> int:
     write_sample_video(video, duration_s=args.seconds)
     ray.init(include_dashboard=False, log_to_driver=False, namespace=config.ray.namespace)
     try:
-        http = deploy_pipeline(config, detached=False)["http"]
+        deployment = deploy_pipeline(config, detached=False)  # held: the actors live as long as it does
+        http = deployment.http_url
         rows = []
         for n in args.streams:
             for pace in ("fast", "realtime"):

@@ -182,7 +182,7 @@ class VisionEncoder:
 
     def _preprocess(self, images: np.ndarray) -> torch.Tensor:
         """uint8 [N,H,W,3] -> normalised [N,3,h,w] at the model's input size, whole frame (no crop)."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self._device).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(_writable(images)).to(self._device).permute(0, 3, 1, 2).float()
         # Antialiased: frames are usually 3-7x larger than the model input; plain bilinear would alias.
         x = F.interpolate(x, size=self._input_hw, mode="bilinear", antialias=True, align_corners=False)
         return ((x * self._scale - self._mean) / self._std).to(self._dtype)
@@ -251,3 +251,8 @@ def _normalisation(processor) -> tuple[list[float], list[float], float]:
     if not processor.do_normalize:
         return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], scale
     return list(processor.image_mean), list(processor.image_std), scale
+
+
+def _writable(images: np.ndarray) -> np.ndarray:
+    """Arrays that crossed a Ray boundary are read-only views of shared memory; torch wants its own."""
+    return images if images.flags.writeable and images.flags.c_contiguous else np.array(images, order="C")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -40,7 +42,22 @@ def connect_ray(config: LivelensConfig) -> None:
              num_cpus=config.ray.num_cpus if not config.ray.address else None)
 
 
-def deploy_pipeline(config: LivelensConfig, *, detached: bool, http: bool = True) -> dict[str, str]:
+@dataclass
+class PipelineDeployment:
+    """Handles of every actor of a deployed pipeline.
+
+    A non-detached actor lives only while a handle to it does, so whoever deploys one
+    (a test, a benchmark) keeps this object for as long as the pipeline should run.
+    """
+
+    stages: Any
+    answerers: list
+    sources: list
+    query_consumer: Any
+    http_url: str = ""
+
+
+def deploy_pipeline(config: LivelensConfig, *, detached: bool, http: bool = True) -> PipelineDeployment:
     """Start every actor of the pipeline (or find them running) and, optionally, the HTTP API."""
     from pipelines.dag import start_sources, start_stages
     from pipelines.query_service import start_answerers, start_query_consumer
@@ -51,14 +68,13 @@ def deploy_pipeline(config: LivelensConfig, *, detached: bool, http: bool = True
     ray.get([m.call.remote("stats") for m in stages.memory] + [e.describe.remote() for e in stages.encoders])
     answerers = start_answerers(config, detached=detached)
     ray.get([a.kind.remote() for a in answerers])
-    start_sources(config, detached=detached)
-    start_query_consumer(config, detached=detached)
-    out = {}
+    deployment = PipelineDeployment(stages=stages, answerers=answerers, sources=start_sources(config, detached=detached),
+                                    query_consumer=start_query_consumer(config, detached=detached))
     if http:
         from pipelines.http_api import start_http
 
-        out["http"] = start_http(config)
-    return out
+        deployment.http_url = start_http(config)
+    return deployment
 
 
 def pipeline_stats(config: LivelensConfig) -> dict[str, dict]:

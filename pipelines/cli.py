@@ -53,8 +53,7 @@ def up(http: Annotated[bool, typer.Option(help="Also serve the HTTP API through 
                            num_cpus=config.ray.num_cpus)
     config = effective_config(config)
     with console.status("deploying the pipeline"):
-        urls = deploy_pipeline(config, detached=True, http=http)
-    state.http_url = urls.get("http", "")
+        state.http_url = deploy_pipeline(config, detached=True, http=http).http_url
     state.save(Path(config.data_dir))
     _print_state(state)
 

@@ -38,6 +38,12 @@ def shard(key: str, n: int) -> int:
     return zlib.crc32(key.encode()) % n
 
 
+def setup_logging() -> None:
+    """Actor processes log at INFO; kafka-python's INFO is a connection diary, kept at WARNING."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
 def _tagged(stage: str, fn, *args):
     """Run a stage, tagging bad-input errors with the stage's name for the dead letter."""
     try:
@@ -238,7 +244,7 @@ class SourceActor:
     def __init__(self, config: LivelensConfig, source_id: str):
         from pipelines.source import KafkaSegmentSource
 
-        logging.basicConfig(level=logging.INFO)
+        setup_logging()
         self.source = KafkaSegmentSource(config, RayIngest(find_stages(config)), source_id=source_id)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=source_id, daemon=True)

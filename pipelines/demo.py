@@ -39,7 +39,7 @@ def run_demo(*, duration_s: float, fast: bool, keep: bool, console: Console) -> 
     failures: list[str] = []
     try:
         with console.status("deploying the pipeline (Ray actors, HTTP API)"):
-            urls = deploy_pipeline(config, detached=True)
+            http_url = deploy_pipeline(config, detached=True).http_url
         video = Path(config.data_dir) / "sample" / "broadcast.mp4"
         video.parent.mkdir(parents=True, exist_ok=True)
         truth = write_sample_video(video, duration_s=duration_s)
@@ -49,7 +49,7 @@ def run_demo(*, duration_s: float, fast: bool, keep: bool, console: Console) -> 
             target=SegmentPublisher(kafka=config.kafka).publish,
             kwargs=dict(source=str(video), stream_id=stream, pace="fast" if fast else "realtime"), daemon=True)
         publisher.start()
-        client = Client(config, http_url=urls["http"])
+        client = Client(config, http_url=http_url)
 
         def ask(title: str, query: messages.Query, check=None, via: str = "http") -> None:
             answer = client.ask_kafka(query) if via == "kafka" else client.ask_http(query)
@@ -83,7 +83,7 @@ def run_demo(*, duration_s: float, fast: bool, keep: bool, console: Console) -> 
             ask(f'When did the headline "{h["text"]}" appear? (truth {h["start"]:.0f}-{h["end"]:.0f} s)',
                 messages.Query(tenant_id="default", stream_ids=[stream], text=h["text"], top_k=3))
         console.rule("where to look")
-        console.print(f"HTTP API and its OpenAPI docs: {urls['http']}/docs")
+        console.print(f"HTTP API and its OpenAPI docs: {http_url}/docs")
         console.print(f"Ray dashboard (actors, logs, metrics): {state.ray_dashboard or 'external Ray cluster'}")
     except Exception as exc:
         failures.append(f"{type(exc).__name__}: {exc}")

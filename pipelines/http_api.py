@@ -4,8 +4,6 @@ Errors are JSON `{"error": {"code": ..., "message": ...}}` with a stable code; b
 requests get 4xx, never a 500.
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 
 from fastapi import FastAPI, Request

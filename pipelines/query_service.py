@@ -22,7 +22,7 @@ from kafka.structs import OffsetAndMetadata
 from operators.frames import StageError
 from pipelines import messages
 from pipelines.config import LivelensConfig
-from pipelines.dag import find_stages, shard
+from pipelines.dag import find_stages, setup_logging, shard
 from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class QueryConsumer:
 @ray.remote(max_restarts=-1, max_concurrency=4)
 class QueryConsumerActor:
     def __init__(self, config: LivelensConfig):
-        logging.basicConfig(level=logging.INFO)
+        setup_logging()
         self.consumer = QueryConsumer(config, QueryEngine(config))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,), daemon=True)

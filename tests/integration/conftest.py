@@ -57,16 +57,16 @@ def _free_port() -> int:
 @pytest.fixture
 def deployed(ray_runtime, tmp_path, kafka_broker, redis_server, tiny_models):
     """Deploy a pipeline; returns a factory so a test may pass config sections first."""
-    deployed_ns: list[tuple[LivelensConfig, bool]] = []
+    deployed_ns: list[tuple[LivelensConfig, bool, object]] = []
 
     def deploy(http: bool = False, **sections) -> LivelensConfig:
         config = make_config(tmp_path, kafka_broker, redis_server, tiny_models, **sections)
-        deployed_ns.append((config, http))
-        deploy_pipeline(config, detached=False, http=http)
+        # Held until teardown: non-detached actors live as long as a handle to them does.
+        deployed_ns.append((config, http, deploy_pipeline(config, detached=False, http=http)))
         return config
 
     yield deploy
-    for config, http in deployed_ns:
+    for config, http, _ in deployed_ns:
         if http:
             from ray import serve
 
@@ -75,14 +75,17 @@ def deployed(ray_runtime, tmp_path, kafka_broker, redis_server, tiny_models):
 
 
 def _kill_namespace(config: LivelensConfig) -> None:
-    from ray.util.state import list_actors
-
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        if actor.get("ray_namespace") == config.ray.namespace and actor.get("name"):
-            try:
-                ray.kill(ray.get_actor(actor["name"], namespace=config.ray.namespace), no_restart=True)
-            except ValueError:
-                pass
+    """Kill every pipeline actor by its name (the names are a function of the config)."""
+    p = config.pipeline
+    names = ([f"source-{i}" for i in range(p.sources)] + ["query-consumer"]
+             + [f"decode-{i}" for i in range(p.decoders)] + [f"encode-{i}" for i in range(p.encoders)]
+             + [f"compress-{i}" for i in range(p.compressors)] + [f"answer-{i}" for i in range(p.answerers)]
+             + [f"memory-{i}" for i in range(config.memory.shards)])
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=config.ray.namespace), no_restart=True)
+        except ValueError:
+            pass  # never started
 
 
 def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.25):
