@@ -104,11 +104,12 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _spawn(name: str, argv: list[str], log: Path, port: int, address: str, timeout_s: float) -> ProcessRecord:
+def _spawn(name: str, argv: list[str], log: Path, port: int, address: str, timeout_s: float,
+           env: dict[str, str] | None = None) -> ProcessRecord:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     record = ProcessRecord(name=name, pid=proc.pid, port=port, address=address, log=str(log))
     try:
         wait_for_port(port, timeout_s, proc, log)
@@ -154,13 +155,20 @@ def start_redis(data_dir: Path, port: int | None = None, appendfsync: str = "alw
     return _spawn("redis", argv, Path(data_dir) / "logs" / "redis.log", port, f"redis://127.0.0.1:{port}/0", 30)
 
 
+# Ray's token authentication, on for the local head; a driver must say the same to connect
+# (the token itself is in ~/.ray/auth_token, written by `ray start`).
+RAY_AUTH_MODE = "token"
+
+
 def start_ray_head(data_dir: Path, num_cpus: int | None = None) -> tuple[ProcessRecord, int]:
     """A Ray head in the foreground of its own session (`--block`), so stopping its group stops Ray."""
     port, dashboard = free_port(), free_port()
     ray = shutil.which("ray") or str(Path(os.sys.executable).with_name("ray"))
-    argv = [ray, "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
+    argv = [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}", "--include-dashboard=true", "--disable-usage-stats"]
     if num_cpus:
         argv.append(f"--num-cpus={num_cpus}")
-    record = _spawn("ray", argv, Path(data_dir) / "logs" / "ray.log", port, f"127.0.0.1:{port}", 90)
+    record = _spawn("ray", argv, Path(data_dir) / "logs" / "ray.log", port, f"127.0.0.1:{port}", 90,
+                    env={**os.environ, "RAY_AUTH_MODE": RAY_AUTH_MODE})
     return record, dashboard

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Ray reads its auth mode when it is imported. `ray start` (and so `livelens up`) turns token
+# authentication on, with the token in ~/.ray/auth_token; a driver must say so to connect.
+# Set RAY_AUTH_MODE=disabled yourself for a cluster that runs without it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 import json
 import logging
 import re

@@ -146,7 +146,8 @@ class QueryEngine:
         ]
         answerer = self.answerers[self._next % len(self.answerers)]
         self._next += 1
-        return ray.get(answerer.answer.remote(query.text or "What is on screen?", items))
+        question = query.text or ("When was this image on screen?" if query.image_jpeg_b64 else "What is on screen now?")
+        return ray.get(answerer.answer.remote(question, items))
 
     def streams(self, tenant_id: str) -> list[Any]:
         return ray.get(self._memory(tenant_id).call.remote("streams", tenant_id))

@@ -1,0 +1,220 @@
+"""ScreenTextReader and TextEmbedder on rendered frames of known text, and on a frame of a real clip."""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import rapidocr_onnxruntime
+from PIL import Image, ImageDraw, ImageFont
+from rapidocr_onnxruntime import RapidOCR
+
+from operators.frames import FrameBatch, SegmentInfo, StageError
+from operators.ocr import ScreenTextReader, TextEmbedder
+from pipelines.config import OcrConfig
+
+HEADLINES = ["STORM WARNING FOR COASTAL TOWNS", "MARKETS RALLY AS RATES FALL", "LOCAL TEAM WINS CHAMPIONSHIP"]
+WIDTH, HEIGHT = 640, 360
+
+
+class CountingReader(ScreenTextReader):
+    """The real reader, counting how often it runs OCR."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ocr_calls = 0
+
+    def recognise(self, image):
+        self.ocr_calls += 1
+        return super().recognise(image)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> TextEmbedder:
+    return TextEmbedder()
+
+
+@pytest.fixture(scope="module")
+def reader(embedder: TextEmbedder) -> CountingReader:
+    """One reader for the module (the engine loads once); tests keep apart by stream id."""
+    return CountingReader(OcrConfig(), embedder)
+
+
+def frame(headline: str | None = None, corners: tuple[str, str] | None = None) -> np.ndarray:
+    """A 640x360 broadcast frame: a sky gradient; dark ``headline`` on a light banner in the lower
+    third, as large as fits (36 px at most); ``corners`` in white at the top left and top right."""
+    y = np.linspace(0.0, 1.0, HEIGHT)[:, None, None]
+    sky = np.array([30, 60, 110]) * (1 - y) + np.array([70, 110, 160]) * y
+    image = Image.fromarray(np.broadcast_to(sky, (HEIGHT, WIDTH, 3)).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    if headline is not None:
+        draw.rectangle([0, 252, WIDTH, 324], fill=(236, 236, 228))
+        size = 36
+        while draw.textlength(headline, font=ImageFont.load_default(size=size)) > WIDTH - 40:
+            size -= 2
+        draw.text((20, 270), headline, fill=(20, 20, 30), font=ImageFont.load_default(size=size))
+    if corners is not None:
+        font = ImageFont.load_default(size=28)
+        draw.text((20, 20), corners[0], fill=(255, 255, 255), font=font)
+        right = WIDTH - 20 - draw.textlength(corners[1], font=font)
+        draw.text((right, 20), corners[1], fill=(255, 255, 255), font=font)
+    return np.asarray(image)
+
+
+def batch(images: list[np.ndarray], start_s: float = 0.0, stream: str = "cam-1") -> FrameBatch:
+    info = SegmentInfo("t1", stream, int(start_s), 1_700_000_000.0 + start_s, start_s, float(len(images)))
+    return FrameBatch(info, start_s + np.arange(len(images), dtype=np.float64), np.stack(images))
+
+
+def similarity(a: str, b: str) -> float:
+    """Character similarity of two texts, ignoring case and how whitespace runs."""
+    return difflib.SequenceMatcher(None, " ".join(a.upper().split()), " ".join(b.upper().split())).ratio()
+
+
+def word_overlap(expected: str, got: str) -> float:
+    words = expected.upper().split()
+    return sum(word in set(got.upper().split()) for word in words) / len(words)
+
+
+@pytest.mark.parametrize("headline", HEADLINES)
+def test_headline_is_read_in_the_lower_third(reader: CountingReader, headline: str):
+    (text,) = reader.read(batch([frame(headline)], stream=f"headline-{headline}"))
+    assert not text.reused
+    (line,) = text.lines
+    assert similarity(line.text, headline) >= 0.9, line.text
+    # The recogniser alone runs words of capitals together (overlap 0 for these); one miss in five words is allowed.
+    assert word_overlap(headline, line.text) >= 0.6, line.text
+    assert line.confidence >= reader.config.min_confidence
+    assert len(line.box) == 4
+    assert all(2 / 3 <= y <= 1 and 0 <= x <= 1 for x, y in line.box), line.box
+    assert text.embedding.shape == (384,) and text.embedding.dtype == np.float32
+    assert np.linalg.norm(text.embedding) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_lines_come_in_reading_order(reader: CountingReader):
+    # "LIVE" (top right) sits higher than "14:05" (top left): same row, so left comes first.
+    (text,) = reader.read(batch([frame(HEADLINES[1], corners=("14:05", "LIVE"))], stream="order"))
+    assert [line.text for line in text.lines[:2]] == ["14:05", "LIVE"]
+    assert len(text.lines) == 3 and similarity(text.lines[2].text, HEADLINES[1]) >= 0.9
+    assert text.text == "\n".join(line.text for line in text.lines)
+
+
+def test_lines_shorter_than_min_text_chars_are_dropped(reader: CountingReader):
+    # The engine reads "ON" (with min_text_chars=1 it is kept), but 2 characters are below the default 3.
+    (text,) = reader.read(batch([frame(HEADLINES[1], corners=("LIVE", "ON"))], stream="short"))
+    assert [line.text for line in text.lines[:1]] == ["LIVE"] and len(text.lines) == 2
+
+
+def test_unchanged_frame_is_reused_without_ocr(reader: CountingReader):
+    image = frame(HEADLINES[0])
+    # Sensor and compression noise of a static shot is no change.
+    noisy = np.clip(image + np.random.default_rng(0).integers(-3, 4, image.shape), 0, 255).astype(np.uint8)
+    calls = reader.ocr_calls
+    first = reader.read(batch([image, noisy, image], stream="static"))
+    later = reader.read(batch([image], start_s=3.0, stream="static"))  # state carries across segments
+    assert reader.ocr_calls == calls + 1
+    assert [t.reused for t in first + later] == [False, True, True, True]
+    assert [t.pts_s for t in first + later] == [0.0, 1.0, 2.0, 3.0]
+    for text in first[1:] + later:
+        assert text.lines == first[0].lines
+        assert text.embedding is first[0].embedding
+    assert not first[0].embedding.flags.writeable  # shared, so nobody may change it in place
+
+
+def test_changed_headline_is_read_again(reader: CountingReader):
+    calls = reader.ocr_calls
+    texts = reader.read(batch([frame(HEADLINES[1]), frame(HEADLINES[2]), frame(HEADLINES[2])], stream="swap"))
+    assert reader.ocr_calls == calls + 2
+    assert [t.reused for t in texts] == [False, False, True]
+    assert similarity(texts[1].text, HEADLINES[2]) >= 0.9
+    assert float(texts[0].embedding @ texts[1].embedding) < 0.5
+
+
+def test_frame_without_text_has_no_lines_and_no_embedding(reader: CountingReader):
+    (text,) = reader.read(batch([frame()], stream="empty"))
+    assert (text.lines, text.embedding, text.text, text.reused) == ([], None, "", False)
+
+
+def test_state_is_per_stream_and_survives_snapshot_and_restore(reader: CountingReader):
+    image = frame(HEADLINES[2])
+    calls = reader.ocr_calls
+    (first,) = reader.read(batch([image], stream="a"))
+    (other,) = reader.read(batch([image], stream="b"))
+    assert not other.reused and reader.ocr_calls == calls + 2  # another stream's read is not reused
+    state = pickle.loads(pickle.dumps(reader.snapshot()))
+    reader.forget("t1", "a")
+    assert not reader.read(batch([image], start_s=1.0, stream="a"))[0].reused
+    reader.restore(state)
+    (again,) = reader.read(batch([image], start_s=2.0, stream="a"))
+    assert again.reused and again.lines == first.lines
+    np.testing.assert_array_equal(again.embedding, first.embedding)
+    assert reader.ocr_calls == calls + 3
+    with pytest.raises(ValueError, match="version"):
+        reader.restore({**state, "version": 0})
+
+
+def test_engine_failure_is_a_stage_error(embedder: TextEmbedder):
+    broken = ScreenTextReader(OcrConfig(), embedder)
+    # The detector given the recogniser's model: onnxruntime fails on the first frame.
+    models = Path(rapidocr_onnxruntime.__file__).parent / "models"
+    broken._engine = RapidOCR(use_cls=False, det_model_path=str(models / "ch_PP-OCRv4_rec_infer.onnx"))
+    with pytest.raises(StageError) as error:
+        broken.read(batch([frame(HEADLINES[0])]))
+    assert (error.value.code, error.value.stage) == ("ocr_error", "ocr")
+    assert "Traceback" not in error.value.reason
+
+
+def test_a_disabled_stage_builds_no_reader(embedder: TextEmbedder):
+    with pytest.raises(ValueError, match="enabled"):
+        ScreenTextReader(OcrConfig(enabled=False), embedder)
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("storm warning on the coast", HEADLINES[0]),
+        ("hurricane alert for seaside villages", HEADLINES[0]),
+        ("stock prices go up after interest rate cut", HEADLINES[1]),
+        ("shares climb as borrowing gets cheaper", HEADLINES[1]),
+        ("home side takes the title", HEADLINES[2]),
+        ("our club are champions", HEADLINES[2]),
+    ],
+)
+def test_embedder_ranks_the_paraphrased_headline_first(embedder: TextEmbedder, query: str, expected: str):
+    headlines = embedder.embed(HEADLINES)
+    scores = headlines @ embedder.embed([query])[0]
+    assert HEADLINES[int(np.argmax(scores))] == expected, scores
+
+
+def test_embeddings_are_normalised_float32(embedder: TextEmbedder):
+    vectors = embedder.embed(["LIVE", "a much longer line of on-screen text " * 40])  # past the 256-token limit
+    assert vectors.shape == (2, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_a_text_query_finds_the_frame_whose_text_was_read(reader: CountingReader, embedder: TextEmbedder):
+    texts = reader.read(batch([frame(headline) for headline in HEADLINES], stream="search"))
+    frames = np.stack([t.embedding for t in texts])
+    queries = embedder.embed(["storm warning on the coast", "stock prices go up after interest rate cut",
+                              "home side takes the title"])
+    np.testing.assert_array_equal((queries @ frames.T).argmax(axis=1), [0, 1, 2])
+
+
+def test_a_real_clip_frame_gives_well_formed_results(reader: CountingReader, real_video_dir: Path):
+    with av.open(str(real_video_dir / "friday.mp4")) as container:
+        images = [f.to_ndarray(format="rgb24") for _, f in zip(range(31), container.decode(video=0))][::30]
+    texts = reader.read(batch(images, stream="friday"))
+    assert [t.pts_s for t in texts] == [0.0, 1.0] and not texts[0].reused
+    for text in texts:
+        for line in text.lines:
+            assert line.text and line.confidence >= reader.config.min_confidence
+            assert len(line.box) == 4 and all(0 <= v <= 1 for corner in line.box for v in corner)
+        if text.lines:
+            assert text.embedding.shape == (384,)
+        else:
+            assert text.embedding is None
