@@ -5,10 +5,12 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:tenants                         set     tenant ids that have ever written
     ll:{t}:streams                     set     stream ids of the tenant
     ll:{t}:stream:<stream>             hash    stream stats (first/last times, frames, segments, last seq)
-    ll:{t}:frame:<frame key>           hash    one frame: metadata, embedding, kept tokens while in the short tier
+    ll:{t}:frame:<frame key>           hash    one frame: metadata, embedding, kept tokens while in the short tier,
+                                               on-screen text (lines, text embedding) when it has some
     ll:{t}:thumb:<frame key>           string  JPEG thumbnail of the frame
     ll:{t}:segment:<stream>:<seq>      set     frame keys of a durable segment: its presence makes replays no-ops
     ll:{t}:ids                         zset    score = index id, member = frame key (FAISS ids are these)
+    ll:{t}:text_ids                    zset    score = index id, member = frame key: frames with a text embedding
     ll:{t}:next_id                     string  the last index id handed out
     ll:{t}:timeline:<stream>           zset    score = frame wallclock, member = frame key (recent frames)
     ll:{t}:short:<stream>              zset    score = pts, member = frame key: frames that still hold tokens
@@ -72,6 +74,10 @@ def segment(tenant_id: str, stream_id: str, seq: int) -> str:
 
 def ids(tenant_id: str) -> str:
     return f"{_tenant(tenant_id)}:ids"
+
+
+def text_ids(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:text_ids"
 
 
 def next_id(tenant_id: str) -> str:

@@ -1,102 +1,44 @@
 """The Redis tier: everything memory keeps about a frame, written once per segment, atomically.
 
-A segment is written in one MULTI/EXEC transaction: its frames, thumbnails,
-index ids, stream stats, short-tier bookkeeping and, last, its segment marker.
-Either all of it exists or none of it, so the marker's presence means "this
-segment is durable" and a replay can return at once.
+A segment is written in one MULTI/EXEC transaction: its frames (on-screen text
+included), thumbnails, index ids, stream stats, short-tier bookkeeping and, last,
+its segment marker. Either all of it exists or none of it, so the marker's
+presence means "this segment is durable" and a replay can return at once.
 
 Durability: the local stack runs redis-server with AOF ``appendfsync always``.
 Redis then fsyncs the AOF before it replies to EXEC, so EXEC returning means the
 segment survives a crash of redis-server. That is what lets the Kafka source
 commit the segment's offsets as soon as ``write_segment`` returns.
 
+Id sets: ``ll:{t}:ids`` holds every frame, ``ll:{t}:text_ids`` the frames with a
+text embedding, both scored by frame id. Ids are allocated from ``next_id`` in
+the transaction that adds them to both sets, and transactions on a tenant are
+serialised by WATCH on ``next_id``; so each set only ever gains ids larger than
+all it holds. The service's rebuild relies on that (see ``memory_store.rebuild``).
+
 Short tier: only the newest ``MemoryConfig.recent_frames`` frames of a stream (by
 pts) keep their tokens; the write that pushes a frame out of that window deletes
-its token fields in the same transaction. Metadata and embedding stay forever.
+its token fields in the same transaction. Metadata, embedding and text stay forever.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
 
 from memory_store import keys
-from operators.frames import CompressedBatch, StageError
+from memory_store.records import (META_FIELDS, TOKEN_FIELDS, VECTOR_FIELD, FrameRecord, IndexEntry, IndexKind,
+                                  StreamInfo, WriteResult, encode_frames, frame_record, merged_stats, stream_info)
+from operators.frames import CompressedBatch
 from pipelines.config import MemoryConfig
 
-# The fields of a frame hash that leave when the frame leaves the short tier.
-TOKEN_FIELDS = ("positions", "tokens", "token_shape")
-_META_FIELDS = ("id", "stream_id", "seq", "pts_s", "t_end_s", "wallclock", "embedding", "drop_ratio", "grid",
-                "thumbnail")
+if TYPE_CHECKING:
+    from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text
+
 _STATS_FIELDS = ("first_wallclock", "last_wallclock", "first_media_s", "last_media_s", "last_seq")
-# Positions are stored as int16.
-_MAX_TOKENS_PER_FRAME = 1 << 15
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """A segment that this call made durable. ``tokens_evicted``: frames of the stream that left the short tier."""
-
-    tenant_id: str
-    stream_id: str
-    seq: int
-    frame_keys: tuple[str, ...]
-    ids: tuple[int, ...]
-    wallclocks: tuple[float, ...]
-    tokens_evicted: int
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """What a tenant's stream has stored: wallclock (epoch s) and media (s from stream start) ranges covered."""
-
-    stream_id: str
-    first_wallclock: float
-    last_wallclock: float
-    first_media_s: float
-    last_media_s: float
-    frames: int
-    segments: int
-    last_seq: int
-    updated_at: float
-
-
-@dataclass
-class FrameRecord:
-    """One stored frame. ``positions``/``tokens`` are None once the frame has left the short tier.
-
-    tokens: float16 [K, D], the kept tokens; positions: int16 [K], their index in the frame's token grid.
-    """
-
-    id: int
-    frame_key: str
-    stream_id: str
-    seq: int
-    pts_s: float
-    t_end_s: float
-    wallclock_start: float
-    wallclock_end: float
-    embedding: np.ndarray
-    drop_ratio: float
-    grid: tuple[int, int]
-    thumbnail: str | None
-    positions: np.ndarray | None
-    tokens: np.ndarray | None
-
-
-class IndexEntry(NamedTuple):
-    """What the vector index needs of a frame."""
-
-    id: int
-    frame_key: str
-    stream_id: str
-    wallclock: float
-    embedding: np.ndarray
 
 
 class RedisTier:
@@ -111,11 +53,14 @@ class RedisTier:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write_segment(self, batch: CompressedBatch) -> WriteResult | None:
-        """Store a segment atomically; None when it was already stored (a replay changes nothing)."""
+    def write_segment(self, batch: CompressedBatch, texts: Sequence[FrameText] | None = None) -> WriteResult | None:
+        """Store a segment atomically; None when it was already stored (a replay changes nothing, texts included).
+
+        texts: one per frame, in pts order, or None; stored in the same transaction as the frames.
+        """
         seg = batch.segment
         tenant, stream = seg.tenant_id, seg.stream_id
-        frames = _encode_frames(batch)
+        frames = encode_frames(batch, texts)
         marker = keys.segment(tenant, stream, seg.seq)
         counter = keys.next_id(tenant)
         stats = keys.stream_stats(tenant, stream)
@@ -141,6 +86,9 @@ class RedisTier:
                 if f.thumbnail is not None:
                     pipe.set(keys.thumbnail(tenant, f.key), f.thumbnail)
             pipe.zadd(keys.ids(tenant), {f.key: i for i, f in zip(ids, frames)})
+            with_text = {f.key: i for i, f in zip(ids, frames) if f.text_indexed}
+            if with_text:
+                pipe.zadd(keys.text_ids(tenant), with_text)
             pipe.set(counter, ids[-1])
             pipe.zadd(keys.timeline(tenant, stream), {f.key: f.wallclock for f in frames})
             pipe.zadd(short, {f.key: f.pts for f in frames})
@@ -149,7 +97,7 @@ class RedisTier:
                 for victim in victims:
                     pipe.hdel(keys.frame(tenant, victim), *TOKEN_FIELDS)
             pipe.sadd(keys.streams(tenant), stream)
-            pipe.hset(stats, mapping=_merged_stats(old_stats, batch, frames))
+            pipe.hset(stats, mapping=merged_stats(old_stats, batch, frames))
             pipe.hincrby(stats, "frames", len(frames))
             pipe.hincrby(stats, "segments", 1)
             pipe.sadd(marker, *(f.key for f in frames))
@@ -181,19 +129,19 @@ class RedisTier:
         pipe = self.r.pipeline(transaction=False)
         for stream in stream_ids:
             pipe.hgetall(keys.stream_stats(tenant_id, stream))
-        return [_stream_info(s, h) for s, h in zip(stream_ids, pipe.execute())]
+        return [stream_info(s, h) for s, h in zip(stream_ids, pipe.execute())]
 
     def stream_info(self, tenant_id: str, stream_id: str) -> StreamInfo | None:
         found = self.r.hgetall(keys.stream_stats(tenant_id, stream_id))
-        return _stream_info(stream_id, found) if found else None
+        return stream_info(stream_id, found) if found else None
 
     def frames(self, tenant_id: str, frame_keys: Sequence[str], *, tokens: bool = True) -> list[FrameRecord | None]:
         """The frames in the order asked; None for a key not stored. ``tokens=False`` skips the token fields."""
-        fields = _META_FIELDS + TOKEN_FIELDS if tokens else _META_FIELDS
+        fields = META_FIELDS + TOKEN_FIELDS if tokens else META_FIELDS
         pipe = self.r.pipeline(transaction=False)
         for key in frame_keys:
             pipe.hmget(keys.frame(tenant_id, key), fields)
-        return [_frame_record(key, dict(zip(fields, values))) if values[0] is not None else None
+        return [frame_record(key, dict(zip(fields, values))) if values[0] is not None else None
                 for key, values in zip(frame_keys, pipe.execute())]
 
     def frame_keys_for_ids(self, tenant_id: str, ids: Sequence[int]) -> list[str | None]:
@@ -207,32 +155,43 @@ class RedisTier:
         found = [k.decode() for k in self.r.smembers(keys.segment(tenant_id, stream_id, seq))]
         return sorted(found, key=lambda k: int(k.rsplit("/", 1)[1]))
 
-    def index_entries(self, tenant_id: str, frame_keys: Sequence[str]) -> list[IndexEntry]:
-        """Index entries of stored frames; raises if one is missing (ids and frames are written together)."""
-        fields = ("id", "stream_id", "wallclock", "embedding")
+    def index_entries(self, tenant_id: str, frame_keys: Sequence[str], kind: IndexKind = "visual") -> list[IndexEntry]:
+        """Entries of stored frames for the ``kind`` index, in the order given.
+
+        Raises if a frame is missing (ids and frames are written together). Every frame has a
+        visual embedding; for "text", frames without a text embedding are left out.
+        """
+        fields = ("id", "stream_id", "wallclock", VECTOR_FIELD[kind])
         pipe = self.r.pipeline(transaction=False)
         for key in frame_keys:
             pipe.hmget(keys.frame(tenant_id, key), fields)
         entries = []
-        for key, (frame_id, stream, wallclock, embedding) in zip(frame_keys, pipe.execute()):
+        for key, (frame_id, stream, wallclock, vector) in zip(frame_keys, pipe.execute()):
             if frame_id is None:
                 raise LookupError(f"frame {key} of tenant {tenant_id} is indexed but not stored")
+            if vector is None and kind == "text":
+                continue
             entries.append(IndexEntry(int(frame_id), key, stream.decode(), float(wallclock),
-                                      np.frombuffer(embedding, dtype=np.float32)))
+                                      np.frombuffer(vector, dtype=np.float32)))
         return entries
 
-    def frames_since(self, tenant_id: str, after_id: int) -> Iterator[IndexEntry]:
-        """Every frame with id > after_id, in id order, read a page at a time (for rebuilding the index)."""
+    def frames_since(self, tenant_id: str, after_id: int, kind: IndexKind = "visual") -> Iterator[IndexEntry]:
+        """Every frame of the ``kind`` index with id > after_id, in id order, read a page at a time (for rebuilds)."""
+        id_set = _id_set(tenant_id, kind)
         while True:
-            page = self.r.zrangebyscore(keys.ids(tenant_id), f"({after_id}", "+inf", start=0, num=self.page_size,
-                                        withscores=True)
+            page = self.r.zrangebyscore(id_set, f"({after_id}", "+inf", start=0, num=self.page_size, withscores=True)
             if not page:
                 return
-            yield from self.index_entries(tenant_id, [member.decode() for member, _ in page])
+            yield from self.index_entries(tenant_id, [member.decode() for member, _ in page], kind)
             after_id = int(page[-1][1])
 
-    def frame_count(self, tenant_id: str) -> int:
-        return self.r.zcard(keys.ids(tenant_id))
+    def frame_count(self, tenant_id: str, kind: IndexKind = "visual") -> int:
+        """Frames that belong in the ``kind`` index: all frames for "visual", those with a text embedding for "text"."""
+        return self.r.zcard(_id_set(tenant_id, kind))
+
+    def frame_count_upto(self, tenant_id: str, kind: IndexKind, max_id: int) -> int:
+        """Frames of the ``kind`` index with id <= max_id."""
+        return self.r.zcount(_id_set(tenant_id, kind), "-inf", max_id)
 
     def recent(self, tenant_id: str, stream_ids: Sequence[str] | None, n: int) -> list[FrameRecord]:
         """The n newest frames by wallclock over the given streams (None: all of the tenant's), oldest first."""
@@ -257,118 +216,5 @@ class RedisTier:
         return self.r.get(key)
 
 
-@dataclass(frozen=True)
-class _Frame:
-    key: str
-    pts: float
-    wallclock: float
-    t_end: float
-    fields: dict[str, bytes | str | int | float]
-    thumbnail: bytes | None
-
-
-def _encode_frames(batch: CompressedBatch) -> list[_Frame]:
-    """Frame hashes of a segment, validated before anything is written."""
-    seg = batch.segment
-    n = len(batch)
-    if n == 0:
-        raise StageError("empty_segment", f"segment {seg.seq} of {seg.stream_id} has no frames to store",
-                         stage="memory")
-    embedding = np.ascontiguousarray(batch.embedding, dtype=np.float32)
-    if embedding.ndim != 2 or not np.isfinite(embedding).all() or not np.linalg.norm(embedding, axis=1).all():
-        # A zero vector has no direction: cosine search cannot place it.
-        raise StageError("bad_embedding", f"embedding must be finite, non-zero rows [N, E], got {embedding.shape}",
-                         stage="memory")
-    if batch.kept.shape[1] > _MAX_TOKENS_PER_FRAME:
-        raise ValueError(f"{batch.kept.shape[1]} tokens per frame; positions are stored as int16")
-    if batch.thumbnails and len(batch.thumbnails) != n:
-        raise ValueError(f"{len(batch.thumbnails)} thumbnails for {n} frames")
-    pts = [float(p) for p in batch.pts_s]
-    if any(b <= a for a, b in zip(pts, pts[1:])):
-        raise ValueError(f"pts of segment {seg.seq} of {seg.stream_id} must be strictly increasing")
-    # A frame lasts until the next one; the last until the segment ends. A publisher may not
-    # know the duration (0 is valid on the wire): the last frame then ends where it starts.
-    ends = pts[1:] + [max(seg.media_start_s + seg.duration_s, pts[-1])]
-    counts = batch.kept.sum(axis=1)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    tokens = batch.tokens.astype(np.float16, copy=False)
-    frames = []
-    for i in range(n):
-        key = seg.frame_key(pts[i])
-        wallclock = seg.wallclock_start + (pts[i] - seg.media_start_s)
-        kept_tokens = tokens[starts[i] : starts[i + 1]]
-        fields: dict[str, bytes | str | int | float] = {
-            "stream_id": seg.stream_id,
-            "seq": seg.seq,
-            "pts_s": pts[i],
-            "t_end_s": ends[i],
-            "wallclock": wallclock,
-            "embedding": embedding[i].tobytes(),
-            "drop_ratio": float(batch.drop_ratio[i]),
-            "grid": f"{batch.grid[0]},{batch.grid[1]}",
-            "positions": np.flatnonzero(batch.kept[i]).astype(np.int16).tobytes(),
-            "tokens": np.ascontiguousarray(kept_tokens).tobytes(),
-            "token_shape": f"{kept_tokens.shape[0]},{kept_tokens.shape[1]}",
-        }
-        thumbnail = batch.thumbnails[i] if batch.thumbnails else None
-        if thumbnail is not None:
-            fields["thumbnail"] = keys.thumbnail(seg.tenant_id, key)
-        frames.append(_Frame(key, pts[i], wallclock, ends[i], fields, thumbnail))
-    if len({f.key for f in frames}) != n:
-        raise StageError("duplicate_frame_key", f"two frames of segment {seg.seq} share a millisecond pts",
-                         stage="memory")
-    return frames
-
-
-def _merged_stats(old: list[float | None], batch: CompressedBatch, frames: list[_Frame]) -> dict[str, float | int]:
-    """Stream stats widened by this segment; segments may arrive out of order, so min/max, not last-wins."""
-    first_wc, last_wc, first_media, last_media, last_seq = old
-    seg_end_wc = frames[-1].wallclock + (frames[-1].t_end - frames[-1].pts)
-    return {
-        "first_wallclock": min(frames[0].wallclock, first_wc if first_wc is not None else np.inf),
-        "last_wallclock": max(seg_end_wc, last_wc if last_wc is not None else -np.inf),
-        "first_media_s": min(frames[0].pts, first_media if first_media is not None else np.inf),
-        "last_media_s": max(frames[-1].t_end, last_media if last_media is not None else -np.inf),
-        "last_seq": max(batch.segment.seq, int(last_seq) if last_seq is not None else -1),
-        "updated_at": time.time(),
-    }
-
-
-def _stream_info(stream_id: str, h: dict[bytes, bytes]) -> StreamInfo:
-    return StreamInfo(
-        stream_id=stream_id,
-        first_wallclock=float(h[b"first_wallclock"]),
-        last_wallclock=float(h[b"last_wallclock"]),
-        first_media_s=float(h[b"first_media_s"]),
-        last_media_s=float(h[b"last_media_s"]),
-        frames=int(h[b"frames"]),
-        segments=int(h[b"segments"]),
-        last_seq=int(h[b"last_seq"]),
-        updated_at=float(h[b"updated_at"]),
-    )
-
-
-def _frame_record(frame_key: str, h: dict[str, bytes | None]) -> FrameRecord:
-    pts, t_end, wallclock = float(h["pts_s"]), float(h["t_end_s"]), float(h["wallclock"])
-    rows, cols = (int(x) for x in h["grid"].split(b","))
-    positions = tokens = None
-    if h.get("tokens") is not None:
-        k, d = (int(x) for x in h["token_shape"].split(b","))
-        positions = np.frombuffer(h["positions"], dtype=np.int16)
-        tokens = np.frombuffer(h["tokens"], dtype=np.float16).reshape(k, d)
-    return FrameRecord(
-        id=int(h["id"]),
-        frame_key=frame_key,
-        stream_id=h["stream_id"].decode(),
-        seq=int(h["seq"]),
-        pts_s=pts,
-        t_end_s=t_end,
-        wallclock_start=wallclock,
-        wallclock_end=wallclock + (t_end - pts),
-        embedding=np.frombuffer(h["embedding"], dtype=np.float32),
-        drop_ratio=float(h["drop_ratio"]),
-        grid=(rows, cols),
-        thumbnail=h["thumbnail"].decode() if h["thumbnail"] is not None else None,
-        positions=positions,
-        tokens=tokens,
-    )
+def _id_set(tenant_id: str, kind: IndexKind) -> str:
+    return keys.ids(tenant_id) if kind == "visual" else keys.text_ids(tenant_id)

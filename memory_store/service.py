@@ -1,23 +1,29 @@
 """The memory service: Redis holds what is durable, FAISS finds it.
 
-The order of a write is what keeps the two consistent:
+Every tenant has up to two vector indexes, both keyed by frame id: "visual" (the
+embedding of every frame) and "text" (the embedding of a frame's on-screen text,
+for the frames that have some).
 
-1. Redis, one transaction per segment (`RedisTier.write_segment`). EXEC returning
-   means durable (AOF ``appendfsync always``), so the caller may commit the
-   segment's Kafka offsets once `write` returns.
+The order of a write is what keeps Redis and the indexes consistent:
+
+1. Redis, one transaction per segment (`RedisTier.write_segment`), the frames'
+   text included. EXEC returning means durable (AOF ``appendfsync always``), so
+   the caller may commit the segment's Kafka offsets once `write` returns.
 2. FAISS, only after EXEC: a frame becomes searchable only once it is durable,
-   and the index never holds a frame that Redis lacks. A crash between 1 and 2
+   and no index ever holds a frame that Redis lacks. A crash between 1 and 2
    loses nothing: the restarted actor rebuilds from Redis, and a replay of the
    segment (same process, earlier add failed) re-adds its frames.
-3. A snapshot every ``snapshot_every_frames`` frames per tenant. It only shortens
-   the next rebuild; a failed or corrupt one costs a longer rebuild, no data.
+3. A snapshot of an index every ``snapshot_every_frames`` frames added to it. It
+   only shortens the next rebuild; a failed or corrupt one costs a longer
+   rebuild, no data.
 
-On start (`rebuild`), for every tenant Redis knows: load its snapshot if Redis
-confirms it, then add every frame Redis holds past the id the snapshot covers.
-A restarted memory actor thus serves exactly what Redis holds.
+On start (`rebuild`), for every tenant Redis knows and each of its indexes: load
+the snapshot if Redis confirms it, then add every frame Redis holds past the id
+the snapshot covers (`memory_store.rebuild`). A restarted memory actor thus
+serves exactly what Redis holds.
 
-Threads: the Ray actor serves several calls at once. Each tenant's `VectorIndex`
-has its own lock; this class only guards its own dicts.
+Threads: the Ray actor serves several calls at once. Each `VectorIndex` has its
+own lock; this class only guards its own dicts.
 """
 
 from __future__ import annotations
@@ -25,45 +31,43 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import redis
 
-from memory_store.redis_tier import FrameRecord, IndexEntry, RedisTier, StreamInfo, WriteResult
+from memory_store.hits import Hit, TextHit, merge_episodes
+from memory_store.rebuild import add_entries, rebuild_index
+from memory_store.records import FrameRecord, IndexKind, StreamInfo, WriteResult
+from memory_store.redis_tier import RedisTier
+from memory_store.text import check_texts
 from memory_store.vector_index import VectorIndex
-from operators.frames import CompressedBatch, StageError
+from operators.frames import CompressedBatch, SegmentInfo, StageError
 from pipelines.config import MemoryConfig
+
+if TYPE_CHECKING:
+    from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text
 
 log = logging.getLogger(__name__)
 
-# Frames per FAISS add while rebuilding: large enough to amortise the call, small enough to stream.
-_REBUILD_CHUNK = 4096
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One retrieved frame. Times: ``t_*`` seconds from the stream's start, ``wallclock_*`` epoch seconds."""
-
-    frame_key: str
-    stream_id: str
-    seq: int
-    t_start: float
-    t_end: float
-    wallclock_start: float
-    wallclock_end: float
-    score: float
-    thumbnail: str | None
+KINDS: tuple[IndexKind, ...] = get_args(IndexKind)
+_DIM_MISMATCH = {"visual": "embedding_dim_mismatch", "text": "text_embedding_dim_mismatch"}
+# Text search reads this many frames per hit wanted first, then 4 times more per round while the k
+# best episodes may still be incomplete, up to the last factor: 128 frames per hit is a headline on
+# screen for two minutes at 1 fps, and reading that many frames back from Redis takes milliseconds.
+_TEXT_DEPTH_FIRST, _TEXT_DEPTH_GROWTH, _TEXT_DEPTH_MAX = 4, 4, 128
+# Frames with the same text share one embedding, so their scores tie up to float rounding.
+_SAME_SCORE = 1e-4
 
 
 class MemoryStore:
     """Write segments, search and read frames, for every tenant of one memory shard.
 
-    index_dir: where FAISS snapshots go (one folder per tenant); None keeps the
-        index in memory only, so every start reads all embeddings from Redis.
+    index_dir: where FAISS snapshots go (one folder per tenant, the text index's in its
+        ``text`` subfolder); None keeps the indexes in memory only, so every start reads
+        all embeddings from Redis.
     owns_tenant: which tenants this shard serves when ``MemoryConfig.shards`` > 1
         (all tenants share one Redis; each shard indexes only its own). None: all.
     """
@@ -74,76 +78,101 @@ class MemoryStore:
         self.tier = RedisTier(client, config)
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self._owns = owns_tenant or (lambda tenant_id: True)
-        self._indexes: dict[str, VectorIndex] = {}
-        self._unsnapshotted: dict[str, int] = {}
+        self._indexes: dict[tuple[str, IndexKind], VectorIndex] = {}
+        self._unsnapshotted: dict[tuple[str, IndexKind], int] = {}
         self._lock = threading.Lock()
         self.rebuild()
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, batch: CompressedBatch) -> WriteResult | None:
-        """Store a segment; None when it was already stored (a replay), which the source counts as such."""
+    def write(self, batch: CompressedBatch, texts: Sequence[FrameText] | None = None) -> WriteResult | None:
+        """Store a segment, and with it the on-screen text of its frames; None when it was already stored (a replay).
+
+        texts: one FrameText per frame of the batch, in pts order (StageError ``text_mismatch``
+            otherwise), or None when the segment was not read for text.
+        """
         seg = batch.segment
         if not self._owns(seg.tenant_id):
             raise ValueError(f"tenant {seg.tenant_id} belongs to another memory shard")
         if batch.embedding.ndim != 2:
             raise StageError("bad_embedding", f"embedding must be [N, E], got {batch.embedding.shape}", stage="memory")
+        # The tier validates the texts again; here they are needed first, for the check below.
+        stored_texts = check_texts(batch, texts)
+        with_text = [i for i, t in enumerate(stored_texts) if t is not None and t.embedding is not None]
+        text_vectors = np.stack([stored_texts[i].embedding for i in with_text]) if with_text else None
         # Checked before Redis: a vector FAISS cannot take must never become durable.
-        index = self._index_for(seg.tenant_id, batch.embedding.shape[1])
-        result = self.tier.write_segment(batch)
+        index = self._index_for(seg.tenant_id, "visual", batch.embedding.shape[1])
+        text_index = self._index_for(seg.tenant_id, "text", text_vectors.shape[1]) if with_text else None
+        result = self.tier.write_segment(batch, texts)
         if result is None:
-            # Durable already. An earlier attempt may have failed between EXEC and the add below;
-            # add skips ids it has, so re-adding the segment's frames repairs exactly that case.
-            frame_keys = self.tier.segment_frame_keys(seg.tenant_id, seg.stream_id, seg.seq)
-            repaired = self._add(index, self.tier.index_entries(seg.tenant_id, frame_keys))
-            if repaired:
-                log.warning("replay of %s/%s/%d indexed %d frames that were durable but not searchable",
-                            seg.tenant_id, seg.stream_id, seg.seq, repaired)
-                self._count_for_snapshot(seg.tenant_id, repaired)
+            self._repair(seg)
             return None
         added = index.add(result.ids, batch.embedding, [seg.stream_id] * len(result.ids), result.wallclocks)
-        self._count_for_snapshot(seg.tenant_id, added)
+        self._count_for_snapshot(seg.tenant_id, "visual", added)
+        if text_index is not None:
+            added = text_index.add([result.ids[i] for i in with_text], text_vectors, [seg.stream_id] * len(with_text),
+                                   [result.wallclocks[i] for i in with_text])
+            self._count_for_snapshot(seg.tenant_id, "text", added)
         return result
 
-    def _index_for(self, tenant_id: str, dim: int) -> VectorIndex:
+    def _repair(self, seg: SegmentInfo) -> None:
+        """Index what Redis holds of a segment that was durable already.
+
+        An earlier attempt may have failed between EXEC and the adds; add skips ids it has, so
+        re-adding the segment's frames, as Redis holds them, repairs exactly that case.
+        """
+        frame_keys = self.tier.segment_frame_keys(seg.tenant_id, seg.stream_id, seg.seq)
+        for kind in KINDS:
+            entries = self.tier.index_entries(seg.tenant_id, frame_keys, kind)
+            if not entries:
+                continue
+            repaired = add_entries(self._index_for(seg.tenant_id, kind, len(entries[0].embedding)), entries)
+            if repaired:
+                log.warning("replay of %s/%s/%d indexed %d frames that were durable but not searchable (%s)",
+                            seg.tenant_id, seg.stream_id, seg.seq, repaired, kind)
+                self._count_for_snapshot(seg.tenant_id, kind, repaired)
+
+    def _index_for(self, tenant_id: str, kind: IndexKind, dim: int) -> VectorIndex:
         with self._lock:
-            index = self._indexes.get(tenant_id)
+            index = self._indexes.get((tenant_id, kind))
             if index is None:
-                index = self._indexes[tenant_id] = VectorIndex(dim)
+                index = self._indexes[(tenant_id, kind)] = VectorIndex(dim)
         if index.dim != dim:
-            raise StageError("embedding_dim_mismatch",
-                             f"tenant {tenant_id} indexes {index.dim}-dim embeddings; this segment has {dim}",
-                             stage="memory")
+            raise StageError(_DIM_MISMATCH[kind], f"tenant {tenant_id} indexes {index.dim}-dim {kind} embeddings; "
+                             f"this segment has {dim}", stage="memory")
         return index
 
-    def _count_for_snapshot(self, tenant_id: str, added: int) -> None:
+    def _count_for_snapshot(self, tenant_id: str, kind: IndexKind, added: int) -> None:
         if self.index_dir is None or added == 0:
             return
         with self._lock:
-            pending = self._unsnapshotted.get(tenant_id, 0) + added
+            pending = self._unsnapshotted.get((tenant_id, kind), 0) + added
             due = pending >= self.config.snapshot_every_frames
             # Reset before writing, so concurrent writes do not start a second snapshot.
-            self._unsnapshotted[tenant_id] = 0 if due else pending
+            self._unsnapshotted[(tenant_id, kind)] = 0 if due else pending
         if due:
-            self._snapshot(tenant_id)
+            self._snapshot(tenant_id, kind)
 
-    def _snapshot(self, tenant_id: str) -> None:
+    def _snapshot(self, tenant_id: str, kind: IndexKind) -> None:
         with self._lock:
-            index = self._indexes[tenant_id]
+            index = self._indexes[(tenant_id, kind)]
         started = time.monotonic()
         try:
-            index.snapshot(self._snapshot_dir(tenant_id))
+            index.snapshot(self._snapshot_dir(tenant_id, kind))
         except OSError:
             # The write itself is durable and indexed; without the snapshot the next start reads more from Redis.
-            log.exception("FAISS snapshot of tenant %s failed", tenant_id)
+            log.exception("%s FAISS snapshot of tenant %s failed", kind, tenant_id)
             return
-        log.info("FAISS snapshot of tenant %s: %d vectors in %.2f s", tenant_id, len(index),
+        log.info("%s FAISS snapshot of tenant %s: %d vectors in %.2f s", kind, tenant_id, len(index),
                  time.monotonic() - started)
 
-    def _snapshot_dir(self, tenant_id: str) -> Path:
+    def _snapshot_dir(self, tenant_id: str, kind: IndexKind) -> Path:
         assert self.index_dir is not None
-        # The prefix keeps every tenant id (".." included: it is a valid id) a plain folder name.
-        return self.index_dir / f"tenant-{tenant_id}"
+        # The prefix keeps every tenant id (".." included: it is a valid id) a plain folder name. The text
+        # index goes in a subfolder: no tenant's folder can collide with it, and the visual snapshot only
+        # ever replaces its own files (index-*.npz, manifest.json) in its folder.
+        tenant_dir = self.index_dir / f"tenant-{tenant_id}"
+        return tenant_dir if kind == "visual" else tenant_dir / "text"
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -155,17 +184,48 @@ class MemoryStore:
         inclusive, compared with a frame's start; None leaves that side open.
         """
         with self._lock:
-            index = self._indexes.get(tenant_id)
+            index = self._indexes.get((tenant_id, "visual"))
         if index is None:
             return []
         found = index.search(vector, k, stream_ids=stream_ids, t_from=t_from, t_to=t_to)
+        return [Hit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end, score,
+                    r.thumbnail) for (_, score), r in zip(found, self._records(tenant_id, found))]
+
+    def search_text(self, tenant_id: str, vector: np.ndarray, *, stream_ids: Sequence[str] | None = None,
+                    t_from: float | None = None, t_to: float | None = None, k: int = 5) -> list[TextHit]:
+        """The k on-screen text episodes most similar to ``vector`` (a `TextEmbedder` vector), best first.
+
+        Scope as in `search`, applied to frames. Matching frames of one stream with the same text
+        in a row become one hit spanning them all (`hits.merge_episodes`). The search reads deeper
+        until no unread frame scores as high as the k-th episode, so the k are the best and hold
+        every frame that scores as high as they do (frames of one text share its embedding), or
+        the scope is exhausted, or it has read `_TEXT_DEPTH_MAX` * k frames.
+        """
+        with self._lock:
+            index = self._indexes.get((tenant_id, "text"))
+        if index is None or k < 1:
+            return []
+        depth = _TEXT_DEPTH_FIRST * k
+        while True:
+            found = index.search(vector, depth, stream_ids=stream_ids, t_from=t_from, t_to=t_to)
+            episodes = merge_episodes([
+                TextHit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end,
+                        score, r.thumbnail, r.text, r.lines)
+                for (_, score), r in zip(found, self._records(tenant_id, found))])
+            exhausted = len(found) < depth
+            settled = len(episodes) >= k and found[-1][1] < episodes[k - 1].score - _SAME_SCORE
+            if exhausted or settled or depth >= _TEXT_DEPTH_MAX * k:
+                return episodes[:k]
+            depth = min(depth * _TEXT_DEPTH_GROWTH, _TEXT_DEPTH_MAX * k)
+
+    def _records(self, tenant_id: str, found: list[tuple[int, float]]) -> list[FrameRecord]:
+        """The frames of search results, in their order (without tokens)."""
         frame_keys = self.tier.frame_keys_for_ids(tenant_id, [frame_id for frame_id, _ in found])
         records = self.tier.frames(tenant_id, [key for key in frame_keys if key is not None], tokens=False)
         if len(records) != len(found) or None in records:
             raise LookupError(f"ids {[i for i, _ in found]} of tenant {tenant_id} are not all in Redis: restart "
                               "the memory actor to rebuild its index from what Redis holds")
-        return [Hit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end, score,
-                    r.thumbnail) for (_, score), r in zip(found, records)]
+        return records
 
     def recent(self, tenant_id: str, stream_ids: Sequence[str] | None = None, n: int = 8) -> list[FrameRecord]:
         """The n newest frames by wallclock (None: of every stream), oldest first, tokens included while kept."""
@@ -181,89 +241,55 @@ class MemoryStore:
         return self.tier.thumbnail(key)
 
     def stats(self) -> dict[str, Any]:
-        """Frames Redis holds against vectors the indexes hold (this shard's tenants): equal when all is well."""
+        """Frames Redis holds against vectors the indexes hold (this shard's tenants): equal when all is well.
+
+        frames / indexed / index_sizes: the visual indexes; text_frames / text_indexed /
+        text_index_sizes: frames with a text embedding and the text indexes.
+        """
         tenants = self._tenants()
         with self._lock:
-            sizes = {tenant: len(index) for tenant, index in self._indexes.items()}
+            sizes = {kind: {tenant: len(index) for (tenant, of), index in self._indexes.items() if of == kind}
+                     for kind in KINDS}
         return {
             "tenants": len(tenants),
-            "frames": sum(self.tier.frame_count(t) for t in tenants),
-            "indexed": sum(sizes.values()),
-            "index_sizes": sizes,
+            "frames": sum(self.tier.frame_count(t, "visual") for t in tenants),
+            "indexed": sum(sizes["visual"].values()),
+            "index_sizes": sizes["visual"],
+            "text_frames": sum(self.tier.frame_count(t, "text") for t in tenants),
+            "text_indexed": sum(sizes["text"].values()),
+            "text_index_sizes": sizes["text"],
         }
 
     # -- restart -------------------------------------------------------------------------------
 
     def rebuild(self) -> None:
-        """Make every tenant's index hold exactly the frames Redis holds: snapshot (if trusted), then catch up.
+        """Make every index hold exactly the frames Redis holds for it: snapshot (if trusted), then catch up.
 
         Runs in the constructor, before the actor serves anything; it replaces the
         indexes, so it must not run beside writes.
         """
         started = time.monotonic()
-        indexes: dict[str, VectorIndex] = {}
-        caught_up: dict[str, int] = {}
+        indexes: dict[tuple[str, IndexKind], VectorIndex] = {}
+        caught_up: dict[tuple[str, IndexKind], int] = {}
         for tenant in self._tenants():
-            tenant_started = time.monotonic()
-            index = self._trusted_snapshot(tenant)
-            from_snapshot = len(index) if index is not None else 0
-            after = index.covered_id() if index is not None else 0
-            added = 0
-            for chunk in _chunks(self.tier.frames_since(tenant, after), _REBUILD_CHUNK):
-                if index is None:
-                    index = VectorIndex(len(chunk[0].embedding))
-                added += self._add(index, chunk)
-            if index is not None:
-                indexes[tenant] = index
-                caught_up[tenant] = added
-            log.info("tenant %s: %d frames from snapshot, %d from Redis (after id %d) in %.2f s", tenant,
-                     from_snapshot, added, after, time.monotonic() - tenant_started)
+            for kind in KINDS:
+                index_started = time.monotonic()
+                snapshot_dir = self._snapshot_dir(tenant, kind) if self.index_dir is not None else None
+                rebuilt = rebuild_index(self.tier, tenant, kind, snapshot_dir)
+                if rebuilt.index is not None:
+                    indexes[(tenant, kind)] = rebuilt.index
+                    caught_up[(tenant, kind)] = rebuilt.from_redis
+                log.info("tenant %s%s: %d frames from snapshot, %d from Redis (after id %d) in %.2f s", tenant,
+                         "" if kind == "visual" else f" {kind}", rebuilt.from_snapshot, rebuilt.from_redis,
+                         rebuilt.after_id, time.monotonic() - index_started)
         with self._lock:
             self._indexes = indexes
             self._unsnapshotted = {}
-        log.info("rebuilt %d tenant indexes, %d frames, in %.2f s", len(indexes),
-                 sum(len(i) for i in indexes.values()), time.monotonic() - started)
+        log.info("rebuilt %d indexes, %d vectors, in %.2f s", len(indexes), sum(len(i) for i in indexes.values()),
+                 time.monotonic() - started)
         # A long catch-up counts toward the next snapshot like any write, so the next start need not repeat it.
-        for tenant, added in caught_up.items():
-            self._count_for_snapshot(tenant, added)
-
-    def _trusted_snapshot(self, tenant_id: str) -> VectorIndex | None:
-        """The tenant's snapshot, unless Redis disagrees with it (for example Redis lost its data since)."""
-        if self.index_dir is None:
-            return None
-        index = VectorIndex.load(self._snapshot_dir(tenant_id))
-        if index is None:
-            return None
-        covered = index.covered_id()
-        if covered == 0:
-            return index
-        # Ids are dense and never reused while Redis keeps its data. A Redis that lost its data since
-        # (a wiped volume, a restart without AOF) has no frame under that id, or another frame there.
-        (frame_key,) = self.tier.frame_keys_for_ids(tenant_id, [covered])
-        stored = self.tier.index_entries(tenant_id, [frame_key])[0].embedding if frame_key else None
-        if stored is None or not np.allclose(stored / np.linalg.norm(stored), index.vector(covered), atol=1e-5):
-            log.warning("FAISS snapshot of tenant %s does not match Redis at id %d; rebuilding from Redis",
-                        tenant_id, covered)
-            return None
-        return index
+        for (tenant, kind), added in caught_up.items():
+            self._count_for_snapshot(tenant, kind, added)
 
     def _tenants(self) -> list[str]:
         return [tenant for tenant in self.tier.tenants() if self._owns(tenant)]
-
-    @staticmethod
-    def _add(index: VectorIndex, entries: Sequence[IndexEntry]) -> int:
-        if not entries:
-            return 0
-        return index.add([e.id for e in entries], np.stack([e.embedding for e in entries]),
-                         [e.stream_id for e in entries], [e.wallclock for e in entries])
-
-
-def _chunks(entries: Iterable[IndexEntry], size: int) -> Iterator[list[IndexEntry]]:
-    chunk: list[IndexEntry] = []
-    for entry in entries:
-        chunk.append(entry)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -8,6 +8,10 @@ therefore names the id up to which it is complete (``covered_id``; not its
 largest id, because concurrent writes can add id 5 before id 4), and a restart
 reads from Redis only what lies past it.
 
+A tenant's text index holds a subset of these ids (frames with on-screen text),
+so its ids are not dense and ``covered_id`` is only a lower bound there; the
+rebuild works out its covered point against Redis (``memory_store.rebuild``).
+
 Ownership: one memory actor owns a tenant's index. It serves writes and queries
 from several threads (a Ray actor with max_concurrency > 1), and FAISS is not
 safe for a writer beside other readers or writers, so every access takes the lock.
@@ -109,6 +113,11 @@ class VectorIndex:
             if frame_id not in self._present:
                 return None
             return self._index.reconstruct(int(frame_id))
+
+    def ids(self) -> np.ndarray:
+        """The ids in the index, ascending (a copy)."""
+        with self._lock:
+            return np.sort(self._ids[: self._n])
 
     def covered_id(self) -> int:
         """The largest id such that every id from 1 to it is in the index (see the module docstring)."""

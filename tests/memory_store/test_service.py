@@ -49,6 +49,9 @@ def queries(n: int = 6) -> np.ndarray:
     return unit(np.random.default_rng(7).standard_normal((n, 64)))
 
 
+# stats() of a store whose segments came without text (the text tier has its own tests).
+NO_TEXT = dict(text_frames=0, text_indexed=0, text_index_sizes={})
+
 SCOPES = [dict(), dict(stream_ids=["cam-2"]), dict(t_from=WALL0 + 3, t_to=WALL0 + 7),
           dict(stream_ids=["cam-1"], t_from=WALL0 + 5)]
 
@@ -78,7 +81,7 @@ def test_writing_a_segment_twice_changes_nothing(open_store: StoreFactory) -> No
     before = store.stats()
 
     assert store.write(make_batch()) is None
-    assert store.stats() == before == dict(tenants=1, frames=2, indexed=2, index_sizes={"acme": 2})
+    assert store.stats() == before == dict(tenants=1, frames=2, indexed=2, index_sizes={"acme": 2}, **NO_TEXT)
     assert [f.id for f in store.frames("acme", first.frame_keys)] == list(first.ids)
 
 
@@ -137,7 +140,8 @@ def test_new_store_on_the_same_redis_serves_the_same(open_store: StoreFactory, c
     with caplog.at_level(logging.INFO, logger="memory_store.service"):
         new = open_store(snapshots=False)
     assert "tenant acme: 0 frames from snapshot, 24 from Redis" in caplog.text
-    assert new.stats() == old.stats() == dict(tenants=2, frames=36, indexed=36, index_sizes={"acme": 24, "other": 12})
+    assert new.stats() == old.stats() == dict(tenants=2, frames=36, indexed=36, index_sizes={"acme": 24, "other": 12},
+                                             **NO_TEXT)
     assert answers(new) == answers(old)
 
 
@@ -214,7 +218,7 @@ def test_a_shard_indexes_only_its_tenants(open_store: StoreFactory, client: redi
         everyone.write(batch)
 
     shard = MemoryStore(client, MemoryConfig(), owns_tenant=lambda tenant: tenant == "other")
-    assert shard.stats() == dict(tenants=1, frames=12, indexed=12, index_sizes={"other": 12})
+    assert shard.stats() == dict(tenants=1, frames=12, indexed=12, index_sizes={"other": 12}, **NO_TEXT)
     with pytest.raises(ValueError, match="another memory shard"):
         shard.write(make_batch(tenant="acme", seq=9))
 
