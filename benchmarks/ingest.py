@@ -96,7 +96,7 @@ def main() -> int:
                             redis=dict(url=redis_proc.address), serve=dict(port=free_port()))
     video = work / "broadcast.mp4"
     write_sample_video(video, duration_s=args.seconds)
-    ray.init(include_dashboard=False, log_to_driver=False, namespace=config.ray.namespace)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace=config.ray.namespace)
     try:
         deployment = deploy_pipeline(config, detached=False)  # held: the actors live as long as it does
         http = deployment.http_url

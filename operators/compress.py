@@ -1,30 +1,53 @@
-"""Differential token drop (TimeChat-Online DTD, feature mode): store only the tokens that changed.
+"""Differential token drop (TimeChat-Online DTD, methods.md section 2): store only the tokens that changed.
 
-For every frame after a stream's first, each token is compared with the token
-at the same position in the previous frame; it is dropped when their cosine is
-above ``CompressConfig.drop_threshold``. The comparison is always with the
-previous frame's FULL tokens, never with the last kept token at that position:
-comparing with the last kept token would let slow drift accumulate unseen until
-it crossed the threshold, and make the mask depend on the drop history rather
-than on two frames. Kept tokens keep their positions (a mask over T), so the
-answer side can place them back on the grid.
+For every frame after a stream's first, each token position is compared with
+the same position in the previous frame, in one of two modes:
+
+feature  cosine of the two tokens after the ViT; dropped when above
+         ``CompressConfig.drop_threshold``.
+pixel    mean absolute RGB difference (0..1) of the frame patch behind the token;
+         dropped when below ``DropConfig.pixel_threshold``. Needs the frames, not
+         just the features: ``compress(batch, images)`` takes the FrameBatch's
+         images, or ``operators.caching.pixel_cells(images, batch.grid)``, the
+         ~10 KB-a-frame area means the decoder or encoder side can ship instead
+         (cells of cells are the same cells, so both give identical masks). Token
+         (r, c) of a (rows, cols) grid covers the same fraction of the whole frame,
+         because the encoder resizes frames whole (no crop). Pixel mode needs a
+         spatial grid: VLM tokens with a (1, T) grid have no patch to compare.
+
+The comparison is always with the previous frame's FULL tokens (or patches),
+never with the last kept token at that position: comparing with the last kept
+token would let slow drift accumulate unseen until it crossed the threshold,
+and make the mask depend on the drop history rather than on two frames. Kept
+tokens keep their positions (a mask over T), so the answer side can place them
+back on the grid.
+
+Optionally, a DistinctivePruner (STC-Pruner, section 3) then cuts what the drop
+kept down to a fixed per-frame budget. ``drop_ratio`` stays the differential
+drop's ratio, before pruning: it is the change signal (valleys = scene changes,
+section 2) and a budget would flatten it. The stored token count is
+``kept.sum()``.
 
 The compressor is stateful per (tenant_id, stream_id): it remembers the last
-frame's full tokens and pts. The first frame it sees for a stream, and the first
-frame after a stream goes back in time (a replay or a restart) or changes token
-shape (a new model), is kept whole: keeping too much is safe, comparing with the
-wrong frame is not. State is explicit (snapshot / restore) so a restarted actor
-continues exactly where its snapshot left off.
+frame's full tokens (or patches) and pts. The first frame it sees for a stream,
+and the first frame after a stream goes back in time (a replay or a restart) or
+changes shape (a new model, another grid), is kept whole: keeping too much is
+safe, comparing with the wrong frame is not. State is explicit (snapshot /
+restore) so a restarted actor continues exactly where its snapshot left off.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from operators.caching import patch_change, pixel_cells
 from operators.frames import CompressedBatch, FeatureBatch
+from operators.pruning import DistinctivePruner, PruneConfig
 from pipelines.config import CompressConfig
 
 logger = logging.getLogger(__name__)
@@ -34,58 +57,102 @@ StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 # Norm floor for the cosine: an all-zero token has no direction, so it compares as 0
 # (kept unless the threshold is negative) instead of dividing by zero.
 _EPS = 1e-12
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2  # 2: mode, pixel references and the pruner's state
+DropMode = Literal["feature", "pixel"]
+_REFERENCE_KEY: dict[DropMode, str] = {"feature": "tokens", "pixel": "cells"}
+
+
+class DropConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: DropMode = Field("feature", description="What a token is compared on: its features, or its frame patch.")
+    pixel_threshold: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="Pixel mode: a token is dropped when its patch's mean absolute RGB difference to the previous "
+        "frame is below this. 0.03 is ~5x the H.264 noise of a static real camera (0.003-0.006 per patch); lower "
+        "keeps noise, higher drops slow or small motion.",
+    )
 
 
 @dataclass
 class _LastFrame:
     pts_s: float
-    tokens: np.ndarray  # [T, D] float32, full (not only the kept tokens)
+    reference: np.ndarray  # full, not only the kept tokens: tokens [T, D] float32, or pixel cells [h, w, 3]
 
 
 class TokenDropCompressor:
-    """Drops tokens that barely changed since the previous frame of the same stream.
+    """Drops tokens that barely changed since the previous frame of the same stream, then optionally prunes.
 
-    drop_threshold (cosine): lower drops more. 0.5 (TimeChat-Online's evaluation)
-    keeps tokens that turned more than 60 degrees; near 1 keeps nearly everything.
+    drop_threshold (cosine, feature mode): lower drops more. 0.5 (TimeChat-Online's
+    evaluation) keeps tokens that turned more than 60 degrees; near 1 keeps nearly everything.
     """
 
-    def __init__(self, config: CompressConfig):
+    def __init__(self, config: CompressConfig, drop: DropConfig | None = None, prune: PruneConfig | None = None):
         self.config = config
+        self.drop = drop or DropConfig()
+        self._pruner = DistinctivePruner(prune) if prune is not None else None
         self._last: dict[StreamKey, _LastFrame] = {}
 
-    def compress(self, batch: FeatureBatch) -> CompressedBatch:
+    def compress(self, batch: FeatureBatch, images: np.ndarray | None = None) -> CompressedBatch:
+        """Mask and kept tokens of one batch. ``images``: the batch's frames [N,H,W,3] or their pixel cells; needed
+        in pixel mode, refused in feature mode (it would be silently ignored)."""
         segment = batch.segment
         key = (segment.tenant_id, segment.stream_id)
         tokens = np.asarray(batch.tokens, dtype=np.float32)
         n, t, _ = tokens.shape
+        references = self._references(batch, tokens, images)
         kept = np.ones((n, t), dtype=bool)
         if n:
             last = self._last.get(key)
-            whole_first = last is None or not self._continues(key, last, batch)
-            previous = np.empty_like(tokens)
-            previous[0] = tokens[0] if whole_first else last.tokens
-            previous[1:] = tokens[:-1]
-            kept = _cosine(tokens, previous) <= self.config.drop_threshold
+            whole_first = last is None or not self._continues(key, last, batch, references[0])
+            previous = np.empty_like(references)
+            previous[0] = references[0] if whole_first else last.reference
+            previous[1:] = references[:-1]
+            kept = self._changed(references, previous, batch.grid)
             if whole_first:
                 kept[0] = True
-            self._last[key] = _LastFrame(float(batch.pts_s[-1]), tokens[-1].copy())
+            self._last[key] = _LastFrame(float(batch.pts_s[-1]), references[-1].copy())
+        drop_ratio = 1.0 - kept.mean(axis=1)
+        if self._pruner is not None:
+            kept = self._pruner.prune(key, tokens, kept)
         return CompressedBatch(
             segment=segment,
             pts_s=batch.pts_s,
             embedding=batch.embedding,
             kept=kept,
             tokens=batch.tokens[kept],
-            drop_ratio=1.0 - kept.mean(axis=1),
+            drop_ratio=drop_ratio,
             grid=batch.grid,
             thumbnails=list(batch.thumbnails),
         )
 
-    def _continues(self, key: StreamKey, last: _LastFrame, batch: FeatureBatch) -> bool:
+    def _references(self, batch: FeatureBatch, tokens: np.ndarray, images: np.ndarray | None) -> np.ndarray:
+        """What frames are compared on: tokens [N,T,D], or pixel cells [N,h,w,3] on the token grid."""
+        if self.drop.mode == "feature":
+            if images is not None:
+                raise ValueError("images given to a feature-mode compressor: set DropConfig(mode='pixel') to use them")
+            return tokens
+        rows, cols = batch.grid
+        if images is None:
+            raise ValueError("pixel mode needs the batch's images (or their pixel_cells)")
+        if rows * cols != tokens.shape[1] or rows == 1:
+            raise ValueError(f"pixel mode needs a spatial token grid; grid {batch.grid} for {tokens.shape[1]} tokens "
+                             "is not one (a VLM's tokens?): use feature mode")
+        if len(images) != len(batch):
+            raise ValueError(f"{len(images)} images for {len(batch)} frames")
+        return pixel_cells(images, batch.grid)
+
+    def _changed(self, references: np.ndarray, previous: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+        """Kept mask [N,T]: where a position changed enough since the previous frame."""
+        if self.drop.mode == "feature":
+            return _cosine(references, previous) <= self.config.drop_threshold
+        return patch_change(references, previous, grid) >= self.drop.pixel_threshold
+
+    def _continues(self, key: StreamKey, last: _LastFrame, batch: FeatureBatch, first: np.ndarray) -> bool:
         """Whether batch follows the remembered frame; if not, its first frame is kept whole (and why is logged)."""
-        if batch.tokens.shape[1:] != last.tokens.shape:
-            logger.warning("compress %s/%s: token shape %s -> %s (model changed?); first frame kept whole",
-                           *key, last.tokens.shape, batch.tokens.shape[1:])
+        if first.shape != last.reference.shape:
+            logger.warning("compress %s/%s: %s shape %s -> %s (model or grid changed?); first frame kept whole",
+                           *key, _REFERENCE_KEY[self.drop.mode], last.reference.shape, first.shape)
             return False
         if batch.pts_s[0] <= last.pts_s:
             logger.warning("compress %s/%s: pts %.3f is not after the last seen %.3f (replay or restart); "
@@ -96,25 +163,38 @@ class TokenDropCompressor:
     def forget(self, tenant_id: str, stream_id: str) -> None:
         """Drop a stream's state (stream ended or was deleted); its next frame is kept whole."""
         self._last.pop((tenant_id, stream_id), None)
+        if self._pruner is not None:
+            self._pruner.forget(tenant_id, stream_id)
 
-    def snapshot(self) -> dict:
-        """Plain, picklable state: the last full frame of every stream."""
+    def snapshot(self) -> dict[str, Any]:
+        """Plain, picklable state: the last full frame of every stream (``tokens`` in feature mode, ``cells`` in
+        pixel mode) and the pruner's running means."""
+        field = _REFERENCE_KEY[self.drop.mode]
         return {
             "version": _SNAPSHOT_VERSION,
+            "mode": self.drop.mode,
             "streams": [
-                {"tenant_id": tenant, "stream_id": stream, "pts_s": last.pts_s, "tokens": last.tokens.copy()}
+                {"tenant_id": tenant, "stream_id": stream, "pts_s": last.pts_s, field: last.reference.copy()}
                 for (tenant, stream), last in self._last.items()
             ],
+            "pruner": self._pruner.snapshot() if self._pruner is not None else None,
         }
 
-    def restore(self, state: dict) -> None:
-        """Replace all state with a snapshot's."""
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace all state with a snapshot's, taken by a compressor of the same mode and pruning."""
         if state.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"compressor snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
+        if state["mode"] != self.drop.mode:
+            raise ValueError(f"a {state['mode']}-mode snapshot cannot restore a {self.drop.mode}-mode compressor")
+        if (state["pruner"] is None) != (self._pruner is None):
+            raise ValueError("snapshot and compressor disagree on pruning: restore into the same configuration")
+        field = _REFERENCE_KEY[self.drop.mode]
         self._last = {
-            (s["tenant_id"], s["stream_id"]): _LastFrame(float(s["pts_s"]), np.asarray(s["tokens"], np.float32).copy())
+            (s["tenant_id"], s["stream_id"]): _LastFrame(float(s["pts_s"]), np.asarray(s[field], np.float32).copy())
             for s in state["streams"]
         }
+        if self._pruner is not None:
+            self._pruner.restore(state["pruner"])
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

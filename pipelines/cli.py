@@ -208,10 +208,10 @@ def print_answer(answer: messages.Answer, *, as_json: bool) -> None:
     if answer.error:
         out.print(f"[red]error:[/red] {answer.error}")
     out.print(f"[bold]answer[/bold] ({'extractive' if answer.extractive else answer.model}): {answer.answer}")
-    table = Table("stream", "t (s)", "wall clock", "score")
+    table = Table("stream", "t (s)", "wall clock", "score", "on-screen text")
     for e in answer.evidence:
         table.add_row(e.stream_id, f"{e.t_start:.1f}-{e.t_end:.1f}", e.wallclock_start.isoformat(timespec="seconds"),
-                      f"{e.score:.3f}")
+                      f"{e.score:.3f}", e.text.replace("\n", " / "))
     out.print(table)
     out.print(f"latency {answer.latency_ms:.0f} ms")
 

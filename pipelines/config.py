@@ -83,6 +83,9 @@ class DecodeConfig(_Section):
     )
     max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
     thumbnail_px: int = Field(160, description="Longest side of the JPEG thumbnail kept per frame.")
+    frame_px: int = Field(
+        640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
+        "text reading needs more pixels than a ViT does (ocr.max_side), so this follows OCR, not the encoder.")
 
 
 class EncodeConfig(_Section):
@@ -157,6 +160,7 @@ class PipelineConfig(_Section):
     decoders: int = Field(2, ge=1)
     encoders: int = Field(1, ge=1)
     compressors: int = Field(1, ge=1)
+    ocr_readers: int = Field(1, ge=1, description="On-screen text actors (when ocr.enabled).")
     answerers: int = Field(1, ge=1)
     max_inflight_segments: int = Field(
         8, ge=1, description="Segments a source has in the DAG at once; past it, it pauses its partitions."

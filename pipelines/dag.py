@@ -1,6 +1,7 @@
 """The ingest DAG as Ray actors: thin wrappers around the operators, and its assembly.
 
     KafkaSegmentSource ──► Decode ──► Encode (batched across streams) ──► Compress ──► Memory
+                              └──────► OCR (on-screen text, re-read where the picture changed) ──┘
 
 Placement follows state: a stream's segments always go to the same compressor
 (its previous-frame tokens live there) and a tenant's writes to the same memory
@@ -58,7 +59,7 @@ class DecodeActor:
     def __init__(self, config: LivelensConfig):
         from operators.decode import SegmentDecoder
 
-        self.decoder = SegmentDecoder(config.decode)
+        self.decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
 
     def decode(self, info: SegmentInfo, payload: bytes) -> FrameBatch:
         return _tagged("decode", self.decoder.decode, info, payload)
@@ -137,6 +138,19 @@ class CompressActor:
         return _tagged("compress", self.compressor.compress, batch)
 
 
+@ray.remote(**RESTART)
+class OcrActor:
+    """On-screen text of each frame; keeps per-stream state (the last read frame), so sharded by stream."""
+
+    def __init__(self, config: LivelensConfig):
+        from operators.ocr import ScreenTextReader
+
+        self.reader = ScreenTextReader(config.ocr)
+
+    def read(self, batch: FrameBatch):
+        return _tagged("ocr", self.reader.read, batch)
+
+
 @ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4)
 class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
@@ -154,12 +168,12 @@ class MemoryActor:
         self.store = MemoryStore(client, config.memory, index_dir=index_dir,
                                  owns_tenant=lambda tenant: shard(tenant, shards) == shard_index)
 
-    def write(self, batch: CompressedBatch):
-        return _tagged("memory", self.store.write, batch)
+    def write(self, batch: CompressedBatch, texts: list | None = None):
+        return _tagged("memory", self.store.write, batch, texts)
 
     def call(self, method: str, *args, **kwargs):
         """Read-side calls (search, recent, streams, frames, thumbnail, stats) by name."""
-        if method not in {"search", "recent", "streams", "frames", "thumbnail", "stats"}:
+        if method not in {"search", "search_text", "recent", "streams", "frames", "thumbnail", "stats"}:
             raise ValueError(f"MemoryActor has no read method {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
 
@@ -169,6 +183,7 @@ class PipelineHandles:
     decoders: list
     encoders: list
     compressors: list
+    ocr: list
     memory: list
 
     def memory_for(self, tenant_id: str):
@@ -182,6 +197,10 @@ def _named(cls, name: str, namespace: str, detached: bool, options: dict, *args)
     return cls.options(**opts).remote(*args)
 
 
+def _ocr_count(config: LivelensConfig) -> int:
+    return config.pipeline.ocr_readers if config.ocr.enabled else 0
+
+
 def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineHandles:
     """Create (or find, when already running) the stage actors, named so any process can reach them."""
     ns, p = config.ray.namespace, config.pipeline
@@ -190,6 +209,7 @@ def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineH
         decoders=[_named(DecodeActor, f"decode-{i}", ns, detached, {}, config) for i in range(p.decoders)],
         encoders=[_named(EncodeActor, f"encode-{i}", ns, detached, gpu, config) for i in range(p.encoders)],
         compressors=[_named(CompressActor, f"compress-{i}", ns, detached, {}, config) for i in range(p.compressors)],
+        ocr=[_named(OcrActor, f"ocr-{i}", ns, detached, {}, config) for i in range(_ocr_count(config))],
         memory=[_named(MemoryActor, f"memory-{i}", ns, detached, {}, config, i) for i in range(config.memory.shards)],
     )
 
@@ -204,6 +224,7 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
         decoders=[get(f"decode-{i}") for i in range(p.decoders)],
         encoders=[get(f"encode-{i}") for i in range(p.encoders)],
         compressors=[get(f"compress-{i}") for i in range(p.compressors)],
+        ocr=[get(f"ocr-{i}") for i in range(_ocr_count(config))],
         memory=[get(f"memory-{i}") for i in range(config.memory.shards)],
     )
 
@@ -222,7 +243,8 @@ class RayIngest:
         frames = decoder.decode.remote(info, payload)
         features = self.h.encoders[shard(stream, len(self.h.encoders))].encode.remote(frames)
         compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(features)
-        return self.h.memory_for(info.tenant_id).write.remote(compressed)
+        texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
+        return self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
 
     def wait(self, handles: list, timeout_s: float) -> list:
         ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout_s, fetch_local=False)

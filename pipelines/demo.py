@@ -79,9 +79,15 @@ def run_demo(*, duration_s: float, fast: bool, keep: bool, console: Console) -> 
             check=lambda a: None if abs(a.evidence[0].t_start - t_probe) <= 2.0 or
             any(abs(e.t_start - t_probe) <= 2.0 for e in a.evidence) else
             f"no evidence within 2 s of {t_probe:.1f} s")
-        for h in truth["headlines"][:2]:
-            ask(f'When did the headline "{h["text"]}" appear? (truth {h["start"]:.0f}-{h["end"]:.0f} s)',
-                messages.Query(tenant_id="default", stream_ids=[stream], text=h["text"], top_k=3))
+        # Questions about the headlines, answered from on-screen text read by the OCR stage.
+        for h in truth["headlines"][:3]:
+            question = f"when did the news say {h['text'].lower()}"
+            ask(f'{question}? (truth {h["start"]:.0f}-{h["end"]:.0f} s)',
+                messages.Query(tenant_id="default", stream_ids=[stream], text=question, top_k=3),
+                check=lambda a, h=h: None if a.evidence[0].text and
+                a.evidence[0].t_start <= h["end"] and a.evidence[0].t_end >= h["start"] else
+                f"best evidence {a.evidence[0].t_start:.1f}-{a.evidence[0].t_end:.1f} s misses the headline "
+                f"{h['start']:.1f}-{h['end']:.1f} s")
         console.rule("where to look")
         console.print(f"HTTP API and its OpenAPI docs: {http_url}/docs")
         console.print(f"Ray dashboard (actors, logs, metrics): {state.ray_dashboard or 'external Ray cluster'}")

@@ -137,6 +137,9 @@ class Evidence(BaseModel):
     score: float
     segment_seq: int
     thumbnail: str | None = Field(None, description="Key of the JPEG thumbnail; GET /v1/thumbnails/{key} serves it.")
+    text: str = Field("", description="On-screen text recognised there, when the evidence is a text match.")
+    lines: list[dict] = Field(default_factory=list, description="Recognised lines: text, confidence, box "
+                              "(4 corners, normalised 0..1).")
 
 
 class Answer(Message):

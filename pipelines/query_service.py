@@ -28,6 +28,11 @@ from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
 log = logging.getLogger(__name__)
 
 
+# Cosine (all-MiniLM-L6-v2) above which on-screen text counts as matching the question. Paraphrases of a
+# headline score ~0.5-0.8, unrelated headlines ~0.0-0.2; below this, visual evidence is the better answer.
+TEXT_MATCH_MIN_SCORE = 0.35
+
+
 class QueryError(Exception):
     """A query that cannot be answered as asked. ``code`` is stable (HTTP error bodies, dead letters)."""
 
@@ -80,6 +85,11 @@ class QueryEngine:
     def __init__(self, config: LivelensConfig):
         self.config = config
         self.stages = find_stages(config)
+        self.text_embedder = None
+        if config.ocr.enabled:
+            from operators.ocr import TextEmbedder
+
+            self.text_embedder = TextEmbedder()
         ns = config.ray.namespace
         self.answerers = [ray.get_actor(f"answer-{i}", namespace=ns) for i in range(config.pipeline.answerers)]
         self._next = 0
@@ -102,10 +112,17 @@ class QueryEngine:
         return None
 
     def evidence(self, query: messages.Query) -> list[Any]:
+        """Up to top_k hits: on-screen text matches first (when the question is text), then visual ones."""
         t_from, t_to = query.scope.resolve()
-        vector = self.embed(query)
         memory = self._memory(query.tenant_id)
         streams = query.stream_ids or None
+        text_hits = []
+        if self.text_embedder is not None and query.text.strip() and not query.image_jpeg_b64:
+            vector = self.text_embedder.embed([query.text])[0]
+            text_hits = [h for h in ray.get(memory.call.remote(
+                "search_text", query.tenant_id, vector, stream_ids=streams, t_from=t_from, t_to=t_to,
+                k=query.top_k)) if h.score >= TEXT_MATCH_MIN_SCORE]
+        vector = self.embed(query)
         if vector is None:
             from memory_store.service import Hit
 
@@ -113,8 +130,13 @@ class QueryEngine:
             records = ray.get(memory.call.remote("recent", query.tenant_id, streams, query.top_k))
             return [Hit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end,
                         1.0, r.thumbnail) for r in records]
-        return ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
-                                          t_from=t_from, t_to=t_to, k=query.top_k))
+        room = query.top_k - len(text_hits)
+        if room <= 0:
+            return text_hits[: query.top_k]
+        taken = {h.frame_key for h in text_hits}
+        visual = ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
+                                            t_from=t_from, t_to=t_to, k=query.top_k))
+        return text_hits + [h for h in visual if h.frame_key not in taken][:room]
 
     def run(self, query: messages.Query) -> messages.Answer:
         started = time.perf_counter()
@@ -122,7 +144,8 @@ class QueryEngine:
         evidence = [
             messages.Evidence(stream_id=h.stream_id, frame_key=h.frame_key, t_start=h.t_start, t_end=h.t_end,
                               wallclock_start=_iso(h.wallclock_start), wallclock_end=_iso(h.wallclock_end),
-                              score=float(h.score), segment_seq=h.seq, thumbnail=h.thumbnail)
+                              score=float(h.score), segment_seq=h.seq, thumbnail=h.thumbnail,
+                              text=getattr(h, "text", ""), lines=getattr(h, "lines", []))
             for h in hits
         ]
         text, extractive, model = "", True, ""
@@ -141,7 +164,8 @@ class QueryEngine:
         items = [
             EvidenceItem(stream_id=h.stream_id, t_start=h.t_start, t_end=h.t_end,
                          wallclock_start=_iso(h.wallclock_start).isoformat(), score=float(h.score),
-                         tokens=getattr(r, "tokens", None), positions=getattr(r, "positions", None))
+                         tokens=getattr(r, "tokens", None), positions=getattr(r, "positions", None),
+                         text=getattr(h, "text", "") or getattr(r, "text", ""))
             for h, r in zip(hits, records)
         ]
         answerer = self.answerers[self._next % len(self.answerers)]

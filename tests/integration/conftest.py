@@ -18,7 +18,8 @@ from pipelines.sample_video import write_sample_video
 
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="livelens-tests")
+    # address="local": always a fresh runtime of our own, never a cluster someone else started here.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="livelens-tests")
     yield
     ray.shutdown()
 
@@ -80,7 +81,7 @@ def _kill_namespace(config: LivelensConfig) -> None:
     names = ([f"source-{i}" for i in range(p.sources)] + ["query-consumer"]
              + [f"decode-{i}" for i in range(p.decoders)] + [f"encode-{i}" for i in range(p.encoders)]
              + [f"compress-{i}" for i in range(p.compressors)] + [f"answer-{i}" for i in range(p.answerers)]
-             + [f"memory-{i}" for i in range(config.memory.shards)])
+             + [f"ocr-{i}" for i in range(p.ocr_readers)] + [f"memory-{i}" for i in range(config.memory.shards)])
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=config.ray.namespace), no_restart=True)

@@ -77,6 +77,14 @@ def test_ingest_then_ask_over_kafka_and_http(deployed, sample_video):
     assert all(5 - 0.01 <= e.t_start <= 10 + 0.01 for e in answer.evidence), [e.t_start for e in answer.evidence]
     assert [e.t_start for e in answer.evidence] == sorted(e.t_start for e in answer.evidence)
 
+    # Questions about headlines are answered from on-screen text (OCR), with the text as evidence.
+    for headline in truth["headlines"]:
+        answer = client.ask_http(messages.Query(tenant_id="default", stream_ids=["news"], top_k=3,
+                                                text=f"when did the news say {headline['text'].lower()}"))
+        best = answer.evidence and max(answer.evidence, key=lambda e: e.score)
+        assert best and best.text, f"no on-screen text evidence for {headline['text']}"
+        assert best.t_start <= headline["end"] + 1 and best.t_end >= headline["start"] - 1, (best, headline)
+
     # Another tenant sees nothing of this one.
     other = client.ask_http(messages.Query(tenant_id="other", text="what happened", top_k=5))
     assert other.evidence == []

@@ -1,4 +1,4 @@
-"""TokenDropCompressor on tokens of known geometry: which positions survive, and state across batches."""
+"""TokenDropCompressor on tokens and frames of known geometry: which positions survive, and state across batches."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import pickle
 import numpy as np
 import pytest
 
-from operators.compress import TokenDropCompressor
+from operators.caching import pixel_cells
+from operators.compress import DropConfig, TokenDropCompressor
 from operators.frames import FeatureBatch, SegmentInfo
+from operators.pruning import PruneConfig
 from pipelines.config import CompressConfig
 
 T, D = 16, 8  # a 4x4 grid of 8-d tokens
@@ -175,3 +177,131 @@ def test_empty_batch_leaves_state_alone():
     empty = c.compress(features(np.zeros((0, T, D), np.float32), start_s=1.0))
     assert empty.kept.shape == (0, T) and empty.tokens.shape == (0, D)
     assert not c.compress(features(frame, start_s=2.0)).kept.any()
+
+
+# ------------------------------------------------------------------------------------------
+# Pixel mode: the patch behind each token of the 4x4 grid is 16x16 pixels of a 64x64 frame.
+
+
+def pixel_compressor(threshold: float = 0.03, prune: PruneConfig | None = None) -> TokenDropCompressor:
+    return TokenDropCompressor(CompressConfig(), DropConfig(mode="pixel", pixel_threshold=threshold), prune)
+
+
+def grey_frames(n: int, level: int = 100) -> np.ndarray:
+    return np.full((n, 64, 64, 3), level, np.uint8)
+
+
+def set_patch(image: np.ndarray, position: int, level: int) -> None:
+    r, c = divmod(position, 4)
+    image[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] = level
+
+
+@pytest.mark.parametrize(
+    ("delta", "threshold", "dropped"),
+    [
+        (0, 0.03, True),  # unchanged
+        (5, 0.03, True),  # 0.020 < 0.03: noise-sized change
+        (10, 0.03, False),  # 0.039
+        (10, 0.05, True),
+        (255 - 100, 0.5, False),  # 0.61
+        (0, 0.0, False),  # threshold 0 drops nothing: nothing is below it
+    ],
+)
+def test_pixel_threshold_table(delta, threshold, dropped):
+    images = grey_frames(2)
+    set_patch(images[1], 6, 100 + delta)
+    out = pixel_compressor(threshold).compress(features(random_frames(2, seed=20)), images)
+    assert out.kept[0].all() and out.kept[1, 6] == (not dropped)
+    assert (np.delete(out.kept[1], 6) == (threshold == 0.0)).all()  # unchanged patches: dropped, unless threshold 0
+
+
+def test_pixel_mode_keeps_the_changed_patches_whatever_the_features_say():
+    images = grey_frames(3)
+    for position in (2, 5, 6, 9):
+        set_patch(images[1], position, 250)
+    same_features = np.repeat(random_frames(1, seed=21), 3, axis=0)  # feature mode would drop everything
+    out = pixel_compressor().compress(features(same_features), images)
+    np.testing.assert_array_equal(out.frame_tokens(1)[0], [2, 5, 6, 9])
+    np.testing.assert_array_equal(out.frame_tokens(2)[0], [2, 5, 6, 9])  # frame 2 reverts: changed again
+    np.testing.assert_allclose(out.drop_ratio, [0.0, 0.75, 0.75])
+
+
+def test_pixel_cells_give_the_same_masks_as_frames():
+    images = np.random.default_rng(22).integers(0, 256, (4, 90, 160, 3), dtype=np.uint8)
+    images[2] = images[1]
+    tokens = features(random_frames(4, seed=23))
+    from_frames = pixel_compressor().compress(tokens, images)
+    from_cells = pixel_compressor().compress(tokens, pixel_cells(images, (4, 4)))
+    np.testing.assert_array_equal(from_cells.kept, from_frames.kept)
+    assert not from_frames.kept[2].any()
+
+
+@pytest.mark.parametrize(
+    ("mode", "images", "grid_tokens", "message"),
+    [
+        ("pixel", None, (4, 4), "needs the batch's images"),
+        ("feature", grey_frames(2), (4, 4), "feature-mode"),
+        ("pixel", grey_frames(2), (1, 16), "spatial token grid"),  # a VLM's (1, T) grid
+        ("pixel", grey_frames(3), (4, 4), "3 images for 2 frames"),
+    ],
+)
+def test_mode_and_input_mismatches_fail_loudly(mode, images, grid_tokens, message):
+    batch = features(random_frames(2, seed=24))
+    batch.grid = grid_tokens
+    c = TokenDropCompressor(CompressConfig(), DropConfig(mode=mode))
+    with pytest.raises(ValueError, match=message):
+        c.compress(batch, images)
+
+
+def test_pixel_state_carries_across_batches_and_a_new_grid_restarts_it():
+    c = pixel_compressor()
+    c.compress(features(random_frames(2, seed=25)), grey_frames(2))
+    assert not c.compress(features(random_frames(1, seed=26), start_s=1.0), grey_frames(1)).kept.any()
+    finer = FeatureBatch(SegmentInfo("t1", "cam-1", 2, 0.0, 2.0, 1.0), np.array([2.0]),
+                         np.ones((1, 64, 8), np.float16), np.ones((1, 4), np.float32), (8, 8))
+    assert c.compress(finer, grey_frames(1)).kept.all()
+
+
+# ------------------------------------------------------------------------------------------
+# Drop, then prune to a budget
+
+
+@pytest.mark.parametrize("mode", ["feature", "pixel"])
+def test_pruning_applies_the_budget_to_what_the_drop_kept(mode):
+    tokens = random_frames(3, seed=27)
+    tokens[1] = tokens[0]
+    tokens[1, :2] = -tokens[0, :2]  # frame 1: two tokens change
+    images = grey_frames(3)
+    set_patch(images[1], 0, 250)
+    set_patch(images[1], 1, 250)
+    prune = PruneConfig(keep_fraction=0.25)  # 4 of 16
+    drop = DropConfig(mode=mode)
+    pixels = images if mode == "pixel" else None
+    plain = TokenDropCompressor(CompressConfig(), drop).compress(features(tokens), pixels)
+    pruned = TokenDropCompressor(CompressConfig(), drop, prune).compress(features(tokens), pixels)
+    assert not (pruned.kept & ~plain.kept).any()  # pruning only removes
+    assert pruned.kept.sum(axis=1).tolist() == [4, 2, min(4, int(plain.kept[2].sum()))]
+    np.testing.assert_array_equal(pruned.drop_ratio, plain.drop_ratio)  # the change signal, before the budget
+    assert pruned.tokens.shape == (int(pruned.kept.sum()), D)
+    positions, kept_tokens = pruned.frame_tokens(0)
+    np.testing.assert_array_equal(kept_tokens, tokens[0, positions].astype(np.float16))  # full channels, in order
+
+
+def test_pixel_and_pruner_state_snapshot_and_restore():
+    prune = PruneConfig(keep_fraction=0.25)
+    running = pixel_compressor(prune=prune)
+    images = np.random.default_rng(28).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    tokens = random_frames(6, seed=29)
+    running.compress(features(tokens[:3]), images[:3])
+    state = pickle.loads(pickle.dumps(running.snapshot()))
+    assert state["mode"] == "pixel" and "cells" in state["streams"][0] and state["pruner"]["streams"]
+    restored = pixel_compressor(prune=prune)
+    restored.restore(state)
+    expected = running.compress(features(tokens[3:], start_s=3.0), images[3:])
+    got = restored.compress(features(tokens[3:], start_s=3.0), images[3:])
+    np.testing.assert_array_equal(got.kept, expected.kept)
+    np.testing.assert_array_equal(got.drop_ratio, expected.drop_ratio)
+    with pytest.raises(ValueError, match="pixel-mode snapshot"):
+        compressor().restore(state)
+    with pytest.raises(ValueError, match="pruning"):
+        pixel_compressor().restore(state)
