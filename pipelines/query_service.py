@@ -141,32 +141,34 @@ class QueryEngine:
     def run(self, query: messages.Query) -> messages.Answer:
         started = time.perf_counter()
         hits = sorted(self.evidence(query), key=lambda h: (h.wallclock_start, h.stream_id))
+        # The stored frames behind the hits: their on-screen text for every piece of evidence, and their
+        # kept tokens for an answer model that reads them.
+        records = ray.get(self._memory(query.tenant_id).call.remote("frames", query.tenant_id,
+                                                                    [h.frame_key for h in hits]))
+        texts = [getattr(h, "text", "") or (r.text if r else "") for h, r in zip(hits, records)]
         evidence = [
             messages.Evidence(stream_id=h.stream_id, frame_key=h.frame_key, t_start=h.t_start, t_end=h.t_end,
                               wallclock_start=_iso(h.wallclock_start), wallclock_end=_iso(h.wallclock_end),
-                              score=float(h.score), segment_seq=h.seq, thumbnail=h.thumbnail,
-                              text=getattr(h, "text", ""), lines=getattr(h, "lines", []))
-            for h in hits
+                              score=float(h.score), segment_seq=h.seq, thumbnail=h.thumbnail, text=text,
+                              lines=getattr(h, "lines", None) or (r.lines if r else []))
+            for h, r, text in zip(hits, records, texts)
         ]
         text, extractive, model = "", True, ""
         if query.generate:
-            result = self._answer(query, hits)
+            result = self._answer(query, hits, records, texts)
             text, extractive, model = result.text, result.extractive, result.model
         return messages.Answer(tenant_id=query.tenant_id, query_id=query.query_id, answer=text,
                                extractive=extractive, model=model, evidence=evidence,
                                latency_ms=(time.perf_counter() - started) * 1000)
 
-    def _answer(self, query: messages.Query, hits: list[Any]):
+    def _answer(self, query: messages.Query, hits: list[Any], records: list[Any], texts: list[str]):
         from operators.answer import EvidenceItem
 
-        records = ray.get(self._memory(query.tenant_id).call.remote("frames", query.tenant_id,
-                                                                    [h.frame_key for h in hits]))
         items = [
             EvidenceItem(stream_id=h.stream_id, t_start=h.t_start, t_end=h.t_end,
                          wallclock_start=_iso(h.wallclock_start).isoformat(), score=float(h.score),
-                         tokens=getattr(r, "tokens", None), positions=getattr(r, "positions", None),
-                         text=getattr(h, "text", "") or getattr(r, "text", ""))
-            for h, r in zip(hits, records)
+                         tokens=r.tokens if r else None, positions=r.positions if r else None, text=text)
+            for h, r, text in zip(hits, records, texts)
         ]
         answerer = self.answerers[self._next % len(self.answerers)]
         self._next += 1

@@ -1,0 +1,59 @@
+"""`livelens up / publish / ask / status / down` as a user runs them, each a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.local_stack import StackState
+from deploy.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+LIVELENS = [sys.executable, "-m", "pipelines.cli"]
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run(LIVELENS + args, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"livelens {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def test_up_publish_ask_status_down(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"LIVELENS_KAFKA_BOOTSTRAP", "LIVELENS_REDIS_URL", "RAY_ADDRESS"}}
+    env.update(LIVELENS_DATA_DIR=str(tmp_path / "stack"), LIVELENS_SERVE__PORT=str(free_port()),
+               LIVELENS_PIPELINE__DECODERS="1", HF_HUB_OFFLINE="1")
+    video = tmp_path / "news.mp4"
+    run(["sample-video", str(video), "--duration", "8"], env)
+    try:
+        run(["up"], env)
+        state = StackState.load(tmp_path / "stack")
+        assert state is not None and {p.name for p in state.started} == {"kafka", "redis", "ray"}
+        assert all(p.alive() for p in state.started)
+
+        run(["publish", str(video), "--stream", "news", "--fast"], env)
+        deadline = time.monotonic() + 90
+        while True:
+            out = json.loads(run(["ask", "what happened", "--stream", "news", "--json"], env).stdout)
+            if len(out["evidence"]) >= 5 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert set(out) >= {"answer", "evidence", "latency_ms"}
+        assert out["evidence"], "no evidence after publishing"
+        for e in out["evidence"]:
+            assert e["stream_id"] == "news" and 0 <= e["t_start"] < e["t_end"] <= 8.5
+            assert e["wallclock_start"].endswith("Z") or "+" in e["wallclock_start"]
+
+        status = run(["status"], env).stdout
+        assert "source-0" in status and "memory-0" in status
+    finally:
+        subprocess.run(LIVELENS + ["down"], env=env, capture_output=True, text=True, timeout=120)
+    assert StackState.load(tmp_path / "stack") is None
+    assert not any(p.alive() for p in state.started), "down left a process running"
