@@ -148,3 +148,37 @@ def test_bad_input_goes_to_dead_letters_and_the_stream_keeps_flowing(deployed, s
     assert ("query", "invalid_message") in codes or ("query", "unknown_schema") in codes
     assert any(d.stream_id == "bad" and d.stage == "decode" for d in letters), codes
     assert all(d.reason for d in letters)
+
+
+def test_broker_restart_loses_topics_and_ingest_resumes(deployed, sample_video, kafka_broker, tmp_path):
+    """The local broker keeps topics in memory: after a restart they are gone, and livelens must carry on."""
+    from deploy.processes import start_broker
+
+    video, _ = sample_video
+    config = deployed()
+    n = sum(1 for _ in iter_segments(str(video)))
+    SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="before", pace="fast")
+    wait_for(lambda: stored_segments(config, "before") == n, 120, "stream before the restart")
+    kafka_broker.stop()
+    restarted = start_broker(tmp_path / "broker", port=kafka_broker.port)
+    try:
+        # The publisher recreates the topics; the source reconnects, rejoins and reads them from the start.
+        wait_for(lambda: _publish_ok(config, video, "after"), 60, "publishing to the restarted broker", 2.0)
+        wait_for(lambda: stored_segments(config, "after") == n, 120, "stream after the restart")
+        assert_each_segment_once(config, "after", n)
+        assert_each_segment_once(config, "before", n)
+    finally:
+        kafka_broker.pid = restarted.pid  # the session fixture stops whichever broker runs at the end
+
+
+def _publish_ok(config, video, stream: str) -> bool:
+    """A publish that may meet the broker still starting; a partial one is harmless (writes are idempotent)."""
+    from kafka.errors import KafkaError
+
+    from pipelines.publish import PublishError
+
+    try:
+        SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id=stream, pace="fast")
+        return True
+    except (PublishError, KafkaError, RuntimeError):
+        return False
