@@ -52,8 +52,8 @@ def _save_common(out: Path) -> int:
     return len(tokenizer)
 
 
-def build_tiny_clip(out: Path, seed: int = 0) -> Path:
-    """A dual encoder (CLIP architecture): vision tower, text tower, shared 32-d space."""
+def _build(out: Path, seed: int, make) -> Path:
+    """Build into a temp dir and rename it into place, so a crash never leaves half a model that looks whole."""
     out = Path(out)
     if (out / _MARK).exists():
         return out
@@ -62,53 +62,39 @@ def build_tiny_clip(out: Path, seed: int = 0) -> Path:
     tmp.mkdir(parents=True)
     vocab = _save_common(tmp)
     torch.manual_seed(seed)
-    config = CLIPConfig(
+    make(vocab).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def _llama(vocab: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                       pad_token_id=0, bos_token_id=101, eos_token_id=102)
+
+
+def build_tiny_clip(out: Path, seed: int = 0) -> Path:
+    """A dual encoder (CLIP architecture): vision tower, text tower, shared 32-d space."""
+    return _build(out, seed, lambda vocab: CLIPModel(CLIPConfig(
         text_config=CLIPTextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, max_position_embeddings=64, pad_token_id=0,
                                    bos_token_id=101, eos_token_id=102).to_dict(),
         vision_config=CLIPVisionConfig(**_VISION).to_dict(),
         projection_dim=32,
-    )
-    CLIPModel(config).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    )))
 
 
 def build_tiny_vlm(out: Path, seed: int = 0) -> Path:
     """A LLaVA-architecture VLM: CLIP vision tower, projector, Llama language model."""
-    out = Path(out)
-    if (out / _MARK).exists():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    vocab = _save_common(tmp)
-    torch.manual_seed(seed)
-    text = LlamaConfig(vocab_size=vocab + 1, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                       pad_token_id=0, bos_token_id=101, eos_token_id=102)
-    config = LlavaConfig(vision_config=CLIPVisionConfig(**_VISION).to_dict(), text_config=text.to_dict(),
-                         image_token_index=vocab, vision_feature_select_strategy="full", vision_feature_layer=-1)
-    LlavaForConditionalGeneration(config).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    # One extra vocabulary slot for the image placeholder token.
+    return _build(out, seed, lambda vocab: LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=CLIPVisionConfig(**_VISION).to_dict(), text_config=_llama(vocab + 1).to_dict(),
+        image_token_index=vocab, vision_feature_select_strategy="full", vision_feature_layer=-1)))
 
 
 def build_tiny_llm(out: Path, seed: int = 0) -> Path:
     """A text-only causal LM (Llama architecture)."""
-    out = Path(out)
-    if (out / _MARK).exists():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    vocab = _save_common(tmp)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                 pad_token_id=0, bos_token_id=101, eos_token_id=102)).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return _build(out, seed, lambda vocab: LlamaForCausalLM(_llama(vocab)))
 
 
 def is_tiny(path: str | Path) -> bool:
