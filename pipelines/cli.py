@@ -152,8 +152,9 @@ def publish(
 
 @app.command()
 def ask(
-    question: str,
-    stream: Annotated[list[str] | None, typer.Option("--stream", help="Stream id (repeatable).")] = None,
+    question: Annotated[str, typer.Argument(help="The question; may be empty with --image.")] = "",
+    stream: Annotated[list[str] | None, typer.Option("--stream", help="Stream id (repeatable). None: all streams.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="An example image: when was this on screen?")] = None,
     tenant: Annotated[str, typer.Option("--tenant")] = "default",
     since: Annotated[str | None, typer.Option("--since", help="Only the last N: 30s, 5m, 2h.")] = None,
     t_from: Annotated[str | None, typer.Option("--from", help="Start: ISO time, or seconds from stream start.")] = None,
@@ -170,7 +171,10 @@ def ask(
     scope = messages.TimeScope(
         since_s=_duration(since) if since else None,
         start=_time_arg(config, tenant, streams, t_from), end=_time_arg(config, tenant, streams, t_to))
-    query = messages.Query(tenant_id=tenant, stream_ids=streams, text=question, scope=scope, top_k=top_k)
+    from pipelines.client import image_b64
+
+    query = messages.Query(tenant_id=tenant, stream_ids=streams, text=question, scope=scope, top_k=top_k,
+                           image_jpeg_b64=image_b64(image) if image else None)
     client = Client(config)
     answer = client.ask_kafka(query) if via == "kafka" else client.ask_http(query)
     print_answer(answer, as_json=as_json)
