@@ -221,6 +221,38 @@ def print_answer(answer: messages.Answer, *, as_json: bool) -> None:
 
 
 @app.command()
+def watch(
+    query: Annotated[str, typer.Argument(help="What to watch for in on-screen text, e.g. 'storm warning'.")] = "",
+    stream: Annotated[list[str] | None, typer.Option("--stream", help="Stream id (repeatable). None: all.")] = None,
+    tenant: Annotated[str, typer.Option("--tenant")] = "default",
+    image: Annotated[Path | None, typer.Option("--image", help="Watch for this picture instead.")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score")] = None,
+    rearm: Annotated[str, typer.Option("--rearm", help="Quiet time before it can fire again: 10s, 5m.")] = "10s",
+    webhook: Annotated[str | None, typer.Option("--webhook", help="Also POST each alert here.")] = None,
+    keep: Annotated[bool, typer.Option("--keep/--remove", help="Keep the standing query after you stop.")] = True,
+) -> None:
+    """Register a standing query and print its alerts as they fire (Ctrl-C to stop)."""
+    from pipelines.client import Client, image_b64
+
+    config = effective_config()
+    client = Client(config)
+    registered = client.register_standing(tenant_id=tenant, text=query, stream_ids=stream or [],
+                                          image_jpeg_b64=image_b64(image) if image else None,
+                                          min_score=min_score, rearm_s=_duration(rearm), webhook=webhook)
+    console.print(f"watching ({registered['kind']}) as standing query {registered['query_id']}")
+    try:
+        for alert in client.follow_alerts(query_id=registered["query_id"]):
+            e = alert.evidence[0]
+            Console().print(f"{e.wallclock_start.isoformat(timespec='seconds')} {alert.stream_id} "
+                            f"t={e.t_start:.1f}s score={alert.score:.2f} {e.text.replace(chr(10), ' / ')}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if not keep:
+            client.delete_standing(registered["query_id"], tenant_id=tenant)
+
+
+@app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="Seconds of sample broadcast.")] = 40.0,
     fast: Annotated[bool, typer.Option("--fast", help="Publish as fast as possible instead of in real time.")] = False,

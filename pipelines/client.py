@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -71,5 +72,40 @@ class Client:
                         if answer.query_id == query.query_id:
                             return answer
             raise TimeoutError(f"no answer to {query.query_id} within {self.timeout_s:.0f} s")
+        finally:
+            consumer.close()
+
+    def register_standing(self, *, tenant_id: str = "default", text: str = "", image_jpeg_b64: str | None = None,
+                          stream_ids: list[str] | None = None, min_score: float | None = None,
+                          rearm_s: float = 10.0, webhook: str | None = None) -> dict:
+        body = dict(tenant_id=tenant_id, text=text, image_jpeg_b64=image_jpeg_b64, stream_ids=stream_ids or [],
+                    min_score=min_score, rearm_s=rearm_s, webhook=webhook)
+        response = httpx.post(f"{self.http_url}/v1/standing-queries", json=body, timeout=self.timeout_s)
+        if response.status_code != 201:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def delete_standing(self, query_id: str, *, tenant_id: str = "default") -> None:
+        response = httpx.delete(f"{self.http_url}/v1/standing-queries/{query_id}", params={"tenant_id": tenant_id},
+                                timeout=self.timeout_s)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
+
+    def follow_alerts(self, *, query_id: str | None = None, from_beginning: bool = False,
+                      timeout_s: float | None = None) -> Iterator[messages.Alert]:
+        """Alerts as they arrive on the alerts topic (those of one standing query, when given)."""
+        kafka = self.config.kafka
+        ensure_topics(kafka)
+        consumer = KafkaConsumer(kafka.topic("alerts"), bootstrap_servers=require_bootstrap(kafka),
+                                 group_id=None, enable_auto_commit=False,
+                                 auto_offset_reset="earliest" if from_beginning else "latest")
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        alert, _ = messages.decode(record.value, expect=messages.Alert)
+                        if query_id is None or alert.query_id == query_id:
+                            yield alert
         finally:
             consumer.close()

@@ -161,6 +161,7 @@ class PipelineConfig(_Section):
     encoders: int = Field(1, ge=1)
     compressors: int = Field(1, ge=1)
     ocr_readers: int = Field(1, ge=1, description="On-screen text actors (when ocr.enabled).")
+    standing_evaluators: int = Field(1, ge=1, description="Actors evaluating standing queries on new segments.")
     answerers: int = Field(1, ge=1)
     max_inflight_segments: int = Field(
         8, ge=1, description="Segments a source has in the DAG at once; past it, it pauses its partitions."

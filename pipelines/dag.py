@@ -1,6 +1,6 @@
 """The ingest DAG as Ray actors: thin wrappers around the operators, and its assembly.
 
-    KafkaSegmentSource ──► Decode ──► Encode (batched across streams) ──► Compress ──► Memory
+    KafkaSegmentSource ──► Decode ──► Encode (batched across streams) ──► Compress ──► Memory ──► Standing queries
                               └──────► OCR (on-screen text, re-read where the picture changed) ──┘
 
 Placement follows state: a stream's segments always go to the same compressor
@@ -178,6 +178,51 @@ class MemoryActor:
         return getattr(self.store, method)(*args, **kwargs)
 
 
+@ray.remote(**RESTART)
+class StandingActor:
+    """Evaluates standing queries on each stored segment; alerts are acknowledged before the source commits."""
+
+    def __init__(self, config: LivelensConfig):
+        import redis
+
+        from pipelines.kafka_io import make_producer
+        from pipelines.standing import StandingEvaluator
+
+        self.config = config
+        self.producer = make_producer(config.kafka)
+        self.evaluator = StandingEvaluator(redis.Redis.from_url(config.redis.url), self._emit)
+        self.webhook_failures = 0
+
+    def evaluate(self, written, batch: CompressedBatch, texts: list | None):
+        from pipelines.standing import frame_views
+
+        self.evaluator.evaluate(batch.segment.tenant_id, batch.segment.stream_id, frame_views(batch, texts))
+        return written
+
+    def _emit(self, firings: list) -> None:
+        import httpx
+
+        from pipelines import messages
+        from pipelines.standing import firing_alert
+
+        topic = self.config.kafka.topic("alerts")
+        futures = []
+        for firing in firings:
+            alert = firing_alert(firing, firing.query.tenant_id)
+            futures.append(self.producer.send(topic, key=firing.stream_id.encode(), value=messages.encode(alert)))
+            if firing.query.webhook:
+                # Best effort with a short timeout: the alerts topic is the durable channel, and a slow
+                # webhook must not hold up ingest.
+                try:
+                    httpx.post(firing.query.webhook, content=alert.model_dump_json(by_alias=True),
+                               headers={"content-type": "application/json"}, timeout=2.0)
+                except httpx.HTTPError as exc:
+                    self.webhook_failures += 1
+                    log.warning("webhook %s failed: %s", firing.query.webhook, exc)
+        for future in futures:
+            future.get(timeout=30)
+
+
 @dataclass
 class PipelineHandles:
     decoders: list
@@ -185,6 +230,7 @@ class PipelineHandles:
     compressors: list
     ocr: list
     memory: list
+    standing: list
 
     def memory_for(self, tenant_id: str):
         return self.memory[shard(tenant_id, len(self.memory))]
@@ -211,6 +257,7 @@ def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineH
         compressors=[_named(CompressActor, f"compress-{i}", ns, detached, {}, config) for i in range(p.compressors)],
         ocr=[_named(OcrActor, f"ocr-{i}", ns, detached, {}, config) for i in range(_ocr_count(config))],
         memory=[_named(MemoryActor, f"memory-{i}", ns, detached, {}, config, i) for i in range(config.memory.shards)],
+        standing=[_named(StandingActor, f"standing-{i}", ns, detached, {}, config) for i in range(p.standing_evaluators)],
     )
 
 
@@ -226,6 +273,7 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
         compressors=[get(f"compress-{i}") for i in range(p.compressors)],
         ocr=[get(f"ocr-{i}") for i in range(_ocr_count(config))],
         memory=[get(f"memory-{i}") for i in range(config.memory.shards)],
+        standing=[get(f"standing-{i}") for i in range(p.standing_evaluators)],
     )
 
 
@@ -244,7 +292,9 @@ class RayIngest:
         features = self.h.encoders[shard(stream, len(self.h.encoders))].encode.remote(frames)
         compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(features)
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
-        return self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
+        written = self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
+        # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
+        return self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(written, compressed, texts)
 
     def wait(self, handles: list, timeout_s: float) -> list:
         ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout_s, fetch_local=False)

@@ -28,6 +28,12 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     return _error(422, "invalid_request", str(exc.errors()[:3]))
 
 
+@api.exception_handler(Exception)
+async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    # A bug or an unavailable backend, never the caller's fault: still JSON with a stable code.
+    return _error(500, "internal", f"{type(exc).__name__}: {str(exc)[:500]}")
+
+
 @api.exception_handler(QueryError)
 async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
     return _error(exc.status, exc.code, exc.message)
@@ -66,6 +72,22 @@ class QueryRequest(BaseModel):
                               generate=self.generate)
 
 
+class StandingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant_id: messages.Id = "default"
+    stream_ids: list[messages.Id] = Field(default_factory=list, max_length=1000)
+    text: str = Field("", max_length=4096)
+    image_jpeg_b64: str | None = Field(None, max_length=4 << 20)
+    min_score: float | None = Field(None, ge=-1, le=1)
+    rearm_s: float = Field(10.0, ge=0)
+    webhook: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+
+
+def _public(query) -> dict:
+    """A standing query as the API shows it: without its vectors."""
+    return query.model_dump(mode="json", exclude={"text_vector", "image_vector"}) | {"kind": query.kind}
+
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=16)
 @serve.ingress(api)
 class LivelensAPI:
@@ -84,6 +106,20 @@ class LivelensAPI:
         except ValidationError as exc:
             raise QueryError("invalid_request", str(exc.errors()[:3]), 422) from None
         return self.engine.run(message).model_dump(mode="json", by_alias=True)
+
+    @api.post("/v1/standing-queries", status_code=201)
+    def create_standing(self, request: StandingRequest) -> dict:
+        return _public(self.engine.register_standing(**request.model_dump()))
+
+    @api.get("/v1/standing-queries")
+    def list_standing(self, tenant_id: str = "default") -> list[dict]:
+        return [_public(q) for q in self.engine.list_standing(tenant_id)]
+
+    @api.delete("/v1/standing-queries/{query_id}")
+    def delete_standing(self, query_id: str, tenant_id: str = "default") -> dict:
+        if not self.engine.delete_standing(tenant_id, query_id):
+            raise QueryError("not_found", f"no standing query {query_id}", 404)
+        return {"deleted": query_id}
 
     @api.get("/v1/streams")
     def streams(self, tenant_id: str = "default") -> list[dict]:

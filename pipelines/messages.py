@@ -169,7 +169,10 @@ class Alert(Message):
     version: Literal[1] = 1
     stream_id: Id
     alert_id: Id = Field(default_factory=new_id)
-    state: Literal["GREEN", "YELLOW", "RED"]
+    kind: Literal["moderation", "standing_query"] = "moderation"
+    query_id: Id | None = Field(None, description="The standing query that fired (kind standing_query).")
+    state: Literal["GREEN", "YELLOW", "RED", "MATCH"] = Field(
+        description="Room risk for moderation; MATCH for a standing query's firing.")
     score: float
     reason: str
     evidence: list[Evidence] = Field(default_factory=list)

@@ -175,11 +175,54 @@ class QueryEngine:
         question = query.text or ("When was this image on screen?" if query.image_jpeg_b64 else "What is on screen now?")
         return ray.get(answerer.answer.remote(question, items))
 
+    # -- standing queries --------------------------------------------------------------------
+
+    def register_standing(self, tenant_id: str, *, text: str = "", image_jpeg_b64: str | None = None,
+                          stream_ids: list[str] | None = None, min_score: float | None = None,
+                          rearm_s: float = 10.0, webhook: str | None = None):
+        """Embed the query once and register it. Text matches on-screen text; an image matches frames."""
+        from pipelines.standing import StandingQuery
+
+        text_vector = image_vector = None
+        if image_jpeg_b64:
+            encoder = self.stages.encoders[0]
+            image_vector = ray.get(encoder.embed_images.remote(decode_image(image_jpeg_b64)))[0].tolist()
+        elif text.strip():
+            if self.text_embedder is None:
+                raise QueryError("ocr_disabled", "standing text queries match on-screen text: enable ocr")
+            text_vector = self.text_embedder.embed([text])[0].tolist()
+        else:
+            raise QueryError("empty_query", "a standing query needs text or an example image")
+        query = StandingQuery(tenant_id=tenant_id, stream_ids=stream_ids or [], text=text, text_vector=text_vector,
+                              image_vector=image_vector, min_score=min_score, rearm_s=rearm_s, webhook=webhook)
+        return self._standing_registry().register(query)
+
+    def list_standing(self, tenant_id: str):
+        return self._standing_registry().list(tenant_id)
+
+    def delete_standing(self, tenant_id: str, query_id: str) -> bool:
+        return self._standing_registry().delete(tenant_id, query_id)
+
+    def _standing_registry(self):
+        import redis
+
+        from pipelines.standing import StandingRegistry
+
+        return StandingRegistry(redis.Redis.from_url(self.config.redis.url))
+
     def streams(self, tenant_id: str) -> list[Any]:
         return ray.get(self._memory(tenant_id).call.remote("streams", tenant_id))
 
     def thumbnail(self, tenant_id: str, key: str) -> bytes | None:
-        return ray.get(self._memory(tenant_id).call.remote("thumbnail", key))
+        """None when there is no such thumbnail of this tenant (other tenants' keys included)."""
+        if not key.startswith(f"ll:{{{tenant_id}}}:thumb:"):
+            return None
+        try:
+            return ray.get(self._memory(tenant_id).call.remote("thumbnail", key))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, ValueError):
+                return None
+            raise
 
 
 class QueryConsumer:

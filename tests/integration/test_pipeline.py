@@ -50,12 +50,22 @@ def dead_letters(config, n: int, timeout_s: float = 30) -> list[messages.DeadLet
 def test_ingest_then_ask_over_kafka_and_http(deployed, sample_video):
     video, truth = sample_video
     config = deployed(http=True)
+    client = Client(config, timeout_s=60)
+    # A standing query registered before the stream starts.
+    watched = truth["headlines"][0]["text"]
+    standing = client.register_standing(text=f"news about {watched.lower()}", stream_ids=["news"])
     n = sum(1 for _ in iter_segments(str(video)))
     SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="news", pace="fast")
     wait_for(lambda: stored_segments(config, "news") == n, 120, f"{n} segments in memory")
     assert_each_segment_once(config, "news", n)
 
-    client = Client(config, timeout_s=60)
+    # It fired once per episode of that headline, within 3 s of stream time of its appearance.
+    episodes = [h for h in truth["headlines"] if h["text"] == watched]
+    alerts = list(client.follow_alerts(query_id=standing["query_id"], from_beginning=True, timeout_s=8))
+    assert len(alerts) == len(episodes), [(a.evidence[0].t_start, a.evidence[0].text) for a in alerts]
+    for alert, episode in zip(sorted(alerts, key=lambda a: a.evidence[0].t_start), episodes):
+        assert alert.kind == "standing_query" and alert.stream_id == "news"
+        assert episode["start"] <= alert.evidence[0].t_start <= episode["start"] + 3.0
     # An example image taken from the video: evidence at the time it was shown.
     for scene in truth["scenes"][1:4]:
         t = (scene["start"] + scene["end"]) / 2
@@ -84,6 +94,27 @@ def test_ingest_then_ask_over_kafka_and_http(deployed, sample_video):
         best = answer.evidence and max(answer.evidence, key=lambda e: e.score)
         assert best and best.text, f"no on-screen text evidence for {headline['text']}"
         assert best.t_start <= headline["end"] + 1 and best.t_end >= headline["start"] - 1, (best, headline)
+
+    # The HTTP API: streams with their coverage, thumbnails, and 4xx (never 500) for bad requests.
+    import httpx
+
+    base = client.http_url
+    streams = httpx.get(f"{base}/v1/streams", timeout=30).json()
+    assert [s["stream_id"] for s in streams] == ["news"] and streams[0]["segments"] == n
+    thumb = httpx.get(f"{base}/v1/thumbnails/{answer.evidence[0].thumbnail}", timeout=30)
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"  # a JPEG
+    for method, path, kwargs, status in [
+        ("post", "/v1/query", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
+        ("post", "/v1/query", {"json": {"top_k": 10_000}}, 422),
+        ("post", "/v1/query", {"json": {"tenant_id": "bad tenant!"}}, 422),
+        ("post", "/v1/query", {"content": b"x" * (9 << 20), "headers": {"content-type": "application/json"}}, 413),
+        ("post", "/v1/query", {"json": {"image_jpeg_b64": "bm90IGFuIGltYWdl"}}, 400),
+        ("get", "/v1/thumbnails/ll:{default}:frame:nope", {}, 404),
+        ("delete", "/v1/standing-queries/nope", {}, 404),
+    ]:
+        response = getattr(httpx, method)(f"{base}{path}", timeout=30, **kwargs)
+        assert response.status_code == status, (path, kwargs.get("json"), response.status_code, response.text[:300])
+        assert response.json()["error"]["code"]
 
     # Another tenant sees nothing of this one.
     other = client.ask_http(messages.Query(tenant_id="other", text="what happened", top_k=5))

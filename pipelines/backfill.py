@@ -1,0 +1,405 @@
+"""Backfill: put recorded files into memory through the live ingest operators, resumably, faster than real time.
+
+One code path with live ingest. A file is cut by `iter_segments` into the very
+segments a publisher sends; each gets the SegmentInfo the live source builds
+(the publisher's header through `pipelines.source.segment_info`), then runs
+decode -> encode -> compress (+ OCR) -> `MemoryStore.write`, the operators the
+Ray actors wrap. Same segments, same SegmentInfo, same operators: memory after a
+backfill holds the frame keys, masks and (within float tolerance: encoder
+batches are composed differently) embeddings that live ingest of the file would.
+
+Speed: segments are decoded in worker processes (`operators.parallel_decode`,
+keyframe-aligned because segments start at keyframes) while this process
+encodes; the encoder takes frames of consecutive segments in batches of up to
+``encode.batch_frames``. The compressor and the OCR reader keep per-stream state,
+so they, and the memory writes, see segments strictly in order.
+
+Resume: a manifest per (tenant, stream, file) in Redis, next to the memory it
+describes (a JSON file under data_dir could claim segments whose memory was lost
+with a wiped Redis, or miss ones a second machine backfilled). It holds the
+number of leading segments completed (segments complete strictly in order, so
+the completed seqs are exactly 0..next_seq-1) and the compressor's and OCR
+reader's state after the last of them, written in one HSET after each segment's
+memory write. A rerun skips the completed prefix without decoding it and
+restores that state, so it continues exactly as an uninterrupted run would: the
+first frame after the resume point is compared with its real predecessor
+instead of being kept whole. A crash between a memory write and its manifest
+update redoes that one segment; the write is then a no-op (idempotent per
+segment).
+
+Bad input is handled as live ingest handles it: a segment whose stage raises
+StageError is logged, counted in `BackfillSummary.dead_letters` by code and
+passed (there is no dead-letters topic to send it to).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from memory_store import keys
+from memory_store.service import MemoryStore
+from operators.compress import TokenDropCompressor
+from operators.encode import VisionEncoder
+from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, SegmentInfo, StageError
+from operators.ocr import ScreenTextReader
+from operators.parallel_decode import ParallelDecoder
+from pipelines.config import LivelensConfig
+from pipelines.models import encoder_model
+from pipelines.publish import _header as segment_header  # the publisher's own header: SegmentInfo exactly as live
+from pipelines.segmenter import MediaSegment, iter_segments
+from pipelines.source import segment_info
+
+log = logging.getLogger(__name__)
+
+_MANIFEST_VERSION = 1
+
+
+class BackfillError(Exception):
+    """A file cannot be backfilled as asked: no start time, not a file, or a manifest from another file or config."""
+
+
+@dataclass(frozen=True)
+class BackfillJob:
+    """One file, stored as one stream.
+
+    wallclock_start: wall-clock time of the file's first frame (timezone-aware). None: the file's
+        ``creation_time`` metadata, and BackfillError when it has none.
+    """
+
+    source: Path
+    stream_id: str
+    tenant_id: str = "default"
+    wallclock_start: datetime | None = None
+
+
+@dataclass
+class BackfillSummary:
+    """What a run did. Skipped segments (completed by an earlier run) count only in ``segments_skipped``."""
+
+    files: int = 0
+    segments: int = 0
+    segments_skipped: int = 0
+    segments_replayed: int = 0  # processed, but memory already held them (a crash after the write)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    stream_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    frames: int = 0
+    tokens_kept: int = 0
+    bytes_written: int = 0  # embeddings, kept tokens and positions, thumbnails: the payload, not Redis overhead
+
+    @property
+    def speedup(self) -> float:
+        """Stream seconds processed per wall second: above 1 is faster than real time."""
+        return self.stream_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def file_start_time(source: Path) -> datetime:
+    """The file's ``creation_time`` metadata (container, else video track) as an aware datetime.
+
+    MP4/MOV store it in UTC by definition, so a value without an offset is read as UTC.
+    """
+    with av.open(str(source)) as container:
+        video = container.streams.video
+        value = container.metadata.get("creation_time") or (video[0].metadata.get("creation_time") if video else None)
+    if not value:
+        raise BackfillError(f"{source}: no creation_time metadata; give the wall-clock start of its first frame "
+                            "(BackfillJob.wallclock_start, --start on the command line)")
+    try:
+        start = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise BackfillError(f"{source}: creation_time {value!r} is not an ISO 8601 time; give the start "
+                            "explicitly") from exc
+    return start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+
+
+def _media_duration_s(source: Path) -> float | None:
+    """The file's duration for the progress bar; None when the container does not say."""
+    with av.open(str(source)) as container:
+        return container.duration / av.time_base if container.duration else None
+
+
+# -- the manifest ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Resume:
+    next_seq: int
+    next_media_s: float
+    compressor: dict[str, Any]
+    ocr: dict[str, Any] | None
+
+
+class Manifest:
+    """Progress of one (tenant, stream, file) backfill, a Redis hash in the tenant's hash slot.
+
+    fingerprint: the file (path, size, mtime) and the configuration that shapes what is stored;
+        a manifest with another fingerprint is refused, never silently reused or discarded.
+    """
+
+    def __init__(self, client: redis.Redis, job: BackfillJob, fingerprint: str):
+        self.r = client
+        source = str(job.source.resolve())
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        # Built like memory_store.keys (same prefix and tenant hash tag, ids checked the same way).
+        self.key = (f"{keys.PREFIX}:{{{keys.check_id('tenant', job.tenant_id)}}}:backfill:"
+                    f"{keys.check_id('stream', job.stream_id)}:{digest}")
+        self.fingerprint = fingerprint
+
+    def load(self) -> _Resume | None:
+        """Where an earlier run stopped; None when none started."""
+        found = self.r.hgetall(self.key)
+        if not found:
+            return None
+        if int(found[b"version"]) != _MANIFEST_VERSION or found[b"fingerprint"].decode() != self.fingerprint:
+            raise BackfillError(f"backfill manifest {self.key} was written for another version of the file or "
+                                f"another configuration; delete it (redis-cli DEL '{self.key}') to start over. "
+                                "Segments already in memory are kept: their writes are skipped as replays")
+        ocr = found.get(b"ocr")
+        return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), _unpack(found[b"compressor"]),
+                       _unpack(ocr) if ocr else None)
+
+    def complete(self, info: SegmentInfo, compressor: dict[str, Any], ocr: dict[str, Any] | None) -> None:
+        """Record segment ``info.seq`` (and so every earlier one) as done, with the state after it. One HSET: atomic."""
+        mapping = {"version": _MANIFEST_VERSION, "fingerprint": self.fingerprint, "next_seq": info.seq + 1,
+                   "next_media_s": info.media_start_s + info.duration_s, "compressor": _pack(compressor),
+                   "updated_at": time.time()}
+        if ocr is not None:
+            mapping["ocr"] = _pack(ocr)
+        self.r.hset(self.key, mapping=mapping)
+
+
+def _pack(state: Any) -> bytes:
+    """Operator snapshots (dicts, lists, tuples, numbers, strings, numpy arrays) as JSON: no pickle from Redis."""
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return {"__ndarray__": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode(),
+                    "dtype": value.dtype.str, "shape": list(value.shape)}
+        if isinstance(value, dict):
+            return {k: encode(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    return json.dumps(encode(state)).encode()
+
+
+def _unpack(data: bytes) -> Any:
+    def decode(value: dict[str, Any]) -> Any:
+        if "__ndarray__" in value:
+            flat = np.frombuffer(base64.b64decode(value["__ndarray__"]), dtype=np.dtype(value["dtype"]))
+            return flat.reshape(value["shape"]).copy()
+        return value
+
+    return json.loads(data, object_hook=decode)
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+class _SpeedColumn(ProgressColumn):
+    """Stream seconds per wall second ("x real time"): the number that says whether backfill keeps up."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:5.1f}x real time" if task.speed else "   - x real time", style="progress.data.speed")
+
+
+class _SecondsColumn(ProgressColumn):
+    """Stream seconds done, of the total when the container states its duration."""
+
+    def render(self, task: Task) -> Text:
+        total = f"/{task.total:.0f}" if task.total is not None else ""
+        return Text(f"{task.completed:>6.0f}{total} s", style="progress.download")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), _SecondsColumn(), _SpeedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+class Backfill:
+    """Backfills files into ``store`` through the live operators.
+
+    workers: decoder processes. Decode is the expensive stage on a CPU; one worker already
+        overlaps decode with encoding, more decode several segments at once.
+    progress: show rich progress bars (per file and overall) on stderr.
+    """
+
+    def __init__(self, config: LivelensConfig, store: MemoryStore, *, workers: int, progress: bool = True):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.config = config
+        self.store = store
+        self.workers = workers
+        self.show_progress = progress
+        self._encoder = VisionEncoder(config.encode, encoder_model(config))
+        self._compressor = TokenDropCompressor(config.compress)
+        self._reader = ScreenTextReader(config.ocr) if config.ocr.enabled else None
+        # What shapes stored memory (not batch sizes or waits): a change makes old manifests invalid.
+        shaping = {"decode": config.decode.model_dump(), "encode_model": self._encoder.model_name,
+                   "encode_dtype": config.encode.dtype, "compress": config.compress.model_dump(),
+                   "ocr": config.ocr.model_dump()}
+        self._config_digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+    def run(self, jobs: Sequence[BackfillJob]) -> BackfillSummary:
+        """Backfill every job's file in turn; returns the totals. Jobs must be distinct streams."""
+        streams = [(job.tenant_id, job.stream_id) for job in jobs]
+        if len(set(streams)) != len(streams):
+            raise ValueError("two jobs name the same stream: a stream's segment numbers start at 0 in each file")
+        for job in jobs:
+            if not job.source.is_file():
+                raise BackfillError(f"{job.source}: not a file")
+        starts = [job.wallclock_start or file_start_time(job.source) for job in jobs]  # fail before any work
+        for job, start in zip(jobs, starts):
+            if start.tzinfo is None:
+                raise BackfillError(f"{job.source}: wallclock_start must be timezone-aware, got {start}")
+        summary = BackfillSummary()
+        started = time.perf_counter()
+        durations = [_media_duration_s(job.source) for job in jobs]
+        with _progress(self.show_progress) as progress, \
+                ParallelDecoder(self.config.decode, workers=self.workers) as decoder:
+            known = [d for d in durations if d is not None]
+            overall = progress.add_task("all files", total=sum(known) if len(known) == len(durations) else None)
+            for job, start, duration in zip(jobs, starts, durations):
+                self._run_file(job, start, duration, decoder, progress, overall, summary)
+                summary.files += 1
+        summary.wall_seconds = time.perf_counter() - started
+        return summary
+
+    def _run_file(self, job: BackfillJob, start: datetime, duration: float | None, decoder: ParallelDecoder,
+                  progress: Progress, overall: TaskID, summary: BackfillSummary) -> None:
+        stat = job.source.stat()
+        fingerprint = f"{job.source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self._config_digest}"
+        manifest = Manifest(self.store.tier.r, job, fingerprint)
+        resume = manifest.load()
+        key = (job.tenant_id, job.stream_id)
+        self._compressor.forget(*key)
+        if self._reader is not None:
+            self._reader.forget(*key)
+        next_seq, done_s = 0, 0.0
+        if resume is not None:
+            next_seq, done_s = resume.next_seq, resume.next_media_s
+            # Holds only this stream: every file's state is forgotten when the file is done.
+            self._compressor.restore(resume.compressor)
+            if self._reader is not None:
+                if resume.ocr is None:
+                    raise BackfillError(f"{manifest.key} has no OCR state but OCR is enabled")
+                self._reader.restore(resume.ocr)
+            log.info("%s: resuming at segment %d (%.1f s)", job.source, next_seq, done_s)
+        task = progress.add_task(job.source.name, total=duration, completed=done_s)
+        overall_total = next(t.total for t in progress.tasks if t.id == overall)
+        if overall_total is not None:  # the overall bar counts this run's work: its rate must not include skips
+            progress.update(overall, total=overall_total - done_s)
+
+        def pending() -> Iterator[tuple[SegmentInfo, bytes]]:
+            for media in iter_segments(str(job.source)):
+                if media.seq < next_seq:
+                    summary.segments_skipped += 1
+                    continue
+                yield _info(media, job, start), media.payload
+
+        def done(info: SegmentInfo) -> None:
+            manifest.complete(info, self._compressor.snapshot(),
+                              self._reader.snapshot() if self._reader is not None else None)
+            summary.stream_seconds += info.duration_s
+            progress.advance(task, info.duration_s)
+            progress.advance(overall, info.duration_s)
+
+        try:
+            group: list[tuple[SegmentInfo, FrameBatch | StageError]] = []
+            frames = 0
+            for info, result in decoder.decode(pending()):
+                size = len(result) if isinstance(result, FrameBatch) else 0
+                # Batches of at most batch_frames (a larger segment goes alone): the encoder's own chunk size.
+                if group and frames + size > self.config.encode.batch_frames:
+                    self._process(group, summary, done)
+                    group, frames = [], 0
+                group.append((info, result))
+                frames += size
+            if group:
+                self._process(group, summary, done)
+        finally:
+            self._compressor.forget(*key)
+            if self._reader is not None:
+                self._reader.forget(*key)
+        progress.update(task, visible=False)
+
+    def _process(self, group: list[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
+                 done: Callable[[SegmentInfo], None]) -> None:
+        """Encode a group's frames in one batch, then compress, read and write each segment in order."""
+        decoded = [result for _, result in group if isinstance(result, FrameBatch)]
+        features: dict[int, FeatureBatch | StageError]
+        try:
+            features = {batch.segment.seq: out for batch, out in zip(decoded, self._encoder.encode(decoded))}
+        except StageError as exc:  # as in the encoder actor: a failed batch fails every segment in it
+            exc.stage = exc.stage or "encode"
+            features = {batch.segment.seq: exc for batch in decoded}
+        for info, result in group:
+            outcome = result if isinstance(result, StageError) else features[info.seq]
+            if isinstance(outcome, StageError):
+                self._dead_letter(info, outcome, summary)
+            else:
+                self._store(result, outcome, summary)
+            summary.segments += 1
+            done(info)
+
+    def _store(self, frames: FrameBatch, features: FeatureBatch, summary: BackfillSummary) -> None:
+        try:
+            compressed = _tagged("compress", self._compressor.compress, features)
+            texts = _tagged("ocr", self._reader.read, frames) if self._reader is not None else None
+            written = _tagged("memory", self.store.write, compressed, texts)
+        except StageError as exc:
+            self._dead_letter(frames.segment, exc, summary)
+            return
+        if written is None:
+            summary.segments_replayed += 1
+            return
+        summary.frames += len(compressed)
+        summary.tokens_kept += int(compressed.kept.sum())
+        summary.bytes_written += _stored_bytes(compressed)
+
+    @staticmethod
+    def _dead_letter(info: SegmentInfo, exc: StageError, summary: BackfillSummary) -> None:
+        summary.dead_letters[exc.code] = summary.dead_letters.get(exc.code, 0) + 1
+        log.warning("%s/%s segment %d: %s at %s: %s", info.tenant_id, info.stream_id, info.seq, exc.code,
+                    exc.stage or "?", exc.reason)
+
+
+def _info(media: MediaSegment, job: BackfillJob, start: datetime) -> SegmentInfo:
+    return segment_info(segment_header(media, stream_id=job.stream_id, tenant_id=job.tenant_id, start=start))
+
+
+def _tagged(stage: str, fn, *args):
+    """Run a stage, tagging bad-input errors with its name (as pipelines.dag does for the actors)."""
+    try:
+        return fn(*args)
+    except StageError as exc:
+        exc.stage = exc.stage or stage
+        raise
+
+
+def _stored_bytes(batch: CompressedBatch) -> int:
+    kept = int(batch.kept.sum())
+    # Tokens are stored as float16 and positions as int16 (memory_store.records).
+    return batch.embedding.nbytes + kept * batch.tokens.shape[1] * 2 + kept * 2 + sum(map(len, batch.thumbnails))
