@@ -14,7 +14,6 @@ Query: p50 / p99 of retrieval alone (generate=false) and with the answer actor, 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import threading

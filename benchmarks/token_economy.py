@@ -11,11 +11,12 @@ videos (CPU; skipped with --device cuda): the 60 s sample broadcast and the stat
       pixel mode (0.03), each with and without pruning to 60/196 of the tokens per frame. Feature mode on
       random weights is not representative (methods.md, last section); pixel mode is.
     - frames skipped by FrameSkipper (default config), with the encoder's features reused for them.
-    - ViT token cache (CachedViT, default config): fraction of token rows recomputed, encoder time full vs
-      cached (best of 3 passes), mean per-token cosine of the cached output to full compute.
+    - ViT token cache (CachedViT, default config but --reference-every): fraction of token rows recomputed,
+      encoder time full vs cached (best of 3 passes), mean per-token cosine of the cached output to full
+      compute.
     - event boundaries from the pixel-mode drop ratio: precision / recall against the sample's scene cuts
       (+-1 s); boundaries found on the clip (it has no ground truth).
-encoder (--device, --shape, --batch): synthetic streams of 224 px frames (the tower's input size), half of
+encoder (--device, --shape, --batch): synthetic streams of frames at the tower's input size, half of
     each stream in still stretches and half with a moving square, batch = streams x --frames-per-stream
     consecutive frames of each. Frames/s over --steps batches after one warm-up: full compute, CachedViT,
     FrameSkipper (skipped frames not encoded), and both. Encoder frames/s counts every frame (skipped ones
@@ -40,8 +41,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, as benchmarks/ingest.py is
 
-from operators.caching import CacheStats, CachedViT, FrameSkipConfig, FrameSkipper, ViTCacheConfig  # noqa: E402
+from operators.caching import CachedViT, CacheStats, FrameSkipper  # noqa: E402
 from operators.frames import FeatureBatch, FrameBatch, SegmentInfo  # noqa: E402
+from pipelines.config import FrameSkipConfig, ViTCacheConfig  # noqa: E402
 
 SHARED_CLIP = REPO.parent / "shared" / "data" / "real-video" / "one-by-one-person-detection.mp4"
 
@@ -129,12 +131,11 @@ def decode(video: Path, fps: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array(times), np.stack(frames)
 
 
-def video_row(tower: Tower, name: str, video: Path, cuts: list[float] | None, fps: float,
-              segment_s: float) -> dict:
-    from operators.boundaries import BoundaryConfig, BoundaryDetector, match_boundaries
-    from operators.compress import DropConfig, TokenDropCompressor
-    from operators.pruning import PruneConfig
-    from pipelines.config import CompressConfig
+def video_row(tower: Tower, name: str, video: Path, cuts: list[float] | None, fps: float, segment_s: float,
+              vit_config: ViTCacheConfig) -> dict:
+    from operators.boundaries import BoundaryDetector, match_boundaries
+    from operators.compress import TokenDropCompressor
+    from pipelines.config import BoundaryConfig, CompressConfig, DropConfig, PruneConfig
 
     pts, frames = decode(video, fps)
     per_segment = max(1, round(segment_s * fps))
@@ -170,8 +171,9 @@ def video_row(tower: Tower, name: str, video: Path, cuts: list[float] | None, fp
     skip = next(iter(skipper.stats().values()))
 
     keys = [name] * len(pts)
-    full_s = min(vit_pass(tower, pixels, keys, cached=False)[0] for _ in range(3))
-    cached_s, cached, stats = min((vit_pass(tower, pixels, keys, cached=True) for _ in range(3)), key=lambda r: r[0])
+    full_s = min(vit_pass(tower, pixels, keys, False, vit_config)[0] for _ in range(3))
+    cached_s, cached, stats = min((vit_pass(tower, pixels, keys, True, vit_config) for _ in range(3)),
+                                  key=lambda r: r[0])
     cosine = token_cosine(torch.cat(cached), torch.cat([o.last_hidden_state for o in outputs]))
     row = dict(video=name, frames=len(pts), reduction={k: 1 - v / total for k, v in stored.items()},
                skipped=skip.frames_skipped / skip.frames_seen, token_fraction=stats.token_fraction,
@@ -181,10 +183,10 @@ def video_row(tower: Tower, name: str, video: Path, cuts: list[float] | None, fp
     return row
 
 
-def vit_pass(tower: Tower, pixels: list[torch.Tensor], keys: list[str],
-             cached: bool) -> tuple[float, list[torch.Tensor], CacheStats]:
+def vit_pass(tower: Tower, pixels: list[torch.Tensor], keys: list[str], cached: bool,
+             vit_config: ViTCacheConfig) -> tuple[float, list[torch.Tensor], CacheStats]:
     """(seconds, last hidden states, totals) of one pass over a stream's segments, full or through a fresh cache."""
-    cache = CachedViT(tower.model, ViTCacheConfig()) if cached else None
+    cache = CachedViT(tower.model, vit_config) if cached else None
     outputs, stats, done = [], [], 0
     with torch.inference_mode():
         sync(tower)
@@ -231,7 +233,8 @@ def synthetic_frames(stream: int, start: int, count: int, size: int, stretch: in
     return out
 
 
-def encoder_rows(tower: Tower, batch: int, per_stream: int, steps: int, stretch: int) -> list[dict]:
+def encoder_rows(tower: Tower, batch: int, per_stream: int, steps: int, stretch: int,
+                 vit_config: ViTCacheConfig) -> list[dict]:
     streams = max(1, batch // per_stream)
     keys = [f"s{s}" for s in range(streams) for _ in range(per_stream)]
     batches = []
@@ -241,7 +244,7 @@ def encoder_rows(tower: Tower, batch: int, per_stream: int, steps: int, stretch:
         batches.append((images, tower.pixels(images)))
 
     def run(mode: str) -> dict:
-        cache = CachedViT(tower.model, ViTCacheConfig()) if "cache" in mode else None
+        cache = CachedViT(tower.model, vit_config) if "cache" in mode else None
         skipper = FrameSkipper(FrameSkipConfig()) if "skip" in mode else None
         encode_s, plan_s, frames, fraction, skipped, outputs = 0.0, 0.0, 0, 0.0, 0, []
         for step, (images, pixels) in enumerate(batches):
@@ -306,10 +309,11 @@ def fill(skipper: FrameSkipper, images: np.ndarray, per_stream: int, step: int, 
 # report
 
 
-def video_table(rows: list[dict], tower: Tower, fps: float) -> list[str]:
+def video_table(rows: list[dict], tower: Tower, fps: float, vit_config: ViTCacheConfig) -> list[str]:
     labels = list(rows[0]["reduction"])
     lines = [
-        f"Token economy on real and sample video ({tower.name} random weights, {tower.device.type}, {fps:g} fps):",
+        f"Token economy on real and sample video ({tower.name} random weights, {tower.device.type}, {fps:g} fps, "
+        f"ViT reference every {vit_config.reference_every} frames):",
         "",
         "| video | frames | " + " | ".join(f"tokens dropped, {k}" for k in labels)
         + " | frames skipped | ViT tokens recomputed | ViT full s | ViT cached s | time saved | cosine to full "
@@ -333,7 +337,8 @@ def encoder_table(rows: list[dict], tower: Tower, args: argparse.Namespace) -> l
     lines = [
         f"Encoder throughput, {tower.name} random weights, {device}, {str(tower.dtype).replace('torch.', '')}, "
         f"batch {args.batch} = {args.batch // args.frames_per_stream} streams x {args.frames_per_stream} frames, "
-        f"half of each stream still ({args.stretch}-frame stretches), {args.steps} batches after a warm-up:",
+        f"half of each stream still ({args.stretch}-frame stretches), {args.steps} batches after a warm-up, "
+        f"ViT reference every {args.reference_every} frames:",
         "",
         "| mode | encoder frames/s | speed-up | frames skipped | ViT tokens recomputed (encoded frames) | "
         "change test CPU ms/frame | frames/s, test and encoder in series | cosine to full |",
@@ -357,6 +362,8 @@ def main() -> int:
     parser.add_argument("--stretch", type=int, default=8, help="Encoder part: frames per still or moving stretch.")
     parser.add_argument("--fps", type=float, default=1.0, help="Videos part: frames sampled per second.")
     parser.add_argument("--segment-s", type=float, default=4.0, help="Videos part: seconds per segment.")
+    parser.add_argument("--reference-every", type=int, default=ViTCacheConfig().reference_every,
+                        help="ViT token cache: every n-th frame of a stream is computed in full.")
     parser.add_argument("--parts", nargs="+", choices=["videos", "encoder"],
                         help="Default: both on cpu; encoder only on cuda (the videos part decodes on the CPU).")
     parser.add_argument("--write", action="store_true", help="Append the results to BENCHMARKS.md.")
@@ -364,6 +371,7 @@ def main() -> int:
     parts = args.parts or (["encoder"] if args.device == "cuda" else ["videos", "encoder"])
     torch.set_grad_enabled(False)
     tower = build_tower(args.shape, args.device)
+    vit_config = ViTCacheConfig(reference_every=args.reference_every)
 
     lines = [f"### Token economy ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `python benchmarks/token_economy.py {shlex.join(sys.argv[1:])}`", ""]
@@ -373,14 +381,15 @@ def main() -> int:
 
         sample = Path(tempfile.mkdtemp(prefix="bench-video-")) / "broadcast.mp4"
         truth = write_sample_video(sample, duration_s=60.0)
-        rows = [video_row(tower, "sample broadcast 60 s", sample, truth["scene_cuts"], args.fps, args.segment_s),
-                video_row(tower, SHARED_CLIP.name, SHARED_CLIP, None, args.fps, args.segment_s)]
-        table = video_table(rows, tower, args.fps)
+        rows = [video_row(tower, "sample broadcast 60 s", sample, truth["scene_cuts"], args.fps, args.segment_s,
+                          vit_config),
+                video_row(tower, SHARED_CLIP.name, SHARED_CLIP, None, args.fps, args.segment_s, vit_config)]
+        table = video_table(rows, tower, args.fps, vit_config)
         print("\n".join(table) + "\n", flush=True)
         lines += table + [""]
     if "encoder" in parts:
-        table = encoder_table(encoder_rows(tower, args.batch, args.frames_per_stream, args.steps, args.stretch),
-                              tower, args)
+        rows = encoder_rows(tower, args.batch, args.frames_per_stream, args.steps, args.stretch, vit_config)
+        table = encoder_table(rows, tower, args)
         print("\n".join(table), flush=True)
         lines += table + [""]
     if args.write:

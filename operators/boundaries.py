@@ -29,17 +29,16 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from operators.frames import CompressedBatch
+from pipelines.config import BoundaryConfig
 
 logger = logging.getLogger(__name__)
 
 StreamKey = tuple[str, str]  # (tenant_id, stream_id)
-BoundarySignal = Literal["drop_ratio", "curvature"]
 
 # Below this velocity norm an embedding trajectory counts as at rest (float noise of an unchanged frame).
 _REST = 1e-6
@@ -50,21 +49,6 @@ _MIN_SAMPLES = 3
 _SNAPSHOT_VERSION = 1
 
 
-class BoundaryConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    signal: BoundarySignal = Field("drop_ratio", description="Which per-frame change signal is thresholded.")
-    k_sigma: float = Field(
-        2.5, gt=0.0, description="Boundary when the signal exceeds mean + k_sigma * std of the current event "
-        "(2-3 in the method). Lower finds more boundaries, and more false ones."
-    )
-    min_rise: float = Field(
-        0.25, ge=0.0, description="The signal must also exceed the event's mean by at least this. On the sample "
-        "broadcast's pixel-mode drop signal, cuts rise by 0.6-0.9 and headline swaps in the banner by 0.1-0.2."
-    )
-    min_event_s: float = Field(
-        2.0, ge=0.0, description="Shortest event: no boundary sooner than this after the previous one."
-    )
 
 
 @dataclass

@@ -17,7 +17,8 @@ CachedViT (token level, STC-Cacher)
     model's own layer modules (layer norms, q/k/v/out projections, MLP): no
     model file is forked.
 
-Both keep explicit per-stream state; see each class for snapshot and restore.
+Both keep explicit per-stream state. FrameSkipper's has snapshot / restore; CachedViT's
+is derived (a reference frame recomputes it) and has none.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from operators.frames import FeatureBatch, FrameBatch
+from pipelines.config import FrameSkipConfig, ViTCacheConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,55 +48,12 @@ CELLS_PER_PATCH = 4
 _SNAPSHOT_VERSION = 1
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class FrameSkipConfig(_Frozen):
-    grid: tuple[int, int] = Field(
-        (16, 16), description="(rows, cols) of patches the change test divides a frame into, whatever its size."
-    )
-    patch_threshold: float = Field(
-        0.03, ge=0.0, le=1.0,
-        description="A patch has changed when its mean absolute RGB difference (0..1) exceeds this. 0.03 is ~5x the "
-        "H.264 noise of a static real camera (0.003-0.006); a person crossing a patch moves it by 0.05-0.3.",
-    )
-    changed_fraction: float = Field(
-        0.02, ge=0.0, le=1.0,
-        description="A frame is skipped when fewer than this fraction of its patches changed. Higher skips more and "
-        "lets small movements (a hand, a ticker) go unseen until the next forced refresh.",
-    )
-    max_skip: int = Field(
-        10, ge=0,
-        description="At most this many frames in a row reuse old features; the next is encoded whatever changed. "
-        "Bounds how stale a stream's features get (slow drift never crosses the per-frame test). 0 never skips.",
-    )
 
 
-class ViTCacheConfig(_Frozen):
-    reference_every: int = Field(
-        2, ge=1, description="Every n-th frame of a stream is a reference, computed in full (STC-Cacher: 2). "
-        "1 computes every frame in full.",
-    )
-    recompute_fraction: float = Field(
-        0.25, gt=0.0, le=1.0,
-        description="Fraction of tokens recomputed per layer on other frames, the least similar to the reference "
-        "(STC-Cacher: 25%). 1.0 recomputes everything and equals full compute.",
-    )
-    cut_similarity: float = Field(
-        0.8, ge=-1.0, le=1.0,
-        description="A frame whose first-layer keys have a mean cosine to the previous frame's below this is a scene "
-        "cut and becomes a reference at once (an extension: STC refreshes only periodically). On the sample "
-        "broadcast at 1 fps, random-weight CLIP and SigLIP-B/16 towers give 0.88-0.97 within moving scenes, 1.0 in "
-        "still ones and 0.13-0.78 at cuts; re-check with real weights. -1 disables it.",
-    )
 
 
-class CacheConfig(_Frozen):
-    """Encoder-side caching: frame skipping and the token cache inside the ViT."""
-
-    skip: FrameSkipConfig = FrameSkipConfig()
-    vit: ViTCacheConfig = ViTCacheConfig()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,13 +404,18 @@ class CachedViT:
     @contextmanager
     def _patched(self, run: _Pass) -> Iterator[None]:
         """Replace each layer's forward by the cached one for the duration of one forward pass."""
+        # A layer may already carry an instance forward (another library's wrapper): put that back, not the class's.
+        previous = [vars(layer).get("forward") for layer in self._layers]
         for i, layer in enumerate(self._layers):
             layer.forward = _bound_layer(self, run, i)
         try:
             yield
         finally:
-            for layer in self._layers:
-                del layer.forward  # the instance attribute goes; the class's forward is back
+            for layer, forward in zip(self._layers, previous):
+                if forward is None:
+                    del layer.forward
+                else:
+                    layer.forward = forward
 
     def _layer(self, run: _Pass, index: int, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if index != run.next_layer:
@@ -570,6 +533,8 @@ class CachedViT:
 
 
 def _bound_layer(cache: CachedViT, run: _Pass, index: int) -> Callable[..., torch.Tensor]:
+    # The tower passes its forward kwargs on to each layer; none changes what a layer computes in eval mode.
+    # Attention weights are not produced: the cached path never runs the attention module.
     def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *_: Any, **__: Any):
         return cache._layer(run, index, hidden_states, attention_mask)
 
@@ -588,7 +553,8 @@ def _find_layers(model: nn.Module) -> tuple[list[nn.Module], list[_LayerParts], 
         except AttributeError:
             continue
     if not isinstance(layers, nn.ModuleList) or not len(layers):
-        return [], [], 0, f"no encoder layer list found in {type(tower).__name__} (looked for encoder.layers, encoder.layer, layers)"
+        return [], [], 0, (f"no encoder layer list found in {type(tower).__name__} "
+                           "(looked for encoder.layers, encoder.layer, layers)")
     families = _families()
     kinds = {type(layer) for layer in layers}
     if len(kinds) != 1 or next(iter(kinds)) not in families:

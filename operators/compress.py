@@ -40,15 +40,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from operators.caching import patch_change, pixel_cells
 from operators.frames import CompressedBatch, FeatureBatch
-from operators.pruning import DistinctivePruner, PruneConfig
-from pipelines.config import CompressConfig
+from operators.pruning import DistinctivePruner
+from pipelines.config import CompressConfig, DropConfig, DropMode, PruneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,20 +57,9 @@ StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 # (kept unless the threshold is negative) instead of dividing by zero.
 _EPS = 1e-12
 _SNAPSHOT_VERSION = 2  # 2: mode, pixel references and the pruner's state
-DropMode = Literal["feature", "pixel"]
 _REFERENCE_KEY: dict[DropMode, str] = {"feature": "tokens", "pixel": "cells"}
 
 
-class DropConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    mode: DropMode = Field("feature", description="What a token is compared on: its features, or its frame patch.")
-    pixel_threshold: float = Field(
-        0.03, ge=0.0, le=1.0,
-        description="Pixel mode: a token is dropped when its patch's mean absolute RGB difference to the previous "
-        "frame is below this. 0.03 is ~5x the H.264 noise of a static real camera (0.003-0.006 per patch); lower "
-        "keeps noise, higher drops slow or small motion.",
-    )
 
 
 @dataclass

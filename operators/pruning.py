@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pipelines.config import PruneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ _EPS = 1e-12
 _SNAPSHOT_VERSION = 1
 
 
-class PruneConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    keep_fraction: float = Field(
-        60 / 196, gt=0.0, le=1.0,
-        description="Per-frame budget as a fraction of the tokens per frame, rounded (at least 1): 60 of SigLIP's "
-        "196 as in STC-Pruner, 20 of the tiny CLIP's 64. Lower stores less and loses more of each frame's content.",
-    )
 
 
 @dataclass

@@ -27,6 +27,8 @@ from pydantic_settings import (
 )
 
 Profile = Literal["offline", "gpu"]
+DropMode = Literal["feature", "pixel"]
+BoundarySignal = Literal["drop_ratio", "curvature"]
 ProcessingGuarantee = Literal["at-least-once"]
 
 
@@ -146,6 +148,90 @@ class OcrConfig(_Section):
     )
 
 
+class PruneConfig(_Section):
+
+    keep_fraction: float = Field(
+        60 / 196, gt=0.0, le=1.0,
+        description="Per-frame budget as a fraction of the tokens per frame, rounded (at least 1): 60 of SigLIP's "
+        "196 as in STC-Pruner, 20 of the tiny CLIP's 64. Lower stores less and loses more of each frame's content.",
+    )
+
+
+class DropConfig(_Section):
+
+    mode: DropMode = Field("feature", description="What a token is compared on: its features, or its frame patch.")
+    pixel_threshold: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="Pixel mode: a token is dropped when its patch's mean absolute RGB difference to the previous "
+        "frame is below this. 0.03 is ~5x the H.264 noise of a static real camera (0.003-0.006 per patch); lower "
+        "keeps noise, higher drops slow or small motion.",
+    )
+
+
+
+class FrameSkipConfig(_Section):
+    grid: tuple[int, int] = Field(
+        (16, 16), description="(rows, cols) of patches the change test divides a frame into, whatever its size."
+    )
+    patch_threshold: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="A patch has changed when its mean absolute RGB difference (0..1) exceeds this. 0.03 is ~5x the "
+        "H.264 noise of a static real camera (0.003-0.006); a person crossing a patch moves it by 0.05-0.3.",
+    )
+    changed_fraction: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="A frame is skipped when fewer than this fraction of its patches changed. Higher skips more and "
+        "lets small movements (a hand, a ticker) go unseen until the next forced refresh.",
+    )
+    max_skip: int = Field(
+        10, ge=0,
+        description="At most this many frames in a row reuse old features; the next is encoded whatever changed. "
+        "Bounds how stale a stream's features get (slow drift never crosses the per-frame test). 0 never skips.",
+    )
+
+
+class ViTCacheConfig(_Section):
+    reference_every: int = Field(
+        2, ge=1, description="Every n-th frame of a stream is a reference, computed in full (STC-Cacher: 2). "
+        "1 computes every frame in full.",
+    )
+    recompute_fraction: float = Field(
+        0.25, gt=0.0, le=1.0,
+        description="Fraction of tokens recomputed per layer on other frames, the least similar to the reference "
+        "(STC-Cacher: 25%). 1.0 recomputes everything and equals full compute.",
+    )
+    cut_similarity: float = Field(
+        0.8, ge=-1.0, le=1.0,
+        description="A frame whose first-layer keys have a mean cosine to the previous frame's below this is a scene "
+        "cut and becomes a reference at once (an extension: STC refreshes only periodically). On the sample "
+        "broadcast at 1 fps, random-weight CLIP and SigLIP-B/16 towers give 0.88-0.97 within moving scenes, 1.0 in "
+        "still ones and 0.13-0.78 at cuts; re-check with real weights. -1 disables it.",
+    )
+
+
+class CacheConfig(_Section):
+    """Encoder-side caching: frame skipping and the token cache inside the ViT."""
+
+    skip: FrameSkipConfig = FrameSkipConfig()
+    vit: ViTCacheConfig = ViTCacheConfig()
+
+
+class BoundaryConfig(_Section):
+
+    signal: BoundarySignal = Field("drop_ratio", description="Which per-frame change signal is thresholded.")
+    k_sigma: float = Field(
+        2.5, gt=0.0, description="Boundary when the signal exceeds mean + k_sigma * std of the current event "
+        "(2-3 in the method). Lower finds more boundaries, and more false ones."
+    )
+    min_rise: float = Field(
+        0.25, ge=0.0, description="The signal must also exceed the event's mean by at least this. On the sample "
+        "broadcast's pixel-mode drop signal, cuts rise by 0.6-0.9 and headline swaps in the banner by 0.1-0.2."
+    )
+    min_event_s: float = Field(
+        2.0, ge=0.0, description="Shortest event: no boundary sooner than this after the previous one."
+    )
+
+
 class AnswerConfig(_Section):
     model: str = Field("", description="HF causal LM or VLM id/path. Empty: extractive answers from evidence.")
     device: Literal["cpu", "cuda"] = "cpu"
@@ -195,6 +281,10 @@ class LivelensConfig(BaseSettings):
     compress: CompressConfig = CompressConfig()
     memory: MemoryConfig = MemoryConfig()
     ocr: OcrConfig = OcrConfig()
+    cache: CacheConfig = CacheConfig()
+    drop: DropConfig = DropConfig()
+    prune: PruneConfig | None = Field(None, description="Distinctive-token pruning to a per-frame budget; None: off.")
+    boundaries: BoundaryConfig = BoundaryConfig()
     answer: AnswerConfig = AnswerConfig()
     pipeline: PipelineConfig = PipelineConfig()
     serve: ServeConfig = ServeConfig()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import struct
-
 from typing import ClassVar, Literal
 
 import pytest
 from kafka.structs import TopicPartition
-
 from pydantic import ConfigDict, Field
 
 from pipelines import messages

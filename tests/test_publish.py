@@ -18,7 +18,12 @@ from pipelines import messages
 from pipelines.config import KafkaConfig
 from pipelines.kafka_io import make_producer
 from pipelines.messages import VideoSegment
-from pipelines.publish import PendingBytesExceeded, PublishError, SegmentAssembler, SegmentPublisher
+from pipelines.publish import (
+    PendingBytesExceeded,
+    PublishError,
+    SegmentAssembler,
+    SegmentPublisher,
+)
 from pipelines.sample_video import write_sample_video
 from pipelines.segmenter import iter_segments
 

@@ -20,7 +20,13 @@ import av
 import pytest
 
 from pipelines.sample_video import write_sample_video
-from pipelines.segmenter import CLOCK_HZ, SEGMENT_TS_OFFSET_S, MediaSegment, SourceError, iter_segments
+from pipelines.segmenter import (
+    CLOCK_HZ,
+    SEGMENT_TS_OFFSET_S,
+    MediaSegment,
+    SourceError,
+    iter_segments,
+)
 
 TICK_S = 1 / CLOCK_HZ
 REAL_CLIPS = ["friday.mp4", "car-detection.mp4", "bottle-detection.mp4", "one-by-one-person-detection.mp4"]

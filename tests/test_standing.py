@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import redis
 
-from pipelines.standing import FrameView, StandingEvaluator, StandingQuery, StandingRegistry
+from pipelines.standing import (
+    FrameView,
+    StandingEvaluator,
+    StandingQuery,
+    StandingRegistry,
+)
 
 MATCH = np.array([1.0, 0.0, 0.0], dtype=np.float32)
 OTHER = np.array([0.0, 1.0, 0.0], dtype=np.float32)

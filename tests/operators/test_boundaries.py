@@ -10,11 +10,11 @@ import av
 import numpy as np
 import pytest
 
-from operators.boundaries import BoundaryConfig, BoundaryDetector, match_boundaries
+from operators.boundaries import BoundaryDetector, match_boundaries
 from operators.caching import pixel_cells
-from operators.compress import DropConfig, TokenDropCompressor
+from operators.compress import TokenDropCompressor
 from operators.frames import CompressedBatch, FeatureBatch, SegmentInfo
-from pipelines.config import CompressConfig
+from pipelines.config import BoundaryConfig, CompressConfig, DropConfig
 from pipelines.sample_video import write_sample_video
 
 

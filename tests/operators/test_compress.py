@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from operators.caching import pixel_cells
-from operators.compress import DropConfig, TokenDropCompressor
+from operators.compress import TokenDropCompressor
 from operators.frames import FeatureBatch, SegmentInfo
-from operators.pruning import PruneConfig
-from pipelines.config import CompressConfig
+from pipelines.config import CompressConfig, DropConfig, PruneConfig
 
 T, D = 16, 8  # a 4x4 grid of 8-d tokens
 

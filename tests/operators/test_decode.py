@@ -14,7 +14,13 @@ from PIL import Image
 from operators.decode import SegmentDecoder
 from operators.frames import StageError
 from pipelines.config import DecodeConfig
-from tests.operators.media import Segment, encode_audio_only, encode_synthetic, frame_times, remux_segments
+from tests.operators.media import (
+    Segment,
+    encode_audio_only,
+    encode_synthetic,
+    frame_times,
+    remux_segments,
+)
 
 # 768x432, 12.5 fps (a frame every 0.08 s), a keyframe every 4.8 s, no B-frames: segment 1 is [4.8, 9.6).
 CAR = "car-detection.mp4"
