@@ -13,11 +13,9 @@ import json
 import logging
 import re
 import sys
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.console import Console

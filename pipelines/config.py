@@ -212,6 +212,9 @@ class ViTCacheConfig(_Section):
 class CacheConfig(_Section):
     """Encoder-side caching: frame skipping and the token cache inside the ViT."""
 
+    skip_frames: bool = Field(
+        False, description="Reuse the last features for frames whose picture barely changed (no ViT run). "
+        "BENCHMARKS.md: 37-44% of frames skipped on broadcast / static-camera content at 1 fps.")
     skip: FrameSkipConfig = FrameSkipConfig()
     vit: ViTCacheConfig = ViTCacheConfig()
 

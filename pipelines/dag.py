@@ -77,8 +77,12 @@ class EncodeActor:
         from operators.encode import VisionEncoder
         from pipelines.models import encoder_model
 
+        from operators.caching import FrameSkipper
+
         self.config = config.encode
         self.encoder = VisionEncoder(config.encode, encoder_model(config))
+        # Streams are sharded to encoders by a stable hash, so each stream's skip state lives here.
+        self.skipper = FrameSkipper(config.cache.skip) if config.cache.skip_frames else None
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
@@ -105,7 +109,7 @@ class EncodeActor:
             if not self._queue:
                 self._wakeup.clear()
             try:
-                results = await asyncio.to_thread(self.encoder.encode, [b for b, _ in taken])
+                results = await asyncio.to_thread(self._encode, [b for b, _ in taken])
             except Exception as exc:  # one bad batch fails its callers, not the actor
                 if isinstance(exc, StageError):
                     exc.stage = exc.stage or "encode"
@@ -114,6 +118,19 @@ class EncodeActor:
                 continue
             for (_, future), result in zip(taken, results):
                 future.set_result(result)
+
+    def _encode(self, batches: list[FrameBatch]) -> list[FeatureBatch]:
+        """Encode, running the ViT only on frames the skipper says changed. (Two segments of one stream in
+        one forward pass are planned against the state before either: at worst a frame is encoded that a
+        strictly sequential plan would have skipped, or compared to a reference one segment older.)"""
+        if self.skipper is None:
+            return self.encoder.encode(batches)
+        masks = [self.skipper.plan(b) for b in batches]
+        encoded = iter(self.encoder.encode([_subset(b, m) for b, m in zip(batches, masks) if m.any()]))
+        return [self.skipper.fill(b, next(encoded) if m.any() else None, m) for b, m in zip(batches, masks)]
+
+    def skip_stats(self) -> dict:
+        return {f"{t}/{s}": vars(v) for (t, s), v in self.skipper.stats().items()} if self.skipper else {}
 
     def embed_text(self, texts: list[str]):
         return self.encoder.embed_text(texts)
@@ -127,15 +144,22 @@ class EncodeActor:
                     tokens_per_frame=e.tokens_per_frame, has_text_tower=e.has_text_tower)
 
 
+def _subset(batch: FrameBatch, mask) -> FrameBatch:
+    return FrameBatch(batch.segment, batch.pts_s[mask], batch.images[mask],
+                      [t for t, keep in zip(batch.thumbnails, mask) if keep] if batch.thumbnails else [])
+
+
 @ray.remote(**RESTART)
 class CompressActor:
     def __init__(self, config: LivelensConfig):
         from operators.compress import TokenDropCompressor
 
-        self.compressor = TokenDropCompressor(config.compress)
+        self.compressor = TokenDropCompressor(config.compress, config.drop, config.prune)
+        self.pixel_mode = config.drop.mode == "pixel"
 
-    def compress(self, batch: FeatureBatch) -> CompressedBatch:
-        return _tagged("compress", self.compressor.compress, batch)
+    def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
+        images = frames.images if self.pixel_mode and frames is not None else None
+        return _tagged("compress", self.compressor.compress, batch, images)
 
 
 @ray.remote(**RESTART)
@@ -280,8 +304,9 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
 class RayIngest:
     """The source's view of the DAG: submit a segment, learn when its write is durable."""
 
-    def __init__(self, handles: PipelineHandles):
+    def __init__(self, handles: PipelineHandles, *, pixel_mode: bool = False):
         self.h = handles
+        self.pixel_mode = pixel_mode
         self._next_decoder = 0
 
     def submit(self, info: SegmentInfo, payload: bytes):
@@ -290,7 +315,9 @@ class RayIngest:
         stream = f"{info.tenant_id}/{info.stream_id}"
         frames = decoder.decode.remote(info, payload)
         features = self.h.encoders[shard(stream, len(self.h.encoders))].encode.remote(frames)
-        compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(features)
+        # Pixel-mode drop compares frame patches, so the compressor then gets the frames as well.
+        compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(
+            features, frames if self.pixel_mode else None)
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
         written = self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
@@ -317,7 +344,8 @@ class SourceActor:
         from pipelines.source import KafkaSegmentSource
 
         setup_logging()
-        self.source = KafkaSegmentSource(config, RayIngest(find_stages(config)), source_id=source_id)
+        ingest = RayIngest(find_stages(config), pixel_mode=config.drop.mode == "pixel")
+        self.source = KafkaSegmentSource(config, ingest, source_id=source_id)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=source_id, daemon=True)
         self._thread.start()

@@ -213,3 +213,22 @@ def _publish_ok(config, video, stream: str) -> bool:
         return True
     except (PublishError, KafkaError, RuntimeError):
         return False
+
+
+def test_token_economy_configuration_ingests_with_fewer_tokens(deployed, sample_video):
+    """Frame skipping, pixel-mode drop and pruning to a budget, through the real DAG."""
+    video, truth = sample_video
+    config = deployed(cache={"skip_frames": True}, drop={"mode": "pixel"}, prune={"keep_fraction": 0.25},
+                      ocr={"enabled": False})
+    n = sum(1 for _ in iter_segments(str(video)))
+    SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="lean", pace="fast")
+    wait_for(lambda: stored_segments(config, "lean") == n, 120, "the stream")
+    assert_each_segment_once(config, "lean", n)
+    encoder = ray.get_actor("encode-0", namespace=config.ray.namespace)
+    skipped = ray.get(encoder.skip_stats.remote())["default/lean"]
+    assert 0 < skipped["frames_skipped"] < skipped["frames_seen"], skipped  # the sample has static stretches
+    tier = RedisTier(redis_client(config), config.memory)
+    keys = [k for seq in range(n) for k in tier.segment_frame_keys("default", "lean", seq)]
+    records = [r for r in tier.frames("default", keys) if r is not None and r.tokens is not None]
+    per_frame = 64  # the tiny CLIP's 8x8 grid
+    assert all(len(r.tokens) <= per_frame * 0.25 + 1 for r in records)
