@@ -209,6 +209,13 @@ class RedisTier:
             raise LookupError(f"frames {missing} of tenant {tenant_id} are on a timeline but not stored")
         return found
 
+    def timeline(self, tenant_id: str, stream_id: str, t_from: float | None, t_to: float | None,
+                 limit: int) -> list[FrameRecord]:
+        """A stream's frames with wallclock in [t_from, t_to] (epoch s; None: open), oldest first, no tokens."""
+        members = self.r.zrangebyscore(keys.timeline(tenant_id, stream_id), "-inf" if t_from is None else t_from,
+                                       "+inf" if t_to is None else t_to, start=0, num=limit)
+        return [f for f in self.frames(tenant_id, [m.decode() for m in members], tokens=False) if f is not None]
+
     def thumbnail(self, key: str) -> bytes | None:
         """JPEG bytes under a thumbnail key (as `FrameRecord.thumbnail` gives it); other keys are refused."""
         if not keys.is_thumbnail(key):

@@ -231,6 +231,10 @@ class MemoryStore:
         """The n newest frames by wallclock (None: of every stream), oldest first, tokens included while kept."""
         return self.tier.recent(tenant_id, stream_ids, n)
 
+    def timeline(self, tenant_id: str, stream_id: str, t_from: float | None = None, t_to: float | None = None,
+                 limit: int = 1000) -> list[FrameRecord]:
+        return self.tier.timeline(tenant_id, stream_id, t_from, t_to, limit)
+
     def streams(self, tenant_id: str) -> list[StreamInfo]:
         return self.tier.streams(tenant_id)
 

@@ -261,7 +261,11 @@ class PipelineConfig(_Section):
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8765
-    max_request_bytes: int = 8 << 20
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="API key -> tenant id. When set, every HTTP call needs `Authorization: Bearer <key>` (or "
+        "`X-API-Key`), and the key, not the request, decides the tenant. Env LIVELENS_SERVE__API_KEYS as JSON.")
+    answer_ttl_s: int = Field(3600, ge=60, description="How long answers to asynchronous queries are kept.")
 
 
 class LivelensConfig(BaseSettings):

@@ -197,7 +197,7 @@ class MemoryActor:
 
     def call(self, method: str, *args, **kwargs):
         """Read-side calls (search, recent, streams, frames, thumbnail, stats) by name."""
-        if method not in {"search", "search_text", "recent", "streams", "frames", "thumbnail", "stats"}:
+        if method not in {"search", "search_text", "recent", "timeline", "streams", "frames", "thumbnail", "stats"}:
             raise ValueError(f"MemoryActor has no read method {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
 

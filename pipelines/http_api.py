@@ -4,9 +4,10 @@ Errors are JSON `{"error": {"code": ..., "message": ...}}` with a stable code; b
 requests get 4xx, never a 500.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -88,46 +89,113 @@ def _public(query) -> dict:
     return query.model_dump(mode="json", exclude={"text_vector", "image_vector"}) | {"kind": query.kind}
 
 
+def _answer_key(tenant_id: str, query_id: str) -> str:
+    return f"ll:{{{tenant_id}}}:answer:{query_id}"
+
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=16)
 @serve.ingress(api)
 class LivelensAPI:
     def __init__(self, config: LivelensConfig):
+        import redis
+
         self.config = config
         self.engine = QueryEngine(config)
+        self.redis = redis.Redis.from_url(config.redis.url)
+        self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="async-query")
+
+    def _tenant(self, request: Request, asked: str) -> str:
+        """The tenant a call acts for: the API key's when keys are configured, else the one asked for."""
+        keys = self.config.serve.api_keys
+        if not keys:
+            return asked
+        auth = request.headers.get("authorization", "")
+        key = request.headers.get("x-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
+        if key not in keys:
+            raise QueryError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)", 401)
+        if asked not in ("default", keys[key]):
+            raise QueryError("forbidden", f"this key is not for tenant {asked}", 403)
+        return keys[key]
 
     @api.get("/healthz")
     def healthz(self) -> dict:
         return {"ok": True}
 
     @api.post("/v1/query", response_model=messages.Answer)
-    def query(self, request: QueryRequest):
-        try:
-            message = request.to_message()
-        except ValidationError as exc:
-            raise QueryError("invalid_request", str(exc.errors()[:3]), 422) from None
+    def query(self, request: Request, body: QueryRequest):
+        """Ask and wait for the answer."""
+        message = self._message(request, body)
         return self.engine.run(message).model_dump(mode="json", by_alias=True)
 
+    @api.post("/v1/queries", status_code=202)
+    def submit(self, request: Request, body: QueryRequest) -> dict:
+        """Ask without waiting: poll GET /v1/queries/{query_id} for the answer."""
+        message = self._message(request, body)
+        key = _answer_key(message.tenant_id, message.query_id)
+        self.redis.set(key, b"", ex=self.config.serve.answer_ttl_s)
+        self.background.submit(self._answer_later, message, key)
+        return {"query_id": message.query_id, "status": "pending", "answer_url": f"/v1/queries/{message.query_id}"}
+
+    @api.get("/v1/queries/{query_id}")
+    def result(self, request: Request, query_id: str, tenant_id: str = "default"):
+        stored = self.redis.get(_answer_key(self._tenant(request, tenant_id), query_id))
+        if stored is None:
+            raise QueryError("not_found", f"no query {query_id} (unknown, or its answer expired)", 404)
+        if not stored:
+            return JSONResponse(status_code=202, content={"query_id": query_id, "status": "pending"})
+        return Response(content=stored, media_type="application/json")
+
+    def _answer_later(self, message: messages.Query, key: str) -> None:
+        try:
+            answer = self.engine.run(message)
+        except QueryError as exc:
+            answer = messages.Answer(tenant_id=message.tenant_id, query_id=message.query_id, answer="",
+                                     extractive=True, error=f"{exc.code}: {exc.message}")
+        except Exception as exc:  # the caller is polling: it must learn of the failure, not wait forever
+            answer = messages.Answer(tenant_id=message.tenant_id, query_id=message.query_id, answer="",
+                                     extractive=True, error=f"internal: {type(exc).__name__}: {exc}"[:1000])
+        self.redis.set(key, answer.model_dump_json(by_alias=True), ex=self.config.serve.answer_ttl_s)
+
+    def _message(self, request: Request, body: QueryRequest) -> messages.Query:
+        body = body.model_copy(update={"tenant_id": self._tenant(request, body.tenant_id)})
+        try:
+            return body.to_message()
+        except ValidationError as exc:
+            raise QueryError("invalid_request", str(exc.errors()[:3]), 422) from None
+
     @api.post("/v1/standing-queries", status_code=201)
-    def create_standing(self, request: StandingRequest) -> dict:
-        return _public(self.engine.register_standing(**request.model_dump()))
+    def create_standing(self, request: Request, body: StandingRequest) -> dict:
+        fields = body.model_dump() | {"tenant_id": self._tenant(request, body.tenant_id)}
+        return _public(self.engine.register_standing(**fields))
 
     @api.get("/v1/standing-queries")
-    def list_standing(self, tenant_id: str = "default") -> list[dict]:
-        return [_public(q) for q in self.engine.list_standing(tenant_id)]
+    def list_standing(self, request: Request, tenant_id: str = "default") -> list[dict]:
+        return [_public(q) for q in self.engine.list_standing(self._tenant(request, tenant_id))]
 
     @api.delete("/v1/standing-queries/{query_id}")
-    def delete_standing(self, query_id: str, tenant_id: str = "default") -> dict:
-        if not self.engine.delete_standing(tenant_id, query_id):
+    def delete_standing(self, request: Request, query_id: str, tenant_id: str = "default") -> dict:
+        if not self.engine.delete_standing(self._tenant(request, tenant_id), query_id):
             raise QueryError("not_found", f"no standing query {query_id}", 404)
         return {"deleted": query_id}
 
     @api.get("/v1/streams")
-    def streams(self, tenant_id: str = "default") -> list[dict]:
-        return [s.__dict__ if hasattr(s, "__dict__") else dict(s) for s in self.engine.streams(tenant_id)]
+    def streams(self, request: Request, tenant_id: str = "default") -> list[dict]:
+        """Every stream of the tenant with its time coverage (wall clock and stream time) and counts."""
+        return [vars(s) for s in self.engine.streams(self._tenant(request, tenant_id))]
+
+    @api.get("/v1/streams/{stream_id}/timeline")
+    def timeline(self, request: Request, stream_id: str, tenant_id: str = "default", start: datetime | None = None,
+                 end: datetime | None = None, limit: int = Query(500, ge=1, le=10_000)) -> list[dict]:
+        """The stream's frames in a wall-clock range: times, drop ratio, on-screen text, thumbnail key."""
+        tenant = self._tenant(request, tenant_id)
+        frames = self.engine.timeline(tenant, stream_id, start.timestamp() if start else None,
+                                      end.timestamp() if end else None, limit)
+        return [dict(frame_key=f.frame_key, t_start=f.pts_s, t_end=f.t_end_s, wallclock_start=f.wallclock_start,
+                     drop_ratio=f.drop_ratio, text=f.text, lines=f.lines, thumbnail=f.thumbnail) for f in frames]
 
     @api.get("/v1/thumbnails/{key:path}")
-    def thumbnail(self, key: str, tenant_id: str = "default"):
-        data = self.engine.thumbnail(tenant_id, key)
+    def thumbnail(self, request: Request, key: str, tenant_id: str = "default"):
+        data = self.engine.thumbnail(self._tenant(request, tenant_id), key)
         if data is None:
             raise QueryError("not_found", f"no thumbnail {key}", 404)
         return Response(content=data, media_type="image/jpeg")

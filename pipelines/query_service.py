@@ -210,6 +210,16 @@ class QueryEngine:
 
         return StandingRegistry(redis.Redis.from_url(self.config.redis.url))
 
+    def timeline(self, tenant_id: str, stream_id: str, t_from: float | None, t_to: float | None,
+                 limit: int) -> list[Any]:
+        from memory_store.keys import check_id
+
+        try:
+            check_id("stream", stream_id)
+        except ValueError as exc:
+            raise QueryError("invalid_request", str(exc), 422) from None
+        return ray.get(self._memory(tenant_id).call.remote("timeline", tenant_id, stream_id, t_from, t_to, limit))
+
     def streams(self, tenant_id: str) -> list[Any]:
         return ray.get(self._memory(tenant_id).call.remote("streams", tenant_id))
 

@@ -16,7 +16,7 @@ from pipelines.client import Client
 from pipelines.demo import frame_at
 from pipelines.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments
-from tests.integration.conftest import redis_client, wait_for
+from tests.integration.conftest import _free_port, redis_client, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,9 +116,58 @@ def test_ingest_then_ask_over_kafka_and_http(deployed, sample_video):
         assert response.status_code == status, (path, kwargs.get("json"), response.status_code, response.text[:300])
         assert response.json()["error"]["code"]
 
+    # Asynchronous queries: submit, then poll for the answer.
+    submitted = httpx.post(f"{base}/v1/queries", json={"stream_ids": ["news"], "text": "what happened"}, timeout=30)
+    assert submitted.status_code == 202, submitted.text
+    polled = wait_for(lambda: (r := httpx.get(f"{base}{submitted.json()['answer_url']}", timeout=30)).status_code == 200
+                      and r, 60, "the asynchronous answer")
+    assert messages.Answer.model_validate(polled.json()).evidence
+
+    # The stream's timeline: every stored frame in order, with its on-screen text.
+    timeline = httpx.get(f"{base}/v1/streams/news/timeline", timeout=30).json()
+    assert len(timeline) == streams[0]["frames"]
+    assert [f["t_start"] for f in timeline] == sorted(f["t_start"] for f in timeline)
+    assert any(truth["headlines"][0]["text"].split()[0] in f["text"] for f in timeline)
+
     # Another tenant sees nothing of this one.
     other = client.ask_http(messages.Query(tenant_id="other", text="what happened", top_k=5))
     assert other.evidence == []
+
+
+def test_queries_span_a_tenants_streams_and_never_cross_tenants(deployed, sample_video, real_video_dir):
+    video, truth = sample_video
+    clip = real_video_dir / "car-detection.mp4"
+    config = deployed(http=True, serve={"port": _free_port(), "api_keys": {"key-a": "acme", "key-b": "globex"}})
+    publisher = SegmentPublisher(kafka=config.kafka)
+    publisher.publish(str(video), stream_id="news", tenant_id="acme", pace="fast")
+    publisher.publish(str(clip), stream_id="parking", tenant_id="acme", pace="fast")
+    publisher.publish(str(clip), stream_id="parking", tenant_id="globex", pace="fast")
+    n_clip = sum(1 for _ in iter_segments(str(clip)))
+    wait_for(lambda: stored_segments(config, "parking", "acme") == n_clip
+             and stored_segments(config, "parking", "globex") == n_clip, 180, "three streams")
+    import httpx
+
+    base = Client(config).http_url
+
+    def ask(key: str | None, **body):
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.post(f"{base}/v1/query", json=body, headers=headers, timeout=60)
+
+    # No key, a wrong key, or a key used for another tenant: refused.
+    assert ask(None, text="cars").status_code == 401
+    assert ask("nope", text="cars").status_code == 401
+    assert ask("key-b", tenant_id="acme", text="cars").status_code == 403
+    # Over all of acme's streams, a frame of the parking lot is found in the parking stream.
+    image = frame_at(clip, 12.0)
+    answer = messages.Answer.model_validate(ask("key-a", image_jpeg_b64=image, top_k=3).json())
+    # (Evidence is chronological; the best match is the highest score. The parking lot looks alike all
+    # through the clip, so only the stream, not the second, is asserted here.)
+    assert max(answer.evidence, key=lambda e: e.score).stream_id == "parking"
+    # globex sees only its own copy; evidence keys carry the tenant.
+    other = messages.Answer.model_validate(ask("key-b", image_jpeg_b64=image, top_k=10).json())
+    assert other.evidence and all(e.frame_key.startswith("globex/") for e in other.evidence)
+    assert {s["stream_id"] for s in httpx.get(f"{base}/v1/streams", headers={"x-api-key": "key-b"},
+                                              timeout=30).json()} == {"parking"}
 
 
 @pytest.mark.parametrize("victim", ["decode-0", "memory-0"])
