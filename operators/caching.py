@@ -633,3 +633,22 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     dot = (a * b).sum(dim=-1, dtype=torch.float32)
     norms = a.norm(dim=-1, dtype=torch.float32) * b.norm(dim=-1, dtype=torch.float32)
     return dot / norms.clamp_min(1e-12)
+
+
+def encode_skipping(encode: Callable[[list[FrameBatch]], list[FeatureBatch]], skipper: FrameSkipper | None,
+                    batches: list[FrameBatch]) -> list[FeatureBatch]:
+    """Encode batches (of several streams), running the ViT only on frames ``skipper`` says changed.
+
+    Two segments of one stream in one call are planned against the state before either: at worst a frame
+    is encoded that a strictly sequential plan would have skipped, or compared to an older reference.
+    """
+    if skipper is None:
+        return encode(batches)
+    masks = [skipper.plan(b) for b in batches]
+    encoded = iter(encode([_subset(b, m) for b, m in zip(batches, masks) if m.any()]))
+    return [skipper.fill(b, next(encoded) if m.any() else None, m) for b, m in zip(batches, masks)]
+
+
+def _subset(batch: FrameBatch, mask: np.ndarray) -> FrameBatch:
+    return FrameBatch(batch.segment, batch.pts_s[mask], batch.images[mask],
+                      [t for t, keep in zip(batch.thumbnails, mask) if keep] if batch.thumbnails else [])

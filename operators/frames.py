@@ -33,6 +33,15 @@ def _rebuild_stage_error(code: str, reason: str, stage: str) -> StageError:
     return StageError(code, reason, stage=stage)
 
 
+def tag_stage(stage: str, fn, *args):
+    """Run one stage's step, naming the stage on the bad-input errors it raises (for the dead letter)."""
+    try:
+        return fn(*args)
+    except StageError as exc:
+        exc.stage = exc.stage or stage
+        raise
+
+
 @dataclass(frozen=True)
 class SegmentInfo:
     """Where a batch came from. ``wallclock_start`` is epoch seconds of the segment's first frame."""

@@ -56,12 +56,13 @@ from memory_store import keys
 from memory_store.service import MemoryStore
 from operators.compress import TokenDropCompressor
 from operators.encode import VisionEncoder
-from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, SegmentInfo, StageError
+from operators.caching import FrameSkipper, encode_skipping
+from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, SegmentInfo, StageError, tag_stage
 from operators.ocr import ScreenTextReader
 from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
 from pipelines.models import encoder_model
-from pipelines.publish import _header as segment_header  # the publisher's own header: SegmentInfo exactly as live
+from pipelines.publish import segment_header  # the publisher's own header: SegmentInfo exactly as live
 from pipelines.segmenter import MediaSegment, iter_segments
 from pipelines.source import segment_info
 
@@ -254,7 +255,10 @@ class Backfill:
         self.workers = workers
         self.show_progress = progress
         self._encoder = VisionEncoder(config.encode, encoder_model(config))
-        self._compressor = TokenDropCompressor(config.compress)
+        # Built exactly as the live actors build them, so backfill stores what live ingest would.
+        self._compressor = TokenDropCompressor(config.compress, config.drop, config.prune)
+        self._pixel_mode = config.drop.mode == "pixel"
+        self._skipper = FrameSkipper(config.cache.skip) if config.cache.skip_frames else None
         self._reader = ScreenTextReader(config.ocr) if config.ocr.enabled else None
         # What shapes stored memory (not batch sizes or waits): a change makes old manifests invalid.
         shaping = {"decode": config.decode.model_dump(), "encode_model": self._encoder.model_name,
@@ -294,9 +298,7 @@ class Backfill:
         manifest = Manifest(self.store.tier.r, job, fingerprint)
         resume = manifest.load()
         key = (job.tenant_id, job.stream_id)
-        self._compressor.forget(*key)
-        if self._reader is not None:
-            self._reader.forget(*key)
+        self._forget(key)
         next_seq, done_s = 0, 0.0
         if resume is not None:
             next_seq, done_s = resume.next_seq, resume.next_media_s
@@ -340,10 +342,15 @@ class Backfill:
             if group:
                 self._process(group, summary, done)
         finally:
-            self._compressor.forget(*key)
-            if self._reader is not None:
-                self._reader.forget(*key)
+            self._forget(key)
         progress.update(task, visible=False)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        """Per-stream state starts empty for each file (a resumed one is restored from its manifest).
+        The frame skipper's state is not in the manifest: after a resume its first frame is encoded."""
+        for stage in (self._compressor, self._reader, self._skipper):
+            if stage is not None:
+                stage.forget(*key)
 
     def _process(self, group: list[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
                  done: Callable[[SegmentInfo], None]) -> None:
@@ -351,7 +358,8 @@ class Backfill:
         decoded = [result for _, result in group if isinstance(result, FrameBatch)]
         features: dict[int, FeatureBatch | StageError]
         try:
-            features = {batch.segment.seq: out for batch, out in zip(decoded, self._encoder.encode(decoded))}
+            encoded = encode_skipping(self._encoder.encode, self._skipper, decoded)
+            features = {batch.segment.seq: out for batch, out in zip(decoded, encoded)}
         except StageError as exc:  # as in the encoder actor: a failed batch fails every segment in it
             exc.stage = exc.stage or "encode"
             features = {batch.segment.seq: exc for batch in decoded}
@@ -366,9 +374,10 @@ class Backfill:
 
     def _store(self, frames: FrameBatch, features: FeatureBatch, summary: BackfillSummary) -> None:
         try:
-            compressed = _tagged("compress", self._compressor.compress, features)
-            texts = _tagged("ocr", self._reader.read, frames) if self._reader is not None else None
-            written = _tagged("memory", self.store.write, compressed, texts)
+            images = frames.images if self._pixel_mode else None
+            compressed = tag_stage("compress", self._compressor.compress, features, images)
+            texts = tag_stage("ocr", self._reader.read, frames) if self._reader is not None else None
+            written = tag_stage("memory", self.store.write, compressed, texts)
         except StageError as exc:
             self._dead_letter(frames.segment, exc, summary)
             return
@@ -390,13 +399,6 @@ def _info(media: MediaSegment, job: BackfillJob, start: datetime) -> SegmentInfo
     return segment_info(segment_header(media, stream_id=job.stream_id, tenant_id=job.tenant_id, start=start))
 
 
-def _tagged(stage: str, fn, *args):
-    """Run a stage, tagging bad-input errors with its name (as pipelines.dag does for the actors)."""
-    try:
-        return fn(*args)
-    except StageError as exc:
-        exc.stage = exc.stage or stage
-        raise
 
 
 def _stored_bytes(batch: CompressedBatch) -> int:

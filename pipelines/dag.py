@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 
-from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, SegmentInfo, StageError
+from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, SegmentInfo, StageError, tag_stage
 from pipelines.config import LivelensConfig
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,6 @@ def setup_logging() -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
-def _tagged(stage: str, fn, *args):
-    """Run a stage, tagging bad-input errors with the stage's name for the dead letter."""
-    try:
-        return fn(*args)
-    except StageError as exc:
-        exc.stage = exc.stage or stage
-        raise
-
-
 @ray.remote(**RESTART)
 class DecodeActor:
     def __init__(self, config: LivelensConfig):
@@ -62,7 +53,7 @@ class DecodeActor:
         self.decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
 
     def decode(self, info: SegmentInfo, payload: bytes) -> FrameBatch:
-        return _tagged("decode", self.decoder.decode, info, payload)
+        return tag_stage("decode", self.decoder.decode, info, payload)
 
 
 @ray.remote(**RESTART)
@@ -120,14 +111,9 @@ class EncodeActor:
                 future.set_result(result)
 
     def _encode(self, batches: list[FrameBatch]) -> list[FeatureBatch]:
-        """Encode, running the ViT only on frames the skipper says changed. (Two segments of one stream in
-        one forward pass are planned against the state before either: at worst a frame is encoded that a
-        strictly sequential plan would have skipped, or compared to a reference one segment older.)"""
-        if self.skipper is None:
-            return self.encoder.encode(batches)
-        masks = [self.skipper.plan(b) for b in batches]
-        encoded = iter(self.encoder.encode([_subset(b, m) for b, m in zip(batches, masks) if m.any()]))
-        return [self.skipper.fill(b, next(encoded) if m.any() else None, m) for b, m in zip(batches, masks)]
+        from operators.caching import encode_skipping
+
+        return encode_skipping(self.encoder.encode, self.skipper, batches)
 
     def skip_stats(self) -> dict:
         return {f"{t}/{s}": vars(v) for (t, s), v in self.skipper.stats().items()} if self.skipper else {}
@@ -144,11 +130,6 @@ class EncodeActor:
                     tokens_per_frame=e.tokens_per_frame, has_text_tower=e.has_text_tower)
 
 
-def _subset(batch: FrameBatch, mask) -> FrameBatch:
-    return FrameBatch(batch.segment, batch.pts_s[mask], batch.images[mask],
-                      [t for t, keep in zip(batch.thumbnails, mask) if keep] if batch.thumbnails else [])
-
-
 @ray.remote(**RESTART)
 class CompressActor:
     def __init__(self, config: LivelensConfig):
@@ -159,7 +140,7 @@ class CompressActor:
 
     def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
         images = frames.images if self.pixel_mode and frames is not None else None
-        return _tagged("compress", self.compressor.compress, batch, images)
+        return tag_stage("compress", self.compressor.compress, batch, images)
 
 
 @ray.remote(**RESTART)
@@ -172,7 +153,7 @@ class OcrActor:
         self.reader = ScreenTextReader(config.ocr)
 
     def read(self, batch: FrameBatch):
-        return _tagged("ocr", self.reader.read, batch)
+        return tag_stage("ocr", self.reader.read, batch)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4)
@@ -193,11 +174,13 @@ class MemoryActor:
                                  owns_tenant=lambda tenant: shard(tenant, shards) == shard_index)
 
     def write(self, batch: CompressedBatch, texts: list | None = None):
-        return _tagged("memory", self.store.write, batch, texts)
+        return tag_stage("memory", self.store.write, batch, texts)
 
     def call(self, method: str, *args, **kwargs):
-        """Read-side calls (search, recent, streams, frames, thumbnail, stats) by name."""
-        if method not in {"search", "search_text", "recent", "timeline", "streams", "frames", "thumbnail", "stats"}:
+        """Read-side calls by name, and `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
+        wrote to Redis directly)."""
+        if method not in {"search", "search_text", "recent", "timeline", "streams", "frames", "thumbnail", "stats",
+                          "rebuild"}:
             raise ValueError(f"MemoryActor has no read method {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
 

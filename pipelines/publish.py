@@ -118,7 +118,7 @@ class SegmentPublisher:
                 break
             if pace == "realtime" and not _wait_until(anchor + media.media_start_s + media.duration_s, stop):
                 break
-            segment = _header(media, stream_id=stream_id, tenant_id=tenant_id, start=start)
+            segment = segment_header(media, stream_id=stream_id, tenant_id=tenant_id, start=start)
             records = 0
             for chunk_header, chunk in messages.chunk_segment(segment, media.payload, self._kafka.max_message_bytes):
                 value = messages.encode(chunk_header, chunk)
@@ -148,7 +148,7 @@ class SegmentPublisher:
             raise PublishError(f"cannot send to {topic}: {exc}") from exc
 
 
-def _header(media: MediaSegment, *, stream_id: str, tenant_id: str, start: datetime) -> VideoSegment:
+def segment_header(media: MediaSegment, *, stream_id: str, tenant_id: str, start: datetime) -> VideoSegment:
     return VideoSegment(
         tenant_id=tenant_id,
         stream_id=stream_id,

@@ -29,7 +29,7 @@ from operators.parallel_decode import ParallelDecoder
 from pipelines import messages
 from pipelines.backfill import Backfill, BackfillError, BackfillJob
 from pipelines.config import LivelensConfig, OcrConfig
-from pipelines.publish import _header
+from pipelines.publish import segment_header
 from pipelines.sample_video import write_sample_video
 from pipelines.segmenter import iter_segments
 from pipelines.source import segment_info
@@ -79,7 +79,7 @@ def live_reference(video: Path, config: LivelensConfig, store: MemoryStore) -> N
     encoder = VisionEncoder(config.encode, str(config.encode.model))
     compressor = TokenDropCompressor(config.compress)
     for media in iter_segments(str(video)):
-        header = _header(media, stream_id="cam", tenant_id=TENANT, start=START)
+        header = segment_header(media, stream_id="cam", tenant_id=TENANT, start=START)
         received, _ = messages.decode(messages.encode(header, media.payload), expect=messages.VideoSegment)
         frames = decoder.decode(segment_info(received), media.payload)
         store.write(compressor.compress(encoder.encode([frames])[0]))
@@ -213,7 +213,7 @@ def test_resume_restores_the_ocr_reader_state(tmp_path, redis_server, tiny_model
 
 def test_parallel_decode_equals_one_decoder(tmp_path, video):
     config = LivelensConfig(data_dir=tmp_path)
-    infos = [(segment_info(_header(m, stream_id="cam", tenant_id=TENANT, start=START)), m.payload)
+    infos = [(segment_info(segment_header(m, stream_id="cam", tenant_id=TENANT, start=START)), m.payload)
              for m in iter_segments(str(video))]
     decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
     expected = [decoder.decode(info, payload) for info, payload in infos]
@@ -229,7 +229,7 @@ def test_parallel_decode_equals_one_decoder(tmp_path, video):
 
 def test_parallel_decode_hands_back_bad_segments_in_place(tmp_path, video):
     config = LivelensConfig(data_dir=tmp_path)
-    segments = [(segment_info(_header(m, stream_id="cam", tenant_id=TENANT, start=START)), m.payload)
+    segments = [(segment_info(segment_header(m, stream_id="cam", tenant_id=TENANT, start=START)), m.payload)
                 for m in iter_segments(str(video))][:3]
     info, payload = segments[1]
     segments[1] = (info, payload[: len(payload) // 4 // 188 * 188])  # cut short, on a TS packet boundary
