@@ -158,6 +158,8 @@ def ask(
     t_from: Annotated[str | None, typer.Option("--from", help="Start: ISO time, or seconds from stream start.")] = None,
     t_to: Annotated[str | None, typer.Option("--to", help="End: ISO time, or seconds from stream start.")] = None,
     top_k: Annotated[int, typer.Option("--top-k")] = 5,
+    first: Annotated[bool, typer.Option("--first", help="The earliest matching moment(s).")] = False,
+    last: Annotated[bool, typer.Option("--last", help="The latest matching moment(s).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     via: Annotated[str, typer.Option(help="http or kafka")] = "http",
 ) -> None:
@@ -171,8 +173,11 @@ def ask(
         start=_time_arg(config, tenant, streams, t_from), end=_time_arg(config, tenant, streams, t_to))
     from pipelines.client import image_b64
 
+    if first and last:
+        raise typer.BadParameter("--first or --last, not both")
     query = messages.Query(tenant_id=tenant, stream_ids=streams, text=question, scope=scope, top_k=top_k,
-                           image_jpeg_b64=image_b64(image) if image else None)
+                           image_jpeg_b64=image_b64(image) if image else None,
+                           occurrence="first" if first else "last" if last else "best")
     client = Client(config)
     answer = client.ask_kafka(query) if via == "kafka" else client.ask_http(query)
     print_answer(answer, as_json=as_json)

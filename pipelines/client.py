@@ -38,6 +38,7 @@ class Client:
         body = {
             "tenant_id": query.tenant_id, "stream_ids": query.stream_ids, "text": query.text,
             "image_jpeg_b64": query.image_jpeg_b64, "top_k": query.top_k, "generate": query.generate,
+            "occurrence": query.occurrence, "adaptive_k": query.adaptive_k,
             "since_s": query.scope.since_s,
             "start": query.scope.start.isoformat() if query.scope.start else None,
             "end": query.scope.end.isoformat() if query.scope.end else None,

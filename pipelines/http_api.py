@@ -6,6 +6,7 @@ requests get 4xx, never a 500.
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -64,13 +65,15 @@ class QueryRequest(BaseModel):
     start: datetime | None = None
     end: datetime | None = None
     top_k: int = Field(5, ge=1, le=100)
+    occurrence: Literal["best", "first", "last"] = "best"
+    adaptive_k: bool = True
     generate: bool = True
 
     def to_message(self) -> messages.Query:
         scope = messages.TimeScope(start=self.start, end=self.end, since_s=self.since_s)
         return messages.Query(tenant_id=self.tenant_id, stream_ids=self.stream_ids, text=self.text,
                               image_jpeg_b64=self.image_jpeg_b64, scope=scope, top_k=self.top_k,
-                              generate=self.generate)
+                              occurrence=self.occurrence, adaptive_k=self.adaptive_k, generate=self.generate)
 
 
 class StandingRequest(BaseModel):

@@ -121,6 +121,9 @@ class Query(Message):
     image_jpeg_b64: str | None = Field(None, max_length=4 << 20, description="An example image, JPEG, base64.")
     scope: TimeScope = TimeScope()
     top_k: int = Field(5, ge=1, le=100)
+    occurrence: Literal["best", "first", "last"] = Field(
+        "best", description="best: the top matches; first / last: the earliest / latest matching moments.")
+    adaptive_k: bool = Field(True, description="Cut top_k to the matches that stand out when scores are peaked.")
     generate: bool = Field(True, description="False: evidence only, no answer model.")
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

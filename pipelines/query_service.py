@@ -33,6 +33,36 @@ log = logging.getLogger(__name__)
 TEXT_MATCH_MIN_SCORE = 0.35
 
 
+# first / last occurrence: a hit counts as a match when it scores at least this share of the best one.
+OCCURRENCE_SHARE = 0.9
+
+
+def pick_occurrence(hits: list[Any], which: str, k: int) -> list[Any]:
+    """The earliest (or latest) k of the hits that match about as well as the best one."""
+    if not hits:
+        return []
+    best = max(h.score for h in hits)
+    matching = sorted((h for h in hits if h.score >= best * OCCURRENCE_SHARE), key=lambda h: h.wallclock_start)
+    return matching[:k] if which == "first" else matching[-k:]
+
+
+def adaptive_cut(hits: list[Any]) -> list[Any]:
+    """Adaptive k (methods.md section 5), as livelens reads it: when the scores are flat (coefficient of
+    variation <= 0.05) the ranking says little, so all top-k stay; when they are peaked (CV >= 0.3) only the
+    hits above mean + std stay; in between the cut moves linearly from the mean - std to the mean + std."""
+    if len(hits) < 3:
+        return hits
+    scores = np.array([h.score for h in hits], dtype=np.float64)
+    mean, std = scores.mean(), scores.std()
+    cv = std / abs(mean) if mean else 0.0
+    if cv <= 0.05:
+        return hits
+    weight = min(1.0, (cv - 0.05) / 0.25)
+    cut = mean + (2 * weight - 1) * std
+    kept = [h for h in hits if h.score >= cut]
+    return kept or hits[:1]
+
+
 class QueryError(Exception):
     """A query that cannot be answered as asked. ``code`` is stable (HTTP error bodies, dead letters)."""
 
@@ -116,12 +146,14 @@ class QueryEngine:
         t_from, t_to = query.scope.resolve()
         memory = self._memory(query.tenant_id)
         streams = query.stream_ids or None
+        # first / last occurrence: look wider, keep what matches about as well as the best, then pick by time.
+        depth = query.top_k if query.occurrence == "best" else max(10 * query.top_k, 50)
         text_hits = []
         if self.text_embedder is not None and query.text.strip() and not query.image_jpeg_b64:
             vector = self.text_embedder.embed([query.text])[0]
             text_hits = [h for h in ray.get(memory.call.remote(
                 "search_text", query.tenant_id, vector, stream_ids=streams, t_from=t_from, t_to=t_to,
-                k=query.top_k)) if h.score >= TEXT_MATCH_MIN_SCORE]
+                k=depth)) if h.score >= TEXT_MATCH_MIN_SCORE]
         vector = self.embed(query)
         if vector is None:
             from memory_store.service import Hit
@@ -130,13 +162,14 @@ class QueryEngine:
             records = ray.get(memory.call.remote("recent", query.tenant_id, streams, query.top_k))
             return [Hit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end,
                         1.0, r.thumbnail) for r in records]
-        room = query.top_k - len(text_hits)
-        if room <= 0:
-            return text_hits[: query.top_k]
-        taken = {h.frame_key for h in text_hits}
-        visual = ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
-                                            t_from=t_from, t_to=t_to, k=query.top_k))
-        return text_hits + [h for h in visual if h.frame_key not in taken][:room]
+        if text_hits:
+            hits = text_hits  # on-screen text that matches is the evidence a person can check
+        else:
+            hits = ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
+                                              t_from=t_from, t_to=t_to, k=depth))
+        if query.occurrence != "best":
+            return pick_occurrence(hits, query.occurrence, query.top_k)
+        return adaptive_cut(hits) if query.adaptive_k else hits
 
     def run(self, query: messages.Query) -> messages.Answer:
         started = time.perf_counter()
