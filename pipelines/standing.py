@@ -78,6 +78,10 @@ def _registry_key(tenant_id: str) -> str:
     return f"ll:{{{tenant_id}}}:standing"
 
 
+def _version_key(tenant_id: str) -> str:
+    return f"ll:{{{tenant_id}}}:standing-version"
+
+
 def _state_key(tenant_id: str, query_id: str) -> str:
     return f"ll:{{{tenant_id}}}:standing-state:{query_id}"
 
@@ -89,8 +93,15 @@ class StandingRegistry:
         self.client = client
 
     def register(self, query: StandingQuery) -> StandingQuery:
-        self.client.hset(_registry_key(query.tenant_id), query.query_id, query.model_dump_json())
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(_registry_key(query.tenant_id), query.query_id, query.model_dump_json())
+            pipe.incr(_version_key(query.tenant_id))
+            pipe.execute()
         return query
+
+    def version(self, tenant_id: str) -> int:
+        """Changes whenever the tenant's registry does: evaluators re-read only then."""
+        return int(self.client.get(_version_key(tenant_id)) or 0)
 
     def list(self, tenant_id: str) -> list[StandingQuery]:
         raw = self.client.hgetall(_registry_key(tenant_id))
@@ -100,7 +111,8 @@ class StandingRegistry:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hdel(_registry_key(tenant_id), query_id)
             pipe.delete(_state_key(tenant_id, query_id))
-            removed, _ = pipe.execute()
+            pipe.incr(_version_key(tenant_id))
+            removed, _, _ = pipe.execute()
         return bool(removed)
 
 
@@ -152,9 +164,20 @@ class StandingEvaluator:
         self.client = client
         self.registry = StandingRegistry(client)
         self.emit = emit
+        # tenant -> (registry version, its queries): parsing a thousand queries' vectors on every segment
+        # would cost more than evaluating them.
+        self._cache: dict[str, tuple[int, list[StandingQuery]]] = {}
+
+    def _queries(self, tenant_id: str) -> list[StandingQuery]:
+        version = self.registry.version(tenant_id)
+        cached = self._cache.get(tenant_id)
+        if cached is None or cached[0] != version:
+            cached = (version, self.registry.list(tenant_id))
+            self._cache[tenant_id] = cached
+        return cached[1]
 
     def evaluate(self, tenant_id: str, stream_id: str, frames: list[FrameView]) -> list[Firing]:
-        queries = [q for q in self.registry.list(tenant_id) if q.covers(stream_id)]
+        queries = [q for q in self._queries(tenant_id) if q.covers(stream_id)]
         if not queries or not frames:
             return []
         keys = [_state_key(tenant_id, q.query_id) for q in queries]

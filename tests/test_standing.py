@@ -109,3 +109,15 @@ def test_registry_round_trip_and_delete(client):
     assert registry.delete("t", q.query_id) and not registry.delete("t", q.query_id)
     with pytest.raises(ValueError):
         StandingQuery(tenant_id="t", text="neither vector")
+
+
+def test_evaluator_sees_queries_registered_and_deleted_after_it_started(client):
+    fired: list = []
+    ev = evaluator(client, fired)
+    ev.evaluate("t", "s", frames("x"))
+    registry = StandingRegistry(client)
+    registry.register(StandingQuery(query_id="late", tenant_id="t", text="storm", text_vector=MATCH.tolist()))
+    ev.evaluate("t", "s", frames("x", 1))
+    registry.delete("t", "late")
+    ev.evaluate("t", "s", frames("..xx", 2))
+    assert [f.frame.pts_s for f in fired] == [1]
