@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,13 +15,6 @@ from operators.frames import StageError
 from pipelines.config import MemoryConfig
 from tests.memory_store.batches import WALL0, make_batch
 from tests.memory_store.crash import kill_and_restart
-
-
-@pytest.fixture
-def client(redis_server: ProcessRecord) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.address)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +16,8 @@ from memory_store.vector_index import MANIFEST
 from operators.frames import CompressedBatch, StageError
 from pipelines.config import MemoryConfig
 from tests.memory_store.batches import WALL0, make_batch, unit
+from tests.memory_store.conftest import StoreFactory
 from tests.memory_store.crash import kill_and_restart
-
-StoreFactory = Callable[..., MemoryStore]
-
-
-@pytest.fixture
-def client(redis_server: ProcessRecord) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.address)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def open_store(client: redis.Redis, tmp_path: Path) -> StoreFactory:
-    """A new MemoryStore on the test's Redis, as a restarted memory actor would build it."""
-
-    def open_(snapshots: bool = True, **config) -> MemoryStore:
-        return MemoryStore(client, MemoryConfig(**config), index_dir=tmp_path / "faiss" if snapshots else None)
-
-    return open_
 
 
 def workload() -> list[CompressedBatch]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +22,11 @@ from operators.frames import CompressedBatch, StageError
 from operators.ocr import FrameText, TextLine
 from pipelines.config import MemoryConfig
 from tests.memory_store.batches import WALL0, make_batch, unit
+from tests.memory_store.conftest import StoreFactory
 from tests.memory_store.crash import kill_and_restart
 
 DIM = 384  # all-MiniLM-L6-v2
 BOX = ((0.1, 0.8), (0.9, 0.8), (0.9, 0.9), (0.1, 0.9))
-StoreFactory = Callable[..., MemoryStore]
-
-
-@pytest.fixture
-def client(redis_server: ProcessRecord) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.address)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def open_store(client: redis.Redis, tmp_path: Path) -> StoreFactory:
-    """A new MemoryStore on the test's Redis, as a restarted memory actor would build it."""
-
-    def open_(snapshots: bool = True, **config) -> MemoryStore:
-        return MemoryStore(client, MemoryConfig(**config), index_dir=tmp_path / "faiss" if snapshots else None)
-
-    return open_
 
 
 def embedding_of(text: str) -> np.ndarray:
