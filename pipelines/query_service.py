@@ -142,7 +142,8 @@ class QueryEngine:
         return None
 
     def evidence(self, query: messages.Query) -> list[Any]:
-        """Up to top_k hits: on-screen text matches first (when the question is text), then visual ones."""
+        """Up to top_k hits: on-screen text that matches a text question; else the visual index; the newest
+        frames for a question with neither text nor image."""
         t_from, t_to = query.scope.resolve()
         memory = self._memory(query.tenant_id)
         streams = query.stream_ids or None
@@ -154,8 +155,9 @@ class QueryEngine:
             text_hits = [h for h in ray.get(memory.call.remote(
                 "search_text", query.tenant_id, vector, stream_ids=streams, t_from=t_from, t_to=t_to,
                 k=depth)) if h.score >= TEXT_MATCH_MIN_SCORE]
-        vector = self.embed(query)
-        if vector is None:
+        # On-screen text that matches is the evidence a person can check; the visual search is then not needed.
+        vector = None if text_hits else self.embed(query)
+        if vector is None and not text_hits:
             from memory_store.service import Hit
 
             # Nothing to match against: "what is on now" is answered by the newest frames, scored by recency.
@@ -163,7 +165,7 @@ class QueryEngine:
             return [Hit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end,
                         1.0, r.thumbnail) for r in records]
         if text_hits:
-            hits = text_hits  # on-screen text that matches is the evidence a person can check
+            hits = text_hits
         else:
             hits = ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
                                               t_from=t_from, t_to=t_to, k=depth))
