@@ -14,6 +14,19 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:next_id                     string  the last index id handed out
     ll:{t}:timeline:<stream>           zset    score = frame wallclock, member = frame key (recent frames)
     ll:{t}:short:<stream>              zset    score = pts, member = frame key: frames that still hold tokens
+    ll:{t}:mid:<stream>                zset    score = wallclock, member = event key: events that hold tokens
+    ll:{t}:evtok:<event key>           string  an event's token records (memory_store.events)
+    ll:{t}:long:<stream>               zset    score = wallclock, member = entry key: every index entry of the stream
+    ll:{t}:boundaries:<stream>         zset    score = wallclock, member = frame key of a frame that began an event
+    ll:{t}:segments:<stream>           zset    score = wallclock end, member = seq: segment markers, for retention
+    ll:{t}:offsets                     hash    "topic:partition" -> highest Kafka offset of a stored segment
+    ll:{t}:epoch                       string  random, set by the tenant's first write: names this Redis's data
+
+Entries: the frame hash also holds the index entries that are not frames, under
+their own keys, with the same metadata fields plus ``kind``: event segments
+(``event_key``) and merged entries (``merged_key``). Readers of frames thus read
+every kind of entry alike (`records.frame_record`), and ``ids`` / ``timeline``
+members may be any entry key.
 
 The braces are a Redis Cluster hash tag: every key of one tenant lands in one
 slot, which MULTI/EXEC requires of the keys it touches. ``ll:tenants`` is the one
@@ -90,3 +103,45 @@ def timeline(tenant_id: str, stream_id: str) -> str:
 
 def short_tier(tenant_id: str, stream_id: str) -> str:
     return f"{_tenant(tenant_id)}:short:{check_id('stream', stream_id)}"
+
+
+def mid_tier(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:mid:{check_id('stream', stream_id)}"
+
+
+def event_tokens(tenant_id: str, event_key: str) -> str:
+    return f"{_tenant(tenant_id)}:evtok:{event_key}"
+
+
+def long_tier(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:long:{check_id('stream', stream_id)}"
+
+
+def boundaries(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:boundaries:{check_id('stream', stream_id)}"
+
+
+def segments(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:segments:{check_id('stream', stream_id)}"
+
+
+def offsets(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:offsets"
+
+
+def epoch(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:epoch"
+
+
+def event_key(tenant_id: str, stream_id: str, pts_s: float) -> str:
+    """Entry key of the event that begins at the frame at ``pts_s`` (a frame begins at most one event)."""
+    return f"{tenant_id}/{stream_id}/e/{round(pts_s * 1000)}"
+
+
+def merged_key(tenant_id: str, stream_id: str, entry_id: int) -> str:
+    """Entry key of a merged entry: named by its index id, which is never reused."""
+    return f"{tenant_id}/{stream_id}/m/{int(entry_id)}"
+
+
+def is_merged_key(entry_key: str) -> bool:
+    return entry_key.rsplit("/", 2)[-2] == "m"

@@ -8,6 +8,7 @@ RedisTier decides when it is written.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +28,14 @@ IndexKind = Literal["visual", "text"]
 # The frame hash field each kind's vectors are read from.
 VECTOR_FIELD: dict[IndexKind, str] = {"visual": "embedding", "text": "text_embedding"}
 
-# The fields of a frame hash that leave when the frame leaves the short tier.
-TOKEN_FIELDS = ("positions", "tokens", "token_shape")
+# The fields of a frame hash that leave when the frame leaves the short tier (n_tokens and token_bytes are
+# its share of the short tier's budgets: their presence means the frame is in the short tier).
+TOKEN_FIELDS = ("positions", "tokens", "token_shape", "n_tokens", "token_bytes")
 META_FIELDS = ("id", "stream_id", "seq", "pts_s", "t_end_s", "wallclock", "embedding", "drop_ratio", "grid",
-               "thumbnail", "text_lines")
+               "thumbnail", "text_lines", "kind", "covers", "boundary", "reps")
+# What an entry is: a sampled frame, an event segment (frames between two boundaries), or a merged entry
+# (a time-ordered k-means centroid that replaced older entries; memory_store.merge).
+EntryKind = Literal["frame", "event", "merged"]
 # Positions are stored as int16.
 _MAX_TOKENS_PER_FRAME = 1 << 15
 
@@ -46,6 +51,12 @@ class WriteResult:
     ids: tuple[int, ...]
     wallclocks: tuple[float, ...]
     tokens_evicted: int
+    removed_ids: tuple[int, ...] = ()  # index ids of the version a replacing write removed (memory_store.replace)
+    # Index entries this write created besides its frames (closed event segments, merged centroids), and those
+    # of them that go into the text index; removed_ids above then also names the entries merges and retention
+    # deleted (memory_store.tiers).
+    entries: tuple[IndexEntry, ...] = ()
+    text_entries: tuple[IndexEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,10 @@ class FrameRecord:
     tokens: np.ndarray | None
     text: str
     lines: list[dict]
+    kind: EntryKind = "frame"
+    covers: int = 1  # frames this entry stands for
+    boundary: bool = False  # a frame that begins an event; an entry that covers one
+    representatives: tuple[str, ...] = ()  # event / merged: the frame keys it shows (nearest its mean)
 
 
 class IndexEntry(NamedTuple):
@@ -156,7 +171,10 @@ def encode_frames(batch: CompressedBatch, texts: Sequence[FrameText] | None) -> 
             "positions": np.flatnonzero(batch.kept[i]).astype(np.int16).tobytes(),
             "tokens": np.ascontiguousarray(kept_tokens).tobytes(),
             "token_shape": f"{kept_tokens.shape[0]},{kept_tokens.shape[1]}",
+            "n_tokens": int(kept_tokens.shape[0]),
+            "boundary": int(batch.boundaries[i]) if batch.boundaries is not None else 0,
         }
+        fields["token_bytes"] = len(fields["positions"]) + len(fields["tokens"])
         thumbnail = batch.thumbnails[i] if batch.thumbnails else None
         if thumbnail is not None:
             fields["thumbnail"] = keys.thumbnail(seg.tenant_id, key)
@@ -166,11 +184,21 @@ def encode_frames(batch: CompressedBatch, texts: Sequence[FrameText] | None) -> 
             if text.embedding is not None:
                 fields["text_embedding"] = text.embedding.tobytes()
         text_indexed = text is not None and text.embedding is not None
+        fields["bytes"] = entry_bytes(fields, thumbnail)
         frames.append(EncodedFrame(key, pts[i], wallclock, ends[i], fields, thumbnail, text_indexed))
     if len({f.key for f in frames}) != n:
         raise StageError("duplicate_frame_key", f"two frames of segment {seg.seq} share a millisecond pts",
                          stage="memory")
     return frames
+
+
+def entry_bytes(fields: dict, thumbnail: bytes | None) -> int:
+    """An entry's share of the long tier's byte budget: its field values but the tokens, and its thumbnail.
+
+    Payload bytes, not Redis's own overhead (~100 bytes a hash field set), which the budget leaves aside.
+    """
+    return sum(len(v) if isinstance(v, bytes | str) else 8 for k, v in fields.items() if k not in TOKEN_FIELDS) + (
+        len(thumbnail) if thumbnail is not None else 0)
 
 
 def merged_stats(old: list[float | None], batch: CompressedBatch,
@@ -228,4 +256,8 @@ def frame_record(frame_key: str, h: dict[str, bytes | None]) -> FrameRecord:
         tokens=tokens,
         text=joined(lines),
         lines=lines,
+        kind=h["kind"].decode() if h.get("kind") is not None else "frame",
+        covers=int(h["covers"]) if h.get("covers") is not None else 1,
+        boundary=bool(int(h["boundary"])) if h.get("boundary") is not None else False,
+        representatives=tuple(json.loads(h["reps"])) if h.get("reps") is not None else (),
     )

@@ -10,35 +10,66 @@ Redis then fsyncs the AOF before it replies to EXEC, so EXEC returning means the
 segment survives a crash of redis-server. That is what lets the Kafka source
 commit the segment's offsets as soon as ``write_segment`` returns.
 
-Id sets: ``ll:{t}:ids`` holds every frame, ``ll:{t}:text_ids`` the frames with a
-text embedding, both scored by frame id. Ids are allocated from ``next_id`` in
-the transaction that adds them to both sets, and transactions on a tenant are
-serialised by WATCH on ``next_id``; so each set only ever gains ids larger than
-all it holds. The service's rebuild relies on that (see ``memory_store.rebuild``).
+Id sets: ``ll:{t}:ids`` holds every index entry (frames, event segments, merged
+entries), ``ll:{t}:text_ids`` those with a text embedding, both scored by id. Ids
+are allocated from ``next_id`` in the transaction that adds them to the sets, and
+transactions on a tenant are serialised by WATCH on ``next_id``, so an id is
+never handed out twice; an entry leaves the sets in the transaction that deletes
+it. The service's rebuild relies on both (see ``memory_store.rebuild``).
 
-Short tier: only the newest ``MemoryConfig.recent_frames`` frames of a stream (by
-pts) keep their tokens; the write that pushes a frame out of that window deletes
-its token fields in the same transaction. Metadata, embedding and text stay forever.
+Tiers: the same transaction folds the frames into the stream's events and keeps
+the short, mid and long tiers within their budgets and the retention horizon
+(`memory_store.tiers`). It also records the segment's Kafka offset and, on the
+tenant's first write, its data epoch.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
 
 from memory_store import keys
-from memory_store.records import (META_FIELDS, TOKEN_FIELDS, VECTOR_FIELD, FrameRecord, IndexEntry, IndexKind,
-                                  StreamInfo, WriteResult, encode_frames, frame_record, merged_stats, stream_info)
+from memory_store.events import Reference, read_blob
+from memory_store.records import (
+    META_FIELDS,
+    TOKEN_FIELDS,
+    VECTOR_FIELD,
+    FrameRecord,
+    IndexEntry,
+    IndexKind,
+    StreamInfo,
+    WriteResult,
+    encode_frames,
+    frame_record,
+    merged_stats,
+    stream_info,
+)
+from memory_store.replace import StoredSegment
+from memory_store.tiers import StreamTxn
 from operators.frames import CompressedBatch
 from pipelines.config import MemoryConfig
 
 if TYPE_CHECKING:
     from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text
 
+log = logging.getLogger(__name__)
+
 _STATS_FIELDS = ("first_wallclock", "last_wallclock", "first_media_s", "last_media_s", "last_seq")
+
+
+@dataclass(frozen=True)
+class ExpireResult:
+    """What retention deleted from a stream: entries, their index ids, and whether the stream is now gone."""
+
+    deleted: int
+    removed_ids: tuple[int, ...]
+    forgotten: bool
 
 
 class RedisTier:
@@ -50,13 +81,18 @@ class RedisTier:
         self.r = client
         self.config = config
         self.page_size = page_size
+        # Open events' token references (memory_store.events), so a write need not read the event's blob back.
+        self._refs: dict[str, Reference] = {}
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write_segment(self, batch: CompressedBatch, texts: Sequence[FrameText] | None = None) -> WriteResult | None:
+    def write_segment(self, batch: CompressedBatch, texts: Sequence[FrameText] | None = None, *,
+                      replace: bool = False) -> WriteResult | None:
         """Store a segment atomically; None when it was already stored (a replay changes nothing, texts included).
 
         texts: one per frame, in pts order, or None; stored in the same transaction as the frames.
+        replace: a stored version of the segment is removed in the same transaction and this one written
+            instead (`memory_store.replace`); the result names the removed ids. Never None then.
         """
         seg = batch.segment
         tenant, stream = seg.tenant_id, seg.stream_id
@@ -69,55 +105,119 @@ class RedisTier:
         # outside it, because this key is in no tenant's hash slot.
         self.r.sadd(keys.TENANTS, tenant)
 
-        def transaction(pipe: redis.client.Pipeline) -> WriteResult | None:
+        def transaction(pipe: redis.client.Pipeline) -> tuple[WriteResult, StreamTxn] | None:
             # Reads run at once, under WATCH: if another writer touches any watched key before
             # EXEC, EXEC fails and redis-py runs this function again on fresh values.
+            stored = None
             if pipe.exists(marker):
-                pipe.unwatch()
-                return None
-            first_id = int(pipe.get(counter) or 0) + 1
+                if not replace:
+                    pipe.unwatch()
+                    return None
+                stored = StoredSegment.read(pipe, tenant, stream, seg.seq)
+            txn = StreamTxn(pipe, self.config, tenant, stream, self._refs)
+            if stored is not None:
+                txn.remove_frames(stored.frame_keys)
             old_stats = [None if v is None else float(v) for v in pipe.hmget(stats, _STATS_FIELDS)]
-            victims = self._short_tier_victims(pipe, short, [(f.pts, f.key) for f in frames])
-            ids = list(range(first_id, first_id + len(frames)))
+            source = f"{seg.topic}:{seg.partition}" if seg.partition >= 0 else None
+            old_offset = int(pipe.hget(keys.offsets(tenant), source) or -1) if source else -1
+            ids = txn.allocate(len(frames))
+            for f, event in zip(frames, txn.fold(batch, frames)):
+                if event is not None:
+                    f.fields["event"] = event
+            txn.add_frames(frames, ids)
+            new_stats = merged_stats(old_stats, batch, frames)
+            # Retention first: what it deletes need not be evicted or merged.
+            if txn.retain(new_stats["last_wallclock"] - self.config.retention_s):
+                new_stats.update(txn.first_remaining(frames))
+            txn.evict_short(frames, leaving=stored.in_short_tier if stored else ())
+            txn.evict_mid()
+            txn.merge_long(frames)
 
             pipe.multi()
-            for frame_id, f in zip(ids, frames):
-                pipe.hset(keys.frame(tenant, f.key), mapping={**f.fields, "id": frame_id})
-                if f.thumbnail is not None:
-                    pipe.set(keys.thumbnail(tenant, f.key), f.thumbnail)
-            pipe.zadd(keys.ids(tenant), {f.key: i for i, f in zip(ids, frames)})
+            if stored is not None:
+                stored.queue_removal(pipe)  # first: the new version's keys may be the same as the old one's
             with_text = {f.key: i for i, f in zip(ids, frames) if f.text_indexed}
+            pipe.zadd(keys.ids(tenant), {f.key: i for i, f in zip(ids, frames)})
             if with_text:
                 pipe.zadd(keys.text_ids(tenant), with_text)
-            pipe.set(counter, ids[-1])
             pipe.zadd(keys.timeline(tenant, stream), {f.key: f.wallclock for f in frames})
-            pipe.zadd(short, {f.key: f.pts for f in frames})
-            if victims:
-                pipe.zrem(short, *victims)
-                for victim in victims:
-                    pipe.hdel(keys.frame(tenant, victim), *TOKEN_FIELDS)
+            txn.queue(new_stats)
             pipe.sadd(keys.streams(tenant), stream)
-            pipe.hset(stats, mapping=merged_stats(old_stats, batch, frames))
             pipe.hincrby(stats, "frames", len(frames))
             pipe.hincrby(stats, "segments", 1)
+            pipe.hdel(stats, "ended_at")  # a stream that writes again is live again
+            pipe.set(keys.epoch(tenant), uuid.uuid4().hex, nx=True)
+            if source is not None and seg.offset > old_offset:
+                pipe.hset(keys.offsets(tenant), source, seg.offset)
+            pipe.zadd(keys.segments(tenant, stream), {str(seg.seq): new_stats["last_wallclock"]})
             pipe.sadd(marker, *(f.key for f in frames))
-            return WriteResult(tenant, stream, seg.seq, tuple(f.key for f in frames), tuple(ids),
-                               tuple(f.wallclock for f in frames), len(victims))
+            result = WriteResult(tenant, stream, seg.seq, tuple(f.key for f in frames), tuple(ids),
+                                 tuple(f.wallclock for f in frames), txn.evicted_short,
+                                 (stored.ids if stored else ()) + tuple(txn.removed), tuple(txn.added),
+                                 tuple(txn.text_added))
+            return result, txn
 
-        return self.r.transaction(transaction, marker, counter, stats, short, value_from_callable=True)
+        done = self.r.transaction(transaction, marker, counter, stats, short, value_from_callable=True)
+        if done is None:
+            return None
+        result, txn = done
+        self._committed(txn)
+        return result
 
-    def _short_tier_victims(self, pipe: redis.client.Pipeline, short: str, new: list[tuple[float, str]]) -> list[str]:
-        """Frame keys whose tokens must go so that the stream keeps tokens for its newest frames only.
+    def end_stream(self, tenant_id: str, stream_id: str, now: float) -> list[IndexEntry] | None:
+        """Mark a stream ended: its open event is closed; its history stays until retention. Returns the index
+        entries that creates (for the caller's index), None if the stream is unknown. A later segment of the
+        stream makes it live again."""
+        stats = keys.stream_stats(tenant_id, stream_id)
 
-        Ordered by (pts, frame key), as Redis orders the sorted set, so the outcome does not
-        depend on the order segments arrive in.
-        """
-        excess = pipe.zcard(short) + len(new) - self.config.recent_frames
-        if excess <= 0:
-            return []
-        # The `excess` oldest of (existing + new) can only include the `excess` oldest existing ones.
-        oldest = [(score, member.decode()) for member, score in pipe.zrange(short, 0, excess - 1, withscores=True)]
-        return [key for _, key in sorted(oldest + new)[:excess]]
+        def transaction(pipe: redis.client.Pipeline) -> StreamTxn | None:
+            if not pipe.exists(stats):
+                pipe.unwatch()
+                return None
+            txn = StreamTxn(pipe, self.config, tenant_id, stream_id, self._refs)
+            txn.close_open_event()
+            pipe.multi()
+            txn.queue({"ended_at": now})
+            return txn
+
+        txn = self.r.transaction(transaction, stats, keys.next_id(tenant_id), value_from_callable=True)
+        if txn is None:
+            return None
+        self._committed(txn)
+        return txn.added
+
+    def expire_stream(self, tenant_id: str, stream_id: str, horizon: float) -> ExpireResult:
+        """Apply retention to a stream that may no longer write (paused, ended): delete what ended before
+        ``horizon`` (epoch s). A stream left with nothing is forgotten (its stats and id in the stream set)."""
+        stats = keys.stream_stats(tenant_id, stream_id)
+
+        def transaction(pipe: redis.client.Pipeline) -> tuple[ExpireResult, StreamTxn]:
+            txn = StreamTxn(pipe, self.config, tenant_id, stream_id, self._refs)
+            deleted = txn.retain(horizon)
+            remaining = txn.first_remaining(())
+            pipe.multi()
+            if remaining or txn.has_open_event():
+                txn.queue(remaining)
+            else:
+                txn.queue_forget()
+                pipe.srem(keys.streams(tenant_id), stream_id)
+            return ExpireResult(deleted, tuple(txn.removed), not (remaining or txn.has_open_event())), txn
+
+        result, txn = self.r.transaction(transaction, stats, keys.next_id(tenant_id), value_from_callable=True)
+        self._committed(txn)
+        return result
+
+    def _committed(self, txn: StreamTxn) -> None:
+        """After EXEC: the cached event references and the log lines the transaction held back."""
+        for key, ref in txn.ref_updates.items():
+            if ref is None:
+                self._refs.pop(key, None)
+            else:
+                self._refs[key] = ref
+        for line in txn.log:
+            log.info(line)
+        for line in txn.warnings:
+            log.warning(line)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -185,13 +285,26 @@ class RedisTier:
             yield from self.index_entries(tenant_id, [member.decode() for member, _ in page], kind)
             after_id = int(page[-1][1])
 
+    def id_set(self, tenant_id: str, kind: IndexKind = "visual") -> dict[int, str]:
+        """Every id of the ``kind`` index with its entry key, read a page at a time (for rebuilds)."""
+        id_set, out, start = _id_set(tenant_id, kind), {}, 0
+        while page := self.r.zrange(id_set, start, start + self.page_size * 10 - 1, withscores=True):
+            out.update((int(score), member.decode()) for member, score in page)
+            start += len(page)
+        return out
+
+    def epoch(self, tenant_id: str) -> str | None:
+        """The tenant's data epoch (set by its first write): a snapshot of another epoch indexed other data."""
+        found = self.r.get(keys.epoch(tenant_id))
+        return found.decode() if found is not None else None
+
+    def offsets(self, tenant_id: str) -> dict[str, int]:
+        """Per "topic:partition", the highest Kafka offset of a segment the tenant stored."""
+        return {k.decode(): int(v) for k, v in self.r.hgetall(keys.offsets(tenant_id)).items()}
+
     def frame_count(self, tenant_id: str, kind: IndexKind = "visual") -> int:
         """Frames that belong in the ``kind`` index: all frames for "visual", those with a text embedding for "text"."""
         return self.r.zcard(_id_set(tenant_id, kind))
-
-    def frame_count_upto(self, tenant_id: str, kind: IndexKind, max_id: int) -> int:
-        """Frames of the ``kind`` index with id <= max_id."""
-        return self.r.zcount(_id_set(tenant_id, kind), "-inf", max_id)
 
     def recent(self, tenant_id: str, stream_ids: Sequence[str] | None, n: int) -> list[FrameRecord]:
         """The n newest frames by wallclock over the given streams (None: all of the tenant's), oldest first."""
@@ -215,6 +328,14 @@ class RedisTier:
         members = self.r.zrangebyscore(keys.timeline(tenant_id, stream_id), "-inf" if t_from is None else t_from,
                                        "+inf" if t_to is None else t_to, start=0, num=limit)
         return [f for f in self.frames(tenant_id, [m.decode() for m in members], tokens=False) if f is not None]
+
+    def event_tokens(self, tenant_id: str, event_key: str) -> np.ndarray | None:
+        """An event's mid-tier tokens (records with fields dt (ms after the event's first frame), pos, tok), or None
+        when the event is not stored or has given up its tokens (`memory_store.events`)."""
+        token_dim, blob_bytes = self.r.hmget(keys.frame(tenant_id, event_key), ("token_dim", "blob_bytes"))
+        if token_dim is None or not int(blob_bytes):
+            return None
+        return read_blob(self.r.get(keys.event_tokens(tenant_id, event_key)) or b"", int(token_dim))
 
     def thumbnail(self, key: str) -> bytes | None:
         """JPEG bytes under a thumbnail key (as `FrameRecord.thumbnail` gives it); other keys are refused."""

@@ -1,26 +1,31 @@
 """The memory service: Redis holds what is durable, FAISS finds it.
 
-Every tenant has up to two vector indexes, both keyed by frame id: "visual" (the
-embedding of every frame) and "text" (the embedding of a frame's on-screen text,
-for the frames that have some).
+Every tenant has up to two vector indexes, keyed by entry id: "visual" (the
+embedding of every frame, event segment and merged entry) and "text" (the
+embedding of an entry's on-screen text, for those that have some). Each stream's
+memory is tiered, short / mid / long, within budgets (`memory_store.tiers`).
 
 The order of a write is what keeps Redis and the indexes consistent:
 
-1. Redis, one transaction per segment (`RedisTier.write_segment`), the frames'
-   text included. EXEC returning means durable (AOF ``appendfsync always``), so
+1. Redis, one transaction per segment (`RedisTier.write_segment`): the frames and
+   their text, their events, and whatever the tiers' budgets and retention evict,
+   merge or delete. EXEC returning means durable (AOF ``appendfsync always``), so
    the caller may commit the segment's Kafka offsets once `write` returns.
-2. FAISS, only after EXEC: a frame becomes searchable only once it is durable,
-   and no index ever holds a frame that Redis lacks. A crash between 1 and 2
-   loses nothing: the restarted actor rebuilds from Redis, and a replay of the
-   segment (same process, earlier add failed) re-adds its frames.
-3. A snapshot of an index every ``snapshot_every_frames`` frames added to it. It
+2. FAISS, only after EXEC: removals first, then adds. An entry becomes searchable
+   only once it is durable, and stops being found once Redis has deleted it. A
+   crash between 1 and 2 loses nothing: the restarted actor rebuilds from Redis,
+   and a replay of the segment (same process, an earlier attempt failed after
+   EXEC) reconciles the tenant's indexes with Redis.
+3. A snapshot of an index every ``snapshot_every_frames`` changes to it, with a
+   manifest of the Redis epoch and the Kafka offsets of the segments applied. It
    only shortens the next rebuild; a failed or corrupt one costs a longer
    rebuild, no data.
 
 On start (`rebuild`), for every tenant Redis knows and each of its indexes: load
-the snapshot if Redis confirms it, then add every frame Redis holds past the id
-the snapshot covers (`memory_store.rebuild`). A restarted memory actor thus
-serves exactly what Redis holds.
+the snapshot if it is of this Redis's data, remove what Redis has deleted since,
+add what Redis holds beyond it (`memory_store.rebuild`). A restarted memory actor
+thus serves exactly what Redis holds, and a replay from the committed offsets
+(segments between the committed offset and the snapshot's) changes nothing.
 
 Threads: the Ray actor serves several calls at once. Each `VectorIndex` has its
 own lock; this class only guards its own dicts.
@@ -39,9 +44,10 @@ import numpy as np
 import redis
 
 from memory_store.hits import Hit, TextHit, merge_episodes
-from memory_store.rebuild import add_entries, rebuild_index
+from memory_store.rebuild import add_entries, new_index, rebuild_index, reconcile
 from memory_store.records import FrameRecord, IndexKind, StreamInfo, WriteResult
 from memory_store.redis_tier import RedisTier
+from memory_store.report import TIERS, stream_tiers
 from memory_store.text import check_texts
 from memory_store.vector_index import VectorIndex
 from operators.frames import CompressedBatch, SegmentInfo, StageError
@@ -80,16 +86,22 @@ class MemoryStore:
         self._owns = owns_tenant or (lambda tenant_id: True)
         self._indexes: dict[tuple[str, IndexKind], VectorIndex] = {}
         self._unsnapshotted: dict[tuple[str, IndexKind], int] = {}
+        # Per tenant, the Kafka offsets ("topic:partition" -> highest) of the segments applied to its indexes:
+        # what a snapshot's manifest says it covers.
+        self._offsets: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
         self.rebuild()
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, batch: CompressedBatch, texts: Sequence[FrameText] | None = None) -> WriteResult | None:
+    def write(self, batch: CompressedBatch, texts: Sequence[FrameText] | None = None, *,
+              replace: bool = False) -> WriteResult | None:
         """Store a segment, and with it the on-screen text of its frames; None when it was already stored (a replay).
 
         texts: one FrameText per frame of the batch, in pts order (StageError ``text_mismatch``
             otherwise), or None when the segment was not read for text.
+        replace: a rebuild (`livelens replay`): a stored version of the segment is replaced, in Redis
+            atomically (`memory_store.replace`), then its old ids leave the indexes. Never None then.
         """
         seg = batch.segment
         if not self._owns(seg.tenant_id):
@@ -103,40 +115,64 @@ class MemoryStore:
         # Checked before Redis: a vector FAISS cannot take must never become durable.
         index = self._index_for(seg.tenant_id, "visual", batch.embedding.shape[1])
         text_index = self._index_for(seg.tenant_id, "text", text_vectors.shape[1]) if with_text else None
-        result = self.tier.write_segment(batch, texts)
+        result = self.tier.write_segment(batch, texts, replace=replace)
         if result is None:
             self._repair(seg)
             return None
+        # Removals first: a merge may remove an entry and add its centroid in one write. A crash before the
+        # indexes catch up costs nothing: Redis is done, and the restart reconciles the indexes with it.
+        for kind in KINDS:
+            with self._lock:
+                live = self._indexes.get((seg.tenant_id, kind))
+            if live is not None and result.removed_ids:
+                self._count_for_snapshot(seg.tenant_id, kind, live.remove(result.removed_ids))
         added = index.add(result.ids, batch.embedding, [seg.stream_id] * len(result.ids), result.wallclocks)
+        if result.entries:
+            added += add_entries(index, result.entries)
         self._count_for_snapshot(seg.tenant_id, "visual", added)
         if text_index is not None:
             added = text_index.add([result.ids[i] for i in with_text], text_vectors, [seg.stream_id] * len(with_text),
                                    [result.wallclocks[i] for i in with_text])
             self._count_for_snapshot(seg.tenant_id, "text", added)
+        if result.text_entries:
+            text_index = self._index_for(seg.tenant_id, "text", len(result.text_entries[0].embedding))
+            self._count_for_snapshot(seg.tenant_id, "text", add_entries(text_index, result.text_entries))
+        if seg.partition >= 0:
+            with self._lock:
+                applied = self._offsets.setdefault(seg.tenant_id, {})
+                source = f"{seg.topic}:{seg.partition}"
+                applied[source] = max(applied.get(source, -1), seg.offset)
         return result
 
     def _repair(self, seg: SegmentInfo) -> None:
-        """Index what Redis holds of a segment that was durable already.
+        """Reconcile the tenant's indexes with Redis when a segment it already holds is written again.
 
-        An earlier attempt may have failed between EXEC and the adds; add skips ids it has, so
-        re-adding the segment's frames, as Redis holds them, repairs exactly that case.
+        An earlier attempt may have failed between EXEC and the index updates; the indexes then lack
+        entries Redis has, or hold entries a merge removed. Replays are rare (after a failure or a
+        restart), so a walk over the tenant's id set is affordable here.
         """
-        frame_keys = self.tier.segment_frame_keys(seg.tenant_id, seg.stream_id, seg.seq)
         for kind in KINDS:
-            entries = self.tier.index_entries(seg.tenant_id, frame_keys, kind)
-            if not entries:
-                continue
-            repaired = add_entries(self._index_for(seg.tenant_id, kind, len(entries[0].embedding)), entries)
-            if repaired:
-                log.warning("replay of %s/%s/%d indexed %d frames that were durable but not searchable (%s)",
-                            seg.tenant_id, seg.stream_id, seg.seq, repaired, kind)
-                self._count_for_snapshot(seg.tenant_id, kind, repaired)
+            with self._lock:
+                index = self._indexes.get((seg.tenant_id, kind))
+            if index is None:
+                rebuilt = rebuild_index(self.tier, seg.tenant_id, kind, None)
+                if rebuilt.index is None:
+                    continue
+                with self._lock:
+                    index = self._indexes.setdefault((seg.tenant_id, kind), rebuilt.index)
+                added, removed = rebuilt.from_redis, 0
+            else:
+                added, removed = reconcile(self.tier, seg.tenant_id, kind, index)
+            if added or removed:
+                log.warning("replay of %s/%s/%d: the %s index lacked %d entries Redis holds and held %d it no longer "
+                            "does; reconciled", seg.tenant_id, seg.stream_id, seg.seq, kind, added, removed)
+                self._count_for_snapshot(seg.tenant_id, kind, added + removed)
 
     def _index_for(self, tenant_id: str, kind: IndexKind, dim: int) -> VectorIndex:
         with self._lock:
             index = self._indexes.get((tenant_id, kind))
             if index is None:
-                index = self._indexes[(tenant_id, kind)] = VectorIndex(dim)
+                index = self._indexes[(tenant_id, kind)] = new_index(dim, self.config)
         if index.dim != dim:
             raise StageError(_DIM_MISMATCH[kind], f"tenant {tenant_id} indexes {index.dim}-dim {kind} embeddings; "
                              f"this segment has {dim}", stage="memory")
@@ -156,9 +192,10 @@ class MemoryStore:
     def _snapshot(self, tenant_id: str, kind: IndexKind) -> None:
         with self._lock:
             index = self._indexes[(tenant_id, kind)]
+            offsets = dict(self._offsets.get(tenant_id, {}))
         started = time.monotonic()
         try:
-            index.snapshot(self._snapshot_dir(tenant_id, kind))
+            index.snapshot(self._snapshot_dir(tenant_id, kind), epoch=self.tier.epoch(tenant_id), offsets=offsets)
         except OSError:
             # The write itself is durable and indexed; without the snapshot the next start reads more from Redis.
             log.exception("%s FAISS snapshot of tenant %s failed", kind, tenant_id)
@@ -233,6 +270,9 @@ class MemoryStore:
 
     def timeline(self, tenant_id: str, stream_id: str, t_from: float | None = None, t_to: float | None = None,
                  limit: int = 1000) -> list[FrameRecord]:
+        """The stream's frames, and the merged entries that replaced older ones, oldest first. ``boundary`` marks
+        a frame that began an event (or a merged entry covering one); ``kind`` and ``covers`` say what a record
+        stands for."""
         return self.tier.timeline(tenant_id, stream_id, t_from, t_to, limit)
 
     def streams(self, tenant_id: str) -> list[StreamInfo]:
@@ -244,16 +284,24 @@ class MemoryStore:
     def thumbnail(self, key: str) -> bytes | None:
         return self.tier.thumbnail(key)
 
-    def stats(self) -> dict[str, Any]:
-        """Frames Redis holds against vectors the indexes hold (this shard's tenants): equal when all is well.
+    def event_tokens(self, tenant_id: str, event_key: str) -> np.ndarray | None:
+        """The tokens an event segment keeps while in the mid tier (a hit of kind "event" names its key); a frame's
+        own tokens, while in the short tier, come with `frames`."""
+        return self.tier.event_tokens(tenant_id, event_key)
 
-        frames / indexed / index_sizes: the visual indexes; text_frames / text_indexed /
-        text_index_sizes: frames with a text embedding and the text indexes.
+    def stats(self) -> dict[str, Any]:
+        """Entries Redis holds against vectors the indexes hold (this shard's tenants): equal when all is well.
+
+        frames / indexed / index_sizes: the visual indexes (frames, event segments and merged entries);
+        text_frames / text_indexed / text_index_sizes: entries with a text embedding and the text indexes;
+        index_types: "tenant/kind" -> flat or ivf; short_* / mid_* / long_* (entries, tokens, bytes): the
+        tiers summed over the shard's streams (per stream: `memory_report`).
         """
         tenants = self._tenants()
         with self._lock:
             sizes = {kind: {tenant: len(index) for (tenant, of), index in self._indexes.items() if of == kind}
                      for kind in KINDS}
+            types = {f"{tenant}/{kind}": index.kind for (tenant, kind), index in self._indexes.items()}
         return {
             "tenants": len(tenants),
             "frames": sum(self.tier.frame_count(t, "visual") for t in tenants),
@@ -262,7 +310,80 @@ class MemoryStore:
             "text_frames": sum(self.tier.frame_count(t, "text") for t in tenants),
             "text_indexed": sum(sizes["text"].values()),
             "text_index_sizes": sizes["text"],
+            "index_types": types,
+            **self._tier_totals(tenants),
         }
+
+    def _tier_totals(self, tenants: Sequence[str]) -> dict[str, int]:
+        """Per tier, summed over the shard's streams: ``<tier>_entries``, ``<tier>_tokens``, ``<tier>_bytes``."""
+        totals = {f"{tier}_{what}": 0 for tier in TIERS for what in ("entries", "tokens", "bytes")}
+        for tenant in tenants:
+            for stream in self.tier.streams(tenant):
+                report = stream_tiers(self.tier.r, self.config, tenant, stream.stream_id, by_kind=False)
+                for usage in report.tiers if report is not None else ():
+                    totals[f"{usage.tier}_entries"] += usage.entries
+                    totals[f"{usage.tier}_tokens"] += usage.tokens
+                    totals[f"{usage.tier}_bytes"] += usage.bytes
+        return totals
+
+    def memory_report(self, tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+        """A stream's tiers (`memory_store.report.StreamTiers`) and its tenant's indexes: type and size."""
+        report = stream_tiers(self.tier.r, self.config, tenant_id, stream_id)
+        if report is None:
+            return None
+        with self._lock:
+            indexes = {kind: (index.kind, len(index)) for (tenant, kind), index in self._indexes.items()
+                       if tenant == tenant_id}
+        return {"tiers": report, "indexes": indexes}
+
+    # -- stream end and retention --------------------------------------------------------------
+
+    def delete_stream(self, tenant_id: str, stream_id: str) -> bool:
+        """End a stream (deleted at its source, or stopped for good): its open event is closed and indexed, and
+        all its history stays searchable until retention removes it (`expire`). False for an unknown stream.
+
+        A paused stream needs no call: it simply writes nothing, and keeps everything until retention. A
+        stream that writes again after either is live again.
+        """
+        closed = self.tier.end_stream(tenant_id, stream_id, time.time())
+        if closed is None:
+            return False
+        if closed:
+            index = self._index_for(tenant_id, "visual", len(closed[0].embedding))
+            self._count_for_snapshot(tenant_id, "visual", add_entries(index, closed))
+        return True
+
+    def purge_stream(self, tenant_id: str, stream_id: str) -> int:
+        """Delete everything memory holds of a stream, at once: a rebuild from its first segment (`livelens
+        replay`) then stores exactly what a fresh ingest would, events included. Returns entries deleted."""
+        result = self.tier.expire_stream(tenant_id, stream_id, float("inf"))
+        self._drop_ids(tenant_id, result.removed_ids)
+        log.info("purged %s/%s: %d entries", tenant_id, stream_id, result.deleted)
+        return result.deleted
+
+    def _drop_ids(self, tenant_id: str, removed_ids: Sequence[int]) -> None:
+        """Take ids Redis no longer holds out of the tenant's indexes."""
+        if not removed_ids:
+            return
+        for kind in KINDS:
+            with self._lock:
+                index = self._indexes.get((tenant_id, kind))
+            if index is not None:
+                self._count_for_snapshot(tenant_id, kind, index.remove(removed_ids))
+
+    def expire(self, now: float | None = None) -> int:
+        """Apply retention against the clock to every stream of this shard (writing streams apply it on each
+        write, against their newest frame; this reaches paused and ended ones). Returns entries deleted."""
+        horizon = (time.time() if now is None else now) - self.config.retention_s
+        deleted = 0
+        for tenant in self._tenants():
+            for stream in self.tier.streams(tenant):
+                if stream.first_wallclock >= horizon:
+                    continue
+                result = self.tier.expire_stream(tenant, stream.stream_id, horizon)
+                deleted += result.deleted
+                self._drop_ids(tenant, result.removed_ids)
+        return deleted
 
     # -- restart -------------------------------------------------------------------------------
 
@@ -282,13 +403,15 @@ class MemoryStore:
                 rebuilt = rebuild_index(self.tier, tenant, kind, snapshot_dir)
                 if rebuilt.index is not None:
                     indexes[(tenant, kind)] = rebuilt.index
-                    caught_up[(tenant, kind)] = rebuilt.from_redis
-                log.info("tenant %s%s: %d frames from snapshot, %d from Redis (after id %d) in %.2f s", tenant,
-                         "" if kind == "visual" else f" {kind}", rebuilt.from_snapshot, rebuilt.from_redis,
-                         rebuilt.after_id, time.monotonic() - index_started)
+                    caught_up[(tenant, kind)] = rebuilt.from_redis + rebuilt.removed
+                log.info("tenant %s%s: %d entries from snapshot (%d of its removed since), %d from Redis in %.2f s",
+                         tenant, "" if kind == "visual" else f" {kind}", rebuilt.from_snapshot, rebuilt.removed,
+                         rebuilt.from_redis, time.monotonic() - index_started)
         with self._lock:
             self._indexes = indexes
             self._unsnapshotted = {}
+            # The indexes now hold exactly what Redis holds, so they cover every segment Redis recorded.
+            self._offsets = {tenant: self.tier.offsets(tenant) for tenant in self._tenants()}
         log.info("rebuilt %d indexes, %d vectors, in %.2f s", len(indexes), sum(len(i) for i in indexes.values()),
                  time.monotonic() - started)
         # A long catch-up counts toward the next snapshot like any write, so the next start need not repeat it.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,10 @@ class BoundaryDetector:
             boundaries[i] = self._step(stream, float(batch.pts_s[i]), float(signal[i]))
         stream.last_pts = float(batch.pts_s[-1])
         return boundaries
+
+    def mark(self, batch: CompressedBatch) -> CompressedBatch:
+        """``batch`` with its ``boundaries`` detected: what the compressor hands to memory."""
+        return replace(batch, boundaries=self.detect(batch))
 
     def _signal(self, stream: _Stream, batch: CompressedBatch) -> np.ndarray:
         """Per-frame change signal; NaN where it is not defined yet."""

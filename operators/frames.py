@@ -54,6 +54,11 @@ class SegmentInfo:
     duration_s: float
     codec: str = "h264"
     container: str = "mpegts"
+    # Where the segment was read from (its last record), for the memory snapshot's manifest of covered
+    # offsets; "" / -1 when it came from elsewhere (backfill, tests).
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
 
     def frame_key(self, pts_s: float) -> str:
         """Stable id of one frame: replaying a segment yields the same keys, so writes are idempotent."""
@@ -130,6 +135,8 @@ class CompressedBatch:
     tokens: the kept tokens of all frames concatenated in (frame, position) order,
         shape [K, D] with K == kept.sum().
     drop_ratio: fraction of tokens dropped per frame, shape [N]; a free change signal.
+    boundaries: bool [N]; True where a frame begins a new event (operators.boundaries). None: not
+        detected (memory then starts events only at a stream's first frame and at ``max_event_s``).
     """
 
     segment: SegmentInfo
@@ -140,10 +147,13 @@ class CompressedBatch:
     drop_ratio: np.ndarray
     grid: tuple[int, int]
     thumbnails: list[bytes] = field(default_factory=list)
+    boundaries: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.pts_s = np.asarray(self.pts_s, dtype=np.float64)
         n = len(self.pts_s)
+        if self.boundaries is not None and (self.boundaries.dtype != np.bool_ or self.boundaries.shape != (n,)):
+            raise ValueError(f"boundaries must be bool [N={n}], got {self.boundaries.dtype} {self.boundaries.shape}")
         if self.kept.dtype != np.bool_ or self.kept.ndim != 2 or self.kept.shape[0] != n:
             raise ValueError(f"kept must be bool [N={n},T], got {self.kept.dtype} {self.kept.shape}")
         if self.tokens.ndim != 2 or self.tokens.shape[0] != int(self.kept.sum()):

@@ -259,7 +259,7 @@ def test_new_store_on_the_same_redis_serves_the_same_text(open_store: StoreFacto
 
     with caplog.at_level(logging.INFO, logger="memory_store.service"):
         new = open_store(snapshots=False)
-    assert "tenant acme text: 0 frames from snapshot, 20 from Redis (after id 0)" in caplog.text
+    assert "tenant acme text: 0 entries from snapshot (0 of its removed since), 20 from Redis" in caplog.text
     assert new.stats() == old.stats()
     assert {k: new.stats()[k] for k in ("text_frames", "text_indexed", "text_index_sizes")} == dict(
         text_frames=26, text_indexed=26, text_index_sizes={"acme": 20, "other": 6})
@@ -277,9 +277,9 @@ def test_new_store_loads_the_text_snapshot_and_catches_up(open_store: StoreFacto
 
     with caplog.at_level(logging.INFO, logger="memory_store.service"):
         new = open_store(snapshot_every_frames=10)
-    # Frame ids: cam-1 1-16, cam-2 17-28, cam-3 29-32; the snapshot holds text ids up to 30.
-    assert "tenant acme text: 22 frames from snapshot, 2 from Redis (after id 30)" in caplog.text
-    assert "tenant other text: 0 frames from snapshot, 6 from Redis (after id 0)" in caplog.text
+    # Frame ids: cam-1 1-16, cam-2 17-28, cam-3 29-32; the snapshot holds the text ids up to 30.
+    assert "tenant acme text: 22 entries from snapshot (0 of its removed since), 2 from Redis" in caplog.text
+    assert "tenant other text: 0 entries from snapshot (0 of its removed since), 6 from Redis" in caplog.text
     assert new.stats() == old.stats()
     assert text_answers(new) == text_answers(old)
     assert [h.t_end for h in new.search_text("acme", embedding_of("LATE NEWS"), k=1)] == [4.0]
@@ -287,7 +287,7 @@ def test_new_store_loads_the_text_snapshot_and_catches_up(open_store: StoreFacto
 
 def test_text_snapshot_with_a_gap_is_caught_up_exactly(open_store: StoreFactory, client: redis.Redis,
                                                        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The text ids are not dense: a snapshot missing one (an add that failed) is covered only up to before it."""
+    """A snapshot missing an id Redis holds (an add that failed) gets exactly that one from Redis."""
     complete = open_store(snapshots=False)
     news_workload(complete)
     tier = RedisTier(client, MemoryConfig())
@@ -295,12 +295,12 @@ def test_text_snapshot_with_a_gap_is_caught_up_exactly(open_store: StoreFactory,
     partial = VectorIndex(DIM)
     partial.add([e.id for e in entries], np.stack([e.embedding for e in entries]), [e.stream_id for e in entries],
                 [e.wallclock for e in entries])
-    partial.snapshot(tmp_path / "faiss" / "tenant-acme" / "text")
+    partial.snapshot(tmp_path / "faiss" / "tenant-acme" / "text", epoch=tier.epoch("acme"))
 
     with caplog.at_level(logging.INFO, logger="memory_store.service"):
         new = open_store()
-    # Text ids of cam-1: 1-5 (frames 5-7 have none), 9-14, 16. Up to 10 the snapshot lacks none.
-    assert "tenant acme text: 19 frames from snapshot, 1 from Redis (after id 10)" in caplog.text
+    # The snapshot lacks text id 11 only: that one is read from Redis.
+    assert "tenant acme text: 19 entries from snapshot (0 of its removed since), 1 from Redis" in caplog.text
     assert new.stats() == complete.stats()
     assert text_answers(new) == text_answers(complete)
 

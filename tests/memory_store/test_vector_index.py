@@ -18,12 +18,13 @@ DIM = 32
 STREAMS = ["a", "b", "c"]
 
 
-def filled(n: int = 300, seed: int = 0) -> tuple[VectorIndex, np.ndarray, list[str], np.ndarray]:
+def filled(n: int = 300, seed: int = 0, ivf_min_vectors: int | None = None
+           ) -> tuple[VectorIndex, np.ndarray, list[str], np.ndarray]:
     rng = np.random.default_rng(seed)
     vectors = unit(rng.standard_normal((n, DIM)))
     streams = [STREAMS[i % 3] for i in range(n)]
     wallclocks = np.arange(n, dtype=np.float64)
-    index = VectorIndex(DIM)
+    index = VectorIndex(DIM, ivf_min_vectors=ivf_min_vectors)
     index.add(np.arange(1, n + 1), vectors, streams, wallclocks)
     return index, vectors, streams, wallclocks
 
@@ -102,29 +103,56 @@ def test_small_or_empty_scopes(scope: dict, count: int) -> None:
     assert all(i in (1, 4, 7) for i, _ in found)
 
 
-def test_covered_id_stops_at_the_first_gap() -> None:
-    index = VectorIndex(DIM)
-    assert index.covered_id() == 0
-    index.add([2, 3], np.ones((2, DIM)), ["a", "a"], [0.0, 0.0])
-    assert index.covered_id() == 0
-    index.add([1, 5], np.ones((2, DIM)), ["a", "a"], [0.0, 0.0])
-    assert index.covered_id() == 3
-
-
-def test_snapshot_round_trip(tmp_path: Path) -> None:
+def test_remove_takes_ids_out_of_search_and_filters() -> None:
     index, vectors, _, _ = filled()
+    assert index.remove([1, 4, 999]) == 2  # 999 was never there
+    assert 1 not in {i for i, _ in index.search(vectors[0], 300)}
+    assert len(index) == 298 and index.vector(1) is None
+    assert {i for i, _ in index.search(vectors[0], 10, stream_ids=["a"], t_from=0.0, t_to=8.0)} == {7}
+
+
+@pytest.mark.parametrize("limit", [None, 200])  # flat only; IVF from 200 vectors on
+def test_snapshot_round_trip(tmp_path: Path, limit: int | None) -> None:
+    index, vectors, _, _ = filled(ivf_min_vectors=limit)
+    assert index.kind == ("ivf" if limit else "flat")
     index.snapshot(tmp_path)
     index.add([1000], vectors[:1], ["d"], [0.0])  # after the snapshot: not in it
-    index.snapshot(tmp_path)  # replaces the data file
-    loaded = VectorIndex.load(tmp_path)
+    index.snapshot(tmp_path, epoch="e1", offsets={"segs:1": 41, "segs:0": 7})  # replaces the data file
+    loaded = VectorIndex.load(tmp_path, ivf_min_vectors=limit)
 
-    assert len(loaded) == 301 and loaded.covered_id() == 300
+    assert len(loaded) == 301 and loaded.kind == index.kind
+    assert loaded.manifest == {"epoch": "e1", "offsets": {"segs:0": 7, "segs:1": 41}}
     for scope in (dict(), dict(stream_ids=["b", "d"]), dict(t_from=50.0, t_to=60.0)):
         assert loaded.search(vectors[7], 5, **scope) == index.search(vectors[7], 5, **scope)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    assert {k: manifest[k] for k in ("count", "max_id", "covered_id", "dim")} == dict(count=301, max_id=1000,
-                                                                                     covered_id=300, dim=DIM)
+    assert {k: manifest[k] for k in ("count", "max_id", "dim", "type")} == dict(
+        count=301, max_id=1000, dim=DIM, type=index.kind)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST, manifest["file"]])
+
+
+def test_index_type_follows_size_deterministically() -> None:
+    """Flat below the threshold, IVF from it on, flat again under half of it; the same steps give the same index."""
+
+    def grown() -> VectorIndex:
+        index = VectorIndex(DIM, ivf_min_vectors=1000)
+        rng = np.random.default_rng(3)
+        for start in range(1, 1201, 100):
+            index.add(np.arange(start, start + 100), rng.standard_normal((100, DIM)), ["a"] * 100, [0.0] * 100)
+        return index
+
+    index, twin = grown(), grown()
+    assert index.kind == "ivf" and len(index) == 1200
+    query = np.random.default_rng(4).standard_normal(DIM)
+    assert index.search(query, 10) == twin.search(query, 10)
+    # Scoped searches probe every list: exact, as the flat index would answer.
+    exact = VectorIndex(DIM)
+    rng = np.random.default_rng(3)
+    for start in range(1, 1201, 100):
+        exact.add(np.arange(start, start + 100), rng.standard_normal((100, DIM)), ["a"] * 100, [0.0] * 100)
+    assert [i for i, _ in index.search(query, 10, stream_ids=["a"])] == [i for i, _ in exact.search(query, 10)]
+    index.remove(np.arange(1, 800))
+    assert index.kind == "flat" and len(index) == 401
+    assert [i for i, _ in index.search(query, 5)] == [i for i, _ in exact.search(query, 300) if i >= 800][:5]
 
 
 def test_load_without_snapshot_is_none(tmp_path: Path) -> None:
@@ -188,4 +216,4 @@ def test_concurrent_adds_and_searches() -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert len(index) == 2000 and index.covered_id() == 2000
+    assert len(index) == 2000 and list(index.ids()) == list(range(1, 2001))
