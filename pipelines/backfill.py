@@ -18,57 +18,99 @@ Resume: a manifest per (tenant, stream, file) in Redis, next to the memory it
 describes (a JSON file under data_dir could claim segments whose memory was lost
 with a wiped Redis, or miss ones a second machine backfilled). It holds the
 number of leading segments completed (segments complete strictly in order, so
-the completed seqs are exactly 0..next_seq-1) and the compressor's and OCR
-reader's state after the last of them, written in one HSET after each segment's
-memory write. A rerun skips the completed prefix without decoding it and
-restores that state, so it continues exactly as an uninterrupted run would: the
-first frame after the resume point is compared with its real predecessor
-instead of being kept whole. A crash between a memory write and its manifest
+the completed seqs are exactly 0..next_seq-1) and the state of the per-stream
+stages after the last of them (compressor, OCR reader and, with
+``cache.skip_frames``, the frame skipper), written in one HSET after each
+segment's memory write. The frame skipper's state is needed: a frame is skipped
+by comparing it with the stream's last encoded frame, which may lie in an
+earlier segment, and a skipped frame stores that frame's features; restarted
+empty, the first frame after the resume point would be encoded instead.
+Segments of a stream are planned in order even inside one encoder batch
+(`FrameSkipper.plan_all`), so batches starting at another segment after a
+resume plan exactly as the uninterrupted run did. A rerun skips the completed
+prefix without decoding it and restores that state, so it continues exactly as
+an uninterrupted run would: the first frame after the resume point is compared
+with its real predecessor instead of being kept whole. A crash between a memory write and its manifest
 update redoes that one segment; the write is then a no-op (idempotent per
 segment).
 
 Bad input is handled as live ingest handles it: a segment whose stage raises
 StageError is logged, counted in `BackfillSummary.dead_letters` by code and
-passed (there is no dead-letters topic to send it to).
+passed (there is no dead-letters topic to send it to; `livelens replay`, which
+reads a topic, sends them to one through ``on_dead_letter``).
+
+Sources: files, or http(s) URLs streamed through PyAV (the segmenter's network
+options and timeouts). A URL's manifest fingerprint is the URL plus the
+server's ETag, Last-Modified and Content-Length, whichever it sends.
+
+`Backfill.process` is the chain on its own, fed (info, decoded) pairs in stream
+order; `pipelines.replay` drives it from a Kafka topic with ``replace=True``.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import glob
 import hashlib
 import json
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
 import av
+import httpx
 import numpy as np
 import redis
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from memory_store import keys
 from memory_store.service import MemoryStore
-from operators.compress import TokenDropCompressor
-from operators.encode import VisionEncoder
+from operators.boundaries import BoundaryDetector
 from operators.caching import FrameSkipper, encode_skipping
-from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, SegmentInfo, StageError, tag_stage
+from operators.compress import TokenDropCompressor
+from operators.frames import (
+    CompressedBatch,
+    FeatureBatch,
+    FrameBatch,
+    SegmentInfo,
+    StageError,
+    tag_stage,
+)
 from operators.ocr import ScreenTextReader
 from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
-from pipelines.models import encoder_model
-from pipelines.publish import segment_header  # the publisher's own header: SegmentInfo exactly as live
-from pipelines.segmenter import MediaSegment, iter_segments
+from pipelines.models import vision_encoder
+from pipelines.publish import (
+    segment_header,  # the publisher's own header: SegmentInfo exactly as live
+)
+from pipelines.segmenter import (
+    NETWORK_TIMEOUT_S,
+    VIDEO_EXTENSIONS,
+    MediaSegment,
+    iter_segments,
+)
 from pipelines.source import segment_info
 
 log = logging.getLogger(__name__)
 
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2  # 2: boundary detector state
 
 
 class BackfillError(Exception):
@@ -77,13 +119,13 @@ class BackfillError(Exception):
 
 @dataclass(frozen=True)
 class BackfillJob:
-    """One file, stored as one stream.
+    """One file (a Path) or http(s) URL (a str), stored as one stream.
 
     wallclock_start: wall-clock time of the file's first frame (timezone-aware). None: the file's
         ``creation_time`` metadata, and BackfillError when it has none.
     """
 
-    source: Path
+    source: Path | str
     stream_id: str
     tenant_id: str = "default"
     wallclock_start: datetime | None = None
@@ -110,12 +152,12 @@ class BackfillSummary:
         return self.stream_seconds / self.wall_seconds if self.wall_seconds else 0.0
 
 
-def file_start_time(source: Path) -> datetime:
+def file_start_time(source: Path | str) -> datetime:
     """The file's ``creation_time`` metadata (container, else video track) as an aware datetime.
 
     MP4/MOV store it in UTC by definition, so a value without an offset is read as UTC.
     """
-    with av.open(str(source)) as container:
+    with _open(source) as container:
         video = container.streams.video
         value = container.metadata.get("creation_time") or (video[0].metadata.get("creation_time") if video else None)
     if not value:
@@ -129,9 +171,16 @@ def file_start_time(source: Path) -> datetime:
     return start if start.tzinfo is not None else start.replace(tzinfo=UTC)
 
 
-def _media_duration_s(source: Path) -> float | None:
+def _open(source: Path | str) -> av.container.InputContainer:
+    try:
+        return av.open(str(source), timeout=NETWORK_TIMEOUT_S)
+    except av.FFmpegError as exc:  # missing, unreadable, an HTTP error: before any work, with the source named
+        raise BackfillError(f"{source}: cannot open: {exc}") from exc
+
+
+def _media_duration_s(source: Path | str) -> float | None:
     """The file's duration for the progress bar; None when the container does not say."""
-    with av.open(str(source)) as container:
+    with _open(source) as container:
         return container.duration / av.time_base if container.duration else None
 
 
@@ -144,6 +193,8 @@ class _Resume:
     next_media_s: float
     compressor: dict[str, Any]
     ocr: dict[str, Any] | None
+    skipper: dict[str, Any] | None
+    boundaries: dict[str, Any]
 
 
 class Manifest:
@@ -155,7 +206,7 @@ class Manifest:
 
     def __init__(self, client: redis.Redis, job: BackfillJob, fingerprint: str):
         self.r = client
-        source = str(job.source.resolve())
+        source = job.source if _is_url(job.source) else str(Path(job.source).resolve())
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
         # Built like memory_store.keys (same prefix and tenant hash tag, ids checked the same way).
         self.key = (f"{keys.PREFIX}:{{{keys.check_id('tenant', job.tenant_id)}}}:backfill:"
@@ -171,17 +222,21 @@ class Manifest:
             raise BackfillError(f"backfill manifest {self.key} was written for another version of the file or "
                                 f"another configuration; delete it (redis-cli DEL '{self.key}') to start over. "
                                 "Segments already in memory are kept: their writes are skipped as replays")
-        ocr = found.get(b"ocr")
+        ocr, skipper = found.get(b"ocr"), found.get(b"skipper")
         return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), _unpack(found[b"compressor"]),
-                       _unpack(ocr) if ocr else None)
+                       _unpack(ocr) if ocr else None, _unpack(skipper) if skipper else None,
+                       _unpack(found[b"boundaries"]))
 
-    def complete(self, info: SegmentInfo, compressor: dict[str, Any], ocr: dict[str, Any] | None) -> None:
+    def complete(self, info: SegmentInfo, compressor: dict[str, Any], ocr: dict[str, Any] | None,
+                 skipper: dict[str, Any] | None, boundaries: dict[str, Any]) -> None:
         """Record segment ``info.seq`` (and so every earlier one) as done, with the state after it. One HSET: atomic."""
         mapping = {"version": _MANIFEST_VERSION, "fingerprint": self.fingerprint, "next_seq": info.seq + 1,
                    "next_media_s": info.media_start_s + info.duration_s, "compressor": _pack(compressor),
-                   "updated_at": time.time()}
+                   "boundaries": _pack(boundaries), "updated_at": time.time()}
         if ocr is not None:
             mapping["ocr"] = _pack(ocr)
+        if skipper is not None:
+            mapping["skipper"] = _pack(skipper)
         self.r.hset(self.key, mapping=mapping)
 
 
@@ -245,25 +300,35 @@ class Backfill:
     workers: decoder processes. Decode is the expensive stage on a CPU; one worker already
         overlaps decode with encoding, more decode several segments at once.
     progress: show rich progress bars (per file and overall) on stderr.
+    replace: write with ``MemoryStore.write(replace=True)``: a segment memory holds is replaced by
+        this run's version instead of kept (a rebuild after a model or threshold change); a stream's
+        first segment (seq 0) first purges everything memory holds of the stream (`MemoryStore.purge_stream`).
+    on_dead_letter: also called with each segment that failed on bad input (after it is counted).
     """
 
-    def __init__(self, config: LivelensConfig, store: MemoryStore, *, workers: int, progress: bool = True):
+    def __init__(self, config: LivelensConfig, store: MemoryStore, *, workers: int, progress: bool = True,
+                 replace: bool = False, on_dead_letter: Callable[[SegmentInfo, StageError], None] | None = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.config = config
         self.store = store
         self.workers = workers
         self.show_progress = progress
-        self._encoder = VisionEncoder(config.encode, encoder_model(config))
+        self.replace = replace
+        self.on_dead_letter = on_dead_letter
+        self._encoder = vision_encoder(config)
         # Built exactly as the live actors build them, so backfill stores what live ingest would.
         self._compressor = TokenDropCompressor(config.compress, config.drop, config.prune)
+        self._boundaries = BoundaryDetector(config.boundaries)  # as the live compressor actor marks them
         self._pixel_mode = config.drop.mode == "pixel"
         self._skipper = FrameSkipper(config.cache.skip) if config.cache.skip_frames else None
         self._reader = ScreenTextReader(config.ocr) if config.ocr.enabled else None
         # What shapes stored memory (not batch sizes or waits): a change makes old manifests invalid.
         shaping = {"decode": config.decode.model_dump(), "encode_model": self._encoder.model_name,
                    "encode_dtype": config.encode.dtype, "compress": config.compress.model_dump(),
-                   "ocr": config.ocr.model_dump()}
+                   "ocr": config.ocr.model_dump(), "cache": config.cache.model_dump(),
+                   "drop": config.drop.model_dump(), "prune": config.prune.model_dump() if config.prune else None,
+                   "boundaries": config.boundaries.model_dump()}
         self._config_digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
     def run(self, jobs: Sequence[BackfillJob]) -> BackfillSummary:
@@ -272,7 +337,7 @@ class Backfill:
         if len(set(streams)) != len(streams):
             raise ValueError("two jobs name the same stream: a stream's segment numbers start at 0 in each file")
         for job in jobs:
-            if not job.source.is_file():
+            if not _is_url(job.source) and not Path(job.source).is_file():
                 raise BackfillError(f"{job.source}: not a file")
         starts = [job.wallclock_start or file_start_time(job.source) for job in jobs]  # fail before any work
         for job, start in zip(jobs, starts):
@@ -293,8 +358,7 @@ class Backfill:
 
     def _run_file(self, job: BackfillJob, start: datetime, duration: float | None, decoder: ParallelDecoder,
                   progress: Progress, overall: TaskID, summary: BackfillSummary) -> None:
-        stat = job.source.stat()
-        fingerprint = f"{job.source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self._config_digest}"
+        fingerprint = f"{_source_fingerprint(job.source)}|{self._config_digest}"
         manifest = Manifest(self.store.tier.r, job, fingerprint)
         resume = manifest.load()
         key = (job.tenant_id, job.stream_id)
@@ -304,12 +368,17 @@ class Backfill:
             next_seq, done_s = resume.next_seq, resume.next_media_s
             # Holds only this stream: every file's state is forgotten when the file is done.
             self._compressor.restore(resume.compressor)
+            self._boundaries.restore(resume.boundaries)
             if self._reader is not None:
                 if resume.ocr is None:
                     raise BackfillError(f"{manifest.key} has no OCR state but OCR is enabled")
                 self._reader.restore(resume.ocr)
+            if self._skipper is not None:
+                if resume.skipper is None:
+                    raise BackfillError(f"{manifest.key} has no frame-skip state but cache.skip_frames is on")
+                self._skipper.restore(resume.skipper)
             log.info("%s: resuming at segment %d (%.1f s)", job.source, next_seq, done_s)
-        task = progress.add_task(job.source.name, total=duration, completed=done_s)
+        task = progress.add_task(_source_name(job.source), total=duration, completed=done_s)
         overall_total = next(t.total for t in progress.tasks if t.id == overall)
         if overall_total is not None:  # the overall bar counts this run's work: its rate must not include skips
             progress.update(overall, total=overall_total - done_s)
@@ -323,32 +392,39 @@ class Backfill:
 
         def done(info: SegmentInfo) -> None:
             manifest.complete(info, self._compressor.snapshot(),
-                              self._reader.snapshot() if self._reader is not None else None)
+                              self._reader.snapshot() if self._reader is not None else None,
+                              self._skipper.snapshot() if self._skipper is not None else None,
+                              self._boundaries.snapshot())
             summary.stream_seconds += info.duration_s
             progress.advance(task, info.duration_s)
             progress.advance(overall, info.duration_s)
 
         try:
-            group: list[tuple[SegmentInfo, FrameBatch | StageError]] = []
-            frames = 0
-            for info, result in decoder.decode(pending()):
-                size = len(result) if isinstance(result, FrameBatch) else 0
-                # Batches of at most batch_frames (a larger segment goes alone): the encoder's own chunk size.
-                if group and frames + size > self.config.encode.batch_frames:
-                    self._process(group, summary, done)
-                    group, frames = [], 0
-                group.append((info, result))
-                frames += size
-            if group:
-                self._process(group, summary, done)
+            self.process(decoder.decode(pending()), summary, done)
         finally:
             self._forget(key)
         progress.update(task, visible=False)
 
+    def process(self, decoded: Iterable[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
+                done: Callable[[SegmentInfo], None]) -> None:
+        """Encode, compress, read and store decoded segments, given in stream order (several streams may
+        interleave); ``done(info)`` follows each segment's write or dead letter, in the same order."""
+        group: list[tuple[SegmentInfo, FrameBatch | StageError]] = []
+        frames = 0
+        for info, result in decoded:
+            size = len(result) if isinstance(result, FrameBatch) else 0
+            # Batches of at most batch_frames (a larger segment goes alone): the encoder's own chunk size.
+            if group and frames + size > self.config.encode.batch_frames:
+                self._process(group, summary, done)
+                group, frames = [], 0
+            group.append((info, result))
+            frames += size
+        if group:
+            self._process(group, summary, done)
+
     def _forget(self, key: tuple[str, str]) -> None:
-        """Per-stream state starts empty for each file (a resumed one is restored from its manifest).
-        The frame skipper's state is not in the manifest: after a resume its first frame is encoded."""
-        for stage in (self._compressor, self._reader, self._skipper):
+        """Per-stream state starts empty for each file (a resumed one is restored from its manifest)."""
+        for stage in (self._compressor, self._boundaries, self._reader, self._skipper):
             if stage is not None:
                 stage.forget(*key)
 
@@ -376,8 +452,15 @@ class Backfill:
         try:
             images = frames.images if self._pixel_mode else None
             compressed = tag_stage("compress", self._compressor.compress, features, images)
+            compressed = tag_stage("compress", self._boundaries.mark, compressed)
             texts = tag_stage("ocr", self._reader.read, frames) if self._reader is not None else None
-            written = tag_stage("memory", self.store.write, compressed, texts)
+            if self.replace and frames.segment.seq == 0:
+                # A stream rebuilt from its first segment starts from nothing, so memory ends exactly as a
+                # fresh ingest leaves it, events included (replacing segment by segment would keep the events
+                # built from the old version). Here, in write order, so no earlier write can land after it.
+                self.store.purge_stream(frames.segment.tenant_id, frames.segment.stream_id)
+            write = functools.partial(self.store.write, replace=True) if self.replace else self.store.write
+            written = tag_stage("memory", write, compressed, texts)
         except StageError as exc:
             self._dead_letter(frames.segment, exc, summary)
             return
@@ -388,11 +471,70 @@ class Backfill:
         summary.tokens_kept += int(compressed.kept.sum())
         summary.bytes_written += _stored_bytes(compressed)
 
-    @staticmethod
-    def _dead_letter(info: SegmentInfo, exc: StageError, summary: BackfillSummary) -> None:
+    def _dead_letter(self, info: SegmentInfo, exc: StageError, summary: BackfillSummary) -> None:
         summary.dead_letters[exc.code] = summary.dead_letters.get(exc.code, 0) + 1
         log.warning("%s/%s segment %d: %s at %s: %s", info.tenant_id, info.stream_id, info.seq, exc.code,
                     exc.stage or "?", exc.reason)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(info, exc)
+
+
+def expand_sources(sources: Sequence[str]) -> list[Path | str]:
+    """The files of the given files, directories (their video files) and globs, each once, in name order;
+    then the http(s) URLs as given."""
+    urls = [s for s in sources if _is_url(s)]
+    paths = {Path(f) for s in sources if not _is_url(s) for f in (glob.glob(s) or [s])}
+    files = {f for p in paths for f in ([c for c in p.iterdir() if c.is_file() and c.suffix.lower() in VIDEO_EXTENSIONS]
+                                        if p.is_dir() else [p])}
+    return [*sorted(files), *urls]
+
+
+def stream_id_for(source: Path | str, pattern: str | None = None) -> str:
+    """A source's stream id from its file name (a URL's last path component).
+
+    pattern: a regex searched in the name; its group ``stream`` (else its first group, else the whole
+        match) is the id, e.g. ``^(cam-\\d+)_`` makes ``cam-07_2026-03-01.mp4`` stream ``cam-07``. None:
+        the name without its extension. Characters a stream id cannot hold become '-'.
+    """
+    name = _source_name(source)
+    if pattern is None:
+        found = PurePosixPath(name).stem
+    else:
+        match = re.search(pattern, name)
+        if match is None:
+            raise BackfillError(f"{source}: stream pattern {pattern!r} does not match {name!r}")
+        groups = match.groupdict()
+        found = groups["stream"] if "stream" in groups else match.group(1) if match.re.groups else match.group(0)
+        if not found:
+            raise BackfillError(f"{source}: stream pattern {pattern!r} matched {name!r} but captured nothing")
+    return re.sub(r"[^A-Za-z0-9_.:-]", "-", found)[:128]
+
+
+def _is_url(source: Path | str) -> bool:
+    return isinstance(source, str) and urlparse(source).scheme.lower() in {"http", "https"}
+
+
+def _source_name(source: Path | str) -> str:
+    """File name, or the last path component of a URL: for progress bars and stream ids."""
+    return PurePosixPath(urlparse(source).path).name or source if _is_url(source) else Path(source).name
+
+
+def _source_fingerprint(source: Path | str) -> str:
+    """What identifies the content a manifest describes: a file's path, size and mtime; a URL and the
+    validators its server sends (ETag, Last-Modified, Content-Length)."""
+    if not _is_url(source):
+        stat = Path(source).stat()
+        return f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        head = httpx.head(source, follow_redirects=True, timeout=NETWORK_TIMEOUT_S[0])
+        head.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise BackfillError(f"{source}: cannot reach it: {exc}") from exc
+    validators = [head.headers.get(h, "") for h in ("etag", "last-modified", "content-length")]
+    if not any(validators):
+        log.warning("%s: the server sends no ETag, Last-Modified or Content-Length: a resume cannot tell "
+                    "whether the content changed since the manifest was written", source)
+    return "|".join([source, *validators])
 
 
 def _info(media: MediaSegment, job: BackfillJob, start: datetime) -> SegmentInfo:

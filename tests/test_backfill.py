@@ -21,6 +21,7 @@ import redis
 
 from memory_store import keys
 from memory_store.service import MemoryStore
+from operators.boundaries import BoundaryDetector
 from operators.compress import TokenDropCompressor
 from operators.decode import SegmentDecoder
 from operators.encode import VisionEncoder
@@ -58,10 +59,11 @@ def store_for(redis_server, db: int, config: LivelensConfig) -> MemoryStore:
     return MemoryStore(redis.Redis.from_url(url), config.memory)
 
 
-def memory(store: MemoryStore) -> dict[str, tuple[int, np.ndarray, np.ndarray, float, str]]:
-    """frame key -> (id, embedding, kept positions, wallclock, on-screen text): what memory holds of each frame."""
+def memory(store: MemoryStore) -> dict[str, tuple[int, np.ndarray, np.ndarray, float, str, bool]]:
+    """frame key -> (id, embedding, kept positions, wallclock, on-screen text, begins an event): what memory
+    holds of each frame."""
     frame_keys = [k.decode() for k in store.tier.r.zrange(keys.ids(TENANT), 0, -1)]
-    return {r.frame_key: (r.id, r.embedding, r.positions, r.wallclock_start, r.text)
+    return {r.frame_key: (r.id, r.embedding, r.positions, r.wallclock_start, r.text, r.boundary)
             for r in store.tier.frames(TENANT, frame_keys)}
 
 
@@ -78,11 +80,12 @@ def live_reference(video: Path, config: LivelensConfig, store: MemoryStore) -> N
     decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
     encoder = VisionEncoder(config.encode, str(config.encode.model))
     compressor = TokenDropCompressor(config.compress)
+    boundaries = BoundaryDetector(config.boundaries)  # beside the compressor, as in the live CompressActor
     for media in iter_segments(str(video)):
         header = segment_header(media, stream_id="cam", tenant_id=TENANT, start=START)
         received, _ = messages.decode(messages.encode(header, media.payload), expect=messages.VideoSegment)
         frames = decoder.decode(segment_info(received), media.payload)
-        store.write(compressor.compress(encoder.encode([frames])[0]))
+        store.write(boundaries.mark(compressor.compress(encoder.encode([frames])[0])))
 
 
 def test_backfill_stores_what_live_ingest_stores(tmp_path, redis_server, tiny_models, video):
@@ -95,6 +98,7 @@ def test_backfill_stores_what_live_ingest_stores(tmp_path, redis_server, tiny_mo
     assert summary.segments == 10 and summary.frames == 20 and not summary.dead_letters
     assert summary.stream_seconds == pytest.approx(20.0) and summary.speedup > 1
     assert_same_memory(memory(backfilled), memory(live))
+    assert any(m[5] for m in memory(live).values()), "the sample's scene cuts begin events"
 
 
 def test_rerun_changes_nothing(tmp_path, redis_server, tiny_models, video):
