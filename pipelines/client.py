@@ -92,6 +92,28 @@ class Client:
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
 
+    def alerts(self, *, tenant_id: str = "default", room_id: str | None = None, limit: int = 50) -> list[messages.Alert]:
+        """Recent alerts, newest first (GET /v1/alerts)."""
+        params = {"tenant_id": tenant_id, "limit": limit} | ({"room_id": room_id} if room_id else {})
+        return [messages.Alert.model_validate(a) for a in self._get("/v1/alerts", params)]
+
+    def ack_alert(self, alert_id: str, *, by: str, note: str = "", tenant_id: str = "default") -> messages.Alert:
+        response = httpx.post(f"{self.http_url}/v1/alerts/{alert_id}/ack", params={"tenant_id": tenant_id},
+                              json={"by": by, "note": note}, timeout=self.timeout_s)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
+        return messages.Alert.model_validate(response.json())
+
+    def audit(self, room_id: str, *, tenant_id: str = "default", limit: int = 100) -> list[dict]:
+        """A room's moderation audit trail, newest first."""
+        return self._get(f"/v1/rooms/{room_id}/audit", {"tenant_id": tenant_id, "limit": limit})
+
+    def _get(self, path: str, params: dict):
+        response = httpx.get(f"{self.http_url}{path}", params=params, timeout=self.timeout_s)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
+        return response.json()
+
     def follow_alerts(self, *, query_id: str | None = None, from_beginning: bool = False,
                       timeout_s: float | None = None) -> Iterator[messages.Alert]:
         """Alerts as they arrive on the alerts topic (those of one standing query, when given)."""

@@ -163,13 +163,38 @@ class Answer(Message):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+class AlertDriver(BaseModel):
+    """A moderation detector that drove an alert: its pooled score, what it saw, on how many frames."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    detector: str
+    score: float
+    labels: list[str] = Field(default_factory=list)
+    hit_frames: int = 0
+
+
+class AlertAck(BaseModel):
+    """A reviewer's acknowledgement. Never on the alerts topic: the alert log adds it when it serves an alert."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    by: str = Field(min_length=1, max_length=256)
+    note: str = Field("", max_length=4096)
+    at: datetime = Field(default_factory=utcnow)
+
+
 class Alert(Message):
-    """A risk or standing-query notification (topic: alerts, key: stream_id)."""
+    """A risk or standing-query notification (topic: alerts, key: stream_id).
+
+    Moderation sends one alert per episode of a room (``alert_id`` stays the same from the opening alert to
+    the resolution); each update (escalation, de-escalation, resolution) is a new record with the same
+    ``alert_id`` and the next ``update``, so readers keep the highest ``update`` per ``alert_id``.
+    v2 added every field after ``evidence``, all with defaults (UPGRADES[("alert", 1)]).
+    """
 
     SCHEMA: ClassVar[str] = "alert"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     schema_: Literal["alert"] = Field("alert", alias="schema")
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     stream_id: Id
     alert_id: Id = Field(default_factory=new_id)
     kind: Literal["moderation", "standing_query"] = "moderation"
@@ -179,6 +204,22 @@ class Alert(Message):
     score: float
     reason: str
     evidence: list[Evidence] = Field(default_factory=list)
+    event: Literal["alert", "escalate", "deescalate", "resolve", "match"] = Field(
+        "alert", description="alert opens an episode; escalate / deescalate update it; resolve closes it "
+        "(state GREEN); match: a standing query fired.")
+    episode: int = Field(0, ge=0, description="Moderation: the room's episode number, from 1.")
+    update: int = Field(0, ge=0, description="Moderation: 0 for the opening alert, then one more per update.")
+    drivers: list[AlertDriver] = Field(default_factory=list, description="Moderation: the detectors behind it.")
+    policy_version: str = Field("", description="Moderation: the version of the tenant policy that decided it.")
+    actions: list[str] = Field(default_factory=list, description="What the policy says to do in this state.")
+    pts_s: float | None = Field(None, description="Stream seconds of the frame on which it was decided.")
+    stream_latency_s: float | None = Field(
+        None, description="Stream seconds from the first evidence frame to the decision.")
+    latency_s: float | None = Field(
+        None, description="Wall-clock seconds from the first evidence frame's capture to the decision.")
+    degraded: list[str] = Field(default_factory=list, description="Detectors that could not score some frames "
+                                "in the window: decided without them.")
+    ack: AlertAck | None = Field(None, description="Set by the alert log (HTTP, CLI), never on the topic.")
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -207,7 +248,10 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (VideoSegment, Query, Answer, Alert, 
 
 # (schema, old version) -> function turning an old header dict into the next version's dict.
 # Register one whenever a model's VERSION goes up; `decode` applies them in a chain.
-UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    # Alert v2 only added fields with defaults: a v1 header is a valid v2 header.
+    ("alert", 1): dict,
+}
 _CURRENT: dict[str, type[Message]] = {m.SCHEMA: m for m in MESSAGE_TYPES}
 
 

@@ -21,6 +21,7 @@ fall on frame boundaries.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -95,16 +96,23 @@ def _bounce(p: float, lo: float, hi: float) -> float:
 
 
 def write_sample_video(
-    out: Path, *, duration_s: float = 60.0, fps: int = 10, size: tuple[int, int] = (640, 360), seed: int = 0
+    out: Path, *, duration_s: float = 60.0, fps: int = 10, size: tuple[int, int] = (640, 360), seed: int = 0,
+    inserts: Sequence[tuple[float, float, str]] = (),
 ) -> dict[str, Any]:
     """Write the broadcast to ``out`` (container from its suffix, e.g. .mp4) and its ground truth
-    to ``ground_truth_path(out)``. Returns the ground truth. Same arguments, same video."""
+    to ``ground_truth_path(out)``. Returns the ground truth. Same arguments, same video.
+
+    inserts: (start_s, end_s, text) headlines shown instead of the planned ones in those spans (e.g. risky
+    text at known times, for moderation); the ground truth's headlines include them.
+    """
     out = Path(out)
     width, height = size
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even dimensions, got {size}")
     n_frames = round(duration_s * fps)
     truth = _plan(n_frames, fps, size, seed)
+    for start, end, text in inserts:
+        truth["headlines"] = _spliced(truth["headlines"], start, end, text)
     _encode(out, truth, n_frames, fps, size)
     ground_truth_path(out).write_text(json.dumps(truth, indent=2))
     return truth
@@ -171,6 +179,19 @@ def _plan(n_frames: int, fps: int, size: tuple[int, int], seed: int) -> dict[str
         "static_stretches": static,
         "scene_cuts": [s["start"] for s in scenes[1:]],
     }
+
+
+def _spliced(headlines: list[dict[str, Any]], start: float, end: float, text: str) -> list[dict[str, Any]]:
+    """``headlines`` with [start, end) showing ``text``: the headlines it overlaps are cut around it."""
+    if not 0 <= start < end:
+        raise ValueError(f"insert span [{start}, {end}) is empty or negative")
+    out = []
+    for h in headlines:
+        if h["start"] < start:
+            out.append({**h, "end": min(h["end"], start)})
+        if h["end"] > end:
+            out.append({**h, "start": max(h["start"], end)})
+    return sorted(out + [{"start": start, "end": end, "text": text}], key=lambda h: h["start"])
 
 
 def _encode(out: Path, truth: dict[str, Any], n_frames: int, fps: int, size: tuple[int, int]) -> None:

@@ -234,7 +234,7 @@ def firing_alert(firing: Firing, tenant_id: str) -> messages.Alert:
         wallclock_start=_utc(f.wallclock), wallclock_end=_utc(f.wallclock + (f.t_end_s - f.pts_s)),
         score=firing.score, segment_seq=int(f.frame_key.rsplit("/", 2)[-2]), text=f.text)
     return messages.Alert(tenant_id=tenant_id, stream_id=firing.stream_id, kind="standing_query",
-                          query_id=firing.query.query_id, state="MATCH", score=firing.score,
+                          query_id=firing.query.query_id, state="MATCH", event="match", score=firing.score,
                           reason=f"standing query matched: {firing.query.text or 'example image'}",
                           evidence=[evidence])
 

@@ -26,7 +26,13 @@ import numpy as np
 import onnxruntime
 
 from operators.frames import FrameBatch
-from operators.moderation.policy import LexiconPolicy, NudityPolicy, PromptPolicy, Severity, normalise
+from operators.moderation.policy import (
+    LexiconPolicy,
+    NudityPolicy,
+    PromptPolicy,
+    Severity,
+    normalise,
+)
 from operators.ocr import FrameText, TextEmbedder
 
 log = logging.getLogger(__name__)

@@ -217,6 +217,14 @@ class ModerationConfig(_Frozen):
         "skips batches until it returns), so one stuck model never holds the room's decisions back.",
     )
     nudity_batch_frames: int = Field(8, ge=1, description="Frames per nudity model run.")
+    moderators: int = Field(1, ge=1, description="Moderation actors; rooms (streams) are spread over them by hash, "
+                            "each room's risk state lives on one.")
+    verifier: str = Field(
+        "auto", min_length=1,
+        description="The slow path for YELLOW rooms. rules: RuleVerifier; vlm: VlmVerifier over the answer model "
+        "(answer.model must be set); auto: vlm when answer.model is set, else rules; or 'module:attr', a factory "
+        "(PolicyBook, LivelensConfig) -> Verifier for a verifier of your own.",
+    )
 
     def policies(self) -> PolicyBook:
         return PolicyBook() if self.policy_file is None else PolicyBook.load(self.policy_file)

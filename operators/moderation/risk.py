@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,8 +39,13 @@ from pydantic import BaseModel, ConfigDict
 
 from operators.frames import SegmentInfo
 from operators.moderation.detectors import DetectorScore
-from operators.moderation.policy import ModerationPolicy, PolicyBook, RiskState, Severity
-from pipelines.messages import Alert, Evidence
+from operators.moderation.policy import (
+    ModerationPolicy,
+    PolicyBook,
+    RiskState,
+    Severity,
+)
+from pipelines.messages import Alert, AlertDriver, Evidence
 
 RoomKey = tuple[str, str]  # (tenant_id, stream_id)
 Event = Literal["alert", "escalate", "deescalate", "resolve", "reverify"]
@@ -91,9 +97,25 @@ class RiskDecision(_Frozen):
     degraded: tuple[str, ...]
 
     def to_alert(self) -> Alert:
-        """The alerts-topic message for this decision."""
-        return Alert(tenant_id=self.tenant_id, stream_id=self.stream_id, alert_id=self.decision_id.replace("/", ":"),
-                     state=self.state, score=self.score, reason=self.reason, evidence=list(self.evidence))
+        """The alerts-topic message for this decision: the episode's alert_id, ``update`` the decision's n.
+        The same decision (a replay) gives the same message."""
+        if self.event == "reverify":
+            raise ValueError(f"{self.decision_id} asks for verification again: it changes no alert")
+        return Alert(
+            tenant_id=self.tenant_id, stream_id=self.stream_id,
+            alert_id=episode_alert_id(self.tenant_id, self.stream_id, self.episode),
+            state=self.state, score=self.score, reason=self.reason, evidence=list(self.evidence), event=self.event,
+            episode=self.episode, update=int(self.decision_id.rsplit("/", 1)[1]),
+            drivers=[AlertDriver(detector=d.detector, score=d.score, labels=list(d.labels), hit_frames=d.hit_frames)
+                     for d in self.drivers],
+            policy_version=self.policy_version, actions=list(self.actions), pts_s=self.pts_s,
+            stream_latency_s=self.stream_latency_s, latency_s=self.latency_s, degraded=list(self.degraded))
+
+
+def episode_alert_id(tenant_id: str, stream_id: str, episode: int) -> str:
+    """One alert id per episode of a room, the same on every replay; a hash, since tenant and stream ids
+    together may be longer than an id may be."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"livelens:moderation/{tenant_id}/{stream_id}/{episode}").hex
 
 
 class Verdict(_Frozen):
