@@ -155,6 +155,27 @@ def start_redis(data_dir: Path, port: int | None = None, appendfsync: str = "alw
     return _spawn("redis", argv, Path(data_dir) / "logs" / "redis.log", port, f"redis://127.0.0.1:{port}/0", 30)
 
 
+def start_prometheus(data_dir: Path, targets: list[str], *, scrape_interval_s: float = 15.0,
+                     port: int | None = None) -> ProcessRecord:
+    """A Prometheus server (Debian package `prometheus`) on loopback scraping `targets` (Ray metrics export
+    ports), its config and TSDB under data_dir/prometheus; the scrape config is `pipelines.metrics.scrape_config`."""
+    import json
+
+    from pipelines.metrics import scrape_config
+
+    binary = shutil.which("prometheus")
+    if not binary:
+        raise StackError("prometheus not found; `make setup` installs it (Debian package prometheus)")
+    port = port or free_port()
+    pdir = Path(data_dir).resolve() / "prometheus"
+    pdir.mkdir(parents=True, exist_ok=True)
+    config = pdir / "prometheus.yml"
+    config.write_text(json.dumps(scrape_config(targets, interval_s=scrape_interval_s), indent=2))  # JSON is YAML
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={pdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}"]
+    return _spawn("prometheus", argv, Path(data_dir) / "logs" / "prometheus.log", port, f"http://127.0.0.1:{port}", 30)
+
+
 # Ray's token authentication, on for the local head; a driver must say the same to connect
 # (the token itself is in ~/.ray/auth_token, written by `ray start`).
 RAY_AUTH_MODE = "token"

@@ -46,12 +46,17 @@ class OffsetTracker:
         (Kafka's convention: the next offset to read)."""
         out = {}
         for tp, state in self._parts.items():
-            if state.highest_seen < 0:
-                continue
-            point = min(state.pending) if state.pending else state.highest_seen + 1
-            if point != state.committed:
+            point = self.commit_point(tp)
+            if point is not None and point != state.committed:
                 out[tp] = point
         return out
+
+    def commit_point(self, tp: TopicPartition) -> int | None:
+        """The offset a commit of `tp` would carry now; None while no record of it was seen."""
+        state = self._parts.get(tp)
+        if state is None or state.highest_seen < 0:
+            return None
+        return min(state.pending) if state.pending else state.highest_seen + 1
 
     def mark_committed(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():

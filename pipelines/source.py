@@ -32,7 +32,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from operators.frames import SegmentInfo, StageError
-from pipelines import messages
+from pipelines import messages, metrics
 from pipelines.config import LivelensConfig
 from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
 from pipelines.offsets import OffsetTracker
@@ -53,7 +53,9 @@ class IngestBackend(Protocol):
         ...
 
 
-def segment_info(segment: messages.VideoSegment) -> SegmentInfo:
+def segment_info(segment: messages.VideoSegment, tp: TopicPartition | None = None, offset: int = -1) -> SegmentInfo:
+    """The DAG's view of a segment; ``tp`` / ``offset``: where its last record was read (memory's snapshot
+    manifest records the offsets it covers)."""
     return SegmentInfo(
         tenant_id=segment.tenant_id,
         stream_id=segment.stream_id,
@@ -63,6 +65,9 @@ def segment_info(segment: messages.VideoSegment) -> SegmentInfo:
         duration_s=segment.duration_s,
         codec=segment.codec,
         container=segment.container,
+        topic=tp.topic if tp is not None else "",
+        partition=tp.partition if tp is not None else -1,
+        offset=offset,
     )
 
 
@@ -110,6 +115,7 @@ class KafkaSegmentSource:
         self._inflight: dict[Any, _InFlight] = {}
         self._consumer = None
         self._producer = None
+        self._gauges = metrics.SourceGauges(source_id, config.kafka.ingest_group, config.metrics.lag_interval_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,6 +174,7 @@ class KafkaSegmentSource:
                 self._accept(tp, record)
         self._collect(timeout_s=0.0 if batch else 0.05)
         self._commit()
+        self._gauges.maybe_report(self._consumer, self._tracker, inflight=len(self._inflight), paused=self.stats.paused)
 
     def _accept(self, tp: TopicPartition, record: Any) -> None:
         self.stats.records += 1
@@ -193,9 +200,11 @@ class KafkaSegmentSource:
             self._submit(_InFlight(tp, offsets, seg, payload))
 
     def _submit(self, item: _InFlight) -> None:
-        handle = self.backend.submit(segment_info(item.segment), item.payload)
+        handle = self.backend.submit(segment_info(item.segment, item.tp, max(item.offsets)), item.payload)
         self._inflight[handle] = item
         self.stats.segments_submitted += 1
+        if item.attempt == 1:
+            metrics.segment_in("source", item.segment)
 
     def _collect(self, timeout_s: float) -> None:
         if not self._inflight:
@@ -211,6 +220,7 @@ class KafkaSegmentSource:
             except Exception as exc:  # an actor died or a node went away: the segment is retried whole
                 if item.attempt < self.config.pipeline.segment_attempts:
                     self.stats.retries += 1
+                    metrics.segment_retry(self.source_id)
                     log.warning("%s: segment %s failed (%s); retry %d", self.source_id, item.segment.key,
                                 type(exc).__name__, item.attempt)
                     item.attempt += 1
@@ -225,6 +235,7 @@ class KafkaSegmentSource:
             else:
                 self.stats.segments_stored += 1
                 self.stats.latencies_s.append(time.time() - item.segment.produced_at.timestamp())
+            metrics.segment_stored(item.segment)
             self._tracker.done(item.tp, item.offsets)
 
     def _commit(self) -> None:
@@ -270,6 +281,7 @@ class KafkaSegmentSource:
         key = stream_id.encode()
         self._producer.send(self._dlq_topic, key=key, value=messages.encode(letter)).get(timeout=30)
         self.stats.dead_letters[code] = self.stats.dead_letters.get(code, 0) + 1
+        metrics.dead_letter(stage, code, letter.tenant_id)
         log.warning("%s: dead letter %s at %s[%d]@%d: %s", self.source_id, code, tp.topic, tp.partition,
                     min(offsets), reason[:200])
         self._tracker.done(tp, offsets)
@@ -287,6 +299,7 @@ class KafkaSegmentSource:
         for handle in [h for h, item in self._inflight.items() if item.tp in set(revoked)]:
             self._inflight.pop(handle)  # the new owner replays these; writes are idempotent
         self._tracker.forget(revoked)
+        self._gauges.revoked(revoked)
         for tp in revoked:
             self._assemblers.pop(tp, None)
 
