@@ -8,17 +8,21 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from pipelines import messages
+from pipelines import dashboard, messages
+from pipelines.alerts import AlertLog
 from pipelines.config import LivelensConfig
+from pipelines.overview import Overview
 from pipelines.query_service import QueryEngine, QueryError
 
 api = FastAPI(title="livelens", version="1", description="Ask questions about live video streams.")
+# The ops dashboard's pages (/, /dashboard/...): static files; their data comes from the routes below.
+api.include_router(dashboard.router)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -87,9 +91,19 @@ class StandingRequest(BaseModel):
     webhook: str | None = Field(None, max_length=2048, pattern=r"^https?://")
 
 
+class AckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=256, description="Who acknowledges (a reviewer's name or id).")
+    note: str = Field("", max_length=4096)
+
+
 def _public(query) -> dict:
     """A standing query as the API shows it: without its vectors."""
     return query.model_dump(mode="json", exclude={"text_vector", "image_vector"}) | {"kind": query.kind}
+
+
+# Tenant and stream ids in paths and parameters: the wire contract's rule (messages.Id), checked up front (422).
+_ID = r"^[A-Za-z0-9_.:\-]{1,128}$"
 
 
 def _answer_key(tenant_id: str, query_id: str) -> str:
@@ -106,6 +120,7 @@ class LivelensAPI:
         self.engine = QueryEngine(config)
         self.redis = redis.Redis.from_url(config.redis.url)
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="async-query")
+        self.ops = Overview(config, self.redis)  # one per replica: fps comes from its successive reads
 
     def _tenant(self, request: Request, asked: str) -> str:
         """The tenant a call acts for: the API key's when keys are configured, else the one asked for."""
@@ -189,12 +204,31 @@ class LivelensAPI:
     @api.get("/v1/streams/{stream_id}/timeline")
     def timeline(self, request: Request, stream_id: str, tenant_id: str = "default", start: datetime | None = None,
                  end: datetime | None = None, limit: int = Query(500, ge=1, le=10_000)) -> list[dict]:
-        """The stream's frames in a wall-clock range: times, drop ratio, on-screen text, thumbnail key."""
+        """The stream's frames in a wall-clock range: times, drop ratio, on-screen text, thumbnail key; ``boundary``
+        where an event begins; ``kind`` "merged" (``covers`` frames) where older frames were merged."""
         tenant = self._tenant(request, tenant_id)
         frames = self.engine.timeline(tenant, stream_id, start.timestamp() if start else None,
                                       end.timestamp() if end else None, limit)
         return [dict(frame_key=f.frame_key, t_start=f.pts_s, t_end=f.t_end_s, wallclock_start=f.wallclock_start,
-                     drop_ratio=f.drop_ratio, text=f.text, lines=f.lines, thumbnail=f.thumbnail) for f in frames]
+                     drop_ratio=f.drop_ratio, text=f.text, lines=f.lines, thumbnail=f.thumbnail,
+                     boundary=f.boundary, kind=f.kind, covers=f.covers) for f in frames]
+
+    @api.get("/v1/overview")
+    def overview(self, request: Request, tenant_id: str | None = Query(None, pattern=_ID)) -> dict:
+        """Every stream: status, ingest lag, fps, tokens kept, memory, last alert; and the actors' stats.
+        Without API keys and without tenant_id: every tenant's streams."""
+        everyone = tenant_id is None and not self.config.serve.api_keys
+        tenants = None if everyone else [self._tenant(request, tenant_id or "default")]
+        return self.ops.collect(tenants).model_dump(mode="json", by_alias=True)
+
+    @api.get("/v1/overview/streams/{stream_id}")
+    def stream_overview(self, request: Request, stream_id: str = Path(pattern=_ID),
+                        tenant_id: str = Query("default", pattern=_ID)) -> dict:
+        """One stream's overview row, its newest frames (event boundaries marked) and its newest alerts."""
+        detail = self.ops.stream(self._tenant(request, tenant_id), stream_id)
+        if detail is None:
+            raise QueryError("not_found", f"no stream {stream_id}", 404)
+        return detail.model_dump(mode="json", by_alias=True)
 
     @api.get("/v1/thumbnails/{key:path}")
     def thumbnail(self, request: Request, key: str, tenant_id: str = "default"):
@@ -202,6 +236,30 @@ class LivelensAPI:
         if data is None:
             raise QueryError("not_found", f"no thumbnail {key}", 404)
         return Response(content=data, media_type="image/jpeg")
+
+    @api.get("/v1/alerts")
+    def alerts(self, request: Request, tenant_id: str = Query("default", pattern=_ID),
+               room_id: str | None = Query(None, pattern=_ID), limit: int = Query(50, ge=1, le=1000)) -> list[dict]:
+        """Recent alerts (moderation and standing queries), newest first, each episode once as its latest
+        update, with its acknowledgement when it has one; room_id (a stream id) filters."""
+        found = AlertLog(self.redis).recent(self._tenant(request, tenant_id), room_id=room_id, limit=limit)
+        return [a.model_dump(mode="json", by_alias=True) for a in found]
+
+    @api.post("/v1/alerts/{alert_id}/ack")
+    def ack_alert(self, request: Request, body: AckRequest, alert_id: str = Path(pattern=_ID),
+                  tenant_id: str = Query("default", pattern=_ID)) -> dict:
+        """Acknowledge an alert; the first acknowledgement is kept, every one goes to the room's audit trail."""
+        log, tenant = AlertLog(self.redis), self._tenant(request, tenant_id)
+        if not log.ack(tenant, alert_id, by=body.by, note=body.note):
+            raise QueryError("not_found", f"no alert {alert_id}", 404)
+        return log.get(tenant, alert_id).model_dump(mode="json", by_alias=True)
+
+    @api.get("/v1/rooms/{room_id}/audit")
+    def audit(self, request: Request, room_id: str = Path(pattern=_ID), tenant_id: str = Query("default", pattern=_ID),
+              limit: int = Query(100, ge=1, le=10_000)) -> list[dict]:
+        """The room's moderation audit trail, newest first: state changes, verification requests and verdicts,
+        acknowledgements."""
+        return AlertLog(self.redis).audit_trail(self._tenant(request, tenant_id), room_id, limit)
 
 
 def start_http(config: LivelensConfig) -> str:

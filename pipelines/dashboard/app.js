@@ -1,0 +1,231 @@
+// The livelens ops dashboard: one script for every page (body[data-page] says which).
+// Data comes from the JSON API; everything is drawn with textContent (never innerHTML), so stream ids,
+// on-screen text and alert reasons cannot inject markup.
+"use strict";
+
+const KEY_STORE = "livelens.apiKey";
+let refreshMs = 1500;
+
+// -- API key: given once as ?key=..., or typed into the bar; kept in localStorage, sent as X-API-Key. --------
+(function takeKeyFromAddress() {
+  const params = new URLSearchParams(location.search);
+  if (params.has("key")) {
+    localStorage.setItem(KEY_STORE, params.get("key"));
+    params.delete("key");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : ""));
+  }
+})();
+
+function apiKey() { return localStorage.getItem(KEY_STORE) || ""; }
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(`${status} ${code}: ${message}`); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (apiKey()) headers["X-API-Key"] = apiKey();
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (!response.ok) {
+    let code = "http_error", message = response.statusText;
+    try { const body = await response.json(); code = body.error.code; message = body.error.message; } catch (_) { /* not JSON */ }
+    throw new ApiError(response.status, code, message);
+  }
+  return response.json();
+}
+
+// Thumbnails need the key too, which an <img src> cannot send: fetch each once, keep an object URL.
+const thumbs = new Map();
+function thumbnail(img, key, tenant) {
+  if (!key) return;
+  if (!thumbs.has(key)) {
+    const path = "/v1/thumbnails/" + key.split("/").map(encodeURIComponent).join("/") + "?tenant_id=" + encodeURIComponent(tenant);
+    thumbs.set(key, fetch(path, { headers: apiKey() ? { "X-API-Key": apiKey() } : {} })
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(r.status))))
+      .then((blob) => URL.createObjectURL(blob))
+      .catch(() => { thumbs.delete(key); return ""; }));
+  }
+  thumbs.get(key).then((url) => { if (url) img.src = url; });
+}
+
+// -- formatting --------------------------------------------------------------------------------------------
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+function seconds(s) { return s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : `${(s / 3600).toFixed(1)} h`; }
+function fps(v) { return v === null ? "–" : v.toFixed(2); }
+function tokens(row) { return row.tokens_kept.toLocaleString() + (row.kept_share === null ? "" : ` (${Math.round(row.kept_share * 100)}%)`); }
+function size(n) { return n < 1e3 ? `${n} B` : n < 1e6 ? `${(n / 1e3).toFixed(1)} kB` : n < 1e9 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e9).toFixed(2)} GB`; }
+// Memories that count bytes per tier give the total; others, the bytes of the kept tokens.
+function memory(row) {
+  const bytes = row.memory_bytes === null ? `${size(row.token_bytes)} tokens` : size(row.memory_bytes);
+  return `${row.frames.toLocaleString()} frames · ${bytes}`;
+}
+function tiers(row) { return Object.entries(row.tiers).map(([t, c]) => `${t}: ${Object.entries(c).map(([k, v]) => `${v.toLocaleString()} ${k}`).join(", ")}`).join("; "); }
+function lastAlert(a) { return a ? `${a.state} ${a.reason}` + (a.acked ? " (acked)" : "") : "–"; }
+function clock(iso) { return new Date(iso).toLocaleTimeString(); }
+
+// -- the bar: navigation, the key field, when the page last updated ---------------------------------------
+function drawBar() {
+  const bar = document.getElementById("bar");
+  const key = el("input", { type: "password", id: "api-key", placeholder: "API key (if required)" });
+  key.value = apiKey();
+  const save = el("button", { type: "button", text: "use key" });
+  save.addEventListener("click", () => { localStorage.setItem(KEY_STORE, key.value.trim()); location.reload(); });
+  bar.append(el("a", { href: "/dashboard", text: "livelens" }), el("a", { href: "/dashboard", text: "Streams" }),
+    el("a", { href: "/dashboard/alerts", text: "Alerts" }), el("span", { class: "spacer" }),
+    el("span", { id: "updated", class: "updated", text: "loading…" }), key, save);
+}
+
+function updated(error) {
+  const node = document.getElementById("updated");
+  node.classList.toggle("error", Boolean(error));
+  node.textContent = error
+    ? (error.status === 401 ? "an API key is required: enter it on the right" : `update failed: ${error.message}`)
+    : `updated ${new Date().toLocaleTimeString()}`;
+}
+
+// Poll without overlapping: the next read starts refreshMs after the previous one finished.
+function poll(read) {
+  const tick = async () => {
+    try { await read(); updated(null); } catch (error) { updated(error); }
+    setTimeout(tick, refreshMs);
+  };
+  tick();
+}
+
+// -- pages ---------------------------------------------------------------------------------------------------
+function tenantParam() { return new URLSearchParams(location.search).get("tenant") || "default"; }
+
+async function overviewPage() {
+  poll(async () => {
+    const report = await api("/v1/overview");
+    refreshMs = report.refresh_ms;
+    const body = document.querySelector("#streams tbody");
+    body.replaceChildren(...report.streams.map((row) => {
+      const link = el("a", { href: `/dashboard/streams/${encodeURIComponent(row.stream_id)}?tenant=${encodeURIComponent(row.tenant_id)}`, text: row.stream_id });
+      return el("tr", { "data-stream": `${row.tenant_id}/${row.stream_id}` },
+        el("td", { text: row.tenant_id }), el("td", {}, link),
+        el("td", { class: `status ${row.status}`, text: row.status }),
+        el("td", { class: "num lag", text: seconds(row.ingest_lag_s) }), el("td", { class: "num fps", text: fps(row.fps) }),
+        el("td", { class: "num tokens", text: tokens(row) }), el("td", { class: "num memory", text: memory(row), title: tiers(row) }),
+        el("td", { class: "alert", text: lastAlert(row.last_alert) }));
+    }));
+    document.getElementById("no-streams").hidden = report.streams.length > 0;
+    document.querySelector("#actors tbody").replaceChildren(...Object.entries(report.actors).map(([name, stats]) =>
+      el("tr", {}, el("td", { text: name }), el("td", {}, el("pre", { class: "stats", text: JSON.stringify(stats) })))));
+  });
+}
+
+async function streamPage() {
+  const streamId = decodeURIComponent(location.pathname.split("/").pop());
+  const tenant = tenantParam();
+  document.getElementById("stream-id").textContent = streamId;
+  document.title = `livelens · ${streamId}`;
+  const detailPath = `/v1/overview/streams/${encodeURIComponent(streamId)}?tenant_id=${encodeURIComponent(tenant)}`;
+  poll(async () => {
+    const detail = await api(detailPath);
+    refreshMs = detail.refresh_ms;
+    const row = detail.stream;
+    const status = document.getElementById("status");
+    status.className = `status ${row.status}`;
+    status.textContent = row.status;
+    const numbers = document.getElementById("numbers");
+    numbers.querySelector(".lag").textContent = seconds(row.ingest_lag_s);
+    numbers.querySelector(".fps").textContent = fps(row.fps);
+    numbers.querySelector(".tokens").textContent = tokens(row);
+    numbers.querySelector(".memory").textContent = memory(row);
+    numbers.querySelector(".memory").title = tiers(row);
+    numbers.querySelector(".alert").textContent = lastAlert(row.last_alert);
+    drawTimeline(detail, tenant);
+  });
+  document.getElementById("query-form").addEventListener("submit", (event) => { event.preventDefault(); ask(streamId, tenant); });
+}
+
+function drawTimeline(detail, tenant) {
+  // An alert sits on the frame its first evidence starts at (standing queries), or its decision time.
+  const alertAt = new Map();
+  for (const a of detail.alerts) {
+    const t = a.evidence.length ? a.evidence[0].t_start : a.pts_s;
+    if (t !== null && t !== undefined) alertAt.set(t.toFixed(3), a);
+  }
+  document.getElementById("timeline").replaceChildren(...detail.frames.map((f) => {
+    const img = el("img", { alt: `t=${f.t_start.toFixed(1)} s` });
+    thumbnail(img, f.thumbnail, tenant);
+    const alert = alertAt.get(f.t_start.toFixed(3));
+    return el("div", { class: "frame" + (f.boundary ? " boundary" : ""), title: f.text || "" }, img,
+      el("div", { text: `${f.t_start.toFixed(1)} s` + (f.boundary ? " ▌event" : "") }),
+      el("div", { class: "flag", text: alert ? `⚑ ${alert.state}` : "" }));
+  }));
+  // On-screen text where it changes.
+  const texts = [];
+  let previous = null;
+  for (const f of detail.frames) {
+    if (f.text && f.text !== previous) texts.push(el("li", {}, el("span", { class: "muted", text: `${f.t_start.toFixed(1)} s  ` }), f.text.replace(/\n/g, " / ")));
+    previous = f.text;
+  }
+  document.getElementById("texts").replaceChildren(...texts.reverse());
+  document.getElementById("stream-alerts").replaceChildren(...detail.alerts.map((a) => el("li", {},
+    el("span", { class: `alert-state ${a.state}`, text: a.state }), ` ${clock(a.produced_at)} ${a.reason}` + (a.ack ? ` (acked by ${a.ack.by})` : ""))));
+}
+
+async function ask(streamId, tenant) {
+  const question = document.getElementById("question").value;
+  const box = document.getElementById("answer");
+  const meta = document.getElementById("answer-meta");
+  box.hidden = false;
+  meta.textContent = "asking…";
+  document.getElementById("evidence").replaceChildren();
+  try {
+    const answer = await api("/v1/query", { method: "POST", body: JSON.stringify({ tenant_id: tenant, stream_ids: [streamId], text: question, top_k: 5 }) });
+    document.getElementById("answer-text").textContent = answer.error ? `error: ${answer.error}` : answer.answer;
+    meta.textContent = `${answer.extractive ? "extractive" : answer.model} · ${Math.round(answer.latency_ms)} ms · ${answer.evidence.length} evidence`;
+    document.getElementById("evidence").replaceChildren(...answer.evidence.map((e) => {
+      const img = el("img", { alt: e.frame_key });
+      thumbnail(img, e.thumbnail, tenant);
+      return el("li", { class: "evidence" }, img, el("div", {},
+        el("div", { text: `${e.t_start.toFixed(1)}–${e.t_end.toFixed(1)} s · ${clock(e.wallclock_start)} · score ${e.score.toFixed(3)}` }),
+        el("div", { class: "muted", text: (e.text || "").replace(/\n/g, " / ") })));
+    }));
+  } catch (error) {
+    meta.textContent = `failed: ${error.message}`;
+  }
+}
+
+async function alertsPage() {
+  const tenant = tenantParam();
+  poll(async () => {
+    const alerts = await api(`/v1/alerts?tenant_id=${encodeURIComponent(tenant)}&limit=200`);
+    document.querySelector("#alerts tbody").replaceChildren(...alerts.map((a) => {
+      const ack = a.ack ? el("span", { class: "muted", text: `by ${a.ack.by}` }) : el("button", { type: "button", text: "ack" });
+      if (!a.ack) ack.addEventListener("click", () => acknowledge(a.alert_id, tenant, ack));
+      return el("tr", { "data-alert": a.alert_id }, el("td", { text: clock(a.produced_at) }),
+        el("td", {}, el("a", { href: `/dashboard/streams/${encodeURIComponent(a.stream_id)}?tenant=${encodeURIComponent(a.tenant_id)}`, text: a.stream_id })),
+        el("td", { text: a.kind }), el("td", { class: `alert-state ${a.state}`, text: a.state }),
+        el("td", { text: a.reason }), el("td", { class: "num", text: a.score.toFixed(2) }), el("td", {}, ack));
+    }));
+    document.getElementById("no-alerts").hidden = alerts.length > 0;
+  });
+}
+
+async function acknowledge(alertId, tenant, button) {
+  button.disabled = true;
+  try {
+    await api(`/v1/alerts/${encodeURIComponent(alertId)}/ack?tenant_id=${encodeURIComponent(tenant)}`,
+      { method: "POST", body: JSON.stringify({ by: "dashboard" }) });
+    button.replaceWith(el("span", { class: "muted", text: "acked" }));
+  } catch (error) {
+    button.disabled = false;
+    updated(error);
+  }
+}
+
+drawBar();
+({ overview: overviewPage, stream: streamPage, alerts: alertsPage })[document.body.dataset.page]();
