@@ -9,9 +9,7 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@command -v redis-server >/dev/null || { echo "installing redis-server (Debian package)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || \
-	  { echo "could not install redis-server: install it with your package manager"; exit 1; }; }
+	@bash deploy/install_system_packages.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch (a bare `torch` would pull a multi-GB CUDA build).

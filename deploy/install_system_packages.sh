@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The Debian packages the tests run for real: redis-server (memory store), prometheus (scrapes the
+# pipeline's metrics in a test) and chromium (loads the ops dashboard in a test). Installed only
+# where missing, so a machine that has them (or is not Debian) is left alone.
+set -euo pipefail
+declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium)
+missing=()
+for cmd in "${!package_of[@]}"; do
+  command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${missing[*]}"
+sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+if ! ($sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null); then
+  echo "could not install ${missing[*]}: install them with your package manager" >&2
+  exit 1
+fi
