@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -127,19 +128,31 @@ class FrameSkipper:
 
     def plan(self, batch: FrameBatch) -> np.ndarray:
         """bool [N]: True where the frame must be encoded."""
-        must = np.zeros(len(batch), dtype=bool)
-        if not len(batch):
-            return must
-        state = self._streams.get(_key(batch))
-        cells = pixel_cells(batch.images, self.config.grid)
-        reference = state.cells if state else None
-        run = state.skipped_run if state else 0
-        for i in range(len(batch)):
-            if reference is None or run >= self.config.max_skip or self._changed(cells[i], reference):
-                must[i], reference, run = True, cells[i], 0
-            else:
-                run += 1
-        return must
+        return self.plan_all([batch])[0]
+
+    def plan_all(self, batches: Sequence[FrameBatch]) -> list[np.ndarray]:
+        """One mask per batch, for batches filled in this order: a stream's later batch is planned against the
+        frames its earlier ones encode, as if each batch were planned and filled in turn. So how a stream's
+        segments are grouped into encoder calls does not change what is skipped (a resumed backfill groups
+        them differently from an uninterrupted one)."""
+        carried: dict[StreamKey, tuple[np.ndarray | None, int]] = {}
+        masks = []
+        for batch in batches:
+            key = _key(batch)
+            if key not in carried:
+                state = self._streams.get(key)
+                carried[key] = (state.cells, state.skipped_run) if state else (None, 0)
+            reference, run = carried[key]
+            must = np.zeros(len(batch), dtype=bool)
+            cells = pixel_cells(batch.images, self.config.grid) if len(batch) else None
+            for i in range(len(batch)):
+                if reference is None or run >= self.config.max_skip or self._changed(cells[i], reference):
+                    must[i], reference, run = True, cells[i], 0
+                else:
+                    run += 1
+            carried[key] = (reference, run)
+            masks.append(must)
+        return masks
 
     def fill(self, batch: FrameBatch, encoded: FeatureBatch | None, mask: np.ndarray) -> FeatureBatch:
         """Features for every frame of ``batch``: ``encoded`` holds the rows of the frames ``mask`` selects, in
@@ -283,6 +296,8 @@ class CacheStats:
     cuts: int  # frames computed in full because they differ too much from the previous frame
     token_fraction: float
     fallback: str | None = None  # why nothing was cached (an unsupported architecture), else None
+    # Per stream: (frames, token rows recomputed in units of whole frames), for per-stream reporting.
+    by_stream: dict[Hashable, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -384,7 +399,8 @@ class CachedViT:
         forward = forward or _default_forward(self.model)
         n = len(pixel_values)
         if self.fallback or not n:
-            return forward(pixel_values), CacheStats(n, n, 0, 1.0, self.fallback)
+            full = {s: (count, float(count)) for s, count in Counter(streams).items()}
+            return forward(pixel_values), CacheStats(n, n, 0, 1.0, self.fallback, full)
         run = _Pass(streams)
         with self._patched(run):
             output = forward(pixel_values)
@@ -395,7 +411,12 @@ class CachedViT:
         t = run.keys0.shape[1]
         recomputed = plan.references * t + (n - plan.references) * plan.tokens
         references = plan.references - plan.cuts
-        return output, CacheStats(n, references, plan.cuts, recomputed / (n * t))
+        full_rows = set(plan.order[: plan.references].tolist())
+        by_stream: dict[Hashable, tuple[int, float]] = {}
+        for i, s in enumerate(run.streams):
+            frames, rows = by_stream.get(s, (0, 0.0))
+            by_stream[s] = (frames + 1, rows + (1.0 if i in full_rows else plan.tokens / t))
+        return output, CacheStats(n, references, plan.cuts, recomputed / (n * t), by_stream=by_stream)
 
     def forget(self, stream: Hashable) -> None:
         """Drop a stream's cache; its next frame is a reference."""
@@ -601,7 +622,7 @@ def _full_rows(parts: _LayerParts, x: torch.Tensor, normed: torch.Tensor, keys: 
 def _gather(stored: list[_Reference], batch_refs: _Reference | None, plan: _Plan) -> _Reference:
     """Each partial row's reference tensors, [P, T, D] each, in new memory: from this batch's reference rows,
     then, for the rows whose reference came from an earlier call, from the stored ones."""
-    def field(name: str) -> torch.Tensor:
+    def stacked(name: str) -> torch.Tensor:
         if batch_refs is not None:
             out = getattr(batch_refs, name).index_select(0, plan.from_batch)
         else:
@@ -611,7 +632,7 @@ def _gather(stored: list[_Reference], batch_refs: _Reference | None, plan: _Plan
             out[plan.from_store] = torch.stack([getattr(r, name) for r in stored]).index_select(0, plan.store_slots)
         return out
 
-    return _Reference(field("keys"), field("values"), field("attn_out"), field("mlp_out"))
+    return _Reference(stacked("keys"), stacked("values"), stacked("attn_out"), stacked("mlp_out"))
 
 
 def _partial_rows(parts: _LayerParts, x: torch.Tensor, normed: torch.Tensor, keys: torch.Tensor,
@@ -639,12 +660,12 @@ def encode_skipping(encode: Callable[[list[FrameBatch]], list[FeatureBatch]], sk
                     batches: list[FrameBatch]) -> list[FeatureBatch]:
     """Encode batches (of several streams), running the ViT only on frames ``skipper`` says changed.
 
-    Two segments of one stream in one call are planned against the state before either: at worst a frame
-    is encoded that a strictly sequential plan would have skipped, or compared to an older reference.
+    Two segments of one stream in one call are planned in order (`FrameSkipper.plan_all`), exactly as
+    two calls would plan them.
     """
     if skipper is None:
         return encode(batches)
-    masks = [skipper.plan(b) for b in batches]
+    masks = skipper.plan_all(batches)
     encoded = iter(encode([_subset(b, m) for b, m in zip(batches, masks) if m.any()]))
     return [skipper.fill(b, next(encoded) if m.any() else None, m) for b, m in zip(batches, masks)]
 

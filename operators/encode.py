@@ -34,18 +34,28 @@ normalising run in torch on the encoder's device, one call per input batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
+from operators.caching import CachedViT
 from operators.frames import FeatureBatch, FrameBatch, StageError
 from operators.tiny_models import is_tiny
-from pipelines.config import EncodeConfig
+from pipelines.config import EncodeConfig, ViTCacheConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +64,20 @@ Kind = Literal["dual", "vlm", "plain"]
 # SigLIP's text tower pools the last position and was trained on text padded to its full
 # length; shorter padding gives different (wrong) text embeddings. CLIP pools the EOS token.
 _PAD_TEXT_TO_MAX_LENGTH = {"siglip"}
+
+
+@dataclass
+class EncodeStats:
+    """Per stream: frames through the ViT, token rows recomputed (in whole frames; equals ``frames`` without
+    the token cache) and the encoder seconds spent on them (a shared pass is split by frame count)."""
+
+    frames: int = 0
+    token_rows: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def token_fraction(self) -> float:
+        return self.token_rows / self.frames if self.frames else 1.0
 
 
 class UnsupportedModel(ValueError):
@@ -65,9 +89,13 @@ class VisionEncoder:
 
     Frames of many segments (many streams) share forward passes of at most
     ``config.batch_frames`` frames; outputs are split back per segment.
+
+    With ``token_cache``, frames of streams go through ``CachedViT`` (operators.caching): each stream's
+    non-reference frames recompute only their least similar tokens. Query-side calls (``embed_images``)
+    always compute in full and leave the streams' caches alone.
     """
 
-    def __init__(self, config: EncodeConfig, model: str | Path):
+    def __init__(self, config: EncodeConfig, model: str | Path, *, token_cache: ViTCacheConfig | None = None):
         self.config = config
         self.model_name = str(model)
         self._device = torch.device(config.device)
@@ -83,6 +111,9 @@ class VisionEncoder:
             # Frees the bulk of a VLM (a 7B language model next to a 0.3B tower) for the actor's lifetime.
             del net.language_model
         self._net = net.to(self._device).eval()
+        # Built before the probe on purpose: the probe runs outside it (no stream), and a fallback is logged now.
+        self._cache = CachedViT(self._net, token_cache) if token_cache is not None else None
+        self._stats: dict[Hashable, EncodeStats] = {}
 
         processor = AutoImageProcessor.from_pretrained(model, backend="pil")
         self._input_hw = _input_size(processor)
@@ -123,7 +154,8 @@ class VisionEncoder:
     @torch.inference_mode()
     def encode(self, batches: Sequence[FrameBatch]) -> list[FeatureBatch]:
         """Features for each batch, computed in shared forward passes; thumbnails and pts carried over."""
-        tokens, embedding = self._run([b.images for b in batches])
+        streams = [(b.segment.tenant_id, b.segment.stream_id) for b in batches]
+        tokens, embedding = self._run([b.images for b in batches], streams)
         bounds = np.cumsum([len(b) for b in batches])[:-1]
         return [
             FeatureBatch(b.segment, b.pts_s, t, e, self.grid, list(b.thumbnails))
@@ -133,9 +165,15 @@ class VisionEncoder:
     @torch.inference_mode()
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """Index embeddings [N,E] of RGB uint8 images [N,H,W,3] (example-image queries): the frames' path."""
+        return self.encode_images(images)[1]
+
+    @torch.inference_mode()
+    def encode_images(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [N,T,D] float16, embeddings [N,E]) of RGB uint8 images outside any stream: a query's
+        example image, in the same spaces as stored frames' tokens and embeddings."""
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 [N,H,W,3], got {images.dtype} {images.shape}")
-        return self._run([images])[1]
+        return self._run([images])
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -150,17 +188,29 @@ class VisionEncoder:
         out = self._net.get_text_features(**encoded.to(self._device))
         return F.normalize(out.pooler_output.float(), dim=-1).cpu().numpy()
 
-    def _run(self, image_arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens [N,T,D] float16 and embeddings [N,E] float32 of all images, in chunks of batch_frames."""
+    def stats(self) -> dict[Hashable, EncodeStats]:
+        """Per (tenant, stream): what the encoder computed for it so far."""
+        return dict(self._stats)
+
+    def forget(self, stream: Hashable) -> None:
+        """Drop a stream's cached tokens and stats (it ended); its next frame is computed in full."""
+        self._stats.pop(stream, None)
+        if self._cache is not None:
+            self._cache.forget(stream)
+
+    def _run(self, image_arrays: Sequence[np.ndarray],
+             streams: Sequence[Hashable] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens [N,T,D] float16 and embeddings [N,E] float32 of all images, in chunks of batch_frames.
+        ``streams[i]`` names the stream of ``image_arrays[i]``: the token cache and the stats follow it."""
         tokens: list[np.ndarray] = []
         embeddings: list[np.ndarray] = []
-        pieces: list[np.ndarray] = []
+        pieces: list[tuple[np.ndarray, Hashable | None]] = []
         filled = 0
-        for images in image_arrays:
+        for i, images in enumerate(image_arrays):
             start = 0
             while start < len(images):
                 take = min(self.config.batch_frames - filled, len(images) - start)
-                pieces.append(images[start : start + take])
+                pieces.append((images[start : start + take], streams[i] if streams is not None else None))
                 filled += take
                 start += take
                 if filled == self.config.batch_frames:
@@ -173,12 +223,28 @@ class VisionEncoder:
                     np.zeros((0, self.embedding_dim), np.float32))
         return np.concatenate(tokens), np.concatenate(embeddings)
 
-    def _forward_into(self, pieces: list[np.ndarray], tokens: list[np.ndarray], embeddings: list[np.ndarray]) -> None:
+    def _forward_into(self, pieces: list[tuple[np.ndarray, Hashable | None]], tokens: list[np.ndarray],
+                      embeddings: list[np.ndarray]) -> None:
+        started = time.perf_counter()
         # One resize per piece: frames of one segment share a size, other segments may not.
-        pixels = torch.cat([self._preprocess(p) for p in pieces])
-        t, e = self._forward(pixels)
+        pixels = torch.cat([self._preprocess(p) for p, _ in pieces])
+        rows = [stream for p, stream in pieces for _ in range(len(p))]
+        if self._cache is not None and rows[0] is not None:
+            (t, e), cached = self._cache(pixels, rows, forward=self._forward)
+            by_stream = cached.by_stream
+        else:
+            t, e = self._forward(pixels)
+            by_stream = {s: (n, float(n)) for s, n in Counter(rows).items()}
         tokens.append(t.to(torch.float16).cpu().numpy())
         embeddings.append(F.normalize(e.float(), dim=-1).cpu().numpy())
+        if rows[0] is None:
+            return
+        per_frame = (time.perf_counter() - started) / len(rows)
+        for stream, (frames, token_rows) in by_stream.items():
+            stats = self._stats.setdefault(stream, EncodeStats())
+            stats.frames += frames
+            stats.token_rows += token_rows
+            stats.seconds += frames * per_frame
 
     def _preprocess(self, images: np.ndarray) -> torch.Tensor:
         """uint8 [N,H,W,3] -> normalised [N,3,h,w] at the model's input size, whole frame (no crop)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -20,10 +21,11 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from operators.frames import StageError
-from pipelines import messages
+from pipelines import messages, metrics
 from pipelines.config import LivelensConfig
 from pipelines.dag import find_stages, setup_logging, shard
 from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
+from pipelines.placement import actor_options
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,15 @@ log = logging.getLogger(__name__)
 # Cosine (all-MiniLM-L6-v2) above which on-screen text counts as matching the question. Paraphrases of a
 # headline score ~0.5-0.8, unrelated headlines ~0.0-0.2; below this, visual evidence is the better answer.
 TEXT_MATCH_MIN_SCORE = 0.35
+
+
+# Questions about the present ("what is on screen right now"): the recency gate answers them from the newest
+# seconds of each stream. Matched as words, so "nowhere" or "known" do not trip it.
+_ABOUT_NOW = re.compile(r"\b(right now|now|currently|at the moment|at present|live right now)\b", re.IGNORECASE)
+
+
+def is_about_now(text: str) -> bool:
+    return bool(_ABOUT_NOW.search(text))
 
 
 # first / last occurrence: a hit counts as a match when it scores at least this share of the best one.
@@ -87,11 +98,10 @@ class AnswerActor:
 
 
 def start_answerers(config: LivelensConfig, *, detached: bool = False) -> list:
-    opts: dict[str, Any] = dict(namespace=config.ray.namespace, get_if_exists=True)
+    opts: dict[str, Any] = dict(namespace=config.ray.namespace, get_if_exists=True,
+                                **actor_options(config, "answer"))
     if detached:
         opts["lifetime"] = "detached"
-    if config.answer.device == "cuda":
-        opts["num_gpus"] = 1
     return [AnswerActor.options(name=f"answer-{i}", **opts).remote(config) for i in range(config.pipeline.answerers)]
 
 
@@ -127,24 +137,49 @@ class QueryEngine:
     def _memory(self, tenant_id: str):
         return self.stages.memory_for(tenant_id)
 
-    def embed(self, query: messages.Query) -> np.ndarray | None:
-        """The query vector in the index's space; None for a text-less, image-less query ("what is on now")."""
+    def embed(self, query: messages.Query) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(the query vector in the index's space, the example image's tokens for the rerank); the vector is
+        None for a text-less, image-less query ("what is on now"), the tokens None unless there is an image."""
         encoder = self.stages.encoders[shard(query.query_id, len(self.stages.encoders))]
         try:
             if query.image_jpeg_b64:
-                return ray.get(encoder.embed_images.remote(decode_image(query.image_jpeg_b64)))[0]
+                tokens, vectors = ray.get(encoder.encode_images.remote(decode_image(query.image_jpeg_b64)))
+                return vectors[0], tokens[0]
             if query.text.strip():
-                return ray.get(encoder.embed_text.remote([query.text]))[0]
+                return ray.get(encoder.embed_text.remote([query.text]))[0], None
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, StageError):
                 raise QueryError(exc.cause.code, exc.cause.reason) from None
             raise
-        return None
+        return None, None
+
+    def _now_window(self, query: messages.Query, t_from: float | None) -> tuple[float | None, dict[str, float]]:
+        """Recency gate: for a question about now, the earliest start any stream's window allows and, per
+        stream, where its window starts (its newest stored frame minus ``query.now_window_s``)."""
+        if not is_about_now(query.text):
+            return t_from, {}
+        window = self.config.query.now_window_s
+        infos = ray.get(self._memory(query.tenant_id).call.remote("streams", query.tenant_id))
+        starts = {i.stream_id: i.last_wallclock - window for i in infos
+                  if not query.stream_ids or i.stream_id in query.stream_ids}
+        if not starts:
+            return t_from, {}
+        earliest = min(starts.values())
+        return (earliest if t_from is None else max(t_from, earliest)), starts
+
+    def _rerank(self, query: messages.Query, hits: list[Any], query_tokens: np.ndarray) -> list[Any]:
+        from operators.late_interaction import Candidate, LateInteractionReranker
+
+        records = ray.get(self._memory(query.tenant_id).call.remote("frames", query.tenant_id,
+                                                                    [h.frame_key for h in hits]))
+        reranker = LateInteractionReranker(tokens_per_frame=len(query_tokens), weight=self.config.query.rerank_weight)
+        return reranker.rerank(query_tokens, [Candidate(h, r.tokens if r else None) for h, r in zip(hits, records)])
 
     def evidence(self, query: messages.Query) -> list[Any]:
         """Up to top_k hits: on-screen text that matches a text question; else the visual index; the newest
         frames for a question with neither text nor image."""
         t_from, t_to = query.scope.resolve()
+        t_from, now_starts = self._now_window(query, t_from)
         memory = self._memory(query.tenant_id)
         streams = query.stream_ids or None
         # first / last occurrence: look wider, keep what matches about as well as the best, then pick by time.
@@ -156,7 +191,7 @@ class QueryEngine:
                 "search_text", query.tenant_id, vector, stream_ids=streams, t_from=t_from, t_to=t_to,
                 k=depth)) if h.score >= TEXT_MATCH_MIN_SCORE]
         # On-screen text that matches is the evidence a person can check; the visual search is then not needed.
-        vector = None if text_hits else self.embed(query)
+        vector, query_tokens = (None, None) if text_hits else self.embed(query)
         if vector is None and not text_hits:
             from memory_store.service import Hit
 
@@ -167,13 +202,23 @@ class QueryEngine:
         if text_hits:
             hits = text_hits
         else:
+            rerank = query_tokens is not None and self.config.query.rerank_weight > 0
+            wide = max(depth, self.config.query.rerank_depth) if rerank else depth
             hits = ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
-                                              t_from=t_from, t_to=t_to, k=depth))
+                                              t_from=t_from, t_to=t_to, k=wide))
+            if rerank and hits:
+                hits = self._rerank(query, hits, query_tokens)[:depth]
+        if now_starts:
+            hits = [h for h in hits if h.wallclock_start >= now_starts.get(h.stream_id, float("-inf"))]
         if query.occurrence != "best":
             return pick_occurrence(hits, query.occurrence, query.top_k)
         return adaptive_cut(hits) if query.adaptive_k else hits
 
     def run(self, query: messages.Query) -> messages.Answer:
+        with metrics.query(query):
+            return self._run(query)
+
+    def _run(self, query: messages.Query) -> messages.Answer:
         started = time.perf_counter()
         hits = sorted(self.evidence(query), key=lambda h: (h.wallclock_start, h.stream_id))
         # The stored frames behind the hits: their on-screen text for every piece of evidence, and their
@@ -325,6 +370,7 @@ class QueryConsumer:
                                      record_bytes=len(record.value or b""))
         producer.send(self.config.kafka.topic("dead_letters"), key=b"", value=messages.encode(letter))
         self.dead_letters += 1
+        metrics.dead_letter("query", code, "unknown")
 
 
 @ray.remote(max_restarts=-1, max_concurrency=4)
@@ -346,7 +392,8 @@ class QueryConsumerActor:
 
 
 def start_query_consumer(config: LivelensConfig, *, detached: bool = False):
-    opts: dict[str, Any] = dict(name="query-consumer", namespace=config.ray.namespace, get_if_exists=True)
+    opts: dict[str, Any] = dict(name="query-consumer", namespace=config.ray.namespace, get_if_exists=True,
+                                **actor_options(config, "query"))
     if detached:
         opts["lifetime"] = "detached"
     return QueryConsumerActor.options(**opts).remote(config)

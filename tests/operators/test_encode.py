@@ -173,3 +173,54 @@ def test_encoding_is_deterministic(encoders):
 def test_a_model_that_is_not_a_vision_model_is_refused_by_name(models):
     with pytest.raises(UnsupportedModel, match="LlamaModel"):
         VisionEncoder(EncodeConfig(), models["llm"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The token cache inside the encoder (operators.caching.CachedViT)
+
+
+def smooth_frames(n: int, seed: int) -> np.ndarray:
+    """A still picture with a little noise per frame: what the token cache is for."""
+    base = frames(1, 32, 32, seed)[0].astype(np.int16)
+    noise = np.random.default_rng(seed + 1).integers(-3, 4, (n, 32, 32, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("name", "fraction", "expect_cached"),
+    [
+        ("clip", 1.0, False),  # recompute everything: exactly full compute, every row recomputed
+        ("clip", 0.25, True),
+        ("vit", 0.25, True),
+        ("dinov2", 0.25, False),  # not a supported family: full compute, and the log says so
+    ],
+)
+def test_token_cache_stays_close_to_full_compute(models, encoders, name, fraction, expect_cached):
+    from pipelines.config import ViTCacheConfig
+
+    cached = VisionEncoder(EncodeConfig(batch_frames=4), models[name],
+                           token_cache=ViTCacheConfig(reference_every=4, recompute_fraction=fraction))
+    images = smooth_frames(8, seed=3)
+    full = encoders[name].encode([batch("cam", images)])[0]
+    out = cached.encode([batch("cam", images)])[0]
+    cosine = (out.embedding * full.embedding).sum(axis=1)
+    assert cosine.min() > 0.99, cosine
+    stats = cached.stats()[("t1", "cam")]
+    assert stats.frames == 8 and stats.seconds > 0
+    if expect_cached:
+        assert stats.token_fraction < 1.0
+    else:
+        assert stats.token_fraction == 1.0
+        np.testing.assert_allclose(out.embedding, full.embedding, atol=1e-5)
+
+
+def test_token_cache_keeps_streams_apart_and_query_calls_out(models):
+    from pipelines.config import ViTCacheConfig
+
+    cached = VisionEncoder(EncodeConfig(batch_frames=16), models["clip"],
+                           token_cache=ViTCacheConfig(reference_every=4, recompute_fraction=0.25))
+    cached.encode([batch("a", smooth_frames(4, seed=1)), batch("b", smooth_frames(4, seed=2))])
+    cached.embed_images(smooth_frames(2, seed=5))  # a query: no stream, no cache, no stats
+    assert set(cached.stats()) == {("t1", "a"), ("t1", "b")}
+    cached.forget(("t1", "a"))
+    assert set(cached.stats()) == {("t1", "b")}
