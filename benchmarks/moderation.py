@@ -42,9 +42,11 @@ from operators.moderation.policy import (
 from operators.moderation.risk import RiskEngine
 from operators.ocr import ScreenTextReader
 from pipelines.config import OcrConfig
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the rendered rooms of the tests: same pictures, same text
 from tests.operators.moderation.rooms import BENIGN, frame  # noqa: E402
+
 HEADLINE_S = 15
 TERM = "BEST COCAINE IN TOWN"
 

@@ -31,7 +31,12 @@ from pipelines.app import deploy_pipeline
 from pipelines.client import Client
 from pipelines.config import LivelensConfig, OcrConfig
 from pipelines.sample_video import write_sample_video
-from pipelines.standing import FrameView, StandingEvaluator, StandingQuery, StandingRegistry
+from pipelines.standing import (
+    FrameView,
+    StandingEvaluator,
+    StandingQuery,
+    StandingRegistry,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 START = 1.79e9

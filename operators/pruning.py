@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from pipelines.config import PruneConfig
 
 logger = logging.getLogger(__name__)

@@ -74,8 +74,11 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """What runs where, and how the pipeline is doing."""
+def status(
+    sample: Annotated[float, typer.Option("--sample", help="Seconds between the two reads fps is taken from "
+                                          "(0: one read, no fps).")] = 2.0,
+) -> None:
+    """What runs where, and how the pipeline and every stream are doing (the dashboard's overview)."""
     from deploy.local_stack import StackState
 
     config = effective_config()
@@ -99,6 +102,9 @@ def status() -> None:
         console.print(f"[red]pipeline not reachable: {exc}")
         raise typer.Exit(1) from None
     Console().print(table)
+    from pipelines.overview import overview_table, sampled_overview
+
+    Console().print(overview_table(sampled_overview(config, sample)))
 
 
 def _print_state(state) -> None:
@@ -114,6 +120,18 @@ def _print_state(state) -> None:
     if state.http_url:
         table.add_row("http api", state.http_url + "/docs", "", "", "")
     Console().print(table)
+
+
+@app.command()
+def memory(
+    stream: Annotated[str, typer.Argument(help="Stream id.")],
+    tenant: Annotated[str, typer.Option("--tenant")] = "default",
+) -> None:
+    """A stream's memory tiers (short, mid, long): entries, tokens, bytes and time covered, against their budgets."""
+    from pipelines.memory_cli import print_memory
+
+    if not print_memory(effective_config(), tenant, stream, Console()):
+        raise typer.Exit(1)
 
 
 @app.command("config")
@@ -152,6 +170,8 @@ def publish(
 def ask(
     question: Annotated[str, typer.Argument(help="The question; may be empty with --image.")] = "",
     stream: Annotated[list[str] | None, typer.Option("--stream", help="Stream id (repeatable). None: all streams.")] = None,
+    all_streams: Annotated[bool, typer.Option("--all-streams", help="Every stream of the tenant (the default "
+                                              "without --stream; says so explicitly in scripts).")] = False,
     image: Annotated[Path | None, typer.Option("--image", help="An example image: when was this on screen?")] = None,
     tenant: Annotated[str, typer.Option("--tenant")] = "default",
     since: Annotated[str | None, typer.Option("--since", help="Only the last N: 30s, 5m, 2h.")] = None,
@@ -164,15 +184,15 @@ def ask(
     via: Annotated[str, typer.Option(help="http or kafka")] = "http",
 ) -> None:
     """Ask a question about one or more streams; prints the answer and its evidence."""
-    from pipelines.client import Client
+    from pipelines.client import Client, image_b64
 
+    if all_streams and stream:
+        raise typer.BadParameter("--all-streams or --stream, not both")
     config = effective_config()
     streams = stream or []
     scope = messages.TimeScope(
         since_s=_duration(since) if since else None,
         start=_time_arg(config, tenant, streams, t_from), end=_time_arg(config, tenant, streams, t_to))
-    from pipelines.client import image_b64
-
     if first and last:
         raise typer.BadParameter("--first or --last, not both")
     query = messages.Query(tenant_id=tenant, stream_ids=streams, text=question, scope=scope, top_k=top_k,
@@ -225,31 +245,53 @@ def print_answer(answer: messages.Answer, *, as_json: bool) -> None:
 
 @app.command()
 def backfill(
-    sources: Annotated[list[Path], typer.Argument(help="Video files, directories or globs.")],
+    sources: Annotated[list[str], typer.Argument(help="Video files, directories, globs or http(s) URLs.")],
     stream: Annotated[str | None, typer.Option("--stream", help="Stream id (one source). Default: file names.")] = None,
+    stream_pattern: Annotated[str | None, typer.Option(
+        "--stream-pattern", help="Regex on each file name; its group 'stream' (or first group) is the stream id.")] = None,
     tenant: Annotated[str, typer.Option("--tenant")] = "default",
     start: Annotated[str | None, typer.Option("--start", help="Stream wall-clock start, ISO 8601 (else file metadata).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel decode processes.")] = 2,
 ) -> None:
     """Store recorded video in memory through the live operators, far faster than real time; resumable."""
-    import glob
-
     import redis
 
     from memory_store.service import MemoryStore
-    from pipelines.backfill import Backfill, BackfillJob
+    from pipelines.backfill import Backfill, BackfillJob, expand_sources, stream_id_for
 
     config = effective_config()
-    files = sorted({Path(f) for s in sources for f in (glob.glob(str(s)) or [str(s)])})
-    files = [f for p in files for f in (sorted(p.iterdir()) if p.is_dir() else [p])]
-    if stream is not None and len(files) != 1:
-        raise typer.BadParameter("--stream names one source; several files take their stream ids from their names")
+    os.nice(config.backfill.nice)  # first: the decode workers and torch's threads inherit it (live has priority)
+    files = expand_sources(sources)
+    if stream is not None and (len(files) != 1 or stream_pattern):
+        raise typer.BadParameter("--stream names one source; several take their ids from their names (--stream-pattern)")
     when = datetime.fromisoformat(start) if start else None
-    jobs = [BackfillJob(f, stream or re.sub(r"[^A-Za-z0-9_.:-]", "-", f.stem), tenant, when) for f in files]
+    jobs = [BackfillJob(f, stream or stream_id_for(f, stream_pattern), tenant, when) for f in files]
     store = MemoryStore(redis.Redis.from_url(config.redis.url), config.memory)
     summary = Backfill(config, store, workers=workers).run(jobs)
     Console().print(summary)
     _rebuild_running_memory(config)
+
+
+@app.command()
+def replay(
+    from_offset: Annotated[int | None, typer.Option("--from-offset", help="First offset (per partition).")] = None,
+    from_time: Annotated[str | None, typer.Option("--from-time", help="First record at or after, ISO 8601.")] = None,
+    to_offset: Annotated[int | None, typer.Option("--to-offset", help="Stop before this offset.")] = None,
+    to_time: Annotated[str | None, typer.Option("--to-time", help="Stop before records at or after, ISO 8601.")] = None,
+    partition: Annotated[list[int] | None, typer.Option("--partition", help="Partition (repeatable). None: all.")] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Default: the segments topic.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel decode processes.")] = 2,
+) -> None:
+    """Rebuild memory from a range of the segments topic with the configuration in effect (a new encoder or
+    threshold): each replayed segment replaces what memory holds for it. End default: the topic's end now."""
+    from pipelines.replay import Replay, memory_writer, replay_range
+
+    config = effective_config()
+    os.nice(config.backfill.nice)
+    what = replay_range(config, topic=topic, from_offset=from_offset, from_time=from_time, to_offset=to_offset,
+                        to_time=to_time, partitions=partition or [])
+    summary = Replay(config, memory_writer(config), workers=workers).run(what)
+    Console().print(summary)
 
 
 def _rebuild_running_memory(config: LivelensConfig) -> None:
@@ -299,6 +341,44 @@ def watch(
     finally:
         if not keep:
             client.delete_standing(registered["query_id"], tenant_id=tenant)
+
+
+@app.command()
+def alerts(
+    follow: Annotated[bool, typer.Option("--follow", help="Print alerts as they arrive on the alerts topic.")] = False,
+    room: Annotated[str | None, typer.Option("--room", help="Only this room (stream id).")] = None,
+    tenant: Annotated[str, typer.Option("--tenant")] = "default",
+    limit: Annotated[int, typer.Option("--limit", help="Recent alerts shown (without --follow).")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per alert, per line.")] = False,
+) -> None:
+    """Recent moderation and standing-query alerts, newest first; or follow them live (Ctrl-C to stop)."""
+    from pipelines.client import Client
+
+    client = Client(effective_config())
+    if not follow:
+        for alert in client.alerts(tenant_id=tenant, room_id=room, limit=limit):
+            print_alert(alert, as_json=as_json)
+        return
+    try:
+        for alert in client.follow_alerts():
+            if alert.tenant_id == tenant and room in (None, alert.stream_id):
+                print_alert(alert, as_json=as_json)
+    except KeyboardInterrupt:
+        pass
+
+
+def print_alert(alert: messages.Alert, *, as_json: bool) -> None:
+    if as_json:
+        print(alert.model_dump_json(by_alias=True))
+        return
+    colour = {"RED": "red", "YELLOW": "yellow", "GREEN": "green"}.get(alert.state, "cyan")
+    evidence = ", ".join(f"{e.t_start:.0f}-{e.t_end:.0f}s {e.text.replace(chr(10), ' / ')[:60]}".strip()
+                         for e in alert.evidence[:3])
+    labels = ",".join(label for d in alert.drivers for label in d.labels)
+    acked = f" acked by {alert.ack.by}" if alert.ack else ""
+    Console().print(f"{alert.produced_at.isoformat(timespec='seconds')} [{colour}]{alert.state}[/{colour}] "
+                    f"{alert.stream_id} {alert.event} {alert.alert_id} score={alert.score:.2f} {labels} "
+                    f"[{evidence}]{acked}")
 
 
 @app.command()

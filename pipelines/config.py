@@ -7,7 +7,7 @@ Sources, highest priority first:
    ``LIVELENS_KAFKA_BOOTSTRAP``, ``LIVELENS_REDIS_URL`` and ``RAY_ADDRESS``,
 3. a TOML file named by ``LIVELENS_CONFIG`` (default ``livelens.toml`` in the
    working directory, when it exists),
-4. the profile's defaults (``offline`` or ``gpu``), then the field defaults.
+4. the profile's defaults (``offline``, ``gpu`` or ``cluster``), then the field defaults.
 
 `livelens config` prints the tree in effect.
 """
@@ -26,7 +26,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-Profile = Literal["offline", "gpu"]
+from operators.moderation.policy import ModerationConfig
+
+Profile = Literal["offline", "gpu", "cluster"]
 DropMode = Literal["feature", "pixel"]
 BoundarySignal = Literal["drop_ratio", "curvature"]
 ProcessingGuarantee = Literal["at-least-once"]
@@ -114,8 +116,46 @@ class MemoryConfig(_Section):
     recent_frames: int = Field(
         600, ge=1, description="Frames per stream whose kept tokens stay in Redis (the short tier)."
     )
-    snapshot_every_frames: int = Field(2000, ge=1, description="Frames added between FAISS snapshots.")
+    snapshot_every_frames: int = Field(
+        2000, ge=1, description="Index changes (entries added or removed) between FAISS snapshots.")
     shards: int = Field(1, ge=1, description="Memory actors; tenants are spread over them by hash.")
+    # Tier budgets, per stream (memory_store/tiers.py, docs/architecture.md "Memory tiers").
+    short_max_tokens: int = Field(
+        60_000, ge=1, description="Short tier: kept tokens per stream; the oldest frames lose theirs first. "
+        "600 SigLIP frames pruned to 60 tokens fit 36,000.")
+    short_max_bytes: int = Field(96 << 20, ge=1, description="Short tier: bytes of tokens and positions per stream.")
+    mid_max_tokens: int = Field(
+        100_000, ge=1, description="Mid tier: tokens of event segments per stream (after removing tokens that "
+        "repeat within their event); the oldest events lose their tokens first and stay searchable.")
+    mid_max_bytes: int = Field(160 << 20, ge=1, description="Mid tier: bytes of event token blobs per stream.")
+    mid_similarity: float = Field(
+        0.9, ge=-1.0, le=1.0, description="Mid tier: a token is redundant, and left out of its event, when its "
+        "cosine to the last token the event kept at the same position is above this. Lower keeps fewer.")
+    max_event_s: float = Field(
+        300.0, gt=0, description="An event with no boundary for this long (a static camera) is closed and a new "
+        "one begins, so that every event is indexed and evictable within this delay.")
+    representative_frames: int = Field(
+        2, ge=1, description="Frames named per event segment: those nearest the event's mean embedding.")
+    long_max_entries: int = Field(
+        20_000, ge=2, description="Long tier: index entries (frames, event segments, merged entries) per stream; "
+        "past it the oldest are merged into time-ordered k-means centroids. 5.5 h of frames at 1 fps.")
+    long_max_bytes: int = Field(
+        128 << 20, ge=1, description="Long tier: bytes per stream of the entries' hashes and thumbnails.")
+    merge_low_water: float = Field(
+        0.75, gt=0.0, lt=1.0, description="A merge brings the long tier down to this fraction of its budgets, so "
+        "merges run every few hundred entries, not on every write.")
+    merge_factor: int = Field(
+        4, ge=2, description="Members per merged centroid, on average, in one merge. Higher merges fewer, older "
+        "entries harder; lower touches more entries per merge.")
+    retention_s: float = Field(
+        7 * 86400.0, gt=0, description="Entries that ended longer ago than this before the stream's newest frame "
+        "(on write) or the clock (sweeps, for paused and deleted streams) are deleted from every tier.")
+    retention_sweep_s: float = Field(
+        600.0, gt=0, description="How often a memory actor applies retention to streams that no longer write.")
+    ivf_min_vectors: int = Field(
+        50_000, ge=1000, description="A tenant's index turns from exact (flat) into IVF once it holds this many "
+        "vectors, and back under half of it. Searches scoped to streams or times stay exact.")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed by unscoped searches: more is slower, closer to exact.")
 
 
 class OcrConfig(_Section):
@@ -216,6 +256,10 @@ class CacheConfig(_Section):
         False, description="Reuse the last features for frames whose picture barely changed (no ViT run). "
         "BENCHMARKS.md: 37-44% of frames skipped on broadcast / static-camera content at 1 fps.")
     skip: FrameSkipConfig = FrameSkipConfig()
+    token_cache: bool = Field(
+        False, description="Run CLIP / SigLIP / ViT towers through the token cache (settings in `vit`): "
+        "non-reference frames recompute only their least similar tokens. Other architectures compute in full "
+        "and the encoder says so in its log. BENCHMARKS.md: 22-24% encoder time saved on CPU, none on an H100.")
     vit: ViTCacheConfig = ViTCacheConfig()
 
 
@@ -243,6 +287,17 @@ class AnswerConfig(_Section):
     max_evidence_frames: int = 8
 
 
+class MetricsConfig(_Section):
+    """How often the gauges that cost a request are refreshed (pipelines/metrics.py; counters are per event)."""
+
+    lag_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between a source's end-offset requests for its consumer-lag gauges. Lower "
+        "shows lag sooner, at one broker request per source per interval.")
+    memory_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between a memory shard's stats readings (Redis counts per tenant) for its "
+        "frames / tokens / bytes gauges.")
+
+
 class PipelineConfig(_Section):
     guarantee: ProcessingGuarantee = "at-least-once"
     sources: int = Field(1, ge=1, description="Kafka source actors in the ingest consumer group.")
@@ -258,6 +313,74 @@ class PipelineConfig(_Section):
     segment_attempts: int = Field(3, ge=1, description="Tries before a segment that keeps failing is dead-lettered.")
 
 
+class StagePlacement(_Section):
+    """What each actor of one stage asks Ray for (pipelines/placement.py turns it into actor options)."""
+
+    num_cpus: float | None = Field(
+        None, ge=0, description="CPUs each actor holds. None: Ray's actor default (1 CPU to be placed, none held "
+        "while it runs), which lets a dozen actors share a 2-core laptop. On a cluster set it, so that the "
+        "autoscaler sees the demand and adds nodes.")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs each actor holds. None: 1 for encode and answer when their device is cuda, "
+        "else none. A fraction (0.5) packs two actors onto one GPU.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each actor asks for, e.g. "
+        "{\"livelens_gpu_worker\": 0.01}: the actor is then placed only on nodes that declare them "
+        "(ray_cluster.yaml, k8s/rayservice.yaml). The amount is a tag, not a budget: nodes declare 1000.")
+
+
+class PlacementConfig(_Section):
+    """Ray resources per stage. The defaults ask for nothing custom, so one machine runs every stage; the
+    `cluster` profile tags CPU stages for CPU worker nodes and encode / answer for GPU worker nodes."""
+
+    source: StagePlacement = StagePlacement()
+    decode: StagePlacement = StagePlacement()
+    encode: StagePlacement = StagePlacement()
+    compress: StagePlacement = StagePlacement()
+    ocr: StagePlacement = StagePlacement()
+    memory: StagePlacement = StagePlacement()
+    standing: StagePlacement = StagePlacement()
+    answer: StagePlacement = StagePlacement()
+    query: StagePlacement = Field(StagePlacement(), description="The Kafka query consumer.")
+    moderate: StagePlacement = Field(StagePlacement(), description="Moderation actors (when moderation.enabled).")
+    verify: StagePlacement = Field(
+        StagePlacement(), description="The moderation verifier; a VLM verifier runs the answer model on "
+        "answer.device, so it gets a GPU like answer does.")
+
+
+class DashboardConfig(_Section):
+    """The live ops overview (`GET /v1/overview`, the web dashboard, `livelens status`; pipelines/overview.py)."""
+
+    stalled_after_s: float = Field(
+        10.0, gt=0, description="A stream with no segment stored for this long is stalled. Segments are ~2 s, so "
+        "a live stream stores one every 2 s plus jitter; lower flags hiccups, higher hides real stalls longer.")
+    ended_after_s: float = Field(
+        300.0, gt=0, description="A stalled stream with nothing waiting for it on its Kafka partition counts as "
+        "ended after this long without a stored segment.")
+    fps_window_s: float = Field(
+        10.0, gt=0, description="Frames stored over the last this many seconds give a stream's fps. Longer is "
+        "steadier (segments land in bursts of ~2 s of frames), shorter reacts faster.")
+    alerts_scanned: int = Field(
+        500, ge=1, description="Each stream's last alert is looked for among its tenant's newest this many alerts.")
+    timeline_frames: int = Field(120, ge=1, le=10_000, description="Newest frames shown on a stream's page.")
+    refresh_ms: int = Field(1500, ge=200, description="How often the web pages poll for fresh numbers.")
+
+
+class QueryConfig(_Section):
+    """Query-time retrieval (pipelines/query_service.py)."""
+
+    now_window_s: float = Field(
+        10.0, gt=0, description="Recency gate: a question about now (\"what is on screen right now\") searches only "
+        "each stream's newest this many seconds of memory, counted from its newest stored frame, not the clock "
+        "(a lagging stream still answers with its latest picture).")
+    rerank_depth: int = Field(
+        50, ge=1, le=1000, description="Example-image queries: coarse hits reranked by late interaction over the "
+        "frames' stored tokens (operators/late_interaction.py). More finds more, each costs a token read.")
+    rerank_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the token score in a fully covered frame's blended score; 0 "
+        "turns the rerank off.")
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8765
@@ -266,6 +389,15 @@ class ServeConfig(_Section):
         description="API key -> tenant id. When set, every HTTP call needs `Authorization: Bearer <key>` (or "
         "`X-API-Key`), and the key, not the request, decides the tenant. Env LIVELENS_SERVE__API_KEYS as JSON.")
     answer_ttl_s: int = Field(3600, ge=60, description="How long answers to asynchronous queries are kept.")
+
+
+class BackfillConfig(_Section):
+    """`livelens backfill` and `livelens replay`: batch work beside live ingest (docs/operations.md)."""
+
+    nice: int = Field(
+        10, ge=0, le=19, description="CPU niceness of the backfill / replay process and its decode workers. Live "
+        "actors run at 0, so where both compete for a core the kernel gives live ingest ~10x the CPU time "
+        "(weights 1024 vs 110); an idle core still goes to the batch work. 0: no preference.")
 
 
 class LivelensConfig(BaseSettings):
@@ -294,7 +426,15 @@ class LivelensConfig(BaseSettings):
     boundaries: BoundaryConfig = BoundaryConfig()
     answer: AnswerConfig = AnswerConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    placement: PlacementConfig = PlacementConfig()
+    query: QueryConfig = QueryConfig()
     serve: ServeConfig = ServeConfig()
+    backfill: BackfillConfig = BackfillConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    moderation: ModerationConfig = Field(
+        ModerationConfig(), description="Risk screening of every stream (pipelines/moderation.py). Off by default: "
+        "it runs nudenet on every sampled frame.")
 
     @model_validator(mode="before")
     @classmethod
@@ -302,9 +442,7 @@ class LivelensConfig(BaseSettings):
         data = dict(data or {})
         profile = data.get("profile") or os.environ.get("LIVELENS_PROFILE", "offline")
         for section, values in PROFILE_DEFAULTS.get(profile, {}).items():
-            merged = dict(values)
-            merged.update(_as_dict(data.get(section)))
-            data[section] = merged
+            data[section] = _merge(cls.model_fields[section].annotation, values, _as_dict(data.get(section)))
         for env_name, (section, field) in SHORT_ENV.items():
             if os.environ.get(env_name):
                 merged = _as_dict(data.get(section))
@@ -330,6 +468,20 @@ class LivelensConfig(BaseSettings):
     @property
     def tiny_models_dir(self) -> Path:
         return self.data_dir / "models"
+
+
+def _merge(model: Any, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over a profile's `defaults`, field by field down through nested sections, so that setting
+    placement.encode.num_cpus keeps the profile's placement.encode.resources. Other values replace whole."""
+    out = dict(defaults)
+    for key, value in given.items():
+        field = model.model_fields.get(key)
+        section = field.annotation if field is not None else None
+        if isinstance(section, type) and issubclass(section, BaseModel) and isinstance(out.get(key), dict):
+            out[key] = _merge(section, out[key], _as_dict(value))
+        else:
+            out[key] = value
+    return out
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -363,5 +515,26 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "answer": {"model": "Qwen/Qwen2.5-1.5B-Instruct", "device": "cuda", "dtype": "bfloat16"},
         "pipeline": {"decoders": 8, "encoders": 1, "sources": 2, "max_inflight_segments": 32},
+    },
+}
+# cluster: the gpu profile's models, with every stage tagged for its node type (ray_cluster.yaml, k8s/) and
+# holding the CPUs it uses, so that the autoscaler adds CPU workers for decode / OCR and GPU workers for
+# encode / answer. Replica counts stay a per-deployment choice (docs/deploy.md sizes them).
+_CPU_NODE = {"livelens_cpu_worker": 0.01}
+_GPU_NODE = {"livelens_gpu_worker": 0.01}
+PROFILE_DEFAULTS["cluster"] = {
+    **PROFILE_DEFAULTS["gpu"],
+    "placement": {
+        "source": {"num_cpus": 0.5, "resources": _CPU_NODE},
+        "decode": {"num_cpus": 1, "resources": _CPU_NODE},
+        "compress": {"num_cpus": 0.5, "resources": _CPU_NODE},
+        "ocr": {"num_cpus": 1, "resources": _CPU_NODE},
+        "memory": {"num_cpus": 1, "resources": _CPU_NODE},
+        "standing": {"num_cpus": 0.5, "resources": _CPU_NODE},
+        "query": {"num_cpus": 0.5, "resources": _CPU_NODE},
+        "moderate": {"num_cpus": 1, "resources": _CPU_NODE},
+        "verify": {"num_cpus": 1, "resources": _GPU_NODE},
+        "encode": {"num_cpus": 2, "resources": _GPU_NODE},
+        "answer": {"num_cpus": 1, "resources": _GPU_NODE},
     },
 }

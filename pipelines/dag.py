@@ -18,25 +18,30 @@ idempotent per segment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
-import zlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
-from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, SegmentInfo, StageError, tag_stage
+from operators.frames import (
+    CompressedBatch,
+    FeatureBatch,
+    FrameBatch,
+    SegmentInfo,
+    StageError,
+    tag_stage,
+)
+from pipelines import metrics
 from pipelines.config import LivelensConfig
+from pipelines.placement import actor_options, shard
 
 log = logging.getLogger(__name__)
 
 RESTART = dict(max_restarts=-1, max_task_retries=3)
-
-
-def shard(key: str, n: int) -> int:
-    """Stable across processes and restarts (unlike hash())."""
-    return zlib.crc32(key.encode()) % n
 
 
 def setup_logging() -> None:
@@ -53,7 +58,8 @@ class DecodeActor:
         self.decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
 
     def decode(self, info: SegmentInfo, payload: bytes) -> FrameBatch:
-        return tag_stage("decode", self.decoder.decode, info, payload)
+        call = metrics.StageCall("decode", info)
+        return call.done(tag_stage("decode", self.decoder.decode, info, payload))
 
 
 @ray.remote(**RESTART)
@@ -65,13 +71,11 @@ class EncodeActor:
     """
 
     def __init__(self, config: LivelensConfig):
-        from operators.encode import VisionEncoder
-        from pipelines.models import encoder_model
-
         from operators.caching import FrameSkipper
+        from pipelines.models import vision_encoder
 
         self.config = config.encode
-        self.encoder = VisionEncoder(config.encode, encoder_model(config))
+        self.encoder = vision_encoder(config)
         # Streams are sharded to encoders by a stable hash, so each stream's skip state lives here.
         self.skipper = FrameSkipper(config.cache.skip) if config.cache.skip_frames else None
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
@@ -82,10 +86,11 @@ class EncodeActor:
         if self._runner is None:
             self._wakeup = asyncio.Event()
             self._runner = asyncio.get_running_loop().create_task(self._run())
+        call = metrics.StageCall("encode", batch.segment, len(batch))
         future = asyncio.get_running_loop().create_future()
         self._queue.append((batch, future))
         self._wakeup.set()
-        return await future
+        return call.done(await future)
 
     async def _run(self) -> None:
         while True:
@@ -113,16 +118,40 @@ class EncodeActor:
     def _encode(self, batches: list[FrameBatch]) -> list[FeatureBatch]:
         from operators.caching import encode_skipping
 
-        return encode_skipping(self.encoder.encode, self.skipper, batches)
+        before, started = self._skipped(), time.perf_counter()
+        out = encode_skipping(self.encoder.encode, self.skipper, batches)
+        skipped = metrics.frames_skipped(before, self._skipped())
+        metrics.encoder_batch(sum(len(b) for b in batches) - skipped, time.perf_counter() - started)
+        return out
 
-    def skip_stats(self) -> dict:
-        return {f"{t}/{s}": vars(v) for (t, s), v in self.skipper.stats().items()} if self.skipper else {}
+    def _skipped(self) -> dict[tuple[str, str], int]:
+        return {key: s.frames_skipped for key, s in self.skipper.stats().items()} if self.skipper else {}
+
+    def cache_stats(self) -> dict[str, dict]:
+        """Per "tenant/stream": frames seen and skipped (frame skip), the fraction of token rows the ViT
+        recomputed (token cache; 1.0 without it), encoder seconds spent and, estimated from the stream's own
+        seconds per encoded frame, seconds saved by skipping."""
+        skipped = self.skipper.stats() if self.skipper else {}
+        out = {}
+        for key, enc in self.encoder.stats().items():
+            skip = skipped.get(key)
+            per_frame = enc.seconds / enc.frames if enc.frames else 0.0
+            out["/".join(key)] = dict(
+                frames_seen=skip.frames_seen if skip else enc.frames,
+                frames_skipped=skip.frames_skipped if skip else 0,
+                token_fraction=round(enc.token_fraction, 4),
+                encode_s=round(enc.seconds, 3),
+                skip_saved_s=round((skip.frames_skipped if skip else 0) * per_frame, 3))
+        return out
 
     def embed_text(self, texts: list[str]):
         return self.encoder.embed_text(texts)
 
     def embed_images(self, images):
         return self.encoder.embed_images(images)
+
+    def encode_images(self, images):
+        return self.encoder.encode_images(images)
 
     def describe(self) -> dict[str, Any]:
         e = self.encoder
@@ -133,14 +162,21 @@ class EncodeActor:
 @ray.remote(**RESTART)
 class CompressActor:
     def __init__(self, config: LivelensConfig):
+        from operators.boundaries import BoundaryDetector
         from operators.compress import TokenDropCompressor
 
         self.compressor = TokenDropCompressor(config.compress, config.drop, config.prune)
+        # Per-stream state beside the compressor's: streams are sharded here by a stable hash, in order.
+        self.boundaries = BoundaryDetector(config.boundaries)
         self.pixel_mode = config.drop.mode == "pixel"
 
     def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
+        call = metrics.StageCall("compress", batch.segment, len(batch))
         images = frames.images if self.pixel_mode and frames is not None else None
-        return tag_stage("compress", self.compressor.compress, batch, images)
+        compressed = tag_stage("compress", self.compressor.compress, batch, images)
+        marked = tag_stage("compress", self.boundaries.mark, compressed)
+        metrics.tokens(marked)
+        return call.done(marked)
 
 
 @ray.remote(**RESTART)
@@ -153,7 +189,8 @@ class OcrActor:
         self.reader = ScreenTextReader(config.ocr)
 
     def read(self, batch: FrameBatch):
-        return tag_stage("ocr", self.reader.read, batch)
+        call = metrics.StageCall("ocr", batch.segment, len(batch))
+        return call.done(tag_stage("ocr", self.reader.read, batch))
 
 
 @ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4)
@@ -172,15 +209,31 @@ class MemoryActor:
         shards = config.memory.shards
         self.store = MemoryStore(client, config.memory, index_dir=index_dir,
                                  owns_tenant=lambda tenant: shard(tenant, shards) == shard_index)
+        metrics.report_memory_every(config.metrics.memory_interval_s, shard_index, self.store.stats)
+        threading.Thread(target=self._sweep_retention, args=(config.memory.retention_sweep_s,), daemon=True,
+                         name="retention").start()
 
-    def write(self, batch: CompressedBatch, texts: list | None = None):
-        return tag_stage("memory", self.store.write, batch, texts)
+    def _sweep_retention(self, every_s: float) -> None:
+        """Retention for streams that stopped writing (paused, deleted): writing streams apply it on each write."""
+        while True:
+            time.sleep(every_s)
+            try:
+                self.store.expire()
+            except Exception:  # the next sweep retries; a write in between applies retention to its stream
+                log.exception("retention sweep failed; next in %.0f s", every_s)
+
+    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False):
+        """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it."""
+        call = metrics.StageCall("memory", batch.segment, len(batch))
+        result = tag_stage("memory", functools.partial(self.store.write, replace=replace), batch, texts)
+        return call.done(result, frames=len(result.ids) if result is not None else 0)  # None: a replay
 
     def call(self, method: str, *args, **kwargs):
-        """Read-side calls by name, and `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
-        wrote to Redis directly)."""
+        """Read-side calls by name, `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
+        wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire` and
+        `purge_stream` (a replay rebuilding a stream from its first segment)."""
         if method not in {"search", "search_text", "recent", "timeline", "streams", "frames", "thumbnail", "stats",
-                          "rebuild"}:
+                          "rebuild", "memory_report", "delete_stream", "expire", "event_tokens", "purge_stream"}:
             raise ValueError(f"MemoryActor has no read method {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
 
@@ -192,12 +245,15 @@ class StandingActor:
     def __init__(self, config: LivelensConfig):
         import redis
 
+        from pipelines.alerts import AlertLog
         from pipelines.kafka_io import make_producer
         from pipelines.standing import StandingEvaluator
 
         self.config = config
         self.producer = make_producer(config.kafka)
-        self.evaluator = StandingEvaluator(redis.Redis.from_url(config.redis.url), self._emit)
+        client = redis.Redis.from_url(config.redis.url)
+        self.evaluator = StandingEvaluator(client, self._emit)
+        self.alerts = AlertLog(client)  # what GET /v1/alerts serves
         self.webhook_failures = 0
 
     def evaluate(self, written, batch: CompressedBatch, texts: list | None):
@@ -216,7 +272,9 @@ class StandingActor:
         futures = []
         for firing in firings:
             alert = firing_alert(firing, firing.query.tenant_id)
-            futures.append(self.producer.send(topic, key=firing.stream_id.encode(), value=messages.encode(alert)))
+            futures.append((alert, self.producer.send(topic, key=firing.stream_id.encode(),
+                                                      value=messages.encode(alert))))
+            self.alerts.record(alert)
             if firing.query.webhook:
                 # Best effort with a short timeout: the alerts topic is the durable channel, and a slow
                 # webhook must not hold up ingest.
@@ -225,9 +283,11 @@ class StandingActor:
                                headers={"content-type": "application/json"}, timeout=2.0)
                 except httpx.HTTPError as exc:
                     self.webhook_failures += 1
+                    metrics.webhook_failed(alert.kind)
                     log.warning("webhook %s failed: %s", firing.query.webhook, exc)
-        for future in futures:
+        for alert, future in futures:
             future.get(timeout=30)
+            metrics.record_alert(alert)
 
 
 @dataclass
@@ -238,6 +298,8 @@ class PipelineHandles:
     ocr: list
     memory: list
     standing: list
+    moderators: list = field(default_factory=list)  # empty unless moderation.enabled
+    verifiers: list = field(default_factory=list)
 
     def memory_for(self, tenant_id: str):
         return self.memory[shard(tenant_id, len(self.memory))]
@@ -257,14 +319,26 @@ def _ocr_count(config: LivelensConfig) -> int:
 def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineHandles:
     """Create (or find, when already running) the stage actors, named so any process can reach them."""
     ns, p = config.ray.namespace, config.pipeline
-    gpu = {"num_gpus": 1} if config.encode.device == "cuda" else {}
+
+    def place(stage):  # the stage's num_cpus / num_gpus / custom resources (pipelines/placement.py)
+        return actor_options(config, stage)
+
+    from pipelines.moderation import start_moderation
+
+    # Their actors are named "<stage>-<i>": moderate-0.., verify-0.
+    moderators, verifiers = start_moderation(
+        config, lambda cls, name, *args: _named(cls, name, ns, detached, place(name.rsplit("-", 1)[0]), *args))
     return PipelineHandles(
-        decoders=[_named(DecodeActor, f"decode-{i}", ns, detached, {}, config) for i in range(p.decoders)],
-        encoders=[_named(EncodeActor, f"encode-{i}", ns, detached, gpu, config) for i in range(p.encoders)],
-        compressors=[_named(CompressActor, f"compress-{i}", ns, detached, {}, config) for i in range(p.compressors)],
-        ocr=[_named(OcrActor, f"ocr-{i}", ns, detached, {}, config) for i in range(_ocr_count(config))],
-        memory=[_named(MemoryActor, f"memory-{i}", ns, detached, {}, config, i) for i in range(config.memory.shards)],
-        standing=[_named(StandingActor, f"standing-{i}", ns, detached, {}, config) for i in range(p.standing_evaluators)],
+        decoders=[_named(DecodeActor, f"decode-{i}", ns, detached, place("decode"), config) for i in range(p.decoders)],
+        encoders=[_named(EncodeActor, f"encode-{i}", ns, detached, place("encode"), config) for i in range(p.encoders)],
+        compressors=[_named(CompressActor, f"compress-{i}", ns, detached, place("compress"), config)
+                     for i in range(p.compressors)],
+        ocr=[_named(OcrActor, f"ocr-{i}", ns, detached, place("ocr"), config) for i in range(_ocr_count(config))],
+        memory=[_named(MemoryActor, f"memory-{i}", ns, detached, place("memory"), config, i)
+                for i in range(config.memory.shards)],
+        standing=[_named(StandingActor, f"standing-{i}", ns, detached, place("standing"), config)
+                  for i in range(p.standing_evaluators)],
+        moderators=moderators, verifiers=verifiers,
     )
 
 
@@ -281,6 +355,7 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
         ocr=[get(f"ocr-{i}") for i in range(_ocr_count(config))],
         memory=[get(f"memory-{i}") for i in range(config.memory.shards)],
         standing=[get(f"standing-{i}") for i in range(p.standing_evaluators)],
+        moderators=[get(f"moderate-{i}") for i in range(config.moderation.moderators if config.moderation.enabled else 0)],
     )
 
 
@@ -304,7 +379,10 @@ class RayIngest:
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
         written = self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
-        return self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(written, compressed, texts)
+        done = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(written, compressed, texts)
+        if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation.py)
+            done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(done, frames, texts, [compressed])
+        return done
 
     def wait(self, handles: list, timeout_s: float) -> list:
         ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout_s, fetch_local=False)
@@ -350,5 +428,5 @@ class SourceActor:
 
 def start_sources(config: LivelensConfig, *, detached: bool = False) -> list:
     ns = config.ray.namespace
-    return [_named(SourceActor, f"source-{i}", ns, detached, {}, config, f"source-{i}")
+    return [_named(SourceActor, f"source-{i}", ns, detached, actor_options(config, "source"), config, f"source-{i}")
             for i in range(config.pipeline.sources)]

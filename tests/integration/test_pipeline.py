@@ -87,6 +87,12 @@ def test_ingest_then_ask_over_kafka_and_http(deployed, sample_video):
     assert all(5 - 0.01 <= e.t_start <= 10 + 0.01 for e in answer.evidence), [e.t_start for e in answer.evidence]
     assert [e.t_start for e in answer.evidence] == sorted(e.t_start for e in answer.evidence)
 
+    # A question about now is answered from the stream's newest seconds only (the recency gate).
+    newest = RedisTier(redis_client(config), config.memory).stream_info("default", "news").last_media_s
+    answer = client.ask_http(messages.Query(tenant_id="default", stream_ids=["news"], top_k=5,
+                                            text="what is on screen right now"))
+    assert answer.evidence and all(e.t_start >= newest - config.query.now_window_s - 0.01 for e in answer.evidence)
+
     # Questions about headlines are answered from on-screen text (OCR), with the text as evidence.
     for headline in truth["headlines"]:
         answer = client.ask_http(messages.Query(tenant_id="default", stream_ids=["news"], top_k=3,
@@ -265,17 +271,19 @@ def _publish_ok(config, video, stream: str) -> bool:
 
 
 def test_token_economy_configuration_ingests_with_fewer_tokens(deployed, sample_video):
-    """Frame skipping, pixel-mode drop and pruning to a budget, through the real DAG."""
+    """Frame skipping, the ViT token cache, pixel-mode drop and pruning to a budget, through the real DAG."""
     video, truth = sample_video
-    config = deployed(cache={"skip_frames": True}, drop={"mode": "pixel"}, prune={"keep_fraction": 0.25},
+    config = deployed(cache={"skip_frames": True, "token_cache": True}, drop={"mode": "pixel"},
+                      prune={"keep_fraction": 0.25},
                       ocr={"enabled": False})
     n = sum(1 for _ in iter_segments(str(video)))
     SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="lean", pace="fast")
     wait_for(lambda: stored_segments(config, "lean") == n, 120, "the stream")
     assert_each_segment_once(config, "lean", n)
     encoder = ray.get_actor("encode-0", namespace=config.ray.namespace)
-    skipped = ray.get(encoder.skip_stats.remote())["default/lean"]
+    skipped = ray.get(encoder.cache_stats.remote())["default/lean"]
     assert 0 < skipped["frames_skipped"] < skipped["frames_seen"], skipped  # the sample has static stretches
+    assert skipped["token_fraction"] < 1.0 and skipped["skip_saved_s"] > 0, skipped  # the token cache ran too
     tier = RedisTier(redis_client(config), config.memory)
     keys = [k for seq in range(n) for k in tier.segment_frame_keys("default", "lean", seq)]
     records = [r for r in tier.frames("default", keys) if r is not None and r.tokens is not None]
