@@ -193,7 +193,9 @@ class OcrActor:
         return call.done(tag_stage("ocr", self.reader.read, batch))
 
 
-@ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4)
+# Writes have a concurrency group of one: a stream's tiers fold its frames into events in time order, and
+# two segments written at once (or out of order) would race on the stream's open event. Reads keep 4 threads.
+@ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4, concurrency_groups={"writes": 1})
 class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
 
@@ -222,6 +224,7 @@ class MemoryActor:
             except Exception:  # the next sweep retries; a write in between applies retention to its stream
                 log.exception("retention sweep failed; next in %.0f s", every_s)
 
+    @ray.method(concurrency_group="writes")
     def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False):
         """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it."""
         call = metrics.StageCall("memory", batch.segment, len(batch))

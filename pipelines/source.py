@@ -221,8 +221,8 @@ class KafkaSegmentSource:
                 if item.attempt < self.config.pipeline.segment_attempts:
                     self.stats.retries += 1
                     metrics.segment_retry(self.source_id)
-                    log.warning("%s: segment %s failed (%s); retry %d", self.source_id, item.segment.key,
-                                type(exc).__name__, item.attempt)
+                    log.warning("%s: segment %s failed; retry %d: %s", self.source_id, item.segment.key,
+                                item.attempt, exc)
                     item.attempt += 1
                     self._submit(item)
                 else:
