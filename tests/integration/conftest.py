@@ -16,10 +16,13 @@ from pipelines.config import LivelensConfig
 from pipelines.sample_video import write_sample_video
 
 
+# address="local": always a fresh runtime of our own, never a cluster someone else started here.
+RAY_INIT = dict(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="livelens-tests")
+
+
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
-    # address="local": always a fresh runtime of our own, never a cluster someone else started here.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="livelens-tests")
+    ray.init(**RAY_INIT)
     yield
     ray.shutdown()
 

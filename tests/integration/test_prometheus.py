@@ -24,7 +24,7 @@ from pipelines.metrics import MEMORY_TOKENS, memory_readings
 from pipelines.publish import SegmentPublisher
 from pipelines.query_service import QueryEngine
 from pipelines.segmenter import iter_segments
-from tests.integration.conftest import redis_client, wait_for
+from tests.integration.conftest import RAY_INIT, redis_client, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,19 @@ def matchers(labels: dict[str, str]) -> str:
 
 def by(prometheus: str, label: str, expr: str) -> dict[str, float]:
     return {dict(k)[label]: v for k, v in promql(prometheus, expr).items()}
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    """A Ray runtime of this module's own. Ray's metrics agent keeps exporting the series of the actors that
+    earlier tests started, under the same labels, so the counts below are exact only in a fresh runtime."""
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    ray.init(**RAY_INIT)
+    yield
+    ray.shutdown()
+    if was_running:  # later tests find the session's runtime as they expect it: up
+        ray.init(**RAY_INIT)
 
 
 @pytest.fixture
