@@ -111,6 +111,12 @@ def test_pipeline_metrics_reach_prometheus(deployed, sample_video, prometheus):
             "the query": lambda: scalar(prometheus, 'sum(livelens_queries_total{outcome="ok"})') == 1,
             "memory gauges": memory_shown,
             "zero lag": lambda: scalar(prometheus, "sum(livelens_consumer_lag_records)") == 0,
+            # Each actor exports on its own ~10 s cycle: wait for every one whose numbers are read below.
+            "every stage": lambda: len(by(prometheus, "stage",
+                                          f"sum by (stage) (livelens_segments_in_total{{{news}}})")) == 6,
+            "the standing query's alert": lambda: (scalar(
+                prometheus, 'sum(livelens_alerts_total{kind="standing_query"})') or 0) >= 1,
+            "the dead letter": lambda: scalar(prometheus, "sum(livelens_dead_letters_total)") == 1,
         }
         return [name for name, check in checks.items() if not check()]
 
