@@ -4,7 +4,8 @@
 with AOF, a Ray head), each on a free port under the data dir, and records them
 in `<data_dir>/stack.json`. `down` stops exactly the processes recorded there.
 Anything configured through LIVELENS_KAFKA_BOOTSTRAP, LIVELENS_REDIS_URL or
-RAY_ADDRESS is used as it is and never stopped.
+RAY_ADDRESS is used as it is and never stopped. The Ray head it starts uses the
+stack's own auth token (deploy.ray_token), recorded here for every later driver.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.processes import ProcessRecord, start_broker, start_ray_head, start_redis
+from deploy.ray_token import ensure_token
 
 
 @dataclass
@@ -23,6 +25,9 @@ class StackState:
     ray_address: str
     ray_dashboard: str = ""
     http_url: str = ""
+    # The token file of the Ray head `up` started ("" for an external Ray), and whether `up` wrote it.
+    ray_auth_token_path: str = ""
+    ray_auth_token_created: bool = False
     started: list[ProcessRecord] = field(default_factory=list)
 
     @staticmethod
@@ -57,6 +62,7 @@ def up(data_dir: Path, *, kafka_bootstrap: str | None, redis_url: str | None, ra
     if existing:
         down(data_dir)  # half-dead stack from a crash: start clean rather than mix
     started: list[ProcessRecord] = []
+    token_path, token_created = "", False
     try:
         if not kafka_bootstrap:
             started.append(start_broker(data_dir))
@@ -66,15 +72,20 @@ def up(data_dir: Path, *, kafka_bootstrap: str | None, redis_url: str | None, ra
             redis_url = started[-1].address
         dashboard = ""
         if not ray_address:
-            record, dash_port = start_ray_head(data_dir, num_cpus=num_cpus)
+            token, token_created = ensure_token(data_dir)
+            token_path = str(token)
+            record, dash_port = start_ray_head(data_dir, token, num_cpus=num_cpus)
             started.append(record)
             ray_address, dashboard = record.address, f"http://127.0.0.1:{dash_port}"
     except Exception:
         for record in reversed(started):
             record.stop()
+        if token_created:
+            Path(token_path).unlink(missing_ok=True)
         raise
     state = StackState(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, ray_address=ray_address,
-                       ray_dashboard=dashboard, started=started)
+                       ray_dashboard=dashboard, ray_auth_token_path=token_path,
+                       ray_auth_token_created=token_created, started=started)
     state.save(data_dir)
     return state
 
@@ -87,5 +98,7 @@ def down(data_dir: Path) -> list[str]:
     order = sorted(state.started, key=lambda p: {"ray": 0, "kafka": 1, "redis": 2}.get(p.name, 3))
     for record in order:
         record.stop()
+    if state.ray_auth_token_created:
+        Path(state.ray_auth_token_path).unlink(missing_ok=True)
     StackState.path(Path(data_dir).resolve()).unlink(missing_ok=True)
     return [p.name for p in order]

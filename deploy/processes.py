@@ -176,13 +176,13 @@ def start_prometheus(data_dir: Path, targets: list[str], *, scrape_interval_s: f
     return _spawn("prometheus", argv, Path(data_dir) / "logs" / "prometheus.log", port, f"http://127.0.0.1:{port}", 30)
 
 
-# Ray's token authentication, on for the local head; a driver must say the same to connect
-# (the token itself is in ~/.ray/auth_token, written by `ray start`).
-RAY_AUTH_MODE = "token"
+def start_ray_head(data_dir: Path, token_path: Path, num_cpus: int | None = None) -> tuple[ProcessRecord, int]:
+    """A Ray head in the foreground of its own session (`--block`), so stopping its group stops Ray.
 
+    Token authentication is on, with the stack's own token (deploy.ray_token): its workers inherit the
+    environment, so they find it too."""
+    from deploy.ray_token import token_env
 
-def start_ray_head(data_dir: Path, num_cpus: int | None = None) -> tuple[ProcessRecord, int]:
-    """A Ray head in the foreground of its own session (`--block`), so stopping its group stops Ray."""
     port, dashboard = free_port(), free_port()
     ray = shutil.which("ray") or str(Path(os.sys.executable).with_name("ray"))
     argv = [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
@@ -191,5 +191,5 @@ def start_ray_head(data_dir: Path, num_cpus: int | None = None) -> tuple[Process
     if num_cpus:
         argv.append(f"--num-cpus={num_cpus}")
     record = _spawn("ray", argv, Path(data_dir) / "logs" / "ray.log", port, f"127.0.0.1:{port}", 90,
-                    env={**os.environ, "RAY_AUTH_MODE": RAY_AUTH_MODE})
+                    env=token_env(token_path))
     return record, dashboard

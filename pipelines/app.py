@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from deploy.local_stack import StackState
+from deploy.ray_token import use_token
 from pipelines.config import LivelensConfig
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ def effective_config(config: LivelensConfig | None = None) -> LivelensConfig:
         if not config.redis.url:
             updates["redis"] = config.redis.model_copy(update={"url": state.redis_url})
         if not config.ray.address:
-            updates["ray"] = config.ray.model_copy(update={"address": state.ray_address})
+            updates["ray"] = config.ray.model_copy(update={
+                "address": state.ray_address,
+                "auth_token_path": config.ray.auth_token_path or state.ray_auth_token_path or None})
     return config.model_copy(update=updates)
 
 
@@ -37,6 +40,8 @@ def connect_ray(config: LivelensConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if config.ray.auth_token_path:
+        use_token(config.ray.auth_token_path)
     ray.init(address=config.ray.address or None, namespace=config.ray.namespace, log_to_driver=False,
              include_dashboard=False if not config.ray.address else None,
              num_cpus=config.ray.num_cpus if not config.ray.address else None)

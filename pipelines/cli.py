@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-# Ray reads its auth mode when it is imported. `ray start` (and so `livelens up`) turns token
-# authentication on, with the token in ~/.ray/auth_token; a driver must say so to connect.
-# Set RAY_AUTH_MODE=disabled yourself for a cluster that runs without it.
+# Ray reads its auth mode when it is imported. `livelens up` starts its Ray head with token
+# authentication on (the token under the data dir, deploy.ray_token); a driver must say so to connect.
+# Set RAY_AUTH_MODE=disabled yourself for an external cluster that runs without it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import json

@@ -78,6 +78,9 @@ class RayConfig(_Section):
     address: str | None = Field(None, description="Ray cluster address. Env RAY_ADDRESS. Unset: a local runtime.")
     namespace: str = "livelens"
     num_cpus: int | None = Field(None, description="CPUs of a local runtime (None: all).")
+    auth_token_path: str | None = Field(
+        None, description="File holding the cluster's auth token (Ray's RAY_AUTH_TOKEN_PATH). Unset: Ray's own lookup "
+        "(RAY_AUTH_TOKEN, ~/.ray/auth_token); against the local stack, the token `livelens up` made.")
 
 
 class DecodeConfig(_Section):

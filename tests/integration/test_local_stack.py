@@ -26,17 +26,26 @@ def run(args: list[str], env: dict[str, str], timeout: float = 240) -> subproces
 
 
 def test_up_publish_ask_status_down(tmp_path: Path):
+    # An empty HOME: no ~/.ray/auth_token (or anything else) from earlier runs can help.
+    home = tmp_path / "home"
+    home.mkdir()
     env = {k: v for k, v in os.environ.items()
-           if k not in {"LIVELENS_KAFKA_BOOTSTRAP", "LIVELENS_REDIS_URL", "RAY_ADDRESS"}}
-    env.update(LIVELENS_DATA_DIR=str(tmp_path / "stack"), LIVELENS_SERVE__PORT=str(free_port()),
+           if k not in {"LIVELENS_KAFKA_BOOTSTRAP", "LIVELENS_REDIS_URL", "RAY_ADDRESS", "RAY_AUTH_TOKEN",
+                        "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"}}
+    env.update(HOME=str(home), LIVELENS_DATA_DIR=str(tmp_path / "stack"), LIVELENS_SERVE__PORT=str(free_port()),
                LIVELENS_PIPELINE__DECODERS="1", HF_HUB_OFFLINE="1")
     video = tmp_path / "news.mp4"
     run(["sample-video", str(video), "--duration", "8"], env)
     try:
-        run(["up"], env)
+        up = run(["up"], env)
         state = StackState.load(tmp_path / "stack")
         assert state is not None and {p.name for p in state.started} == {"kafka", "redis", "ray"}
         assert all(p.alive() for p in state.started)
+        token = Path(state.ray_auth_token_path)
+        assert state.ray_auth_token_created and token.is_relative_to(tmp_path / "stack")
+        assert token.stat().st_mode & 0o777 == 0o600
+        assert token.read_text().strip() not in up.stdout + up.stderr, "up printed the token"
+        assert not (home / ".ray" / "auth_token").exists(), "the stack's token must not depend on HOME"
 
         run(["publish", str(video), "--stream", "news", "--fast"], env)
         deadline = time.monotonic() + 90
@@ -56,4 +65,5 @@ def test_up_publish_ask_status_down(tmp_path: Path):
     finally:
         subprocess.run(LIVELENS + ["down"], env=env, capture_output=True, text=True, timeout=120)
     assert StackState.load(tmp_path / "stack") is None
+    assert not token.exists(), "down left the token up created"
     assert not any(p.alive() for p in state.started), "down left a process running"
