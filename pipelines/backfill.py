@@ -122,7 +122,7 @@ class BackfillJob:
     """One file (a Path) or http(s) URL (a str), stored as one stream.
 
     wallclock_start: wall-clock time of the file's first frame (timezone-aware). None: the file's
-        ``creation_time`` metadata, and BackfillError when it has none.
+        ``creation_time`` metadata or, when it has none (most archives), ``assumed_start_time``, with a warning.
     """
 
     source: Path | str
@@ -152,8 +152,8 @@ class BackfillSummary:
         return self.stream_seconds / self.wall_seconds if self.wall_seconds else 0.0
 
 
-def file_start_time(source: Path | str) -> datetime:
-    """The file's ``creation_time`` metadata (container, else video track) as an aware datetime.
+def file_start_time(source: Path | str) -> datetime | None:
+    """The file's ``creation_time`` metadata (container, else video track) as an aware datetime; None without one.
 
     MP4/MOV store it in UTC by definition, so a value without an offset is read as UTC.
     """
@@ -161,14 +161,39 @@ def file_start_time(source: Path | str) -> datetime:
         video = container.streams.video
         value = container.metadata.get("creation_time") or (video[0].metadata.get("creation_time") if video else None)
     if not value:
-        raise BackfillError(f"{source}: no creation_time metadata; give the wall-clock start of its first frame "
-                            "(BackfillJob.wallclock_start, --start on the command line)")
+        return None
     try:
         start = datetime.fromisoformat(value)
     except ValueError as exc:
         raise BackfillError(f"{source}: creation_time {value!r} is not an ISO 8601 time; give the start "
                             "explicitly") from exc
     return start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+
+
+def assumed_start_time(source: Path | str, duration_s: float | None) -> datetime:
+    """The start of a recording with no ``creation_time``: its modification time minus its duration (a recorder
+    writes a file last when the recording ends). A URL has no modification time: it ends now."""
+    end = datetime.now(UTC) if _is_url(source) else datetime.fromtimestamp(Path(source).stat().st_mtime, UTC)
+    start = datetime.fromtimestamp(end.timestamp() - (duration_s or 0.0), UTC)
+    log.warning("%s has no creation_time metadata: assuming it starts at %s (%s minus its %.1f s); give --start "
+                "to set it", source, start.isoformat(timespec="seconds"),
+                "now" if _is_url(source) else "its modification time", duration_s or 0.0)
+    return start
+
+
+def consecutive_starts(sources: Sequence[Path | str], first: datetime) -> list[datetime]:
+    """One start for several files (in order): the first starts then, each later one where the one before ends."""
+    starts, at = [], first.timestamp()
+    for source in sources:
+        starts.append(datetime.fromtimestamp(at, first.tzinfo))
+        duration = _media_duration_s(source)
+        if duration is None:
+            if len(starts) < len(sources):
+                raise BackfillError(f"{source}: its container does not say how long it is, so the next file's "
+                                    "start is unknown; backfill the files one at a time, each with its --start")
+            break
+        at += duration
+    return starts
 
 
 def _open(source: Path | str) -> av.container.InputContainer:
@@ -339,13 +364,15 @@ class Backfill:
         for job in jobs:
             if not _is_url(job.source) and not Path(job.source).is_file():
                 raise BackfillError(f"{job.source}: not a file")
-        starts = [job.wallclock_start or file_start_time(job.source) for job in jobs]  # fail before any work
+        durations = [_media_duration_s(job.source) for job in jobs]
+        # Fail (or warn) before any work.
+        starts = [job.wallclock_start or file_start_time(job.source) or assumed_start_time(job.source, duration)
+                  for job, duration in zip(jobs, durations)]
         for job, start in zip(jobs, starts):
             if start.tzinfo is None:
                 raise BackfillError(f"{job.source}: wallclock_start must be timezone-aware, got {start}")
         summary = BackfillSummary()
         started = time.perf_counter()
-        durations = [_media_duration_s(job.source) for job in jobs]
         with _progress(self.show_progress) as progress, \
                 ParallelDecoder(self.config.decode, workers=self.workers) as decoder:
             known = [d for d in durations if d is not None]

@@ -7,6 +7,7 @@ actors wrap, one segment at a time in stream order.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from operators.encode import VisionEncoder
 from operators.frames import FrameBatch
 from operators.parallel_decode import ParallelDecoder
 from pipelines import messages
-from pipelines.backfill import Backfill, BackfillError, BackfillJob
+from pipelines.backfill import Backfill, BackfillJob, _media_duration_s, consecutive_starts
 from pipelines.config import LivelensConfig, OcrConfig
 from pipelines.publish import segment_header
 from pipelines.sample_video import write_sample_video
@@ -244,17 +245,34 @@ def test_parallel_decode_hands_back_bad_segments_in_place(tmp_path, video):
     assert results[1][1].code == "truncated_segment" and results[1][1].stage == "decode"
 
 
-def test_start_time_comes_from_metadata_or_is_required(tmp_path, redis_server, tiny_models, video):
+def test_start_time_comes_from_metadata_else_modification_time(tmp_path, redis_server, tiny_models, video, caplog):
     config = make_config(tmp_path, tiny_models)
     backfill = Backfill(config, store_for(redis_server, 0, config), workers=1, progress=False)
-    with pytest.raises(BackfillError, match="no creation_time"):
-        backfill.run([BackfillJob(video, "cam")])
+    # No creation_time (most archives): the file's modification time minus its duration, with a warning.
+    unstamped = tmp_path / "archive.mp4"
+    unstamped.write_bytes(video.read_bytes())
+    ended = START.timestamp() + 3600
+    os.utime(unstamped, (ended, ended))
+    with caplog.at_level(logging.WARNING, logger="pipelines.backfill"):
+        summary = backfill.run([BackfillJob(unstamped, "archive")])
+    assert summary.segments == 10
+    assert "no creation_time" in caplog.text and "modification time" in caplog.text
+    archive = [v for k, v in memory(backfill.store).items() if k.startswith(f"{TENANT}/archive/")]
+    assert min(v[3] for v in archive) == pytest.approx(ended - _media_duration_s(unstamped), abs=0.05)
+
     stamped = tmp_path / "stamped.mp4"
     _remux_with_creation_time(video, stamped, "2026-03-01T12:00:00.000000Z")
     summary = backfill.run([BackfillJob(stamped, "cam")])
     assert summary.segments == 10
     first = min(memory(backfill.store).values(), key=lambda v: v[3])
     assert first[3] == pytest.approx(START.timestamp())
+
+
+def test_one_start_for_several_files_follows_on(video):
+    """`--start` with several files: the first starts then, each later one where the one before ends."""
+    starts = consecutive_starts([video, video, video], START)
+    duration = _media_duration_s(video)
+    assert [s.timestamp() - START.timestamp() for s in starts] == pytest.approx([0, duration, 2 * duration])
 
 
 def _remux_with_creation_time(source: Path, out: Path, creation_time: str) -> None:
