@@ -9,6 +9,7 @@ import os
 # Set RAY_AUTH_MODE=disabled yourself for an external cluster that runs without it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
+import dataclasses
 import json
 import logging
 import re
@@ -47,10 +48,14 @@ def _stream_start(config: LivelensConfig, tenant: str, stream: str) -> float | N
 
 
 @app.command()
-def up(http: Annotated[bool, typer.Option(help="Also serve the HTTP API through Ray Serve.")] = True) -> None:
+def up(
+    http: Annotated[bool, typer.Option(help="Also serve the HTTP API through Ray Serve.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False,
+) -> None:
     """Start the local stack (broker, redis-server, Ray) where none is configured, and deploy the pipeline."""
     from deploy import local_stack
     from pipelines.app import deploy_pipeline
+    from pipelines.cli_output import metrics_targets
 
     config = LivelensConfig()
     state = local_stack.up(config.data_dir, kafka_bootstrap=config.kafka.bootstrap, redis_url=config.redis.url,
@@ -60,16 +65,20 @@ def up(http: Annotated[bool, typer.Option(help="Also serve the HTTP API through 
     with console.status("deploying the pipeline"):
         state.http_url = deploy_pipeline(config, detached=True, http=http).http_url
     state.save(Path(config.data_dir))
-    _print_state(state)
+    _print_state(state, metrics_targets(), as_json=as_json)
 
 
 @app.command()
-def down() -> None:
+def down(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False) -> None:
     """Stop exactly what `livelens up` started."""
     config = LivelensConfig()
     from deploy import local_stack
+    from pipelines.cli_output import print_json
 
     stopped = local_stack.down(config.data_dir)
+    if as_json:
+        print_json({"stopped": stopped})
+        return
     console.print(f"stopped: {', '.join(stopped) or 'nothing (no local stack recorded)'}")
 
 
@@ -77,60 +86,79 @@ def down() -> None:
 def status(
     sample: Annotated[float, typer.Option("--sample", help="Seconds between the two reads fps is taken from "
                                           "(0: one read, no fps).")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False,
 ) -> None:
     """What runs where, and how the pipeline and every stream are doing (the dashboard's overview)."""
     from deploy.local_stack import StackState
+    from pipelines.cli_output import metrics_targets, print_json, stack_body, stdout_console
 
     config = effective_config()
     state = StackState.load(Path(config.data_dir))
     if state is None:
-        console.print(f"no local stack under {config.data_dir}; configured: kafka={config.kafka.bootstrap} "
-                      f"redis={config.redis.url} ray={config.ray.address}")
+        problem = (f"no local stack under {config.data_dir}; configured: kafka={config.kafka.bootstrap} "
+                   f"redis={config.redis.url} ray={config.ray.address}")
+        print_json({"error": problem}) if as_json else console.print(problem)
         raise typer.Exit(1)
-    _print_state(state)
     import ray
 
     from pipelines.app import connect_ray, pipeline_stats
-
-    connect_ray(config)
-    table = Table("actor", "stats")
-    try:
-        for name, stats in pipeline_stats(config).items():
-            stats.pop("latencies_s", None)
-            table.add_row(name, json.dumps(stats, default=str))
-    except (ValueError, ray.exceptions.RayError) as exc:
-        console.print(f"[red]pipeline not reachable: {exc}")
-        raise typer.Exit(1) from None
-    Console().print(table)
     from pipelines.overview import overview_table, sampled_overview
 
-    Console().print(overview_table(sampled_overview(config, sample)))
+    connect_ray(config)
+    targets = metrics_targets()
+    try:
+        stats = pipeline_stats(config)
+    except (ValueError, ray.exceptions.RayError) as exc:
+        if as_json:
+            print_json({"stack": stack_body(state, targets), "error": f"pipeline not reachable: {exc}"})
+        else:
+            _print_state(state, targets, as_json=False)
+            console.print(f"[red]pipeline not reachable: {exc}")
+        raise typer.Exit(1) from None
+    for actor in stats.values():
+        actor.pop("latencies_s", None)
+    overview = sampled_overview(config, sample)
+    if as_json:
+        print_json({"stack": stack_body(state, targets), "actors": stats,
+                    "streams": overview.model_dump(mode="json")})
+        return
+    _print_state(state, targets, as_json=False)
+    table = Table("actor", "stats")
+    for name, actor in stats.items():
+        table.add_row(name, json.dumps(actor, default=str))
+    out = stdout_console()
+    out.print(table)
+    out.print(overview_table(overview))
 
 
-def _print_state(state) -> None:
-    table = Table("service", "address", "pid", "alive", "log")
-    started = {p.name: p for p in state.started}
-    rows = [("kafka", state.kafka_bootstrap), ("redis", state.redis_url), ("ray", state.ray_address)]
-    for name, address in rows:
-        p = started.get(name)
-        table.add_row(name, address, str(p.pid) if p else "external", str(p.alive()) if p else "-",
-                      p.log if p else "")
-    if state.ray_dashboard:
-        table.add_row("ray dashboard", state.ray_dashboard, "", "", "")
-    if state.http_url:
-        table.add_row("http api", state.http_url + "/docs", "", "", "")
-    Console().print(table)
+def _print_state(state, prometheus_targets: list[str], *, as_json: bool) -> None:
+    from pipelines.cli_output import print_json, stack_body, stack_table, stdout_console
+
+    if as_json:
+        print_json(stack_body(state, prometheus_targets))
+    else:
+        stdout_console().print(stack_table(state, prometheus_targets))
 
 
 @app.command()
 def memory(
     stream: Annotated[str, typer.Argument(help="Stream id.")],
     tenant: Annotated[str, typer.Option("--tenant")] = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False,
 ) -> None:
     """A stream's memory tiers (short, mid, long): entries, tokens, bytes and time covered, against their budgets."""
-    from pipelines.memory_cli import print_memory
+    from pipelines.cli_output import print_json, stdout_console
+    from pipelines.memory_cli import NoMemory, memory_body, print_memory
 
-    if not print_memory(effective_config(), tenant, stream, Console()):
+    config = effective_config()
+    if as_json:
+        try:
+            print_json(memory_body(config, tenant, stream))
+        except NoMemory as exc:
+            print_json({"error": str(exc)})
+            raise typer.Exit(1) from None
+        return
+    if not print_memory(config, tenant, stream, stdout_console()):
         raise typer.Exit(1)
 
 
@@ -156,14 +184,20 @@ def publish(
     tenant: Annotated[str, typer.Option("--tenant")] = "default",
     realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Pace like a live source, or as fast as possible.")] = True,
     loop: Annotated[bool, typer.Option("--loop", help="Start over at the end, forever.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False,
 ) -> None:
     """Publish a file, directory or URL as video segments to the segments topic."""
     from pipelines.publish import SegmentPublisher
+    from pipelines.segmenter import SourceError
 
     config = effective_config()
-    stats = SegmentPublisher(kafka=config.kafka).publish(
-        source, stream_id=stream, tenant_id=tenant, pace="realtime" if realtime else "fast", loop=loop)
-    console.print(f"published {stats}")
+    try:
+        stats = SegmentPublisher(kafka=config.kafka).publish(
+            source, stream_id=stream, tenant_id=tenant, pace="realtime" if realtime else "fast", loop=loop)
+    except SourceError as exc:  # bad input the user can act on: the reason, not a traceback
+        console.print(f"[red]cannot publish:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _print_summary("published", stats, as_json=as_json)
 
 
 @app.command()
@@ -231,11 +265,14 @@ def print_answer(answer: messages.Answer, *, as_json: bool) -> None:
         }
         print(json.dumps(body))
         return
-    out = Console()
+    from pipelines.cli_output import stdout_console
+
+    out = stdout_console()
     if answer.error:
         out.print(f"[red]error:[/red] {answer.error}")
     out.print(f"[bold]answer[/bold] ({'extractive' if answer.extractive else answer.model}): {answer.answer}")
     table = Table("stream", "t (s)", "wall clock", "score", "on-screen text")
+    table.columns[0].overflow = "fold"  # ids are copied, never cut short
     for e in answer.evidence:
         table.add_row(e.stream_id, f"{e.t_start:.1f}-{e.t_end:.1f}", e.wallclock_start.isoformat(timespec="seconds"),
                       f"{e.score:.3f}", e.text.replace("\n", " / "))
@@ -250,26 +287,30 @@ def backfill(
     stream_pattern: Annotated[str | None, typer.Option(
         "--stream-pattern", help="Regex on each file name; its group 'stream' (or first group) is the stream id.")] = None,
     tenant: Annotated[str, typer.Option("--tenant")] = "default",
-    start: Annotated[str | None, typer.Option("--start", help="Stream wall-clock start, ISO 8601 (else file metadata).")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="Wall-clock start of the first file, ISO 8601; later "
+                                              "files follow on. Default: each file's creation_time, else its "
+                                              "modification time minus its duration (with a warning).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel decode processes.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False,
 ) -> None:
     """Store recorded video in memory through the live operators, far faster than real time; resumable."""
     import redis
 
     from memory_store.service import MemoryStore
-    from pipelines.backfill import Backfill, BackfillJob, expand_sources, stream_id_for
+    from pipelines.backfill import Backfill, BackfillJob, consecutive_starts, expand_sources, stream_id_for
 
     config = effective_config()
     os.nice(config.backfill.nice)  # first: the decode workers and torch's threads inherit it (live has priority)
     files = expand_sources(sources)
     if stream is not None and (len(files) != 1 or stream_pattern):
         raise typer.BadParameter("--stream names one source; several take their ids from their names (--stream-pattern)")
-    when = datetime.fromisoformat(start) if start else None
-    jobs = [BackfillJob(f, stream or stream_id_for(f, stream_pattern), tenant, when) for f in files]
+    when = _aware(datetime.fromisoformat(start)) if start else None
+    starts = consecutive_starts(files, when) if when else [None] * len(files)
+    jobs = [BackfillJob(f, stream or stream_id_for(f, stream_pattern), tenant, at) for f, at in zip(files, starts)]
     store = MemoryStore(redis.Redis.from_url(config.redis.url), config.memory)
     summary = Backfill(config, store, workers=workers).run(jobs)
-    Console().print(summary)
     _rebuild_running_memory(config)
+    _print_summary("backfilled", summary, as_json=as_json)
 
 
 @app.command()
@@ -281,6 +322,7 @@ def replay(
     partition: Annotated[list[int] | None, typer.Option("--partition", help="Partition (repeatable). None: all.")] = None,
     topic: Annotated[str | None, typer.Option("--topic", help="Default: the segments topic.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel decode processes.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False,
 ) -> None:
     """Rebuild memory from a range of the segments topic with the configuration in effect (a new encoder or
     threshold): each replayed segment replaces what memory holds for it. End default: the topic's end now."""
@@ -291,7 +333,22 @@ def replay(
     what = replay_range(config, topic=topic, from_offset=from_offset, from_time=from_time, to_offset=to_offset,
                         to_time=to_time, partitions=partition or [])
     summary = Replay(config, memory_writer(config), workers=workers).run(what)
-    Console().print(summary)
+    _print_summary("replayed", summary, as_json=as_json)
+
+
+def _print_summary(what: str, summary, *, as_json: bool) -> None:
+    """A run's totals (a dataclass): one JSON object, or rich's rendering of it."""
+    from pipelines.cli_output import print_json, stdout_console
+
+    if as_json:
+        print_json(dataclasses.asdict(summary))
+    else:
+        stdout_console().print(what, summary)
+
+
+def _aware(when: datetime) -> datetime:
+    """A time given without an offset is UTC (as the file metadata it stands in for)."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _rebuild_running_memory(config: LivelensConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import redis
@@ -19,15 +20,38 @@ _WHAT = {
 }
 
 
-def print_memory(config: LivelensConfig, tenant_id: str, stream_id: str, console: Console) -> bool:
-    """Print the stream's tiers; False (and a message) when memory holds nothing of it."""
+class NoMemory(LookupError):
+    """Nothing to report: no Redis configured, or memory holds nothing of the stream."""
+
+
+def _report(config: LivelensConfig, tenant_id: str, stream_id: str) -> tuple[redis.Redis, StreamTiers]:
     if not config.redis.url:
-        console.print("[red]no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
-        return False
+        raise NoMemory("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
     client = redis.Redis.from_url(config.redis.url)
     report = stream_tiers(client, config.memory, tenant_id, stream_id)
     if report is None:
-        console.print(f"[red]memory holds nothing of stream {stream_id!r} of tenant {tenant_id!r}")
+        raise NoMemory(f"memory holds nothing of stream {stream_id!r} of tenant {tenant_id!r}")
+    return client, report
+
+
+def memory_body(config: LivelensConfig, tenant_id: str, stream_id: str) -> dict:
+    """The stream's tiers as one JSON-able object (`livelens memory --json`); raises NoMemory."""
+    client, report = _report(config, tenant_id, stream_id)
+    return {
+        "tenant_id": report.tenant_id, "stream_id": report.stream_id,
+        "tiers": [{**dataclasses.asdict(t), "covered_s": t.covered_s} for t in report.tiers],
+        "long_kinds": report.kinds, "boundaries": report.boundaries, "open_event": report.open_event,
+        "ended_at": report.ended_at, "retention_s": config.memory.retention_s,
+        "offsets": RedisTier(client, config.memory).offsets(tenant_id),
+    }
+
+
+def print_memory(config: LivelensConfig, tenant_id: str, stream_id: str, console: Console) -> bool:
+    """Print the stream's tiers; False (and a message) when memory holds nothing of it."""
+    try:
+        client, report = _report(config, tenant_id, stream_id)
+    except NoMemory as exc:
+        console.print(f"[red]{exc}")
         return False
     console.print(tiers_table(report))
     long = report.kinds

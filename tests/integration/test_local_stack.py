@@ -37,7 +37,7 @@ def test_up_publish_ask_status_down(tmp_path: Path):
     video = tmp_path / "news.mp4"
     run(["sample-video", str(video), "--duration", "8"], env)
     try:
-        up = run(["up"], env)
+        up = run(["up", "--json"], env)
         state = StackState.load(tmp_path / "stack")
         assert state is not None and {p.name for p in state.started} == {"kafka", "redis", "ray"}
         assert all(p.alive() for p in state.started)
@@ -46,6 +46,12 @@ def test_up_publish_ask_status_down(tmp_path: Path):
         assert token.stat().st_mode & 0o777 == 0o600
         assert token.read_text().strip() not in up.stdout + up.stderr, "up printed the token"
         assert not (home / ".ray" / "auth_token").exists(), "the stack's token must not depend on HOME"
+        reported = json.loads(up.stdout)  # one JSON object, addresses whole
+        assert reported["services"]["redis"]["address"] == state.redis_url
+        assert reported["services"]["kafka"]["address"] == state.kafka_bootstrap
+        assert reported["http_api"] == state.http_url and state.http_url.startswith("http://")
+        assert reported["prometheus"]["targets"], "up must say where Prometheus scrapes"
+        assert reported["prometheus"]["metric_relabel_configs"][0]["replacement"] == "$1"
 
         run(["publish", str(video), "--stream", "news", "--fast"], env)
         deadline = time.monotonic() + 90
@@ -60,8 +66,18 @@ def test_up_publish_ask_status_down(tmp_path: Path):
             assert e["stream_id"] == "news" and 0 <= e["t_start"] < e["t_end"] <= 8.5
             assert e["wallclock_start"].endswith("Z") or "+" in e["wallclock_start"]
 
-        status = run(["status"], env).stdout
+        # Piped, in an 80-column terminal: the table still carries every address whole.
+        status = run(["status"], {**env, "COLUMNS": "80"}).stdout
         assert "source-0" in status and "memory-0" in status
+        for address in (state.redis_url, state.kafka_bootstrap, state.http_url, *reported["prometheus"]["targets"]):
+            assert address in status, f"{address} cut short in:\n{status}"
+        status_json = json.loads(run(["status", "--json", "--sample", "0"], env).stdout)
+        assert status_json["stack"]["http_api"] == state.http_url
+        assert {"source-0", "memory-0"} <= set(status_json["actors"])
+        assert "news" in {s["stream_id"] for s in status_json["streams"]["streams"]}
+        tiers = json.loads(run(["memory", "news", "--json"], env).stdout)
+        assert tiers["stream_id"] == "news" and {t["tier"] for t in tiers["tiers"]} == {"short", "mid", "long"}
+        assert sum(t["entries"] for t in tiers["tiers"]) > 0
     finally:
         subprocess.run(LIVELENS + ["down"], env=env, capture_output=True, text=True, timeout=120)
     assert StackState.load(tmp_path / "stack") is None
