@@ -100,7 +100,7 @@ def run(video: Path, model: Path, workers: int, batch: int, device: str, keyfram
     def segments():
         for m in iter_segments(str(video)):
             yield SegmentInfo("bench", "gpu", m.seq, 1.7e9 + m.media_start_s, m.media_start_s, m.duration_s,
-                              m.codec, "mpegts"), m.payload
+                              m.codec, m.container), m.payload
 
     stream_s = frames = kept = 0
     encode_s = 0.0

@@ -71,8 +71,9 @@ class VideoSegment(Message):
     version: Literal[1] = 1
     stream_id: Id
     seq: int = Field(ge=0, description="Segment number within the stream, from 0, no gaps.")
-    codec: str = Field(description="FFmpeg codec name of the video track, e.g. h264.")
-    container: str = Field("mpegts", description="FFmpeg format name of the payload.")
+    codec: str = Field(description="FFmpeg's canonical codec name of the video track, e.g. h264, vp9, av1.")
+    container: str = Field("mpegts", description="FFmpeg format name of the payload: mpegts for the codecs it "
+                           "carries, matroska for every other (pipelines.segmenter.segment_container).")
     wallclock_start: datetime = Field(description="Wall-clock time of the segment's first frame (UTC).")
     media_start_s: float = Field(ge=0, description="Seconds from the stream's start to the segment's first frame.")
     duration_s: float = Field(ge=0)

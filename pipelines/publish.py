@@ -154,7 +154,7 @@ def segment_header(media: MediaSegment, *, stream_id: str, tenant_id: str, start
         stream_id=stream_id,
         seq=media.seq,
         codec=media.codec,
-        container="mpegts",
+        container=media.container,
         wallclock_start=start + timedelta(seconds=media.media_start_s),
         media_start_s=media.media_start_s,
         duration_s=media.duration_s,

@@ -1,9 +1,13 @@
-"""Cut a video source into short MPEG-TS segments without re-encoding.
+"""Cut a video source into short MPEG-TS (or Matroska) segments without re-encoding.
 
 A publisher sends video as self-contained container segments so that any
 decoder can start at any segment. The segmenter only remuxes: packets are
 copied from the source into an in-memory MPEG-TS, so segmenting costs a demux
-and a mux, never a decode. For H.264/HEVC read from MP4/MOV (length-prefixed
+and a mux, never a decode. MPEG-TS carries only a few video codecs
+(``TS_CODECS``); every other codec (MPEG-4 Part 2, MS-MPEG4 from old AVIs,
+MJPEG, VP8/VP9, AV1, ...) travels in Matroska, which can hold anything FFmpeg
+decodes, still without re-encoding. A codec Matroska cannot hold either fails
+here, at publish time, with a SourceError naming it. For H.264/HEVC read from MP4/MOV (length-prefixed
 NAL units, parameter sets in the container header) FFmpeg's MPEG-TS muxer
 inserts the ``*_mp4toannexb`` bitstream filter on its own (automatic BSF, on by
 default), so every segment carries start codes and its SPS/PPS before the
@@ -50,6 +54,16 @@ SEGMENT_TS_OFFSET_S = 10.0
 _OFFSET_TICKS = int(SEGMENT_TS_OFFSET_S * CLOCK_HZ)
 _TICK = Fraction(1, CLOCK_HZ)
 
+# Codecs MPEG-TS has a stream type for that FFmpeg's TS demuxer reads back; the rest go in Matroska.
+TS_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video"})
+MPEGTS, MATROSKA = "mpegts", "matroska"
+
+
+def segment_container(codec: str) -> str:
+    """The FFmpeg format a segment of ``codec`` travels in."""
+    return MPEGTS if codec in TS_CODECS else MATROSKA
+
+
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".m2ts", ".flv", ".avi"})
 URL_SCHEMES = frozenset({"http", "https", "rtsp", "rtsps", "rtmp", "rtmps"})
 
@@ -71,7 +85,7 @@ class SourceError(Exception):
 
 @dataclass(frozen=True)
 class MediaSegment:
-    """One self-contained MPEG-TS segment of the video track (no audio)."""
+    """One self-contained segment of the video track (no audio), in ``container`` (an FFmpeg format name)."""
 
     seq: int
     media_start_s: float
@@ -81,6 +95,7 @@ class MediaSegment:
     height: int
     payload: bytes
     source: str
+    container: str = MPEGTS
 
 
 def iter_segments(source: str, *, target_s: float = 2.0, loop: bool = False) -> Iterator[MediaSegment]:
@@ -138,14 +153,16 @@ def _open(name: str) -> av.container.InputContainer:
 
 
 class _SegmentWriter:
-    """Muxes the packets of one segment into an in-memory MPEG-TS as they arrive."""
+    """Muxes the packets of one segment into an in-memory container as they arrive."""
 
-    def __init__(self, template: av.VideoStream, start_ticks: int):
+    def __init__(self, template: av.VideoStream, start_ticks: int, container: str):
         self.start_ticks = start_ticks
         self.end_ticks = start_ticks  # presentation end of the latest frame added
         self._buffer = io.BytesIO()
-        self._output = av.open(self._buffer, "w", format="mpegts")
-        self._stream = self._output.add_stream_from_template(template)
+        self._output = av.open(self._buffer, "w", format=container)
+        # opaque: copy the codec parameters without looking up an encoder of the source's codec (there is
+        # none for decoder-only names such as libdav1d, and a remux needs none).
+        self._stream = self._output.add_stream_from_template(template, opaque=True)
 
     def add(self, packet: av.Packet, pts: int, dts: int, duration: int) -> None:
         packet.pts = pts - self.start_ticks + _OFFSET_TICKS
@@ -171,7 +188,9 @@ def _segments_of(name: str, target_ticks: int, timeline_start: int) -> Iterator[
         ctx = stream.codec_context
         if ctx is None or not ctx.name:
             raise SourceError(f"{name}: video track has a codec FFmpeg does not know")
-        codec, width, height = ctx.name, ctx.width, ctx.height
+        # The codec's own name (av1), not this build's decoder for it (libdav1d): the consumer may decode with another.
+        codec, width, height = ctx.codec.canonical_name, ctx.width, ctx.height
+        container_format = segment_container(codec)
         tb = stream.time_base
         # A packet without a duration (some live protocols) lasts one frame period.
         frame_ticks = round(CLOCK_HZ / stream.average_rate) if stream.average_rate else 0
@@ -180,9 +199,10 @@ def _segments_of(name: str, target_ticks: int, timeline_start: int) -> Iterator[
             try:
                 payload = seg.close()
             except av.FFmpegError as exc:
-                raise SourceError(f"{name}: cannot write {codec} into MPEG-TS: {exc}") from exc
+                raise SourceError(f"{name}: cannot write {codec} into {container_format}: {exc}") from exc
             return dict(media_start_s=seg.start_ticks / CLOCK_HZ, duration_s=(end_ticks - seg.start_ticks) / CLOCK_HZ,
-                        codec=codec, width=width, height=height, payload=payload, source=name)
+                        codec=codec, width=width, height=height, payload=payload, source=name,
+                        container=container_format)
 
         base: int | None = None  # source pts (in tb) that maps to `origin`; None: waiting for a keyframe
         origin = timeline_start
@@ -214,14 +234,15 @@ def _segments_of(name: str, target_ticks: int, timeline_start: int) -> Iterator[
                 if seg is not None:
                     # Closed GOP: every frame of the segment is presented before this keyframe.
                     yield finish(seg, pts)
-                seg = _SegmentWriter(stream, pts)
+                seg = _SegmentWriter(stream, pts, container_format)
             try:
                 seg.add(packet, pts, dts, duration)
             except av.FFmpegError as exc:
                 # The muxer's Annex-B filter parses every H.264/HEVC packet: a truncated or
-                # corrupt one fails here, as does a codec MPEG-TS has no mapping for.
-                raise SourceError(f"{name}: {codec} packet at {pts / CLOCK_HZ:.3f} s cannot go into MPEG-TS "
-                                  f"(truncated or corrupt source, or a codec MPEG-TS cannot carry): {exc}") from exc
+                # corrupt one fails here, as does a codec the container has no mapping for.
+                raise SourceError(f"{name}: {codec} packet at {pts / CLOCK_HZ:.3f} s cannot go into "
+                                  f"{container_format} (truncated or corrupt source, or a codec {container_format} "
+                                  f"cannot carry): {exc}") from exc
         if seg is not None:
             yield finish(seg, seg.end_ticks)
     finally:
