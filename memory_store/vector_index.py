@@ -40,8 +40,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import faiss
 import numpy as np
+
+try:
+    import faiss
+except ImportError as exc:  # the two FAISS builds are extras: exactly one must be chosen
+    raise ImportError("FAISS is not installed: install livelens with the `cpu` extra (faiss-cpu, what `make setup` "
+                      "does) or the `gpu` extra (faiss-gpu-cu12), e.g. pip install -e '.[cpu]'") from exc
 
 log = logging.getLogger(__name__)
 
