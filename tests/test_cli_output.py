@@ -40,8 +40,10 @@ def test_json_is_one_object_with_every_address(capsys):
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     body = json.loads(out)
-    assert body["services"]["redis"] == {"address": LONG, "started_by_up": True, "pid": 123456,
-                                         "alive": False, "log": "/home/someone/projects/livelens/.livelens/logs/redis.log"}
+    redis = body["services"]["redis"]
+    assert isinstance(redis.pop("alive"), bool)  # whether some process has that pid here: not this test's business
+    assert redis == {"address": LONG, "started_by_up": True, "pid": 123456,
+                     "log": "/home/someone/projects/livelens/.livelens/logs/redis.log"}
     assert body["services"]["kafka"]["started_by_up"] is False and body["services"]["kafka"]["pid"] is None
     assert body["http_api"] == "http://127.0.0.1:48765"
     assert body["prometheus"]["targets"] == TARGETS
