@@ -15,6 +15,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipelines.config import KafkaConfig
+from pipelines.kafka_checksum import check_fast_checksum
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def make_producer(config: KafkaConfig, **overrides) -> KafkaProducer:
         reconnect_backoff_max_ms=2000,
     )
     options.update(overrides)
+    check_fast_checksum("producer")
     return KafkaProducer(**options)
 
 
@@ -85,6 +87,7 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: list[str], **overr
         reconnect_backoff_max_ms=2000,
     )
     options.update(overrides)
+    check_fast_checksum("consumer")
     consumer = KafkaConsumer(**options)
     consumer.subscribe(topics)
     return consumer
