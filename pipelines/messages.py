@@ -255,13 +255,17 @@ UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
 _CURRENT: dict[str, type[Message]] = {m.SCHEMA: m for m in MESSAGE_TYPES}
 
 
-def encode(message: Message, payload: bytes = b"") -> bytes:
+def encode(message: Message, payload: bytes | memoryview = b"") -> bytes:
     header = message.model_dump_json(by_alias=True).encode()
-    return _HEADER_LEN.pack(len(header)) + header + payload
+    # One copy of the payload, into the record value (concatenating would copy it once per `+`).
+    return b"".join((_HEADER_LEN.pack(len(header)), header, payload))
 
 
-def decode(value: bytes | None, expect: type[Message] | None = None) -> tuple[Message, bytes]:
-    """Parse a record value into (message, payload). Raises MessageError with a stable code."""
+def decode(value: bytes | None, expect: type[Message] | None = None) -> tuple[Message, memoryview]:
+    """Parse a record value into (message, payload). Raises MessageError with a stable code.
+
+    The payload is a view into ``value``, not a copy: a segment's bytes are copied once, when its chunks
+    are joined into the whole segment (`SegmentAssembler`), not once more per record here."""
     if not value or len(value) < _HEADER_LEN.size:
         raise MessageError("malformed_message", "record is empty or shorter than its length prefix")
     (n,) = _HEADER_LEN.unpack_from(value)
@@ -292,15 +296,18 @@ def decode(value: bytes | None, expect: type[Message] | None = None) -> tuple[Me
         message = model.model_validate(header)
     except ValidationError as exc:
         raise MessageError("invalid_message", _short(exc)) from None
-    return message, value[_HEADER_LEN.size + n :]
+    return message, memoryview(value)[_HEADER_LEN.size + n :]
 
 
-def chunk_segment(segment: VideoSegment, payload: bytes, max_message_bytes: int) -> Iterator[tuple[VideoSegment, bytes]]:
-    """Split a segment into records that each fit ``max_message_bytes`` (header included)."""
+def chunk_segment(segment: VideoSegment, payload: bytes, max_message_bytes: int
+                  ) -> Iterator[tuple[VideoSegment, memoryview]]:
+    """Split a segment into records that each fit ``max_message_bytes`` (header included).
+    The parts are views of ``payload``: `encode` copies each into its record once."""
     room = max_message_bytes - MAX_HEADER_BYTES // 64  # headers are ~600 bytes; keep 4 KiB spare
     count = max(1, -(-len(payload) // room))
+    view = memoryview(payload)
     for i in range(count):
-        part = payload[i * room : (i + 1) * room]
+        part = view[i * room : (i + 1) * room]
         yield segment.model_copy(update={"chunk_index": i, "chunk_count": count, "payload_bytes": len(payload)}), part
 
 

@@ -212,7 +212,7 @@ class Discarded:
 @dataclass
 class _Pending:
     header: VideoSegment
-    chunks: dict[int, bytes] = field(default_factory=dict)
+    chunks: dict[int, bytes | memoryview] = field(default_factory=dict)
     offsets: list[int] = field(default_factory=list)
     size: int = 0
     last_seen: float = 0.0
@@ -247,9 +247,11 @@ class SegmentAssembler:
     def pending_bytes(self) -> int:
         return self._pending_bytes
 
-    def add(self, segment: VideoSegment, chunk: bytes, offset: int) -> tuple[VideoSegment, bytes, list[int]] | None:
+    def add(self, segment: VideoSegment, chunk: bytes | memoryview, offset: int
+            ) -> tuple[VideoSegment, bytes, list[int]] | None:
         """Take one record. Returns (header of chunk 0, whole payload, offsets of every record it
-        spanned, duplicates included) when this record completes its segment, else None."""
+        spanned, duplicates included) when this record completes its segment, else None. ``chunk`` may be a
+        view into the record (`messages.decode`); the whole payload is new bytes, the segment's one copy."""
         stream = (segment.tenant_id, segment.stream_id)
         problem = _chunk_problem(segment, chunk)
         if problem:
@@ -328,7 +330,7 @@ class SegmentAssembler:
         return pending
 
 
-def _chunk_problem(segment: VideoSegment, chunk: bytes) -> str | None:
+def _chunk_problem(segment: VideoSegment, chunk: bytes | memoryview) -> str | None:
     """What is wrong with a record on its own, if anything."""
     if segment.chunk_index >= segment.chunk_count:
         return f"chunk_index {segment.chunk_index} out of range for chunk_count {segment.chunk_count}"
@@ -339,7 +341,7 @@ def _chunk_problem(segment: VideoSegment, chunk: bytes) -> str | None:
     return None
 
 
-def _mismatch(pending: _Pending, segment: VideoSegment, chunk: bytes) -> str | None:
+def _mismatch(pending: _Pending, segment: VideoSegment, chunk: bytes | memoryview) -> str | None:
     """Why ``segment`` cannot belong to the pending segment of its stream, if it cannot."""
     if pending.header.seq != segment.seq:
         return f"superseded by seq {segment.seq}"

@@ -140,3 +140,21 @@ def test_config_reads_a_toml_file(tmp_path, monkeypatch):
     monkeypatch.setenv("LIVELENS_CONFIG", str(path))
     config = LivelensConfig()
     assert config.compress.drop_threshold == 0.25 and config.kafka.topic("segments") == "prod.video-segments"
+
+
+def test_segment_bytes_are_copied_once_each_way():
+    """A 2 MB segment: the chunks are views of the payload, each record value is one copy of its chunk, the
+    parsed payload is a view of the record, and reassembly makes the one new whole-segment buffer."""
+    from pipelines.publish import SegmentAssembler
+
+    payload = bytes(range(256)) * 8000
+    segment = SEG.model_copy(update={"payload_bytes": len(payload)})
+    parts = list(messages.chunk_segment(segment, payload, 900_000))
+    assert len(parts) == 3 and all(isinstance(c, memoryview) and c.obj is payload for _, c in parts)
+    values = [messages.encode(h, c) for h, c in parts]
+    assembler, whole = SegmentAssembler(), None
+    for offset, value in enumerate(values):
+        header, chunk = messages.decode(value, expect=messages.VideoSegment)
+        assert chunk.obj is value, "a view of the record, not a copy"
+        whole = assembler.add(header, chunk, offset)
+    assert whole is not None and type(whole[1]) is bytes and whole[1] == payload and whole[2] == [0, 1, 2]
