@@ -4,11 +4,11 @@
                                   [--checksum c python] [--write]
     python benchmarks/kafka_io.py --consumer-sweep [--sizes 500000]
 
-Produce: each process frames random payloads of the given size as video segments (`messages.encode`,
+Produce: each process sends random payloads of the given size as video segments (`messages.segment_record`,
 chunked at `max_message_bytes` as the publisher does) and sends them with `make_producer` (acks=all,
 idempotent), then flushes. Consume: as many processes in one consumer group read them back with
 `make_consumer`, parse every record and reassemble chunked segments (`SegmentAssembler`), as the source does
-before its DAG. MB/s counts record values; a run's MB/s is the total over its wall time, from the first
+before its DAG. MB/s counts record values (segment bytes); a run's MB/s is the total over its wall time, from the first
 record any process sent (or read) to the last (start-up and the group join excluded), so "per process" =
 total / processes. MB per CPU-second divides by the CPU time of the client processes (all their threads) over
 the same window: on a machine shared with other jobs it is the steadier number, and what one process would
@@ -76,8 +76,8 @@ def produce(bootstrap: str, topic: str, size: int, total_bytes: int, worker: int
                                         wallclock_start=datetime.now(UTC), media_start_s=0, duration_s=2,
                                         width=1280, height=720, payload_bytes=size)
         for header, chunk in messages.chunk_segment(segment, payload, kafka.max_message_bytes):
-            value = messages.encode(header, chunk)
-            producer.send(topic, key=segment.stream_id.encode(), value=value)
+            value, headers = messages.segment_record(header, chunk)
+            producer.send(topic, key=segment.stream_id.encode(), value=value, headers=headers)
             records += 1
             sent += len(value)
     producer.flush()
@@ -110,7 +110,7 @@ def consume(bootstrap: str, topic: str, group: str, expect_records: int, checksu
         for tp, recs in batch.items():
             assembler = assemblers.setdefault(tp, SegmentAssembler())
             for record in recs:
-                segment, chunk = messages.decode(record.value, expect=messages.VideoSegment)
+                segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
                 records += 1
                 got += len(record.value)
                 seen.append((tp.partition, record.offset))

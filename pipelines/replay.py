@@ -262,7 +262,7 @@ class Replay:
     def _accept(self, part: _Partition, record, summary: ReplaySummary) -> tuple[SegmentInfo, bytes] | None:
         in_range = record.offset < part.stop
         try:
-            segment, chunk = messages.decode(record.value, expect=messages.VideoSegment)
+            segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
         except messages.MessageError as exc:
             if in_range:
                 self._send_dead_letter(part.tp, [record.offset], None, "source", exc.code, exc.reason,
