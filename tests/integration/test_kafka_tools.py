@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 # (tansu 0.6) ApiVersions v3 reply ("ApiVersionRequest failed: Local: Read underflow") and, since librdkafka 2.0,
 # cannot skip that request either. Newer librdkafka parses it (2.16 checked). kcat then runs against a newer
 # librdkafka.so.1 of the same ABI: the one in LIVELENS_TEST_LIBRDKAFKA_DIR, else the one bundled in the
-# confluent-kafka wheel (a test dependency). Production Kafka brokers do not trip the old library.
+# confluent-kafka wheel (a test dependency).
 _UNDERFLOW = "ApiVersionRequest failed: Local: Read underflow"
 
 
