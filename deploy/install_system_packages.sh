@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Debian packages the tests run for real: redis-server (memory store), prometheus (scrapes the
-# pipeline's metrics in a test) and chromium (loads the ops dashboard in a test). Installed only
+# pipeline's metrics in a test), chromium (loads the ops dashboard in a test) and kcat (the tests ask
+# and ingest with a Kafka tool that knows nothing of livelens). Installed only
 # where missing, so a machine that has them (or is not Debian) is left alone.
 set -euo pipefail
-declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium)
+declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium [kcat]=kcat)
 missing=()
 for cmd in "${!package_of[@]}"; do
   command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")

@@ -15,6 +15,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipelines.config import KafkaConfig
+from pipelines.kafka_checksum import check_fast_checksum
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,24 @@ def make_producer(config: KafkaConfig, **overrides) -> KafkaProducer:
         reconnect_backoff_max_ms=2000,
     )
     options.update(overrides)
+    check_fast_checksum("producer")
     return KafkaProducer(**options)
+
+
+def segment_fetch_options(config: KafkaConfig) -> dict:
+    """Fetch sizes for topics of segment-sized records, for every consumer (group or assigned).
+
+    Chosen from `benchmarks/kafka_io.py --consumer-sweep` (BENCHMARKS.md, "Kafka client I/O"): with the C
+    checksum, a consumer spends the same CPU per MB (within the run-to-run spread) whichever fetch sizes, socket
+    buffer or poll size it uses, so these are set for what they guarantee, not for speed:
+    - per partition 4 records' worth: a 2 MB segment's chunks (3 records) come in one fetch, so a segment is
+      reassembled in one poll (kafka-python's 1 MiB default fetches one chunk per round trip);
+    - per fetch 16 records' worth (14.4 MB at the default limit): bounds a consumer's buffered memory, where
+      kafka-python's default allows 50 MiB;
+    - the socket receive buffer is left to the kernel: a fixed SO_RCVBUF turns Linux's autotuning off and
+      measured no faster.
+    """
+    return dict(max_partition_fetch_bytes=config.max_message_bytes * 4, fetch_max_bytes=config.max_message_bytes * 16)
 
 
 def make_consumer(config: KafkaConfig, group_id: str, topics: list[str], **overrides) -> KafkaConsumer:
@@ -80,11 +98,11 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: list[str], **overr
         session_timeout_ms=config.session_timeout_ms,
         heartbeat_interval_ms=config.heartbeat_interval_ms,
         max_poll_interval_ms=config.max_poll_interval_ms,
-        max_partition_fetch_bytes=config.max_message_bytes * 4,
-        fetch_max_bytes=config.max_message_bytes * 16,
         reconnect_backoff_max_ms=2000,
+        **segment_fetch_options(config),
     )
     options.update(overrides)
+    check_fast_checksum("consumer")
     consumer = KafkaConsumer(**options)
     consumer.subscribe(topics)
     return consumer

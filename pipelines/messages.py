@@ -1,17 +1,22 @@
-"""Typed, versioned contracts for every Kafka topic.
+"""Typed, versioned contracts for every Kafka topic, and the two wire contracts they travel in.
 
-Wire format of a record value (docs/messages.md has the full table):
+Wire contract 2, what this build writes (docs/messages.md has the full table), readable by any Kafka tool:
 
-    +----------------+----------------------------+------------------+
-    | 4 bytes: N, BE | N bytes: UTF-8 JSON header | payload (binary) |
-    +----------------+----------------------------+------------------+
+- queries, answers, alerts, dead letters: the record value is the model as plain UTF-8 JSON
+  (``schema`` and ``version`` inside); no record headers needed.
+- video segments: the record value is the raw segment bytes (a chunk of them for a chunked segment);
+  the metadata, chunk index and count included, is the model as JSON in the record header
+  ``livelens.segment``, next to ``livelens.contract: 2``.
 
-The JSON header is the message model (``schema`` and ``version`` first); the
-payload is raw bytes (a video chunk) or empty. Binary stays binary: base64 in
-JSON would cost a third more on the broker for every segment.
+Wire contract 1, what earlier builds wrote, is still read, so a deployment rolls over without draining
+its topics: every value framed as a 4-byte big-endian length N, N bytes of JSON (the model), then the
+payload. A value is contract 1 when it has no segment header and does not start with ``{``: a framed
+value starts with a zero byte (its header is under 256 KiB), a JSON object never does.
+
+Binary stays binary: base64 in JSON would cost a third more on the broker for every segment.
 
 A schema change adds a new model with ``version`` + 1 and registers an upgrade
-from the old one, so records written by older publishers are still read.
+from the old one, so records written by older publishers are still read, in either contract.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-_HEADER_LEN = struct.Struct(">I")
-# Headers are small; a larger one is malformed or hostile, never buffered.
+_HEADER_LEN = struct.Struct(">I")  # contract 1's length prefix
+# Metadata (a segment header, contract 1's framed header) is small; a larger one is malformed or hostile.
 MAX_HEADER_BYTES = 256 * 1024
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -256,24 +261,69 @@ UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
 _CURRENT: dict[str, type[Message]] = {m.SCHEMA: m for m in MESSAGE_TYPES}
 
 
-def encode(message: Message, payload: bytes = b"") -> bytes:
-    header = message.model_dump_json(by_alias=True).encode()
-    return _HEADER_LEN.pack(len(header)) + header + payload
+# The wire contract this build writes; `decode` reads it and contract 1.
+CONTRACT = 2
+CONTRACT_HEADER = "livelens.contract"
+SEGMENT_HEADER = "livelens.segment"
+
+Headers = list[tuple[str, bytes]]
 
 
-def decode(value: bytes | None, expect: type[Message] | None = None) -> tuple[Message, bytes]:
-    """Parse a record value into (message, payload). Raises MessageError with a stable code."""
-    if not value or len(value) < _HEADER_LEN.size:
-        raise MessageError("malformed_message", "record is empty or shorter than its length prefix")
+def encode(message: Message) -> bytes:
+    """The record value of a query, answer, alert or dead letter: the model as plain JSON."""
+    if isinstance(message, VideoSegment):
+        raise TypeError("a video segment travels as segment_record(): raw bytes, its metadata in record headers")
+    return message.model_dump_json(by_alias=True).encode()
+
+
+def segment_record(segment: VideoSegment, chunk: bytes | memoryview) -> tuple[bytes | memoryview, Headers]:
+    """(value, headers) of one segment record: the chunk's bytes as they are, the metadata in a header."""
+    return chunk, [(CONTRACT_HEADER, str(CONTRACT).encode()),
+                   (SEGMENT_HEADER, segment.model_dump_json(by_alias=True).encode())]
+
+
+def decode(value: bytes | None, expect: type[Message] | None = None,
+           headers: Headers | None = None) -> tuple[Message, memoryview]:
+    """Parse a record (its value and headers, either wire contract) into (message, payload). Raises MessageError
+    with a stable code.
+
+    The payload is a view into ``value``, not a copy: a segment's bytes are copied once, when its chunks
+    are joined into the whole segment (`SegmentAssembler`), not once more per record here."""
+    segment_header = next((v for k, v in headers or () if k == SEGMENT_HEADER), None)
+    if segment_header is not None:
+        if len(segment_header) > MAX_HEADER_BYTES:
+            raise MessageError("malformed_message", f"{SEGMENT_HEADER} header of {len(segment_header)} bytes")
+        return _validate(_json_object(segment_header, SEGMENT_HEADER), expect), memoryview(value or b"")
+    if not value:
+        raise MessageError("malformed_message", "record is empty")
+    if value.lstrip()[:1] == b"{":
+        return _validate(_json_object(value, "value"), expect), memoryview(b"")
+    return _decode_contract_1(value, expect)
+
+
+def _decode_contract_1(value: bytes, expect: type[Message] | None) -> tuple[Message, memoryview]:
+    """A record framed as earlier builds wrote every record: length, JSON header, payload."""
+    if len(value) < _HEADER_LEN.size:
+        raise MessageError("malformed_message", "record is shorter than its length prefix")
     (n,) = _HEADER_LEN.unpack_from(value)
     if n > MAX_HEADER_BYTES or _HEADER_LEN.size + n > len(value):
         raise MessageError("malformed_message", f"header length {n} does not fit a {len(value)}-byte record")
+    header = _json_object(value[_HEADER_LEN.size : _HEADER_LEN.size + n], "header")
+    return _validate(header, expect), memoryview(value)[_HEADER_LEN.size + n :]
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        header = json.loads(value[_HEADER_LEN.size : _HEADER_LEN.size + n])
+        parsed = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError("malformed_message", f"header is not JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise MessageError("malformed_message", "header is not a JSON object")
+        raise MessageError("malformed_message", f"{what} is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise MessageError("malformed_message", f"{what} is not a JSON object")
+    return parsed
+
+
+def _validate(header: dict[str, Any], expect: type[Message] | None) -> Message:
+    """The current model for a JSON object, through the registered upgrades of older versions."""
     schema, version = header.get("schema"), header.get("version")
     model = _CURRENT.get(schema) if isinstance(schema, str) else None
     if model is None:
@@ -290,18 +340,20 @@ def decode(value: bytes | None, expect: type[Message] | None = None) -> tuple[Me
         version += 1
         header["version"] = version
     try:
-        message = model.model_validate(header)
+        return model.model_validate(header)
     except ValidationError as exc:
         raise MessageError("invalid_message", _short(exc)) from None
-    return message, value[_HEADER_LEN.size + n :]
 
 
-def chunk_segment(segment: VideoSegment, payload: bytes, max_message_bytes: int) -> Iterator[tuple[VideoSegment, bytes]]:
-    """Split a segment into records that each fit ``max_message_bytes`` (header included)."""
-    room = max_message_bytes - MAX_HEADER_BYTES // 64  # headers are ~600 bytes; keep 4 KiB spare
+def chunk_segment(segment: VideoSegment, payload: bytes, max_message_bytes: int
+                  ) -> Iterator[tuple[VideoSegment, memoryview]]:
+    """Split a segment into records that each fit ``max_message_bytes`` (record headers included: the broker
+    counts them). The parts are views of ``payload``: the producer copies each into its batch once."""
+    room = max_message_bytes - MAX_HEADER_BYTES // 64  # the metadata header is ~600 bytes; keep 4 KiB spare
     count = max(1, -(-len(payload) // room))
+    view = memoryview(payload)
     for i in range(count):
-        part = payload[i * room : (i + 1) * room]
+        part = view[i * room : (i + 1) * room]
         yield segment.model_copy(update={"chunk_index": i, "chunk_count": count, "payload_bytes": len(payload)}), part
 
 

@@ -170,6 +170,9 @@ ALERTS = _define("counter", "livelens_alerts_total", "Alerts sent to the alerts 
 ALERT_SECONDS = _define("histogram", "livelens_alert_latency_seconds",
                         "Wall-clock seconds from an alert's first evidence frame to its decision.", ("kind",),
                         _ALERT_SECONDS)
+KAFKA_FAST_CHECKSUM = _define("gauge", "livelens_kafka_fast_checksum",
+                              "1 while a process's Kafka clients checksum record batches in C; 0: pure Python, "
+                              "about 8 MB/s per process (install kafka-python's crc32c extra).", ("role",))
 WEBHOOK_FAILURES = _define("counter", "livelens_alert_webhook_failures_total",
                            "Alert webhooks that failed (the alerts topic still has the alert).", ("kind",))
 

@@ -1,8 +1,9 @@
 """Publishing video to the segments topic, and putting chunked segments back together.
 
 Publisher side (`SegmentPublisher`): segment a source (pipelines.segmenter),
-wrap each segment in a `VideoSegment` header, split it into records that fit
-the broker's message limit, and send them keyed by stream_id, so one stream's
+describe each segment with a `VideoSegment`, split it into records that fit
+the broker's message limit (`messages.segment_record`: raw bytes, the metadata
+in a record header), and send them keyed by stream_id, so one stream's
 records stay on one partition, in order, with a segment's chunks contiguous.
 
 Consumer side (`SegmentAssembler`): one per partition; it collects the chunks
@@ -45,7 +46,7 @@ class PublishError(RuntimeError):
 class PublishStats:
     segments: int = 0
     records: int = 0
-    bytes: int = 0  # record values sent (headers + payload), what the broker stores
+    bytes: int = 0  # record values and headers sent, what the broker stores
     chunked_segments: int = 0  # segments that needed more than one record
     media_seconds: float = 0.0
     wall_seconds: float = 0.0  # from after topic creation to the last acknowledgement
@@ -121,10 +122,11 @@ class SegmentPublisher:
             segment = segment_header(media, stream_id=stream_id, tenant_id=tenant_id, start=start)
             records = 0
             for chunk_header, chunk in messages.chunk_segment(segment, media.payload, self._kafka.max_message_bytes):
-                value = messages.encode(chunk_header, chunk)
-                in_flight.append((f"{segment.key} chunk {chunk_header.chunk_index}", self._send(topic, key, value)))
+                value, headers = messages.segment_record(chunk_header, chunk)
+                in_flight.append((f"{segment.key} chunk {chunk_header.chunk_index}",
+                                  self._send(topic, key, value, headers)))
                 records += 1
-                stats.bytes += len(value)
+                stats.bytes += len(value) + sum(len(k) + len(v) for k, v in headers)
             stats.segments += 1
             stats.records += records
             stats.chunked_segments += records > 1
@@ -141,9 +143,10 @@ class SegmentPublisher:
         stats.wall_seconds = time.monotonic() - started
         return stats
 
-    def _send(self, topic: str, key: bytes, value: bytes) -> FutureRecordMetadata:
+    def _send(self, topic: str, key: bytes, value: bytes | memoryview, headers: messages.Headers
+              ) -> FutureRecordMetadata:
         try:
-            return self._producer.send(topic, key=key, value=value)
+            return self._producer.send(topic, key=key, value=value, headers=headers)
         except KafkaError as exc:
             raise PublishError(f"cannot send to {topic}: {exc}") from exc
 
@@ -212,7 +215,7 @@ class Discarded:
 @dataclass
 class _Pending:
     header: VideoSegment
-    chunks: dict[int, bytes] = field(default_factory=dict)
+    chunks: dict[int, bytes | memoryview] = field(default_factory=dict)
     offsets: list[int] = field(default_factory=list)
     size: int = 0
     last_seen: float = 0.0
@@ -247,9 +250,11 @@ class SegmentAssembler:
     def pending_bytes(self) -> int:
         return self._pending_bytes
 
-    def add(self, segment: VideoSegment, chunk: bytes, offset: int) -> tuple[VideoSegment, bytes, list[int]] | None:
+    def add(self, segment: VideoSegment, chunk: bytes | memoryview, offset: int
+            ) -> tuple[VideoSegment, bytes, list[int]] | None:
         """Take one record. Returns (header of chunk 0, whole payload, offsets of every record it
-        spanned, duplicates included) when this record completes its segment, else None."""
+        spanned, duplicates included) when this record completes its segment, else None. ``chunk`` may be a
+        view into the record (`messages.decode`); the whole payload is new bytes, the segment's one copy."""
         stream = (segment.tenant_id, segment.stream_id)
         problem = _chunk_problem(segment, chunk)
         if problem:
@@ -328,7 +333,7 @@ class SegmentAssembler:
         return pending
 
 
-def _chunk_problem(segment: VideoSegment, chunk: bytes) -> str | None:
+def _chunk_problem(segment: VideoSegment, chunk: bytes | memoryview) -> str | None:
     """What is wrong with a record on its own, if anything."""
     if segment.chunk_index >= segment.chunk_count:
         return f"chunk_index {segment.chunk_index} out of range for chunk_count {segment.chunk_count}"
@@ -339,7 +344,7 @@ def _chunk_problem(segment: VideoSegment, chunk: bytes) -> str | None:
     return None
 
 
-def _mismatch(pending: _Pending, segment: VideoSegment, chunk: bytes) -> str | None:
+def _mismatch(pending: _Pending, segment: VideoSegment, chunk: bytes | memoryview) -> str | None:
     """Why ``segment`` cannot belong to the pending segment of its stream, if it cannot."""
     if pending.header.seq != segment.seq:
         return f"superseded by seq {segment.seq}"

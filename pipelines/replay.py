@@ -73,7 +73,8 @@ from pipelines import messages
 from pipelines.backfill import Backfill, BackfillSummary
 from pipelines.config import LivelensConfig
 from pipelines.dag import shard
-from pipelines.kafka_io import make_producer, require_bootstrap
+from pipelines.kafka_checksum import check_fast_checksum
+from pipelines.kafka_io import make_producer, require_bootstrap, segment_fetch_options
 from pipelines.publish import PendingBytesExceeded, SegmentAssembler
 from pipelines.source import segment_info
 
@@ -157,9 +158,10 @@ class Replay:
 
     def run(self, what: ReplayRange) -> ReplaySummary:
         kafka = self.config.kafka
+        check_fast_checksum("consumer")
         consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), group_id=None,
-                                 enable_auto_commit=False, max_partition_fetch_bytes=kafka.max_message_bytes * 4,
-                                 fetch_max_bytes=kafka.max_message_bytes * 16, reconnect_backoff_max_ms=2000)
+                                 enable_auto_commit=False, reconnect_backoff_max_ms=2000,
+                                 **segment_fetch_options(kafka))
         summary = ReplaySummary()
         started = time.perf_counter()
         try:
@@ -260,7 +262,7 @@ class Replay:
     def _accept(self, part: _Partition, record, summary: ReplaySummary) -> tuple[SegmentInfo, bytes] | None:
         in_range = record.offset < part.stop
         try:
-            segment, chunk = messages.decode(record.value, expect=messages.VideoSegment)
+            segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
         except messages.MessageError as exc:
             if in_range:
                 self._send_dead_letter(part.tp, [record.offset], None, "source", exc.code, exc.reason,

@@ -180,7 +180,7 @@ class KafkaSegmentSource:
         self.stats.records += 1
         self._tracker.add(tp, record.offset)
         try:
-            segment, chunk = messages.decode(record.value, expect=messages.VideoSegment)
+            segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
         except messages.MessageError as exc:
             self._dead_letter(tp, [record.offset], None, "source", exc.code, exc.reason, len(record.value or b""))
             return

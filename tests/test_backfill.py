@@ -84,7 +84,8 @@ def live_reference(video: Path, config: LivelensConfig, store: MemoryStore) -> N
     boundaries = BoundaryDetector(config.boundaries)  # beside the compressor, as in the live CompressActor
     for media in iter_segments(str(video)):
         header = segment_header(media, stream_id="cam", tenant_id=TENANT, start=START)
-        received, _ = messages.decode(messages.encode(header, media.payload), expect=messages.VideoSegment)
+        value, headers = messages.segment_record(header, media.payload)
+        received, _ = messages.decode(value, expect=messages.VideoSegment, headers=headers)
         frames = decoder.decode(segment_info(received), media.payload)
         store.write(boundaries.mark(compressor.compress(encoder.encode([frames])[0])))
 

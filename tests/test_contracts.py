@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import ClassVar, Literal
 
@@ -12,25 +13,57 @@ from pydantic import ConfigDict, Field
 from pipelines import messages
 from pipelines.config import LivelensConfig
 from pipelines.offsets import OffsetTracker
+from tests.legacy_records import framed
 
 SEG = messages.VideoSegment(tenant_id="t", stream_id="s", seq=3, codec="h264", wallclock_start=messages.utcnow(),
                             media_start_s=6.0, duration_s=2.0, width=640, height=360, payload_bytes=10)
 
 
-@pytest.mark.parametrize(
-    "message, payload",
-    [
-        (SEG, b"\x00\x01payload"),
-        (messages.Query(tenant_id="t", text="what happened", scope=messages.TimeScope(since_s=60)), b""),
-        (messages.Answer(tenant_id="t", query_id="q", answer="a", extractive=True), b""),
-        (messages.Alert(tenant_id="t", stream_id="s", state="RED", score=0.9, reason="r"), b""),
-        (messages.DeadLetter(tenant_id="t", source_topic="x", partition=0, offset=1, stage="decode",
-                             code="decode_error", reason="r"), b""),
-    ],
-)
-def test_every_message_round_trips(message, payload):
-    decoded, rest = messages.decode(messages.encode(message, payload))
+def record(message: messages.Message, payload: bytes = b"") -> tuple[bytes, messages.Headers]:
+    """(value, headers) as this build writes them, the value as the broker hands it back (bytes)."""
+    if isinstance(message, messages.VideoSegment):
+        value, headers = messages.segment_record(message, payload)
+        return bytes(value), headers
+    return messages.encode(message), []
+
+
+MESSAGES = [
+    (SEG, b"\x00\x01payload"),
+    (messages.Query(tenant_id="t", text="what happened", scope=messages.TimeScope(since_s=60)), b""),
+    (messages.Answer(tenant_id="t", query_id="q", answer="a", extractive=True), b""),
+    (messages.Alert(tenant_id="t", stream_id="s", state="RED", score=0.9, reason="r"), b""),
+    (messages.DeadLetter(tenant_id="t", source_topic="x", partition=0, offset=1, stage="decode",
+                         code="decode_error", reason="r"), b""),
+]
+
+
+@pytest.mark.parametrize("message, payload", MESSAGES)
+@pytest.mark.parametrize("contract", [2, 1])
+def test_every_message_round_trips_in_both_wire_contracts(message, payload, contract):
+    value, headers = record(message, payload) if contract == 2 else (framed(message, payload), [])
+    decoded, rest = messages.decode(value, headers=headers)
     assert decoded == message and rest == payload
+
+
+@pytest.mark.parametrize("message, payload", MESSAGES)
+def test_contract_2_values_are_plain_json_or_the_raw_segment(message, payload):
+    """What kcat, a Connect sink or any other Kafka tool sees, without livelens's code."""
+    value, headers = record(message, payload)
+    if isinstance(message, messages.VideoSegment):
+        assert value == payload
+        meta = dict(headers)
+        assert meta["livelens.contract"] == b"2"
+        assert json.loads(meta["livelens.segment"]) == json.loads(message.model_dump_json(by_alias=True))
+        assert {"chunk_index", "chunk_count", "schema", "version"} <= set(json.loads(meta["livelens.segment"]))
+    else:
+        assert headers == []
+        assert json.loads(value) == json.loads(message.model_dump_json(by_alias=True))
+        assert json.loads(value)["schema"] == message.SCHEMA
+
+
+def test_a_segment_is_never_written_as_json():
+    with pytest.raises(TypeError, match="segment_record"):
+        messages.encode(SEG)
 
 
 def _raw(header: bytes) -> bytes:
@@ -57,6 +90,28 @@ def test_malformed_records_get_a_stable_code(value, code):
     assert err.value.code == code
 
 
+@pytest.mark.parametrize(
+    "value, headers, code",
+    [
+        (b'{"schema": "query", "version": 1, "tenant_id": ', [], "malformed_message"),
+        (b'{"schema": "nope", "version": 1}', [], "unknown_schema"),
+        (b'{"schema": "query", "version": 1, "tenant_id": "t", "top_k": 0}', [], "invalid_message"),
+        (b"\x47video", [("livelens.segment", b"not json")], "malformed_message"),
+        (b"\x47video", [("livelens.segment", b"[1]")], "malformed_message"),
+        (b"\x47video", [("livelens.segment", b'{"schema": "query", "version": 1, "tenant_id": "t"}')],
+         "unexpected_schema"),
+        (b"\x47video", [("livelens.segment", b'{"schema": "video_segment", "version": 1}')], "invalid_message"),
+        (b"\x47video", [("livelens.segment", b" " * (messages.MAX_HEADER_BYTES + 1))], "malformed_message"),
+        # Raw segment bytes without their metadata header are not a framed record either.
+        (b"\x47" * 1000, [], "malformed_message"),
+    ],
+)
+def test_malformed_contract_2_records_get_a_stable_code(value, headers, code):
+    with pytest.raises(messages.MessageError) as err:
+        messages.decode(value, expect=messages.VideoSegment if headers else None, headers=headers)
+    assert err.value.code == code
+
+
 def test_wrong_schema_for_the_topic_is_refused():
     with pytest.raises(messages.MessageError) as err:
         messages.decode(messages.encode(messages.Query(tenant_id="t")), expect=messages.VideoSegment)
@@ -74,8 +129,9 @@ class QueryV2(messages.Message):
     prompt: str
 
 
-def test_old_versions_are_still_read_through_registered_upgrades(monkeypatch):
-    v1_record = messages.encode(messages.Query(tenant_id="t", text="when did it rain"))
+@pytest.mark.parametrize("write", [messages.encode, framed], ids=["contract 2", "contract 1"])
+def test_old_versions_are_still_read_through_registered_upgrades(monkeypatch, write):
+    v1_record = write(messages.Query(tenant_id="t", text="when did it rain"))
     monkeypatch.setitem(messages._CURRENT, "query", QueryV2)
     with pytest.raises(messages.MessageError) as err:  # no upgrade registered yet: refused loudly
         messages.decode(v1_record)
@@ -91,7 +147,9 @@ def test_chunking_fits_the_limit_and_reassembles(size, limit, chunks):
     payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     parts = list(messages.chunk_segment(SEG, payload, limit))
     assert len(parts) == chunks
-    assert all(len(messages.encode(seg, part)) <= limit for seg, part in parts)
+    for seg, part in parts:
+        value, headers = messages.segment_record(seg, part)
+        assert len(value) + sum(len(k) + len(v) for k, v in headers) <= limit
     assert b"".join(p for _, p in parts) == payload
     assert [s.chunk_index for s, _ in parts] == list(range(chunks))
     assert all(s.chunk_count == chunks and s.payload_bytes == size for s, _ in parts)
@@ -140,3 +198,21 @@ def test_config_reads_a_toml_file(tmp_path, monkeypatch):
     monkeypatch.setenv("LIVELENS_CONFIG", str(path))
     config = LivelensConfig()
     assert config.compress.drop_threshold == 0.25 and config.kafka.topic("segments") == "prod.video-segments"
+
+
+def test_segment_bytes_are_copied_once_each_way():
+    """A 2 MB segment: the chunks are views of the payload (the producer copies each into its batch once), the
+    parsed payload is a view of the record, and reassembly makes the one new whole-segment buffer."""
+    from pipelines.publish import SegmentAssembler
+
+    payload = bytes(range(256)) * 8000
+    segment = SEG.model_copy(update={"payload_bytes": len(payload)})
+    parts = list(messages.chunk_segment(segment, payload, 900_000))
+    assert len(parts) == 3 and all(isinstance(c, memoryview) and c.obj is payload for _, c in parts)
+    records = [record(h, c) for h, c in parts]
+    assembler, whole = SegmentAssembler(), None
+    for offset, (value, headers) in enumerate(records):
+        header, chunk = messages.decode(value, expect=messages.VideoSegment, headers=headers)
+        assert chunk.obj is value, "a view of the record, not a copy"
+        whole = assembler.add(header, chunk, offset)
+    assert whole is not None and type(whole[1]) is bytes and whole[1] == payload and whole[2] == [0, 1, 2]

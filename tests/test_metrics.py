@@ -21,7 +21,7 @@ from pipelines.offsets import OffsetTracker
 # Prometheus' metric and label name rules, and the base units its conventions allow in a livelens name's suffix.
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _UNIT_SUFFIXES = ("_total", "_seconds", "_bytes", "_records", "_frames", "_tokens", "_entries", "_segments")
-_UNITLESS = {"livelens_source_paused"}  # a 0/1 state
+_UNITLESS = {"livelens_source_paused", "livelens_kafka_fast_checksum"}  # 0/1 states
 
 
 @pytest.mark.parametrize("spec", metrics.REGISTRY.values(), ids=lambda s: s.name)

@@ -75,14 +75,15 @@ def test_fast_publish_round_trips(max_message_bytes: int, chunked: bool, kafka_b
     records = consume(config, sum(s.records for s in stats.values()))
 
     assert sum(s.records for s in stats.values()) == len(records)
-    assert sum(s.bytes for s in stats.values()) == sum(len(r.value) for r in records)
+    assert sum(s.bytes for s in stats.values()) == sum(
+        len(r.value) + sum(len(k) + len(v) for k, v in r.headers) for r in records)
     assert (stats["cam-a"].chunked_segments > 0) == chunked
     assert all(len(r.value) <= max_message_bytes for r in records)
     assert [s.seq for s in announced] == [s.seq for s in expected] * 2
     assembled: dict[str, list[tuple[VideoSegment, bytes]]] = {"cam-a": [], "cam-b": []}
     assemblers: dict[int, SegmentAssembler] = {}
     for record in records:
-        header, chunk = messages.decode(record.value, expect=VideoSegment)
+        header, chunk = messages.decode(record.value, expect=VideoSegment, headers=record.headers)
         assert record.key == header.stream_id.encode()
         done = assemblers.setdefault(record.partition, SegmentAssembler()).add(header, chunk, record.offset)
         if done is not None:

@@ -134,7 +134,8 @@ def test_replay_bounds_by_time_and_offset_and_dead_letters_bad_records(tmp_path,
     cut = media.payload[: len(media.payload) // 4 // 188 * 188]  # a truncated segment, on a TS packet boundary
     header = segment_header(media, stream_id="broken", tenant_id=TENANT, start=START).model_copy(
         update={"payload_bytes": len(cut)})
-    producer.send(topic, key=b"broken", value=messages.encode(header, cut)).get(timeout=30)
+    value, headers = messages.segment_record(header, cut)
+    producer.send(topic, key=b"broken", value=value, headers=headers).get(timeout=30)
     producer.close()
     publish(config, video, "late")
 

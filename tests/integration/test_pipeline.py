@@ -221,7 +221,8 @@ def test_bad_input_goes_to_dead_letters_and_the_stream_keeps_flowing(deployed, s
         tenant_id="default", stream_id="bad", seq=0, codec=first.codec, wallclock_start=messages.utcnow(),
         media_start_s=0, duration_s=first.duration_s, width=first.width, height=first.height,
         payload_bytes=len(first.payload) // 3)
-    producer.send(topic, key=b"bad", value=messages.encode(truncated, first.payload[: len(first.payload) // 3]))
+    value, headers = messages.segment_record(truncated, first.payload[: len(first.payload) // 3])
+    producer.send(topic, key=b"bad", value=value, headers=headers)
     # 3. a malformed query
     producer.send(config.kafka.topic("queries"), key=b"x", value=b'\x00\x00\x00\x02{}')
     producer.flush()
