@@ -24,6 +24,7 @@ from rich.table import Table
 from pipelines import messages
 from pipelines.app import effective_config
 from pipelines.config import LivelensConfig
+from pipelines.secrets import redact_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch live video, remember it, answer questions.")
 console = Console(stderr=True)
@@ -38,11 +39,11 @@ def _duration(text: str) -> float:
 
 
 def _stream_start(config: LivelensConfig, tenant: str, stream: str) -> float | None:
-    import redis
+    from pipelines.redis_io import redis_client
 
     from memory_store.redis_tier import RedisTier
 
-    info = RedisTier(redis.Redis.from_url(config.redis.url), config.memory).stream_info(tenant, stream)
+    info = RedisTier(redis_client(config.redis), config.memory).stream_info(tenant, stream)
     return info.first_wallclock if info else None
 
 
@@ -85,7 +86,7 @@ def status(
     state = StackState.load(Path(config.data_dir))
     if state is None:
         console.print(f"no local stack under {config.data_dir}; configured: kafka={config.kafka.bootstrap} "
-                      f"redis={config.redis.url} ray={config.ray.address}")
+                      f"redis={redact_url(config.redis.url)} ray={config.ray.address}")
         raise typer.Exit(1)
     _print_state(state)
     import ray
@@ -110,7 +111,7 @@ def status(
 def _print_state(state) -> None:
     table = Table("service", "address", "pid", "alive", "log")
     started = {p.name: p for p in state.started}
-    rows = [("kafka", state.kafka_bootstrap), ("redis", state.redis_url), ("ray", state.ray_address)]
+    rows = [("kafka", state.kafka_bootstrap), ("redis", redact_url(state.redis_url)), ("ray", state.ray_address)]
     for name, address in rows:
         p = started.get(name)
         table.add_row(name, address, str(p.pid) if p else "external", str(p.alive()) if p else "-",
@@ -254,7 +255,7 @@ def backfill(
     workers: Annotated[int, typer.Option("--workers", help="Parallel decode processes.")] = 2,
 ) -> None:
     """Store recorded video in memory through the live operators, far faster than real time; resumable."""
-    import redis
+    from pipelines.redis_io import redis_client
 
     from memory_store.service import MemoryStore
     from pipelines.backfill import Backfill, BackfillJob, expand_sources, stream_id_for
@@ -266,7 +267,7 @@ def backfill(
         raise typer.BadParameter("--stream names one source; several take their ids from their names (--stream-pattern)")
     when = datetime.fromisoformat(start) if start else None
     jobs = [BackfillJob(f, stream or stream_id_for(f, stream_pattern), tenant, when) for f in files]
-    store = MemoryStore(redis.Redis.from_url(config.redis.url), config.memory)
+    store = MemoryStore(redis_client(config.redis), config.memory)
     summary = Backfill(config, store, workers=workers).run(jobs)
     Console().print(summary)
     _rebuild_running_memory(config)

@@ -200,13 +200,13 @@ class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
 
     def __init__(self, config: LivelensConfig, shard_index: int):
-        import redis
+        from pipelines.redis_io import redis_client
 
         from memory_store.service import MemoryStore
 
         if not config.redis.url:
             raise RuntimeError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
-        client = redis.Redis.from_url(config.redis.url)
+        client = redis_client(config.redis)
         index_dir = (config.data_dir / "faiss" / f"shard-{shard_index}").resolve()
         shards = config.memory.shards
         self.store = MemoryStore(client, config.memory, index_dir=index_dir,
@@ -246,7 +246,7 @@ class StandingActor:
     """Evaluates standing queries on each stored segment; alerts are acknowledged before the source commits."""
 
     def __init__(self, config: LivelensConfig):
-        import redis
+        from pipelines.redis_io import redis_client
 
         from pipelines.alerts import AlertLog
         from pipelines.kafka_io import make_producer
@@ -254,7 +254,7 @@ class StandingActor:
 
         self.config = config
         self.producer = make_producer(config.kafka)
-        client = redis.Redis.from_url(config.redis.url)
+        client = redis_client(config.redis)
         self.evaluator = StandingEvaluator(client, self._emit)
         self.alerts = AlertLog(client)  # what GET /v1/alerts serves
         self.webhook_failures = 0

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from memory_store.redis_tier import RedisTier
 from memory_store.report import StreamTiers, TierUsage, stream_tiers
 from pipelines.config import LivelensConfig
+from pipelines.redis_io import redis_client
 
 _WHAT = {
     "short": "newest frames, all kept tokens",
@@ -24,7 +24,7 @@ def print_memory(config: LivelensConfig, tenant_id: str, stream_id: str, console
     if not config.redis.url:
         console.print("[red]no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
         return False
-    client = redis.Redis.from_url(config.redis.url)
+    client = redis_client(config.redis)
     report = stream_tiers(client, config.memory, tenant_id, stream_id)
     if report is None:
         console.print(f"[red]memory holds nothing of stream {stream_id!r} of tenant {tenant_id!r}")

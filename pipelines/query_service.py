@@ -284,11 +284,11 @@ class QueryEngine:
         return self._standing_registry().delete(tenant_id, query_id)
 
     def _standing_registry(self):
-        import redis
+        from pipelines.redis_io import redis_client
 
         from pipelines.standing import StandingRegistry
 
-        return StandingRegistry(redis.Redis.from_url(self.config.redis.url))
+        return StandingRegistry(redis_client(self.config.redis))
 
     def timeline(self, tenant_id: str, stream_id: str, t_from: float | None, t_to: float | None,
                  limit: int) -> list[Any]:

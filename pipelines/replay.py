@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import ray
-import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from rich.console import Console
@@ -73,8 +72,9 @@ from pipelines import messages
 from pipelines.backfill import Backfill, BackfillSummary
 from pipelines.config import LivelensConfig
 from pipelines.dag import shard
-from pipelines.kafka_io import make_producer, require_bootstrap
+from pipelines.kafka_io import client_security, make_producer, require_bootstrap
 from pipelines.publish import PendingBytesExceeded, SegmentAssembler
+from pipelines.redis_io import redis_client
 from pipelines.source import segment_info
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ class Replay:
         kafka = self.config.kafka
         consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), group_id=None,
                                  enable_auto_commit=False, max_partition_fetch_bytes=kafka.max_message_bytes * 4,
-                                 fetch_max_bytes=kafka.max_message_bytes * 16, reconnect_backoff_max_ms=2000)
+                                 fetch_max_bytes=kafka.max_message_bytes * 16, reconnect_backoff_max_ms=2000,
+                                 **client_security(kafka))
         summary = ReplaySummary()
         started = time.perf_counter()
         try:
@@ -364,7 +365,7 @@ def memory_writer(config: LivelensConfig) -> MemoryStore | ActorMemory:
             log.info("no pipeline deployed: writing to Redis directly (memory actors rebuild when they start)")
     if not config.redis.url:
         raise ReplayError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
-    return MemoryStore(redis.Redis.from_url(config.redis.url), config.memory)
+    return MemoryStore(redis_client(config.redis), config.memory)
 
 
 def _progress(enabled: bool) -> Progress:
