@@ -263,6 +263,8 @@ class QueryEngine:
         """Embed the query once and register it. Text matches on-screen text; an image matches frames."""
         from pipelines.standing import StandingQuery
 
+        if webhook:
+            self._check_webhook(tenant_id, webhook)
         text_vector = image_vector = None
         if image_jpeg_b64:
             encoder = self.stages.encoders[0]
@@ -276,6 +278,18 @@ class QueryEngine:
         query = StandingQuery(tenant_id=tenant_id, stream_ids=stream_ids or [], text=text, text_vector=text_vector,
                               image_vector=image_vector, min_score=min_score, rearm_s=rearm_s, webhook=webhook)
         return self._standing_registry().register(query)
+
+    def _check_webhook(self, tenant_id: str, url: str) -> None:
+        """At registration, so the tenant learns at once; checked again on every delivery (DNS changes)."""
+        from pipelines.webhooks import WebhookRefused, check_destination
+
+        if tenant_id not in self.config.webhooks.signing_secrets:
+            raise QueryError("webhook_unsigned", f"tenant {tenant_id} has no webhook signing secret: ask the operator "
+                             "to set webhooks.signing_secrets, so that the receiver can check who sent an alert")
+        try:
+            check_destination(url, self.config.webhooks)
+        except WebhookRefused as exc:
+            raise QueryError("webhook_refused", str(exc)) from None
 
     def list_standing(self, tenant_id: str):
         return self._standing_registry().list(tenant_id)
