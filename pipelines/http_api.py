@@ -24,8 +24,8 @@ from pipelines.http_guard import (
     TenantQuotas,
     check_exposure,
     internal_error,
+    is_operator,
     log_internal,
-    require_admin,
     resolve_tenant,
 )
 from pipelines.overview import Overview
@@ -239,15 +239,9 @@ class LivelensAPI:
     def overview(self, request: Request, tenant_id: str | None = Query(None, pattern=_ID)) -> dict:
         """The tenant's streams: status, ingest lag, fps, tokens kept, memory, last alert. Operators (the admin
         key; an open loopback API) leave tenant_id out for every tenant's streams, and get the actors' stats."""
-        try:
-            require_admin(self.config.serve, request.headers)
-            admin = True
-        except QueryError:
-            admin = False
+        admin = is_operator(self.config.serve, request.headers)
         if tenant_id is None and not admin:
-            if not self.config.serve.api_keys:
-                raise QueryError("forbidden", "operator endpoint: the admin API key is required", 403)
-            tenant_id = "default"
+            tenant_id = "default"  # the key's own tenant
         tenants = None if tenant_id is None else [tenant_id if admin else self._tenant(request, tenant_id)]
         report = self.ops.collect(tenants)
         if not admin:

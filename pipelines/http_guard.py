@@ -65,15 +65,13 @@ def resolve_tenant(serve: ServeConfig, headers: Headers, asked: str) -> str:
     return tenant
 
 
-def require_admin(serve: ServeConfig, headers: Headers) -> None:
-    """Operator endpoints: the admin key; without one configured, only an open loopback API (no tenant keys)
-    serves them, as it serves everything to its one user."""
+def is_operator(serve: ServeConfig, headers: Headers) -> bool:
+    """The admin key; without one configured, an open loopback API (no tenant keys) treats its one user as
+    the operator, as it serves everything to them anyway."""
     if serve.admin_api_key is None:
-        if serve.api_keys:
-            raise QueryError("forbidden", "operator endpoint: set serve.admin_api_key to use it", 403)
-        return
-    if not serve.is_admin_key(presented_key(headers)):
-        raise QueryError("forbidden", "operator endpoint: the admin API key is required", 403)
+        return not serve.api_keys
+    return serve.is_admin_key(presented_key(headers))
+
 
 
 def log_internal(exc: Exception) -> str:

@@ -73,6 +73,11 @@ def test_no_response_carries_another_tenants_data(deployed, real_video_dir):
         return httpx.request(method, f"{base}{path}", headers={"authorization": f"Bearer {KEYS[tenant]}"},
                              timeout=60, **kwargs)
 
+    # Webhooks to internal addresses (not allow-listed) are refused at registration.
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://[::1]:6379/",
+                "http://10.0.0.8/hook"):
+        refused = call("tenant-red", "POST", "/v1/standing-queries", json={"text": "x", "webhook": url})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "webhook_refused", refused.text
     # Standing queries before the video, so that they fire on it; min_score -1 fires on the first frame.
     standing = {}
     for tenant in TENANTS:

@@ -165,3 +165,23 @@ def test_no_kafka_client_is_built_outside_the_factories_without_the_security_opt
     unchecked = [(name, call) for name, call in calls if "client_security(" not in call
                  and not (name == "kafka_io.py" and call.endswith("(**options)"))]
     assert unchecked == []
+
+
+def test_a_redis_acl_user_from_the_url_connects_and_a_wrong_password_does_not(redis_server):
+    """Against a real redis-server with an ACL user: the credentials split off the URL reach the client."""
+    import redis
+
+    from pipelines.redis_io import redis_client
+
+    admin = redis.Redis.from_url(redis_server.address)
+    admin.acl_setuser("ingest", enabled=True, passwords=[f"+{REDIS_PASSWORD}"], keys=["ll:*"],
+                      commands=["+@all"])
+    host_port = redis_server.address.removeprefix("redis://")
+    config = RedisConfig(url=f"redis://ingest:{REDIS_PASSWORD}@{host_port}")
+    assert REDIS_PASSWORD not in config.url
+    client = redis_client(config)
+    assert client.acl_whoami() == "ingest" and client.set("ll:{t}:probe", b"1")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.set("other:key", b"1")  # the ACL user's key pattern holds
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis_client(RedisConfig(url=f"redis://{host_port}", username="ingest", password="wrong")).ping()
