@@ -18,7 +18,9 @@ keyframe's GOP is its segment's span, short for a stream's last segment), so a
 grid point can be missed but never sampled twice.
 
 Bad input raises StageError with a stable code:
+    bad_container      a container not in DecodeConfig.containers (playlist demuxers open nested URLs)
     decode_error       corrupt data, FFmpeg errors, a container FFmpeg cannot read
+    decode_timeout     the segment took longer than DecodeConfig.deadline_s
     unknown_codec      no decoder for the declared codec, or no video track
     oversize_frame     width * height above DecodeConfig.max_pixels
     truncated_segment  the payload ends mid-packet or covers clearly less than its duration
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Iterator
 from fractions import Fraction
 
@@ -51,6 +54,9 @@ _MIN_COVERAGE = 0.5
 _TS_PACKET_SIZES = (188, 192, 204)
 # Thumbnails are previews; 80 keeps a 160 px frame around 5-8 KB.
 _JPEG_QUALITY = 80
+# The payload is read from memory, never from a URL or a file: no demuxer may open anything else. FFmpeg
+# checks nested opens against this list, and no protocol has this name.
+_NO_NESTED_IO = {"protocol_whitelist": "none"}
 
 
 class SegmentDecoder:
@@ -72,20 +78,25 @@ class SegmentDecoder:
         """Sampled frames of one segment; an empty batch only when no grid point falls inside it."""
         if not payload:
             raise StageError("empty_segment", "the payload is empty")
+        if info.container not in self.config.containers:
+            raise StageError("bad_container", f"container {info.container!r} is not allowed (decode.containers: "
+                             f"{', '.join(self.config.containers)})")
         _check_decoder_exists(info.codec)
+        deadline = time.monotonic() + self.config.deadline_s
         try:
-            container = av.open(io.BytesIO(payload), format=info.container)
+            container = av.open(io.BytesIO(payload), format=info.container, options=_NO_NESTED_IO)
         except av.FFmpegError as exc:
             raise StageError("decode_error", f"FFmpeg cannot read the payload as {info.container}: {exc}") from exc
         except ValueError as exc:  # PyAV's answer to a format name FFmpeg does not know
             raise StageError("decode_error", f"no demuxer for container {info.container!r}: {exc}") from exc
         with container:
             try:
-                return self._decode(info, container, len(payload))
+                return self._decode(info, container, len(payload), deadline)
             except av.FFmpegError as exc:
                 raise StageError("decode_error", f"FFmpeg failed while decoding: {exc}") from exc
 
-    def _decode(self, info: SegmentInfo, container: av.container.InputContainer, payload_size: int) -> FrameBatch:
+    def _decode(self, info: SegmentInfo, container: av.container.InputContainer, payload_size: int,
+                deadline: float) -> FrameBatch:
         if not container.streams:
             raise StageError("decode_error", f"no streams found: not a {info.container} payload")
         if not container.streams.video:
@@ -110,7 +121,11 @@ class SegmentDecoder:
 
         # Demux everything first: the payload is already in memory, and the packet timestamps
         # give coverage and candidate period before a single frame is decoded.
-        packets = [p for p in container.demux(stream) if p.size and p.pts is not None]
+        packets = []
+        for packet in container.demux(stream):
+            self._check_deadline(deadline)
+            if packet.size and packet.pts is not None:
+                packets.append(packet)
         if not packets:
             raise StageError("empty_segment", "the video track holds no frames")
         tb = stream.time_base
@@ -132,10 +147,14 @@ class SegmentDecoder:
             period_ticks = _min_step(key_pts) or end_pts - key_pts[0]
         else:
             period_ticks = frame_ticks
-        return self._sample(info, stream, packets, period_ticks * tb)
+        return self._sample(info, stream, packets, period_ticks * tb, deadline)
+
+    def _check_deadline(self, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise StageError("decode_timeout", f"decoding took longer than deadline_s={self.config.deadline_s:g}")
 
     def _sample(
-        self, info: SegmentInfo, stream: av.VideoStream, packets: list[av.Packet], period: Fraction
+        self, info: SegmentInfo, stream: av.VideoStream, packets: list[av.Packet], period: Fraction, deadline: float
     ) -> FrameBatch:
         """Decode in presentation order, keeping each frame that claims a grid point; ``period`` as above."""
         fps = self.config.sample_fps
@@ -151,6 +170,7 @@ class SegmentDecoder:
         # across frames, which halves the cost of a conversion against a fresh one per frame.
         to_rgb, to_thumbnail = VideoReformatter(), VideoReformatter()
         for frame in _frames(stream, packets):
+            self._check_deadline(deadline)
             if corrupt_at is not None:
                 raise StageError("decode_error", f"corrupt frame at {corrupt_at:.3f} s")
             if frame.pts is None:

@@ -25,6 +25,7 @@ from rich.table import Table
 from pipelines import messages
 from pipelines.app import effective_config
 from pipelines.config import LivelensConfig
+from pipelines.secrets import redact_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch live video, remember it, answer questions.")
 console = Console(stderr=True)
@@ -39,11 +40,11 @@ def _duration(text: str) -> float:
 
 
 def _stream_start(config: LivelensConfig, tenant: str, stream: str) -> float | None:
-    import redis
+    from pipelines.redis_io import redis_client
 
     from memory_store.redis_tier import RedisTier
 
-    info = RedisTier(redis.Redis.from_url(config.redis.url), config.memory).stream_info(tenant, stream)
+    info = RedisTier(redis_client(config.redis), config.memory).stream_info(tenant, stream)
     return info.first_wallclock if info else None
 
 
@@ -96,7 +97,7 @@ def status(
     state = StackState.load(Path(config.data_dir))
     if state is None:
         problem = (f"no local stack under {config.data_dir}; configured: kafka={config.kafka.bootstrap} "
-                   f"redis={config.redis.url} ray={config.ray.address}")
+                   f"redis={redact_url(config.redis.url)} ray={config.ray.address}")
         print_json({"error": problem}) if as_json else console.print(problem)
         raise typer.Exit(1)
     import ray
@@ -294,7 +295,7 @@ def backfill(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False,
 ) -> None:
     """Store recorded video in memory through the live operators, far faster than real time; resumable."""
-    import redis
+    from pipelines.redis_io import redis_client
 
     from memory_store.service import MemoryStore
     from pipelines.backfill import Backfill, BackfillJob, consecutive_starts, expand_sources, stream_id_for
@@ -307,7 +308,7 @@ def backfill(
     when = _aware(datetime.fromisoformat(start)) if start else None
     starts = consecutive_starts(files, when) if when else [None] * len(files)
     jobs = [BackfillJob(f, stream or stream_id_for(f, stream_pattern), tenant, at) for f, at in zip(files, starts)]
-    store = MemoryStore(redis.Redis.from_url(config.redis.url), config.memory)
+    store = MemoryStore(redis_client(config.redis), config.memory)
     summary = Backfill(config, store, workers=workers).run(jobs)
     _rebuild_running_memory(config)
     _print_summary("backfilled", summary, as_json=as_json)

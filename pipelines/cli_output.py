@@ -17,6 +17,7 @@ from rich.table import Table
 
 from deploy.local_stack import StackState
 from pipelines.metrics import RAY_PREFIX, scrape_config
+from pipelines.secrets import redact_url
 
 # Wide enough for any line a table here holds; rich sizes tables to their content, not to this.
 _PIPE_WIDTH = 100_000
@@ -61,7 +62,7 @@ def stack_body(state: StackState, prometheus_targets: list[str] | None = None) -
     """The stack as JSON: each service's address (and pid, liveness, log where `up` started it)."""
     started = {p.name: p for p in state.started}
     services = {}
-    for name, address in (("kafka", state.kafka_bootstrap), ("redis", state.redis_url), ("ray", state.ray_address)):
+    for name, address in (("kafka", state.kafka_bootstrap), ("redis", redact_url(state.redis_url)), ("ray", state.ray_address)):
         p = started.get(name)
         services[name] = {"address": address, "started_by_up": p is not None, "pid": p.pid if p else None,
                           "alive": p.alive() if p else None, "log": p.log if p else None}

@@ -13,7 +13,7 @@ from kafka.structs import TopicPartition
 
 from pipelines import messages
 from pipelines.config import LivelensConfig
-from pipelines.kafka_io import ensure_topics, make_producer, require_bootstrap
+from pipelines.kafka_io import client_security, ensure_topics, make_producer, require_bootstrap
 
 
 def image_b64(path: Path) -> str:
@@ -54,7 +54,7 @@ class Client:
         answers = kafka.topic("answers")
         ensure_topics(kafka)
         consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), enable_auto_commit=False,
-                                 group_id=None)
+                                 group_id=None, **client_security(kafka))
         try:
             partitions = consumer.partitions_for_topic(answers) or set()
             tps = [TopicPartition(answers, p) for p in partitions]
@@ -121,7 +121,8 @@ class Client:
         ensure_topics(kafka)
         consumer = KafkaConsumer(kafka.topic("alerts"), bootstrap_servers=require_bootstrap(kafka),
                                  group_id=None, enable_auto_commit=False,
-                                 auto_offset_reset="earliest" if from_beginning else "latest")
+                                 auto_offset_reset="earliest" if from_beginning else "latest",
+                                 **client_security(kafka))
         deadline = time.monotonic() + timeout_s if timeout_s else None
         try:
             while deadline is None or time.monotonic() < deadline:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from operators.moderation.policy import ModerationConfig
+from pipelines.secrets import REDACTED, split_url_credentials
 
 Profile = Literal["offline", "gpu", "cluster"]
 DropMode = Literal["feature", "pixel"]
@@ -39,6 +40,8 @@ class _Section(BaseModel):
 
 
 class KafkaConfig(_Section):
+    # Validation errors would otherwise quote the input: passwords and keys.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
     bootstrap: str | None = Field(
         None,
         description="host:port list of the Kafka cluster. Env LIVELENS_KAFKA_BOOTSTRAP. "
@@ -60,18 +63,65 @@ class KafkaConfig(_Section):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_poll_interval_ms: int = 120_000
+    # Authentication and encryption (docs/security.md): passed to every producer, consumer and admin client
+    # by pipelines.kafka_io.client_security().
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT only on a network nobody else can reach; SASL_SSL on a shared one.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="Required with a SASL_* protocol. PLAIN sends the password itself: only over SSL.")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(None, description="Env LIVELENS_KAFKA__SASL_PASSWORD.")
+    ssl_cafile: str | None = Field(None, description="CA bundle the broker's certificate is checked against.")
+    ssl_certfile: str | None = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = Field(None, description="Password of ssl_keyfile.")
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL_"):
+            missing = [n for n in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)}")
+        elif self.sasl_mechanism is not None:
+            raise ValueError(f"sasl_mechanism is set but security_protocol is {self.security_protocol}")
+        return self
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + getattr(self, f"{name}_topic")
 
 
 class RedisConfig(_Section):
+    # Validation errors would otherwise quote the input: passwords and keys.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
     url: str | None = Field(
         None, description="redis:// URL. Env LIVELENS_REDIS_URL. Unset: `livelens up` starts a local redis-server."
     )
     # `always` makes every acknowledged write survive a crash of redis-server, which is what lets
     # the source commit Kafka offsets right after a write returns. `everysec` can lose ~1 s.
     appendfsync: Literal["always", "everysec"] = "always"
+    # Credentials live here, never in `url`: a password given in the URL is moved here on load, so the URL
+    # can be printed and logged (pipelines/redis_io.py builds every client from both).
+    username: str | None = Field(None, description="Redis ACL user (Redis 6+); None: the default user.")
+    password: SecretStr | None = Field(None, description="Env LIVELENS_REDIS__PASSWORD, or in the URL.")
+    ssl_ca_certs: str | None = Field(None, description="CA bundle for a rediss:// (TLS) URL.")
+    ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("url"):
+            return data
+        url, username, password = split_url_credentials(str(data["url"]))
+        if password is not None and data.get("password") is not None:
+            raise ValueError("the Redis password is given both in redis.url and redis.password: give it once")
+        out = dict(data, url=url)
+        if password is not None:
+            out["password"] = password
+        if username and not data.get("username"):
+            out["username"] = username
+        return out
 
 
 class RayConfig(_Section):
@@ -89,6 +139,13 @@ class DecodeConfig(_Section):
         False, description="Decode only keyframes (FFmpeg skip_frame=NONKEY): far cheaper when sample_fps <= keyframe rate."
     )
     max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
+    containers: tuple[str, ...] = Field(
+        ("mpegts", "mp4", "mov", "matroska", "webm", "flv", "h264", "hevc"),
+        description="FFmpeg demuxers a segment's `container` may name; others are dead-lettered (bad_container). "
+        "Never add hls, dash, concat or other playlist demuxers: they open nested URLs and local files.")
+    deadline_s: float = Field(
+        30.0, gt=0, description="Wall-clock budget for decoding one segment (a ~2 s segment takes ~0.1-0.5 s); "
+        "past it the segment is dead-lettered (decode_timeout). Checked between packets and frames.")
     thumbnail_px: int = Field(160, description="Longest side of the JPEG thumbnail kept per frame.")
     frame_px: int = Field(
         640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
@@ -376,6 +433,9 @@ class QueryConfig(_Section):
         10.0, gt=0, description="Recency gate: a question about now (\"what is on screen right now\") searches only "
         "each stream's newest this many seconds of memory, counted from its newest stored frame, not the clock "
         "(a lagging stream still answers with its latest picture).")
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="Example images (queries, standing queries): width * height above this is "
+        "refused from the image header, before any pixel is decoded (JPEG, PNG and WebP only).")
     rerank_depth: int = Field(
         50, ge=1, le=1000, description="Example-image queries: coarse hits reranked by late interaction over the "
         "frames' stored tokens (operators/late_interaction.py). More finds more, each costs a token read.")
@@ -385,13 +445,79 @@ class QueryConfig(_Section):
 
 
 class ServeConfig(_Section):
-    host: str = "127.0.0.1"
+    # Validation errors would otherwise quote the input: passwords and keys.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    host: str = Field("127.0.0.1", description="Any address but loopback needs api_keys (checked at start).")
     port: int = 8765
-    api_keys: dict[str, str] = Field(
+    api_keys: dict[SecretStr, str] = Field(
         default_factory=dict,
         description="API key -> tenant id. When set, every HTTP call needs `Authorization: Bearer <key>` (or "
         "`X-API-Key`), and the key, not the request, decides the tenant. Env LIVELENS_SERVE__API_KEYS as JSON.")
+    admin_api_key: SecretStr | None = Field(
+        None, description="Key of the operator endpoints: the overview of every tenant and the actors' stats. "
+        "Unset: they are served only with no api_keys on a loopback address.")
     answer_ttl_s: int = Field(3600, ge=60, description="How long answers to asynchronous queries are kept.")
+    queries_per_s: float = Field(
+        20.0, gt=0, description="Per tenant, over every replica: queries (sync and async) per second; more get 429.")
+    burst_s: float = Field(
+        2.0, gt=0, description="Rate window: a tenant may use queries_per_s * burst_s queries in any such window.")
+    max_pending_queries: int = Field(
+        32, ge=1, description="Per tenant: asynchronous queries waiting for an answer; more get 429.")
+    max_standing_queries: int = Field(100, ge=1, description="Per tenant: registered standing queries; more get 429.")
+
+    @field_validator("api_keys", "admin_api_key")
+    @classmethod
+    def _no_placeholder_keys(cls, value: Any) -> Any:
+        from pipelines.secrets import check_not_placeholder
+
+        keys = value if isinstance(value, dict) else [value] if value is not None else []
+        for key in keys:
+            check_not_placeholder(key.get_secret_value())
+        return value
+
+    @field_serializer("api_keys", when_used="json")
+    def _redacted_keys(self, keys: dict[SecretStr, str]) -> dict[str, str]:
+        # SecretStr keys would all print as the same mask and collapse; numbering keeps one line per key.
+        return {f"{REDACTED}#{i}": tenant for i, (_, tenant) in enumerate(sorted(keys.items(), key=lambda kv: kv[1]))}
+
+    def tenant_for_key(self, presented: str) -> str | None:
+        """The tenant of an API key, or None. Compares against every key in constant time each (hmac), so
+        the response time says nothing about how much of a key was right."""
+        import hmac
+
+        found = None
+        for key, tenant in self.api_keys.items():
+            if hmac.compare_digest(key.get_secret_value().encode(), presented.encode()):
+                found = tenant
+        return found
+
+    def is_admin_key(self, presented: str) -> bool:
+        import hmac
+
+        return self.admin_api_key is not None and hmac.compare_digest(
+            self.admin_api_key.get_secret_value().encode(), presented.encode())
+
+
+class WebhookConfig(_Section):
+    # Validation errors would otherwise quote the input: passwords and keys.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    """Standing-query webhooks (pipelines/webhooks.py): where they may go and how they are delivered."""
+
+    allow: tuple[str, ...] = Field(
+        (), description="Hosts or networks (CIDR) a webhook may reach although they are loopback, private, "
+        "link-local or otherwise internal, e.g. [\"10.1.2.0/24\", \"hooks.internal\"]. Public addresses need no entry.")
+    signing_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Tenant id -> HMAC-SHA256 key of its webhooks' X-Livelens-Signature. "
+        "A tenant without one cannot register webhooks. Env LIVELENS_WEBHOOKS__SIGNING_SECRETS as JSON.")
+    deadline_s: float = Field(30.0, gt=0, description="Total time for one alert's delivery, retries included.")
+    attempt_timeout_s: float = Field(5.0, gt=0, description="One attempt: connect, send and read the answer.")
+    attempts: int = Field(5, ge=1, description="Tries per alert within deadline_s.")
+    backoff_s: float = Field(0.5, gt=0, description="Wait before the 2nd try; doubles each time (jittered).")
+    outbox_size: int = Field(
+        1000, ge=1, description="Deliveries waiting per standing-query actor. When full, new ones are "
+        "dead-lettered (the alert itself is on the alerts topic and in GET /v1/alerts).")
+    workers: int = Field(4, ge=1, description="Threads delivering from the outbox, so one slow endpoint does "
+                         "not hold up every tenant's deliveries.")
 
 
 class BackfillConfig(_Section):
@@ -433,6 +559,7 @@ class LivelensConfig(BaseSettings):
     placement: PlacementConfig = PlacementConfig()
     query: QueryConfig = QueryConfig()
     serve: ServeConfig = ServeConfig()
+    webhooks: WebhookConfig = WebhookConfig()
     backfill: BackfillConfig = BackfillConfig()
     dashboard: DashboardConfig = DashboardConfig()
     moderation: ModerationConfig = Field(

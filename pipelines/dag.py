@@ -200,13 +200,13 @@ class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
 
     def __init__(self, config: LivelensConfig, shard_index: int):
-        import redis
+        from pipelines.redis_io import redis_client
 
         from memory_store.service import MemoryStore
 
         if not config.redis.url:
             raise RuntimeError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
-        client = redis.Redis.from_url(config.redis.url)
+        client = redis_client(config.redis)
         index_dir = (config.data_dir / "faiss" / f"shard-{shard_index}").resolve()
         shards = config.memory.shards
         self.store = MemoryStore(client, config.memory, index_dir=index_dir,
@@ -246,18 +246,21 @@ class StandingActor:
     """Evaluates standing queries on each stored segment; alerts are acknowledged before the source commits."""
 
     def __init__(self, config: LivelensConfig):
-        import redis
-
         from pipelines.alerts import AlertLog
         from pipelines.kafka_io import make_producer
+        from pipelines.redis_io import redis_client
         from pipelines.standing import StandingEvaluator
+        from pipelines.webhooks import WebhookOutbox
 
         self.config = config
         self.producer = make_producer(config.kafka)
-        client = redis.Redis.from_url(config.redis.url)
+        client = redis_client(config.redis)
         self.evaluator = StandingEvaluator(client, self._emit)
         self.alerts = AlertLog(client)  # what GET /v1/alerts serves
         self.webhook_failures = 0
+        # Webhooks leave through the outbox: evaluate() returns once alerts are on the topic, whatever the
+        # tenants' endpoints do (pipelines/webhooks.py).
+        self.outbox = WebhookOutbox(config.webhooks, self._webhook_failed)
 
     def evaluate(self, written, batch: CompressedBatch, texts: list | None):
         from pipelines.standing import frame_views
@@ -266,10 +269,9 @@ class StandingActor:
         return written
 
     def _emit(self, firings: list) -> None:
-        import httpx
-
         from pipelines import messages
         from pipelines.standing import firing_alert
+        from pipelines.webhooks import Delivery
 
         topic = self.config.kafka.topic("alerts")
         futures = []
@@ -279,18 +281,31 @@ class StandingActor:
                                                       value=messages.encode(alert))))
             self.alerts.record(alert)
             if firing.query.webhook:
-                # Best effort with a short timeout: the alerts topic is the durable channel, and a slow
-                # webhook must not hold up ingest.
-                try:
-                    httpx.post(firing.query.webhook, content=alert.model_dump_json(by_alias=True),
-                               headers={"content-type": "application/json"}, timeout=2.0)
-                except httpx.HTTPError as exc:
-                    self.webhook_failures += 1
-                    metrics.webhook_failed(alert.kind)
-                    log.warning("webhook %s failed: %s", firing.query.webhook, exc)
+                secret = self.config.webhooks.signing_secrets.get(alert.tenant_id)
+                delivery = Delivery(tenant_id=alert.tenant_id, query_id=firing.query.query_id,
+                                    url=firing.query.webhook, body=alert.model_dump_json(by_alias=True).encode(),
+                                    idempotency_key=alert.alert_id,
+                                    secret=secret.get_secret_value() if secret else "")
+                if secret is None:
+                    self._webhook_failed(delivery, "webhook_unsigned", "the tenant has no webhooks.signing_secrets "
+                                         "entry: unsigned webhooks are not sent")
+                else:
+                    self.outbox.submit(delivery)
         for alert, future in futures:
             future.get(timeout=30)
             metrics.record_alert(alert)
+
+    def _webhook_failed(self, delivery, code: str, reason: str) -> None:
+        """A webhook that was not delivered: a dead letter (the alert itself is on the alerts topic)."""
+        from pipelines import messages
+
+        self.webhook_failures += 1
+        metrics.webhook_failed("standing_query")
+        letter = messages.DeadLetter(tenant_id=delivery.tenant_id, source_topic=self.config.kafka.topic("alerts"),
+                                     partition=-1, offset=-1, stage="webhook", code=code,
+                                     reason=f"standing query {delivery.query_id}, alert {delivery.idempotency_key}: "
+                                     f"{reason}"[:4096], record_bytes=len(delivery.body))
+        self.producer.send(self.config.kafka.topic("dead_letters"), key=b"", value=messages.encode(letter))
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """HTTP API through Ray Serve (FastAPI): queries, streams, thumbnails. OpenAPI at /docs and /openapi.json.
 
 Errors are JSON `{"error": {"code": ..., "message": ...}}` with a stable code; bad
-requests get 4xx, never a 500.
+requests get 4xx, never a 500. Who may call what, and how often: pipelines/http_guard.py.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -13,12 +13,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from pipelines import dashboard, messages
 from pipelines.alerts import AlertLog
 from pipelines.config import LivelensConfig
+from pipelines.http_guard import (
+    QuotaExceeded,
+    TenantQuotas,
+    check_exposure,
+    internal_error,
+    is_operator,
+    log_internal,
+    resolve_tenant,
+)
 from pipelines.overview import Overview
 from pipelines.query_service import QueryEngine, QueryError
+from pipelines.redis_io import redis_client
+
+# The largest body accepted: an example image plus a question, counted on the bytes actually read.
+MAX_BODY_BYTES = 8 << 20
 
 api = FastAPI(title="livelens", version="1", description="Ask questions about live video streams.")
 # The ops dashboard's pages (/, /dashboard/...): static files; their data comes from the routes below.
@@ -36,19 +51,31 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 @api.exception_handler(Exception)
 async def _internal(_: Request, exc: Exception) -> JSONResponse:
-    # A bug or an unavailable backend, never the caller's fault: still JSON with a stable code.
-    return _error(500, "internal", f"{type(exc).__name__}: {str(exc)[:500]}")
+    # A bug or an unavailable backend, never the caller's fault: JSON with a stable code and an error id.
+    return internal_error(exc)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's own refusals (unknown route, body over the limit) in the API's error shape.
+    code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code, "http_error")
+    return _error(exc.status_code, code, str(exc.detail))
 
 
 @api.exception_handler(QueryError)
 async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
-    return _error(exc.status, exc.code, exc.message)
+    response = _error(exc.status, exc.code, exc.message)
+    if isinstance(exc, QuotaExceeded) and exc.retry_after_s is not None:
+        response.headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    return response
 
 
-# The largest body accepted: an example image plus a question. Larger is refused before it is read.
-MAX_BODY_BYTES = 8 << 20
+# Bodies that declare no size (chunked) or too small a one are cut off as they are read: Starlette raises
+# a 413 HTTPException once the bytes read pass the limit (the handler above gives it the API's shape).
+api.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
 
 
+# Added after, so it runs first: a declared oversize body is refused before a byte is read.
 @api.middleware("http")
 async def _limit_size(request: Request, call_next):
     length = request.headers.get("content-length")
@@ -114,26 +141,15 @@ def _answer_key(tenant_id: str, query_id: str) -> str:
 @serve.ingress(api)
 class LivelensAPI:
     def __init__(self, config: LivelensConfig):
-        import redis
-
         self.config = config
         self.engine = QueryEngine(config)
-        self.redis = redis.Redis.from_url(config.redis.url)
+        self.redis = redis_client(config.redis)
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="async-query")
         self.ops = Overview(config, self.redis)  # one per replica: fps comes from its successive reads
+        self.quotas = TenantQuotas(config.serve, self.redis)
 
     def _tenant(self, request: Request, asked: str) -> str:
-        """The tenant a call acts for: the API key's when keys are configured, else the one asked for."""
-        keys = self.config.serve.api_keys
-        if not keys:
-            return asked
-        auth = request.headers.get("authorization", "")
-        key = request.headers.get("x-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
-        if key not in keys:
-            raise QueryError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)", 401)
-        if asked not in ("default", keys[key]):
-            raise QueryError("forbidden", f"this key is not for tenant {asked}", 403)
-        return keys[key]
+        return resolve_tenant(self.config.serve, request.headers, asked)
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -143,12 +159,15 @@ class LivelensAPI:
     def query(self, request: Request, body: QueryRequest):
         """Ask and wait for the answer."""
         message = self._message(request, body)
+        self.quotas.admit_query(message.tenant_id)
         return self.engine.run(message).model_dump(mode="json", by_alias=True)
 
     @api.post("/v1/queries", status_code=202)
     def submit(self, request: Request, body: QueryRequest) -> dict:
         """Ask without waiting: poll GET /v1/queries/{query_id} for the answer."""
         message = self._message(request, body)
+        self.quotas.admit_query(message.tenant_id)
+        self.quotas.start_pending(message.tenant_id, message.query_id, self.config.serve.answer_ttl_s)
         key = _answer_key(message.tenant_id, message.query_id)
         self.redis.set(key, b"", ex=self.config.serve.answer_ttl_s)
         self.background.submit(self._answer_later, message, key)
@@ -170,9 +189,11 @@ class LivelensAPI:
             answer = messages.Answer(tenant_id=message.tenant_id, query_id=message.query_id, answer="",
                                      extractive=True, error=f"{exc.code}: {exc.message}")
         except Exception as exc:  # the caller is polling: it must learn of the failure, not wait forever
+            error_id = log_internal(exc)
             answer = messages.Answer(tenant_id=message.tenant_id, query_id=message.query_id, answer="",
-                                     extractive=True, error=f"internal: {type(exc).__name__}: {exc}"[:1000])
+                                     extractive=True, error=f"internal: error id {error_id}")
         self.redis.set(key, answer.model_dump_json(by_alias=True), ex=self.config.serve.answer_ttl_s)
+        self.quotas.finish_pending(message.tenant_id, message.query_id)
 
     def _message(self, request: Request, body: QueryRequest) -> messages.Query:
         body = body.model_copy(update={"tenant_id": self._tenant(request, body.tenant_id)})
@@ -184,6 +205,7 @@ class LivelensAPI:
     @api.post("/v1/standing-queries", status_code=201)
     def create_standing(self, request: Request, body: StandingRequest) -> dict:
         fields = body.model_dump() | {"tenant_id": self._tenant(request, body.tenant_id)}
+        self.quotas.admit_standing(len(self.engine.list_standing(fields["tenant_id"])))
         return _public(self.engine.register_standing(**fields))
 
     @api.get("/v1/standing-queries")
@@ -215,11 +237,16 @@ class LivelensAPI:
 
     @api.get("/v1/overview")
     def overview(self, request: Request, tenant_id: str | None = Query(None, pattern=_ID)) -> dict:
-        """Every stream: status, ingest lag, fps, tokens kept, memory, last alert; and the actors' stats.
-        Without API keys and without tenant_id: every tenant's streams."""
-        everyone = tenant_id is None and not self.config.serve.api_keys
-        tenants = None if everyone else [self._tenant(request, tenant_id or "default")]
-        return self.ops.collect(tenants).model_dump(mode="json", by_alias=True)
+        """The tenant's streams: status, ingest lag, fps, tokens kept, memory, last alert. Operators (the admin
+        key; an open loopback API) leave tenant_id out for every tenant's streams, and get the actors' stats."""
+        admin = is_operator(self.config.serve, request.headers)
+        if tenant_id is None and not admin:
+            tenant_id = "default"  # the key's own tenant
+        tenants = None if tenant_id is None else [tenant_id if admin else self._tenant(request, tenant_id)]
+        report = self.ops.collect(tenants)
+        if not admin:
+            report = report.model_copy(update={"actors": {}})  # the pipeline's internals are the operator's
+        return report.model_dump(mode="json", by_alias=True)
 
     @api.get("/v1/overview/streams/{stream_id}")
     def stream_overview(self, request: Request, stream_id: str = Path(pattern=_ID),
@@ -264,6 +291,7 @@ class LivelensAPI:
 
 def start_http(config: LivelensConfig) -> str:
     """Start Serve's HTTP proxy on the configured port and deploy the API. Returns its base URL."""
+    check_exposure(config.serve)
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, detached=True)
     serve.run(LivelensAPI.bind(config), name="livelens", route_prefix="/", blocking=False)
     return f"http://{config.serve.host}:{config.serve.port}"
@@ -278,5 +306,7 @@ def app_from_env(args: dict[str, str] | None = None):
     from pipelines.app import deploy_pipeline, effective_config
 
     config = effective_config(LivelensConfig())
+    # Where this runs (KubeRay), the RayService, not serve.host, decides the address: take it as exposed.
+    check_exposure(config.serve, host="0.0.0.0")
     deploy_pipeline(config, detached=True, http=False)
     return LivelensAPI.bind(config)

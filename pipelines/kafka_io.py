@@ -30,14 +30,34 @@ def require_bootstrap(config: KafkaConfig) -> str:
     return config.bootstrap
 
 
+def client_security(config: KafkaConfig) -> dict:
+    """The authentication and TLS options of every livelens Kafka client (producer, consumer, admin):
+    one place, so that no client connects in plaintext to a broker that wants SASL or TLS."""
+    options: dict = {"security_protocol": config.security_protocol}
+    if config.security_protocol.startswith("SASL_"):
+        options.update(sasl_mechanism=config.sasl_mechanism, sasl_plain_username=config.sasl_username,
+                       sasl_plain_password=config.sasl_password.get_secret_value())
+    if config.security_protocol in ("SSL", "SASL_SSL"):
+        options.update(ssl_cafile=config.ssl_cafile, ssl_certfile=config.ssl_certfile,
+                       ssl_keyfile=config.ssl_keyfile, ssl_check_hostname=config.ssl_check_hostname,
+                       ssl_password=config.ssl_password.get_secret_value() if config.ssl_password else None)
+    return options
+
+
+def admin_client(config: KafkaConfig, **overrides) -> KafkaAdminClient:
+    options = dict(bootstrap_servers=require_bootstrap(config), client_id="livelens-admin",
+                   request_timeout_ms=10_000, **client_security(config))
+    options.update(overrides)
+    return KafkaAdminClient(**options)
+
+
 def ensure_topics(config: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
     """Create livelens's topics that do not exist yet. Returns the names created."""
     wanted = [config.topic(name) for name in TOPIC_NAMES]
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=require_bootstrap(config), client_id="livelens-admin",
-                                     request_timeout_ms=10_000)
+            admin = admin_client(config)
             try:
                 missing = [t for t in wanted if t not in set(admin.list_topics())]
                 if missing:
@@ -66,6 +86,7 @@ def make_producer(config: KafkaConfig, **overrides) -> KafkaProducer:
         linger_ms=5,
         retries=2**31 - 1,
         reconnect_backoff_max_ms=2000,
+        **client_security(config),
     )
     options.update(overrides)
     check_fast_checksum("producer")
@@ -100,9 +121,11 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: list[str], **overr
         max_poll_interval_ms=config.max_poll_interval_ms,
         reconnect_backoff_max_ms=2000,
         **segment_fetch_options(config),
+        **client_security(config),
     )
     options.update(overrides)
     check_fast_checksum("consumer")
     consumer = KafkaConsumer(**options)
-    consumer.subscribe(topics)
+    if topics:
+        consumer.subscribe(topics)
     return consumer

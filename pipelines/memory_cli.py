@@ -12,6 +12,7 @@ from rich.table import Table
 from memory_store.redis_tier import RedisTier
 from memory_store.report import StreamTiers, TierUsage, stream_tiers
 from pipelines.config import LivelensConfig
+from pipelines.redis_io import redis_client
 
 _WHAT = {
     "short": "newest frames, all kept tokens",
@@ -27,7 +28,7 @@ class NoMemory(LookupError):
 def _report(config: LivelensConfig, tenant_id: str, stream_id: str) -> tuple[redis.Redis, StreamTiers]:
     if not config.redis.url:
         raise NoMemory("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
-    client = redis.Redis.from_url(config.redis.url)
+    client = redis_client(config.redis)
     report = stream_tiers(client, config.memory, tenant_id, stream_id)
     if report is None:
         raise NoMemory(f"memory holds nothing of stream {stream_id!r} of tenant {tenant_id!r}")

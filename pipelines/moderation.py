@@ -55,6 +55,7 @@ from operators.moderation.verify import RuleVerifier, Verifier, VlmVerifier
 from pipelines import messages
 from pipelines.alerts import AlertLog
 from pipelines.config import LivelensConfig
+from pipelines.redis_io import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ class ModerationActor:
 
         setup_logging()
         shards = config.moderation.moderators
-        client = redis.Redis.from_url(config.redis.url)
+        client = redis_client(config.redis)
         self.config = config
         self.producer = make_producer(config.kafka)
         self.verifiers = verifiers

@@ -44,6 +44,7 @@ from memory_store.redis_tier import RedisTier
 from pipelines import messages
 from pipelines.alerts import AlertLog
 from pipelines.config import BoundaryConfig, DashboardConfig, LivelensConfig
+from pipelines.redis_io import redis_client
 
 StreamStatus = Literal["live", "stalled", "ended"]
 
@@ -365,7 +366,7 @@ class Overview:
 def sampled_overview(config: LivelensConfig, sample_s: float) -> OverviewReport:
     """The overview from a one-off process (`livelens status`): read, wait ``sample_s``, read again, so fps
     has two readings to come from (sample_s 0: one read, fps unknown)."""
-    overview = Overview(config, redis.Redis.from_url(config.redis.url))
+    overview = Overview(config, redis_client(config.redis))
     if sample_s > 0:
         overview.collect()
         time.sleep(sample_s)

@@ -7,7 +7,6 @@ answers to the answers topic) and HTTP (`pipelines.http_api`).
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import re
 import threading
@@ -109,14 +108,16 @@ def _iso(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def decode_image(b64: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def decode_image(b64: str, max_pixels: int) -> np.ndarray:
+    """A query's example image: JPEG, PNG or WebP, size checked from its header (pipelines/query_images.py)."""
+    from pipelines.query_images import ImageRefused, decode_query_image
 
     try:
-        with Image.open(io.BytesIO(base64.b64decode(b64, validate=True))) as img:
-            return np.asarray(img.convert("RGB"))[None]
-    except (ValueError, UnidentifiedImageError, OSError) as exc:
-        raise QueryError("bad_image", f"image_jpeg_b64 is not a readable image: {exc}") from None
+        return decode_query_image(base64.b64decode(b64, validate=True), max_pixels)
+    except ImageRefused as exc:
+        raise QueryError("bad_image", f"image_jpeg_b64: {exc}") from None
+    except ValueError as exc:  # binascii.Error: not base64
+        raise QueryError("bad_image", f"image_jpeg_b64 is not base64: {exc}") from None
 
 
 class QueryEngine:
@@ -143,7 +144,8 @@ class QueryEngine:
         encoder = self.stages.encoders[shard(query.query_id, len(self.stages.encoders))]
         try:
             if query.image_jpeg_b64:
-                tokens, vectors = ray.get(encoder.encode_images.remote(decode_image(query.image_jpeg_b64)))
+                pixels = decode_image(query.image_jpeg_b64, self.config.query.max_image_pixels)
+                tokens, vectors = ray.get(encoder.encode_images.remote(pixels))
                 return vectors[0], tokens[0]
             if query.text.strip():
                 return ray.get(encoder.embed_text.remote([query.text]))[0], None
@@ -263,10 +265,13 @@ class QueryEngine:
         """Embed the query once and register it. Text matches on-screen text; an image matches frames."""
         from pipelines.standing import StandingQuery
 
+        if webhook:
+            self._check_webhook(tenant_id, webhook)
         text_vector = image_vector = None
         if image_jpeg_b64:
             encoder = self.stages.encoders[0]
-            image_vector = ray.get(encoder.embed_images.remote(decode_image(image_jpeg_b64)))[0].tolist()
+            pixels = decode_image(image_jpeg_b64, self.config.query.max_image_pixels)
+            image_vector = ray.get(encoder.embed_images.remote(pixels))[0].tolist()
         elif text.strip():
             if self.text_embedder is None:
                 raise QueryError("ocr_disabled", "standing text queries match on-screen text: enable ocr")
@@ -277,6 +282,18 @@ class QueryEngine:
                               image_vector=image_vector, min_score=min_score, rearm_s=rearm_s, webhook=webhook)
         return self._standing_registry().register(query)
 
+    def _check_webhook(self, tenant_id: str, url: str) -> None:
+        """At registration, so the tenant learns at once; checked again on every delivery (DNS changes)."""
+        from pipelines.webhooks import WebhookRefused, check_destination
+
+        if tenant_id not in self.config.webhooks.signing_secrets:
+            raise QueryError("webhook_unsigned", f"tenant {tenant_id} has no webhook signing secret: ask the operator "
+                             "to set webhooks.signing_secrets, so that the receiver can check who sent an alert")
+        try:
+            check_destination(url, self.config.webhooks)
+        except WebhookRefused as exc:
+            raise QueryError("webhook_refused", str(exc)) from None
+
     def list_standing(self, tenant_id: str):
         return self._standing_registry().list(tenant_id)
 
@@ -284,11 +301,10 @@ class QueryEngine:
         return self._standing_registry().delete(tenant_id, query_id)
 
     def _standing_registry(self):
-        import redis
-
+        from pipelines.redis_io import redis_client
         from pipelines.standing import StandingRegistry
 
-        return StandingRegistry(redis.Redis.from_url(self.config.redis.url))
+        return StandingRegistry(redis_client(self.config.redis))
 
     def timeline(self, tenant_id: str, stream_id: str, t_from: float | None, t_to: float | None,
                  limit: int) -> list[Any]:

@@ -54,7 +54,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import ray
-import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from rich.console import Console
@@ -74,8 +73,9 @@ from pipelines.backfill import Backfill, BackfillSummary
 from pipelines.config import LivelensConfig
 from pipelines.dag import shard
 from pipelines.kafka_checksum import check_fast_checksum
-from pipelines.kafka_io import make_producer, require_bootstrap, segment_fetch_options
+from pipelines.kafka_io import client_security, make_producer, require_bootstrap, segment_fetch_options
 from pipelines.publish import PendingBytesExceeded, SegmentAssembler
+from pipelines.redis_io import redis_client
 from pipelines.source import segment_info
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class Replay:
         check_fast_checksum("consumer")
         consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), group_id=None,
                                  enable_auto_commit=False, reconnect_backoff_max_ms=2000,
-                                 **segment_fetch_options(kafka))
+                                 **segment_fetch_options(kafka), **client_security(kafka))
         summary = ReplaySummary()
         started = time.perf_counter()
         try:
@@ -366,7 +366,7 @@ def memory_writer(config: LivelensConfig) -> MemoryStore | ActorMemory:
             log.info("no pipeline deployed: writing to Redis directly (memory actors rebuild when they start)")
     if not config.redis.url:
         raise ReplayError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
-    return MemoryStore(redis.Redis.from_url(config.redis.url), config.memory)
+    return MemoryStore(redis_client(config.redis), config.memory)
 
 
 def _progress(enabled: bool) -> Progress:

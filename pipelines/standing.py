@@ -10,7 +10,8 @@ same firings. Registered queries and episode state live in Redis and survive res
 
 Order, per segment (at-least-once, like every livelens output):
 1. work out firings from the segment's frames and the stored episode state;
-2. produce the alerts and wait for the broker's acknowledgement (and call webhooks);
+2. produce the alerts and wait for the broker's acknowledgement (webhooks go to an outbox, delivered
+   apart from this order by pipelines/webhooks.py: best effort, retried, dead-lettered when they fail);
 3. only then store the new episode state, including how far the stream was evaluated.
 A crash before 3 re-evaluates the segment on replay and may fire again; nothing is lost.
 """
