@@ -27,6 +27,8 @@ from pydantic_settings import (
 )
 
 from operators.moderation.policy import ModerationConfig
+from pipelines.archive import ArchiveConfig
+from pipelines.clips import ClipConfig
 
 Profile = Literal["offline", "gpu", "cluster"]
 DropMode = Literal["feature", "pixel"]
@@ -432,6 +434,8 @@ class LivelensConfig(BaseSettings):
     serve: ServeConfig = ServeConfig()
     backfill: BackfillConfig = BackfillConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    clips: ClipConfig = ClipConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     moderation: ModerationConfig = Field(
         ModerationConfig(), description="Risk screening of every stream (pipelines/moderation.py). Off by default: "
         "it runs nudenet on every sampled frame.")

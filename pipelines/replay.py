@@ -73,7 +73,7 @@ from pipelines import messages
 from pipelines.backfill import Backfill, BackfillSummary
 from pipelines.config import LivelensConfig
 from pipelines.dag import shard
-from pipelines.kafka_io import make_producer, require_bootstrap
+from pipelines.kafka_io import make_producer, make_reader
 from pipelines.publish import PendingBytesExceeded, SegmentAssembler
 from pipelines.source import segment_info
 
@@ -157,9 +157,7 @@ class Replay:
 
     def run(self, what: ReplayRange) -> ReplaySummary:
         kafka = self.config.kafka
-        consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), group_id=None,
-                                 enable_auto_commit=False, max_partition_fetch_bytes=kafka.max_message_bytes * 4,
-                                 fetch_max_bytes=kafka.max_message_bytes * 16, reconnect_backoff_max_ms=2000)
+        consumer = make_reader(kafka)
         summary = ReplaySummary()
         started = time.perf_counter()
         try:
