@@ -16,6 +16,7 @@ from ray import serve
 
 from pipelines import dashboard, messages
 from pipelines.alerts import AlertLog
+from pipelines.clips import ClipCutter, ClipError
 from pipelines.config import LivelensConfig
 from pipelines.overview import Overview
 from pipelines.query_service import QueryEngine, QueryError
@@ -42,6 +43,11 @@ async def _internal(_: Request, exc: Exception) -> JSONResponse:
 
 @api.exception_handler(QueryError)
 async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
+    return _error(exc.status, exc.code, exc.message)
+
+
+@api.exception_handler(ClipError)
+async def _clip_error(_: Request, exc: ClipError) -> JSONResponse:
     return _error(exc.status, exc.code, exc.message)
 
 
@@ -121,6 +127,7 @@ class LivelensAPI:
         self.redis = redis.Redis.from_url(config.redis.url)
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="async-query")
         self.ops = Overview(config, self.redis)  # one per replica: fps comes from its successive reads
+        self.clips = ClipCutter(config, self.redis)
 
     def _tenant(self, request: Request, asked: str) -> str:
         """The tenant a call acts for: the API key's when keys are configured, else the one asked for."""
@@ -236,6 +243,22 @@ class LivelensAPI:
         if data is None:
             raise QueryError("not_found", f"no thumbnail {key}", 404)
         return Response(content=data, media_type="image/jpeg")
+
+    @api.get("/v1/streams/{stream_id}/clip", response_class=Response,
+             responses={200: {"content": {"video/mp4": {}}}, 404: {}, 410: {}})
+    def clip(self, request: Request, stream_id: str = Path(pattern=_ID), tenant_id: str = Query("default", pattern=_ID),
+             start: str = Query(alias="from", max_length=64, description="Stream seconds or ISO 8601."),
+             end: str = Query(alias="to", max_length=64, description="Stream seconds or ISO 8601.")) -> Response:
+        """A playable MP4 (fragmented, H.264 as published) of the span, cut at keyframes and remuxed without
+        re-encoding: from the last keyframe at or before ``from`` to the first at or after ``to``. 404: no such
+        stream for this tenant, or no video in the span; 410: the span's video aged out (the message says which
+        retention ran out)."""
+        tenant = self._tenant(request, tenant_id)
+        cut = self.clips.cut(tenant, stream_id, self.clips.stream_seconds(tenant, stream_id, start),
+                             self.clips.stream_seconds(tenant, stream_id, end))
+        return Response(content=cut.data, media_type="video/mp4", headers={
+            "X-Livelens-Clip-Start": f"{cut.start_s:.3f}", "X-Livelens-Clip-End": f"{cut.end_s:.3f}",
+            "Content-Disposition": f'inline; filename="{stream_id}-{cut.start_s:.1f}-{cut.end_s:.1f}.mp4"'})
 
     @api.get("/v1/alerts")
     def alerts(self, request: Request, tenant_id: str = Query("default", pattern=_ID),
