@@ -114,7 +114,7 @@ def main() -> None:
     finally:
         broker.stop()
         store.stop()
-    header = (f"### Clips (GET /v1/streams/{{id}}/clip) ({datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} CPUs, "
+    header = (f"## Clips (GET /v1/streams/{{id}}/clip) ({datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} CPUs, "
               f"{platform.machine()})\n\n"
               f"`python benchmarks/clips.py --minutes {args.minutes:g} --requests {args.requests} --write` — "
               f"{stream_s / 60:.0f} min of the 720p 25 fps sample broadcast (H.264, keyframe every 1 s, "

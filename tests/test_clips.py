@@ -4,6 +4,9 @@ archive or from Kafka by offset (a real broker, a real redis-server); spans that
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,6 +171,19 @@ def test_clips_come_from_the_archive_or_kafka_until_their_retention_runs_out(tmp
     locations = from_kafka.ledger.covering("acme", "shop", 0.0, 1e9)
     iso = datetime.fromtimestamp(locations[0].wallclock_start + 7.25, UTC).isoformat()
     assert from_kafka.stream_seconds("acme", "shop", iso) == pytest.approx(7.25, abs=1e-3)
+
+    # The command line writes the same clip, times given as ISO 8601 or stream seconds.
+    env = {**os.environ, "LIVELENS_KAFKA_BOOTSTRAP": kafka_broker.address, "LIVELENS_REDIS_URL": redis_server.address,
+           "LIVELENS_KAFKA__TOPIC_PREFIX": prefix, "LIVELENS_KAFKA__MAX_MESSAGE_BYTES": "100000"}
+    out = tmp_path / "clip.mp4"
+    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "clip", "shop", "--tenant", "acme", "--from",
+                          datetime.fromtimestamp(locations[0].wallclock_start + 10.0, UTC).isoformat(), "--to", "20",
+                          "-o", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes() == k.data
+    missing = subprocess.run([sys.executable, "-m", "pipelines.cli", "clip", "shop", "--from", "0", "--to", "5",
+                              "-o", str(tmp_path / "none.mp4")], env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "not_found" in missing.stderr  # tenant "default" has no stream shop
 
     # Another tenant's stream does not exist for this one.
     with pytest.raises(ClipError) as other:
