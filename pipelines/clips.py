@@ -22,9 +22,11 @@ retention that ran out), 422 for a malformed span, 503 when Kafka does not answe
 from __future__ import annotations
 
 import io
-import logging
+import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -43,8 +45,6 @@ from pipelines.segmenter import SEGMENT_TS_OFFSET_S
 if TYPE_CHECKING:
     from pipelines.config import LivelensConfig
 
-log = logging.getLogger(__name__)
-
 # Fragmented MP4: the moov box comes first (empty), each keyframe starts a fragment. Browsers play it as it
 # arrives and the muxer never seeks back, so it is written to memory in one pass.
 MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
@@ -62,6 +62,14 @@ class ClipConfig(BaseModel):
         "video, ~1 MB per 10 s of 720p), so this bounds what one request holds.")
     read_timeout_s: float = Field(
         10.0, gt=0, description="A Kafka read that gets no record for this long answers 503 (retry later).")
+    nice: int = Field(
+        10, ge=0, le=19, description="CPU niceness of the threads that cut clips (`clip_threads`). Live actors run at "
+        "0, so where a clip and ingest want the same core the kernel gives ingest ~10x the CPU time; 0: no "
+        "preference.")
+    locations_retention_s: float | None = Field(
+        None, gt=0, description="How long (stream seconds) segment locations stay in Redis, ~0.7 kB per segment "
+        "(1.3 MB per stream-hour of 2 s segments). None: max(memory.retention_s, archive.retention_s with an "
+        "archive). Set it to the segments topic's retention.ms when that is shorter and there is no archive.")
 
 
 class ClipError(Exception):
@@ -197,8 +205,9 @@ class ClipKeeper:
         self.ledger = ClipLedger(client)
         self.archive = SegmentArchive(config.archive) if config.archive.url else None
         self.archive_retention_s = config.archive.retention_s
-        # Locations are kept as long as anything may still serve them: memory's hits, or the archive.
-        self.horizon_s = max(config.memory.retention_s, config.archive.retention_s if self.archive else 0.0)
+        # By default locations are kept as long as anything may still point at them: memory's hits, the archive.
+        self.horizon_s = config.clips.locations_retention_s or max(
+            config.memory.retention_s, config.archive.retention_s if self.archive else 0.0)
 
     def keep(self, segment: messages.VideoSegment, payload: bytes, tp: TopicPartition, offsets: Sequence[int]) -> None:
         tenant, stream = segment.tenant_id, segment.stream_id
@@ -278,9 +287,9 @@ class ClipCutter:
         if span is None:
             return self._no_stream(tenant_id, stream_id)
         if t_to <= span[0]:
-            kept = "memory.retention_s" + (" and archive.retention_s" if self.archive else "")
             return ClipError("expired", f"the span ends at {t_to:.1f} s, before the oldest segment livelens still "
-                             f"knows of ({span[0]:.1f} s): its location aged out ({kept})", 410)
+                             f"knows of ({span[0]:.1f} s): its location aged out (clips.locations_retention_s, by "
+                             "default the longer of memory.retention_s and archive.retention_s)", 410)
         return ClipError("no_video", f"no segment of {stream_id} covers {t_from:.1f}-{t_to:.1f} s (it has "
                          f"{span[0]:.1f}-{span[1]:.1f} s, with gaps where the publisher paused)", 404)
 
@@ -405,6 +414,16 @@ def remux(pieces: Sequence[tuple[SegmentLocation, bytes]], t_from: float, t_to: 
     finally:
         for container in inputs:
             container.close()
+
+
+def clip_threads(config: ClipConfig, workers: int = 2) -> ThreadPoolExecutor:
+    """Threads to cut clips on, at ``config.nice``: remuxing a long span takes a core for a moment, and that
+    moment must come out of idle time, not out of live ingest on the same node."""
+
+    def lower_priority() -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), config.nice)  # Linux: niceness is per thread
+
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip", initializer=lower_priority)
 
 
 # -- URLs on evidence --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ray import serve
 
 from pipelines import dashboard, messages
 from pipelines.alerts import AlertLog
-from pipelines.clips import ClipCutter, ClipError
+from pipelines.clips import ClipCutter, ClipError, clip_threads
 from pipelines.config import LivelensConfig
 from pipelines.overview import Overview
 from pipelines.query_service import QueryEngine, QueryError
@@ -128,6 +128,7 @@ class LivelensAPI:
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="async-query")
         self.ops = Overview(config, self.redis)  # one per replica: fps comes from its successive reads
         self.clips = ClipCutter(config, self.redis)
+        self.clip_pool = clip_threads(config.clips)
 
     def _tenant(self, request: Request, asked: str) -> str:
         """The tenant a call acts for: the API key's when keys are configured, else the one asked for."""
@@ -254,8 +255,9 @@ class LivelensAPI:
         stream for this tenant, or no video in the span; 410: the span's video aged out (the message says which
         retention ran out)."""
         tenant = self._tenant(request, tenant_id)
-        cut = self.clips.cut(tenant, stream_id, self.clips.stream_seconds(tenant, stream_id, start),
-                             self.clips.stream_seconds(tenant, stream_id, end))
+        t_from = self.clips.stream_seconds(tenant, stream_id, start)
+        t_to = self.clips.stream_seconds(tenant, stream_id, end)
+        cut = self.clip_pool.submit(self.clips.cut, tenant, stream_id, t_from, t_to).result()
         return Response(content=cut.data, media_type="video/mp4", headers={
             "X-Livelens-Clip-Start": f"{cut.start_s:.3f}", "X-Livelens-Clip-End": f"{cut.end_s:.3f}",
             "Content-Disposition": f'inline; filename="{stream_id}-{cut.start_s:.1f}-{cut.end_s:.1f}.mp4"'})
