@@ -21,6 +21,10 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:segments:<stream>           zset    score = wallclock end, member = seq: segment markers, for retention
     ll:{t}:offsets                     hash    "topic:partition" -> highest Kafka offset of a stored segment
     ll:{t}:epoch                       string  random, set by the tenant's first write: names this Redis's data
+    ll:{t}:clip:loc:<stream>           hash    seq -> where a durable segment's records are (pipelines.clips)
+    ll:{t}:clip:media:<stream>         zset    score = stream seconds of the segment's first frame, member = seq
+    ll:{t}:clip:wall:<stream>          zset    score = wall clock of the segment's first frame, member = seq
+    ll:{t}:clip:archived:<stream>      zset    score = wall clock, member = seq: segments the archive holds
 
 Entries: the frame hash also holds the index entries that are not frames, under
 their own keys, with the same metadata fields plus ``kind``: event segments
@@ -131,6 +135,13 @@ def offsets(tenant_id: str) -> str:
 
 def epoch(tenant_id: str) -> str:
     return f"{_tenant(tenant_id)}:epoch"
+
+
+def clip_keys(tenant_id: str, stream_id: str) -> tuple[str, str, str, str]:
+    """The clip ledger of a stream (pipelines.clips): locations, by stream time, by wall clock, archived."""
+    base = f"{_tenant(tenant_id)}:clip"
+    stream = check_id("stream", stream_id)
+    return f"{base}:loc:{stream}", f"{base}:media:{stream}", f"{base}:wall:{stream}", f"{base}:archived:{stream}"
 
 
 def event_key(tenant_id: str, stream_id: str, pts_s: float) -> str:

@@ -217,6 +217,8 @@ def ask(
     last: Annotated[bool, typer.Option("--last", help="The latest matching moment(s).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     via: Annotated[str, typer.Option(help="http or kafka")] = "http",
+    clips: Annotated[Path | None, typer.Option("--clips", help="Save each piece of evidence's clip (its span "
+                                               "padded by clips.margin_s) as an MP4 in this directory.")] = None,
 ) -> None:
     """Ask a question about one or more streams; prints the answer and its evidence."""
     from pipelines.client import Client, image_b64
@@ -238,6 +240,53 @@ def ask(
     print_answer(answer, as_json=as_json)
     if answer.error:
         raise typer.Exit(2)
+    if clips is not None:
+        _save_evidence_clips(config, tenant, answer.evidence, clips)
+
+
+def _save_evidence_clips(config: LivelensConfig, tenant: str, evidence: list[messages.Evidence], folder: Path) -> None:
+    import redis
+
+    from pipelines.clips import ClipCutter, ClipError
+
+    cutter = ClipCutter(config, redis.Redis.from_url(config.redis.url))
+    folder.mkdir(parents=True, exist_ok=True)
+    margin = config.clips.margin_s
+    for rank, e in enumerate(evidence, 1):
+        try:
+            cut = cutter.cut(tenant, e.stream_id, max(0.0, e.t_start - margin), e.t_end + margin)
+        except ClipError as exc:  # one expired span must not cost the others
+            console.print(f"[yellow]clip {rank} ({e.stream_id} {e.t_start:.1f} s):[/yellow] {exc.message}")
+            continue
+        out = folder / f"{rank:02d}-{e.stream_id}-{cut.start_s:.1f}-{cut.end_s:.1f}.mp4"
+        out.write_bytes(cut.data)
+        console.print(f"clip {rank}: {out}")
+
+
+@app.command()
+def clip(
+    stream: Annotated[str, typer.Argument(help="Stream id.")],
+    t_from: Annotated[str, typer.Option("--from", help="Start: seconds from stream start, or ISO time.")],
+    t_to: Annotated[str, typer.Option("--to", help="End: seconds from stream start, or ISO time.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The MP4 to write.")],
+    tenant: Annotated[str, typer.Option("--tenant")] = "default",
+) -> None:
+    """Write a playable MP4 of a span of a stream: cut at keyframes, not re-encoded."""
+    import redis
+
+    from pipelines.clips import ClipCutter, ClipError
+
+    config = effective_config()
+    cutter = ClipCutter(config, redis.Redis.from_url(config.redis.url))
+    try:
+        cut = cutter.cut(tenant, stream, cutter.stream_seconds(tenant, stream, t_from),
+                         cutter.stream_seconds(tenant, stream, t_to))
+    except ClipError as exc:
+        console.print(f"[red]{exc.code}:[/red] {exc.message}")
+        raise typer.Exit(1 if exc.status < 500 else 2) from None
+    out.write_bytes(cut.data)
+    console.print(f"{out}: {cut.start_s:.2f}-{cut.end_s:.2f} s of {stream}, {len(cut.data):,} bytes, "
+                  f"segments {cut.segments[0]}..{cut.segments[-1]}")
 
 
 def _time_arg(config: LivelensConfig, tenant: str, streams: list[str], value: str | None) -> datetime | None:

@@ -28,6 +28,8 @@ from pydantic_settings import (
 
 from operators.moderation.policy import ModerationConfig
 from pipelines.secrets import REDACTED, split_url_credentials
+from pipelines.archive import ArchiveConfig
+from pipelines.clips import ClipConfig
 
 Profile = Literal["offline", "gpu", "cluster"]
 DropMode = Literal["feature", "pixel"]
@@ -562,6 +564,8 @@ class LivelensConfig(BaseSettings):
     webhooks: WebhookConfig = WebhookConfig()
     backfill: BackfillConfig = BackfillConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    clips: ClipConfig = ClipConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     moderation: ModerationConfig = Field(
         ModerationConfig(), description="Risk screening of every stream (pipelines/moderation.py). Off by default: "
         "it runs nudenet on every sampled frame.")

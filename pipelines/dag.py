@@ -270,13 +270,14 @@ class StandingActor:
 
     def _emit(self, firings: list) -> None:
         from pipelines import messages
+        from pipelines.clips import alert_with_clip_urls
         from pipelines.standing import firing_alert
         from pipelines.webhooks import Delivery
 
         topic = self.config.kafka.topic("alerts")
         futures = []
         for firing in firings:
-            alert = firing_alert(firing, firing.query.tenant_id)
+            alert = alert_with_clip_urls(self.config, firing_alert(firing, firing.query.tenant_id))
             futures.append((alert, self.producer.send(topic, key=firing.stream_id.encode(),
                                                       value=messages.encode(alert))))
             self.alerts.record(alert)

@@ -18,6 +18,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from pipelines import dashboard, messages
 from pipelines.alerts import AlertLog
+from pipelines.clips import ClipCutter, ClipError, clip_threads
 from pipelines.config import LivelensConfig
 from pipelines.http_guard import (
     QuotaExceeded,
@@ -68,6 +69,11 @@ async def _query_error(_: Request, exc: QueryError) -> JSONResponse:
     if isinstance(exc, QuotaExceeded) and exc.retry_after_s is not None:
         response.headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
     return response
+
+
+@api.exception_handler(ClipError)
+async def _clip_error(_: Request, exc: ClipError) -> JSONResponse:
+    return _error(exc.status, exc.code, exc.message)
 
 
 # Bodies that declare no size (chunked) or too small a one are cut off as they are read: Starlette raises
@@ -147,6 +153,8 @@ class LivelensAPI:
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="async-query")
         self.ops = Overview(config, self.redis)  # one per replica: fps comes from its successive reads
         self.quotas = TenantQuotas(config.serve, self.redis)
+        self.clips = ClipCutter(config, self.redis)
+        self.clip_pool = clip_threads(config.clips)
 
     def _tenant(self, request: Request, asked: str) -> str:
         return resolve_tenant(self.config.serve, request.headers, asked)
@@ -263,6 +271,23 @@ class LivelensAPI:
         if data is None:
             raise QueryError("not_found", f"no thumbnail {key}", 404)
         return Response(content=data, media_type="image/jpeg")
+
+    @api.get("/v1/streams/{stream_id}/clip", response_class=Response,
+             responses={200: {"content": {"video/mp4": {}}}, 404: {}, 410: {}})
+    def clip(self, request: Request, stream_id: str = Path(pattern=_ID), tenant_id: str = Query("default", pattern=_ID),
+             start: str = Query(alias="from", max_length=64, description="Stream seconds or ISO 8601."),
+             end: str = Query(alias="to", max_length=64, description="Stream seconds or ISO 8601.")) -> Response:
+        """A playable MP4 (fragmented, H.264 as published) of the span, cut at keyframes and remuxed without
+        re-encoding: from the last keyframe at or before ``from`` to the first at or after ``to``. 404: no such
+        stream for this tenant, or no video in the span; 410: the span's video aged out (the message says which
+        retention ran out)."""
+        tenant = self._tenant(request, tenant_id)
+        t_from = self.clips.stream_seconds(tenant, stream_id, start)
+        t_to = self.clips.stream_seconds(tenant, stream_id, end)
+        cut = self.clip_pool.submit(self.clips.cut, tenant, stream_id, t_from, t_to).result()
+        return Response(content=cut.data, media_type="video/mp4", headers={
+            "X-Livelens-Clip-Start": f"{cut.start_s:.3f}", "X-Livelens-Clip-End": f"{cut.end_s:.3f}",
+            "Content-Disposition": f'inline; filename="{stream_id}-{cut.start_s:.1f}-{cut.end_s:.1f}.mp4"'})
 
     @api.get("/v1/alerts")
     def alerts(self, request: Request, tenant_id: str = Query("default", pattern=_ID),

@@ -109,6 +109,23 @@ def segment_fetch_options(config: KafkaConfig) -> dict:
     return dict(max_partition_fetch_bytes=config.max_message_bytes * 4, fetch_max_bytes=config.max_message_bytes * 16)
 
 
+def make_reader(config: KafkaConfig, **overrides) -> KafkaConsumer:
+    """A consumer without a group, for reading ranges by offset (replay, clips): it joins no group, so it
+    never moves a group's partitions or commits, and a live consumer group does not notice it. The caller
+    assigns partitions and seeks; fetches are sized to whole chunks, so its memory stays bounded."""
+    options = dict(
+        bootstrap_servers=require_bootstrap(config),
+        group_id=None,
+        enable_auto_commit=False,
+        reconnect_backoff_max_ms=2000,
+        **segment_fetch_options(config),
+        **client_security(config),
+    )
+    options.update(overrides)
+    check_fast_checksum("consumer")
+    return KafkaConsumer(**options)
+
+
 def make_consumer(config: KafkaConfig, group_id: str, topics: list[str], **overrides) -> KafkaConsumer:
     """Manual commits only: offsets move after what they produced is durable, never on a timer."""
     options = dict(

@@ -149,6 +149,8 @@ class Evidence(BaseModel):
     text: str = Field("", description="On-screen text recognised there, when the evidence is a text match.")
     lines: list[dict] = Field(default_factory=list, description="Recognised lines: text, confidence, box "
                               "(4 corners, normalised 0..1).")
+    clip_url: str | None = Field(None, description="API path of a playable MP4 of the span (padded by "
+                                 "clips.margin_s): GET it with the same credentials as the query.")
 
 
 class Answer(Message):

@@ -54,6 +54,7 @@ from operators.moderation.risk import RiskDecision, RiskEngine, Verdict
 from operators.moderation.verify import RuleVerifier, Verifier, VlmVerifier
 from pipelines import messages
 from pipelines.alerts import AlertLog
+from pipelines.clips import alert_with_clip_urls
 from pipelines.config import LivelensConfig
 from pipelines.redis_io import redis_client
 
@@ -224,7 +225,7 @@ class Moderator:
     def _deliver(self, tenant_id: str, stream_id: str, engine: RiskEngine, decisions: list[RiskDecision], *,
                  audit_first: dict | None = None, verdict_of: str | None = None) -> None:
         try:
-            alerts = [d.to_alert() for d in decisions if d.event != "reverify"]
+            alerts = [alert_with_clip_urls(self.config, d.to_alert()) for d in decisions if d.event != "reverify"]
             if alerts:
                 self.publish(alerts)
                 for alert in alerts:

@@ -21,6 +21,7 @@ from kafka.structs import OffsetAndMetadata
 
 from operators.frames import StageError
 from pipelines import messages, metrics
+from pipelines.clips import with_clip_urls
 from pipelines.config import LivelensConfig
 from pipelines.dag import find_stages, setup_logging, shard
 from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
@@ -235,6 +236,7 @@ class QueryEngine:
                               lines=getattr(h, "lines", None) or (r.lines if r else []))
             for h, r, text in zip(hits, records, texts)
         ]
+        evidence = with_clip_urls(self.config, query.tenant_id, evidence)
         text, extractive, model = "", True, ""
         if query.generate:
             result = self._answer(query, hits, records, texts)

@@ -72,8 +72,7 @@ from pipelines import messages
 from pipelines.backfill import Backfill, BackfillSummary
 from pipelines.config import LivelensConfig
 from pipelines.dag import shard
-from pipelines.kafka_checksum import check_fast_checksum
-from pipelines.kafka_io import client_security, make_producer, require_bootstrap, segment_fetch_options
+from pipelines.kafka_io import make_producer, make_reader
 from pipelines.publish import PendingBytesExceeded, SegmentAssembler
 from pipelines.redis_io import redis_client
 from pipelines.source import segment_info
@@ -158,10 +157,7 @@ class Replay:
 
     def run(self, what: ReplayRange) -> ReplaySummary:
         kafka = self.config.kafka
-        check_fast_checksum("consumer")
-        consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), group_id=None,
-                                 enable_auto_commit=False, reconnect_backoff_max_ms=2000,
-                                 **segment_fetch_options(kafka), **client_security(kafka))
+        consumer = make_reader(kafka)
         summary = ReplaySummary()
         started = time.perf_counter()
         try:

@@ -6,8 +6,9 @@ in effect by idempotent memory writes):
 1. A record's offset is tracked as pending the moment it is polled.
 2. Chunks are reassembled; a whole segment is submitted to the ingest backend.
 3. When the backend says the segment's memory write returned (durable: Redis
-   runs appendfsync always) or its dead letter was acknowledged by the broker,
-   every offset it spanned is marked done.
+   runs appendfsync always) and its clip location (and archive copy) is
+   recorded (`pipelines.clips.ClipKeeper`), or its dead letter was acknowledged
+   by the broker, every offset it spanned is marked done.
 4. Only then can the partition's commit point pass it (`OffsetTracker`).
 
 A crash anywhere before 4 replays the segment; the memory writer sees the
@@ -27,12 +28,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import redis
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from operators.frames import SegmentInfo, StageError
 from pipelines import messages, metrics
+from pipelines.clips import ClipKeeper
 from pipelines.config import LivelensConfig
 from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
 from pipelines.offsets import OffsetTracker
@@ -115,6 +118,7 @@ class KafkaSegmentSource:
         self._inflight: dict[Any, _InFlight] = {}
         self._consumer = None
         self._producer = None
+        self._clips = ClipKeeper(config, redis.Redis.from_url(config.redis.url))
         self._gauges = metrics.SourceGauges(source_id, config.kafka.ingest_group, config.metrics.lag_interval_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -218,17 +222,13 @@ class KafkaSegmentSource:
                                   exc.reason, item.segment.payload_bytes, attempts=item.attempt)
                 continue
             except Exception as exc:  # an actor died or a node went away: the segment is retried whole
-                if item.attempt < self.config.pipeline.segment_attempts:
-                    self.stats.retries += 1
-                    metrics.segment_retry(self.source_id)
-                    log.warning("%s: segment %s failed; retry %d: %s", self.source_id, item.segment.key,
-                                item.attempt, exc)
-                    item.attempt += 1
-                    self._submit(item)
-                else:
-                    self._dead_letter(item.tp, item.offsets, item.segment, "pipeline", "pipeline_error",
-                                      f"{type(exc).__name__}: {exc}"[:4000], item.segment.payload_bytes,
-                                      attempts=item.attempt)
+                self._retry(item, exc)
+                continue
+            try:
+                # Durable in memory: now its clip location (and archive copy), before the offsets may commit.
+                self._clips.keep(item.segment, item.payload, item.tp, item.offsets)
+            except Exception as exc:  # Redis or the archive's store is in trouble: not the segment's fault
+                self._retry(item, exc)
                 continue
             if result is None:
                 self.stats.segments_replayed += 1
@@ -237,6 +237,18 @@ class KafkaSegmentSource:
                 self.stats.latencies_s.append(time.time() - item.segment.produced_at.timestamp())
             metrics.segment_stored(item.segment)
             self._tracker.done(item.tp, item.offsets)
+
+    def _retry(self, item: _InFlight, exc: Exception) -> None:
+        if item.attempt < self.config.pipeline.segment_attempts:
+            self.stats.retries += 1
+            metrics.segment_retry(self.source_id)
+            log.warning("%s: segment %s failed; retry %d: %s", self.source_id, item.segment.key, item.attempt, exc)
+            item.attempt += 1
+            self._submit(item)
+        else:
+            self._dead_letter(item.tp, item.offsets, item.segment, "pipeline", "pipeline_error",
+                              f"{type(exc).__name__}: {exc}"[:4000], item.segment.payload_bytes,
+                              attempts=item.attempt)
 
     def _commit(self) -> None:
         offsets = self._tracker.to_commit()

@@ -5,6 +5,9 @@
                                    on-screen text, alerts) and a query box
     /dashboard/alerts              the alert log, with acknowledgement
 
+On the stream page (evidence, alerts) and the alerts page, a hit or alert plays its clip
+(GET /v1/streams/{id}/clip, pipelines/clips.py) in a video element, beside the on-screen text of the span.
+
 The pages carry no data. Their script polls the JSON API (/v1/overview, /v1/overview/streams/{id},
 /v1/alerts, /v1/query) every ``dashboard.refresh_ms``; when API keys are configured it sends the key
 the user entered (kept in the browser's localStorage, or given once as ``?key=``) as ``X-API-Key``.

@@ -50,6 +50,50 @@ function thumbnail(img, key, tenant) {
   thumbs.get(key).then((url) => { if (url) img.src = url; });
 }
 
+// -- clips: the video of a hit or an alert, played in the page -------------------------------------------
+// A <video src> cannot send the key either: the clip (an MP4 of a few seconds) is fetched once as a blob.
+// Beside it, the on-screen text recognised in the clip's span (livelens carries no audio, so no transcript).
+async function playClip(evidence, tenant, title) {
+  const panel = document.getElementById("player");
+  const video = el("video", { controls: "", muted: "", autoplay: "", playsinline: "", class: "clip" });
+  video.muted = true;  // browsers autoplay only muted video
+  const texts = el("ul", { class: "texts clip-texts" });
+  const status = el("p", { class: "muted", text: "loading the clip…" });
+  panel.replaceChildren(el("h2", { text: title }), el("div", { class: "clip-player" }, video, el("div", {}, status, texts)));
+  panel.hidden = false;
+  try {
+    const response = await fetch(evidence.clip_url, { headers: apiKey() ? { "X-API-Key": apiKey() } : {} });
+    if (!response.ok) {
+      let message = response.statusText;
+      try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+      throw new ApiError(response.status, "clip", message);
+    }
+    const start = Number(response.headers.get("X-Livelens-Clip-Start"));
+    const end = Number(response.headers.get("X-Livelens-Clip-End"));
+    video.src = URL.createObjectURL(await response.blob());
+    status.textContent = `${evidence.stream_id} · ${start.toFixed(1)}–${end.toFixed(1)} s`;
+    // The clip's span in wall-clock time, from the evidence's own mapping of stream to wall time.
+    const wallStart = Date.parse(evidence.wallclock_start) / 1000 - (evidence.t_start - start);
+    const span = `start=${new Date(wallStart * 1000).toISOString()}&end=${new Date((wallStart + end - start) * 1000).toISOString()}`;
+    const frames = await api(`/v1/streams/${encodeURIComponent(evidence.stream_id)}/timeline?tenant_id=${encodeURIComponent(tenant)}&${span}`);
+    let previous = null;
+    for (const f of frames) {
+      if (f.text && f.text !== previous) texts.append(el("li", {}, el("span", { class: "muted", text: `${f.t_start.toFixed(1)} s  ` }), f.text.replace(/\n/g, " / ")));
+      previous = f.text;
+    }
+    if (!texts.children.length) texts.append(el("li", { class: "muted", text: "no on-screen text in this span" }));
+  } catch (error) {
+    status.textContent = `no clip: ${error.message}`;
+  }
+}
+
+function clipButton(evidence, tenant, title) {
+  const button = el("button", { type: "button", class: "play", text: "▶ clip" });
+  button.disabled = !evidence || !evidence.clip_url;
+  if (!button.disabled) button.addEventListener("click", () => playClip(evidence, tenant, title));
+  return button;
+}
+
 // -- formatting --------------------------------------------------------------------------------------------
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -173,7 +217,8 @@ function drawTimeline(detail, tenant) {
   }
   document.getElementById("texts").replaceChildren(...texts.reverse());
   document.getElementById("stream-alerts").replaceChildren(...detail.alerts.map((a) => el("li", {},
-    el("span", { class: `alert-state ${a.state}`, text: a.state }), ` ${clock(a.produced_at)} ${a.reason}` + (a.ack ? ` (acked by ${a.ack.by})` : ""))));
+    el("span", { class: `alert-state ${a.state}`, text: a.state }), ` ${clock(a.produced_at)} ${a.reason}` + (a.ack ? ` (acked by ${a.ack.by})` : "") + " ",
+    clipButton(a.evidence[0], tenant, `${a.state} alert at ${clock(a.produced_at)}`))));
 }
 
 async function ask(streamId, tenant) {
@@ -191,7 +236,8 @@ async function ask(streamId, tenant) {
       const img = el("img", { alt: e.frame_key });
       thumbnail(img, e.thumbnail, tenant);
       return el("li", { class: "evidence" }, img, el("div", {},
-        el("div", { text: `${e.t_start.toFixed(1)}–${e.t_end.toFixed(1)} s · ${clock(e.wallclock_start)} · score ${e.score.toFixed(3)}` }),
+        el("div", { text: `${e.t_start.toFixed(1)}–${e.t_end.toFixed(1)} s · ${clock(e.wallclock_start)} · score ${e.score.toFixed(3)} ` },
+          clipButton(e, tenant, `Evidence at ${e.t_start.toFixed(1)} s`)),
         el("div", { class: "muted", text: (e.text || "").replace(/\n/g, " / ") })));
     }));
   } catch (error) {
@@ -209,7 +255,8 @@ async function alertsPage() {
       return el("tr", { "data-alert": a.alert_id }, el("td", { text: clock(a.produced_at) }),
         el("td", {}, el("a", { href: `/dashboard/streams/${encodeURIComponent(a.stream_id)}?tenant=${encodeURIComponent(a.tenant_id)}`, text: a.stream_id })),
         el("td", { text: a.kind }), el("td", { class: `alert-state ${a.state}`, text: a.state }),
-        el("td", { text: a.reason }), el("td", { class: "num", text: a.score.toFixed(2) }), el("td", {}, ack));
+        el("td", { text: a.reason }), el("td", { class: "num", text: a.score.toFixed(2) }), el("td", {}, ack),
+        el("td", {}, clipButton(a.evidence[0], tenant, `${a.state} alert on ${a.stream_id} at ${clock(a.produced_at)}`)));
     }));
     document.getElementById("no-alerts").hidden = alerts.length > 0;
   });

@@ -77,6 +77,11 @@ def test_rooms_alert_on_inserted_text_verifier_survives_a_kill_and_reviewers_ack
     assert 0 <= red.pts_s - 6.0 <= 3.0 and red.stream_latency_s <= 3.0
     assert any("term:cocaine" in d.labels or "term~cocaine" in d.labels for d in red.drivers)
     assert red.evidence and all(6.0 <= e.t_start < 10.0 and "COCAINE" in e.text.upper() for e in red.evidence)
+    # Each piece of evidence links its clip, the span padded by clips.margin_s (the key names the tenant).
+    margin = config.clips.margin_s
+    assert [e.clip_url for e in red.evidence] == [
+        f"/v1/streams/room-red/clip?from={max(0.0, e.t_start - margin):.3f}&to={e.t_end + margin:.3f}"
+        for e in red.evidence]
 
     # YELLOW term: an alert, and a verification pending in Redis; the verifier dies with it in hand.
     yellow = wait_for(lambda: _by_room(log, "room-yellow"), 120, "the YELLOW room's alert")[-1]

@@ -1,0 +1,81 @@
+"""Segment archive: a copy of each segment's payload kept longer than the segments topic keeps it.
+
+Any fsspec URL works: ``file:///var/lib/livelens/archive`` (or a plain path) here, ``s3://bucket/livelens``,
+``gs://...``, ``abfs://...`` in production once the matching fsspec backend (s3fs, gcsfs, adlfs) is installed.
+Layout: ``<url>/<tenant>/<stream>/<seq, 12 digits>.ts``, one MPEG-TS payload per file, exactly the bytes the
+publisher sent, so a clip cut from the archive equals one cut from Kafka.
+
+Writes are whole-file: on a local filesystem through a temporary name and a rename, so a reader never sees
+half a segment; object stores make a PUT visible only once complete. What the archive holds and until when is
+recorded beside each segment's Kafka location (`pipelines.clips.ClipLedger`); this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, Field
+
+from memory_store.keys import check_id
+
+
+class ArchiveConfig(BaseModel):
+    """``archive.*``: where segments are copied for clips older than Kafka's retention (docs/operations.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    url: str | None = Field(
+        None, description="fsspec URL or local path of the archive; None: no archive, clips come from Kafka only.")
+    retention_s: float = Field(
+        30 * 86400.0, gt=0, description="Archived segments whose first frame is older than this (wall clock, "
+        "against the stream's newest segment) are deleted; their clips then answer 410 once Kafka dropped them too.")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="Passed to the fsspec filesystem (credentials, endpoint_url, ...).")
+
+
+class SegmentArchive:
+    def __init__(self, config: ArchiveConfig):
+        if not config.url:
+            raise ValueError("archive.url is not set")
+        self.fs, self.root = fsspec.core.url_to_fs(config.url, **config.storage_options)
+        self.root = self.root.rstrip("/")
+        self._local = isinstance(self.fs, LocalFileSystem)
+        if self._local:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def path(self, tenant_id: str, stream_id: str, seq: int) -> str:
+        return f"{self.root}/{check_id('tenant', tenant_id)}/{check_id('stream', stream_id)}/{int(seq):012d}.ts"
+
+    def put(self, tenant_id: str, stream_id: str, seq: int, payload: bytes) -> str:
+        """Store one segment's payload (again: same bytes, same file). Returns its path."""
+        path = self.path(tenant_id, stream_id, seq)
+        if not self._local:
+            self.fs.pipe_file(path, payload)
+            return path
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        partial = f"{path}.{uuid.uuid4().hex}.partial"
+        self.fs.pipe_file(partial, payload)
+        self.fs.mv(partial, path)
+        return path
+
+    def get(self, tenant_id: str, stream_id: str, seq: int) -> bytes | None:
+        """The segment's payload, None when the archive does not hold it."""
+        try:
+            return self.fs.cat_file(self.path(tenant_id, stream_id, seq))
+        except FileNotFoundError:
+            return None
+
+    def delete(self, tenant_id: str, stream_id: str, seq: int) -> None:
+        try:
+            self.fs.rm_file(self.path(tenant_id, stream_id, seq))
+        except FileNotFoundError:
+            pass  # already gone: retention ran twice, or it was never archived
+
+    def bytes_held(self, tenant_id: str, stream_id: str) -> int:
+        """Bytes archived for one stream (for the benchmark and operators' sizing)."""
+        folder = f"{self.root}/{check_id('tenant', tenant_id)}/{check_id('stream', stream_id)}"
+        try:
+            return int(self.fs.du(folder, total=True))
+        except FileNotFoundError:
+            return 0
