@@ -100,6 +100,12 @@ class EncodeConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_frames: int = Field(32, ge=1, description="Frames per encoder forward pass, across streams.")
     max_batch_wait_ms: float = Field(20.0, ge=0, description="How long a partial batch waits for more frames.")
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel of the tower: fused scaled-dot-product (torch SDPA: flash or "
+        "memory-efficient kernels on a GPU) or transformers' eager matmul-softmax-matmul. Eager only to debug.")
+    compile: bool = Field(
+        False, description="torch.compile the tower's forward pass (cuda only): fused kernels for each batch shape, "
+        "compiled at its first use (tens of seconds). Pays at fixed full batches (BENCHMARKS.md, issue 18).")
 
 
 class CompressConfig(_Section):
