@@ -10,7 +10,7 @@ are driven in plain processes, one per actor, joined by multiprocessing queues i
   segmenter into 2 s MPEG-TS segments (pre-encoded once; every stream publishes the same segments).
 - publisher (this process): N streams, staggered evenly over one segment period; a segment is published
   when its last frame would have been captured (its start + 2 s), in real time.
-- decode actors (--decoders processes, one core each): SegmentDecoder, frames resized to 640 px, JPEG
+- decode actors (--decoders processes, one core each): SegmentDecoder (--decode nvdec: full decodes on NVDEC), frames resized to 640 px, JPEG
   thumbnails; "keyframes" samples the keyframe of each segment (skip_frame=NONKEY, one frame per 2 s),
   "1fps" decodes every frame and keeps one a second.
 - encoder actor (one process, the GPU): frame batches of many streams gathered for up to 30 ms or --batch
@@ -79,13 +79,13 @@ def make_media(source: Path, out: Path, seconds: float, size: tuple[int, int]) -
 # actors, each in its own process
 
 
-def decode_actor(mode: str, segments: list, inbox: mp.Queue, outbox: mp.Queue, busy: mp.Value) -> None:
+def decode_actor(mode: str, hardware: str, segments: list, inbox: mp.Queue, outbox: mp.Queue, busy: mp.Value) -> None:
     from operators.decode import SegmentDecoder
     from operators.frames import SegmentInfo
     from pipelines.config import DecodeConfig
 
     config = DecodeConfig(sample_fps=1.0 / SEGMENT_S if mode == "keyframes" else 1.0,
-                          keyframes_only=mode == "keyframes")
+                          keyframes_only=mode == "keyframes", hardware=hardware)
     decoder = SegmentDecoder(config, frame_px=config.frame_px, threads=1)
     while (job := inbox.get()) is not None:
         tenant, stream, seq, published = job
@@ -205,6 +205,7 @@ def trial(n: int, seconds: float, tag: str, decode_q: mp.Queue, results: mp.Queu
         p99=float(np.percentile(lat, 99)) if len(lat) else np.nan,
         max=float(finite.max()) if len(finite) else np.inf,
         util={stage: busy[stage].value / (counts[stage] * wall) for stage in ("decode", "encode", "memory")},
+        decode_ms=1000 * busy["decode"].value / max(1, len(jobs)),
         encode_ms=1000 * busy["encode"].value / max(1.0, busy["encode calls"].value),
         frames_per_call=sum(1 for at, s, k in jobs) * frames_per_segment / max(1.0, busy["encode calls"].value),
     )
@@ -219,6 +220,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="Publishing time per trial.")
     parser.add_argument("--decoders", type=int, default=11)
     parser.add_argument("--memory", type=int, default=3)
+    parser.add_argument("--decode", choices=["cpu", "nvdec"], default="cpu", help="DecodeConfig.hardware: nvdec "
+                        "decodes 1fps mode's full decodes on the GPU (keyframes stay on the CPU).")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", default="1920x1080")
@@ -248,7 +251,7 @@ def main() -> int:
         import torch
 
         device = torch.cuda.get_device_name()
-    print(f"\n{device}, {mp.cpu_count()} cores; {args.decoders} decode processes, 1 encoder, {args.memory} memory "
+    print(f"\n{device}, {mp.cpu_count()} cores; {args.decoders} decode processes ({args.decode}), 1 encoder, {args.memory} memory "
           f"writers; batch {args.batch}; {args.seconds:g} s per trial; {time.strftime('%Y-%m-%d')}")
     print("| sampling | streams | segments measured | p50 s | p99 s | max s | late | decode util | encode util "
           "| memory util | within bound |")
@@ -281,7 +284,7 @@ def run_mode(ctx, mode: str, args, segments: list, model: Path, redis_url: str, 
     busy = {stage: ctx.Value("d", 0.0) for stage in ("decode", "encode", "memory", "encode calls")}
     counts = {"decode": args.decoders, "encode": 1, "memory": args.memory, "encode calls": 1}
     ready = ctx.Event()
-    procs = [ctx.Process(target=decode_actor, args=(mode, segments, decode_q, encode_q, busy["decode"]))
+    procs = [ctx.Process(target=decode_actor, args=(mode, args.decode, segments, decode_q, encode_q, busy["decode"]))
              for _ in range(args.decoders)]
     procs.append(ctx.Process(target=encode_actor, args=(model, args.device, args.batch, encode_q, memory_qs,
                                                         busy["encode"], busy["encode calls"], ready)))
@@ -304,7 +307,7 @@ def run_mode(ctx, mode: str, args, segments: list, model: Path, redis_url: str, 
             rows.append((mode, r))
             print(f"{mode} N={n}: p50 {r['p50']:.2f} s, p99 {r['p99']:.2f} s, late {r['late']}, util "
                   + ", ".join(f"{k} {v:.0%}" for k, v in r["util"].items())
-                  + f"; encoder {r['encode_ms']:.1f} ms a call, {r['frames_per_call']:.1f} frames a call", flush=True)
+                  + f"; decode {r['decode_ms']:.1f} ms a segment; encoder {r['encode_ms']:.1f} ms a call, {r['frames_per_call']:.1f} frames a call", flush=True)
             drain(results)
             if r["p99"] > args.bound_s:
                 break

@@ -87,6 +87,11 @@ class DecodeConfig(_Section):
     )
     max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
     thumbnail_px: int = Field(160, description="Longest side of the JPEG thumbnail kept per frame.")
+    hardware: Literal["cpu", "nvdec"] = Field(
+        "cpu", description="nvdec: full decode on the GPU's video decoders through FFmpeg's <codec>_cuvid (PyAV), "
+        "for sampling that needs every frame decoded. keyframes_only stays on the CPU (cuvid ignores skip_frame; "
+        "one keyframe is cheap on a core). Where cuvid cannot open (no GPU or driver, a codec without cuvid) the "
+        "CPU decoder is used and a warning says so.")
     frame_px: int = Field(
         640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
         "text reading needs more pixels than a ViT does (ocr.max_side), so this follows OCR, not the encoder.")
