@@ -30,6 +30,7 @@ Bad input raises StageError with a stable code:
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -58,6 +59,8 @@ _JPEG_QUALITY = 80
 # checks nested opens against this list, and no protocol has this name.
 _NO_NESTED_IO = {"protocol_whitelist": "none"}
 
+logger = logging.getLogger(__name__)
+
 
 class SegmentDecoder:
     """Decodes segments with PyAV, keeping frames on the ``sample_fps`` grid.
@@ -65,6 +68,10 @@ class SegmentDecoder:
     threads: FFmpeg decoder threads per segment. 1 suits many decoder actors
         sharing a machine (each is one core); 0 lets FFmpeg pick (all cores),
         which suits one decoder per machine.
+
+    With ``config.hardware == "nvdec"``, full decodes run on the GPU's NVDEC engines (PyAV's own
+    ``h264_cuvid`` / ``hevc_cuvid`` codecs, not ``hwaccel=``, which hung in worker processes); frames
+    come back to host memory and are sampled, resized and thumbnailed as on the CPU path.
     """
 
     def __init__(self, config: DecodeConfig, frame_px: int = 448, threads: int = 1):
@@ -73,6 +80,10 @@ class SegmentDecoder:
         self.config = config
         self.frame_px = frame_px
         self.threads = threads
+        # NVDEC decoders by codec, opened once and flushed between segments (opening one costs GPU setup);
+        # None where cuvid could not open, so the CPU fallback is decided (and logged) once per codec.
+        self._cuvid: dict[str, av.codec.context.CodecContext | None] = {}
+        self.cpu_fallbacks = 0  # segments decoded on the CPU although nvdec was asked for
 
     def decode(self, info: SegmentInfo, payload: bytes) -> FrameBatch:
         """Sampled frames of one segment; an empty batch only when no grid point falls inside it."""
@@ -118,6 +129,9 @@ class SegmentDecoder:
             context.thread_type = "AUTO"  # frame and slice threads
         if self.config.keyframes_only:
             context.skip_frame = "NONKEY"
+        decoder = context
+        if self.config.hardware == "nvdec" and not self.config.keyframes_only:
+            decoder = self._nvdec(context) or context
 
         # Demux everything first: the payload is already in memory, and the packet timestamps
         # give coverage and candidate period before a single frame is decoded.
@@ -147,14 +161,37 @@ class SegmentDecoder:
             period_ticks = _min_step(key_pts) or end_pts - key_pts[0]
         else:
             period_ticks = frame_ticks
-        return self._sample(info, stream, packets, period_ticks * tb, deadline)
+        try:
+            return self._sample(info, stream, decoder, packets, period_ticks * tb, deadline)
+        finally:
+            if decoder is not context:
+                decoder.flush_buffers()  # the NVDEC decoder serves the next segment
+
+    def _nvdec(self, context: av.codec.context.CodecContext) -> av.codec.context.CodecContext | None:
+        """The stream's NVDEC decoder (FFmpeg's <codec>_cuvid), or None, loudly, when it cannot be opened."""
+        codec = context.codec.name
+        if codec not in self._cuvid:
+            try:
+                hw = av.CodecContext.create(f"{codec}_cuvid", "r")
+                if context.extradata:
+                    hw.extradata = context.extradata
+                hw.open()
+                self._cuvid[codec] = hw
+            except (av.FFmpegError, ValueError, OSError) as exc:
+                logger.warning("decode: nvdec asked for, but %s_cuvid cannot open (%s); decoding %s on the CPU",
+                               codec, exc, codec)
+                self._cuvid[codec] = None
+        if self._cuvid[codec] is None:
+            self.cpu_fallbacks += 1
+        return self._cuvid[codec]
 
     def _check_deadline(self, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise StageError("decode_timeout", f"decoding took longer than deadline_s={self.config.deadline_s:g}")
 
     def _sample(
-        self, info: SegmentInfo, stream: av.VideoStream, packets: list[av.Packet], period: Fraction, deadline: float
+        self, info: SegmentInfo, stream: av.VideoStream, decoder: av.codec.context.CodecContext,
+        packets: list[av.Packet], period: Fraction, deadline: float
     ) -> FrameBatch:
         """Decode in presentation order, keeping each frame that claims a grid point; ``period`` as above."""
         fps = self.config.sample_fps
@@ -169,7 +206,7 @@ class SegmentDecoder:
         # One scaler per output size, kept for the segment: FFmpeg reuses its scaling context
         # across frames, which halves the cost of a conversion against a fresh one per frame.
         to_rgb, to_thumbnail = VideoReformatter(), VideoReformatter()
-        for frame in _frames(stream, packets):
+        for frame in _frames(decoder, packets):
             self._check_deadline(deadline)
             if corrupt_at is not None:
                 raise StageError("decode_error", f"corrupt frame at {corrupt_at:.3f} s")
@@ -229,11 +266,11 @@ def _check_decoder_exists(codec: str) -> None:
         raise StageError("unknown_codec", f"{codec} decodes {found.type}, not video")
 
 
-def _frames(stream: av.VideoStream, packets: list[av.Packet]) -> Iterator[av.VideoFrame]:
-    """Decoded frames in presentation order, the decoder flushed at the end."""
+def _frames(decoder: av.codec.context.CodecContext, packets: list[av.Packet]) -> Iterator[av.VideoFrame]:
+    """Decoded frames in presentation order, the decoder drained at the end."""
     for packet in packets:
-        yield from stream.codec_context.decode(packet)
-    yield from stream.codec_context.decode(None)
+        yield from decoder.decode(packet)
+    yield from decoder.decode(None)
 
 
 def _grid_index(t: float, fps: float) -> int:

@@ -103,7 +103,7 @@ class VisionEncoder:
 
         hf_config = AutoConfig.from_pretrained(model)
         try:
-            net = AutoModel.from_pretrained(model, dtype=self._dtype)
+            net = AutoModel.from_pretrained(model, dtype=self._dtype, attn_implementation=config.attention)
         except ValueError as exc:
             raise UnsupportedModel(f"{model}: AutoModel cannot load {hf_config.architectures}: {exc}") from exc
         self.kind: Kind = _kind_of(net)
@@ -111,6 +111,13 @@ class VisionEncoder:
             # Frees the bulk of a VLM (a 7B language model next to a 0.3B tower) for the actor's lifetime.
             del net.language_model
         self._net = net.to(self._device).eval()
+        self._tower = self._forward
+        if config.compile:
+            if self._device.type != "cuda":
+                raise ValueError("encode.compile is for cuda: on the CPU the compiled tower is not measured to pay")
+            # Compiled for the first batch size seen; a second size recompiles once with a dynamic batch
+            # dimension, which then serves every partial batch (torch.compile's automatic dynamic shapes).
+            self._tower = torch.compile(self._forward)
         # Built before the probe on purpose: the probe runs outside it (no stream), and a fallback is logged now.
         self._cache = CachedViT(self._net, token_cache) if token_cache is not None else None
         self._stats: dict[Hashable, EncodeStats] = {}
@@ -233,7 +240,7 @@ class VisionEncoder:
             (t, e), cached = self._cache(pixels, rows, forward=self._forward)
             by_stream = cached.by_stream
         else:
-            t, e = self._forward(pixels)
+            t, e = self._tower(pixels)
             by_stream = {s: (n, float(n)) for s, n in Counter(rows).items()}
         tokens.append(t.to(torch.float16).cpu().numpy())
         embeddings.append(F.normalize(e.float(), dim=-1).cpu().numpy())
@@ -246,9 +253,21 @@ class VisionEncoder:
             stats.token_rows += token_rows
             stats.seconds += frames * per_frame
 
+    def features_on_device(self, frames: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [N,T,D] in the model's dtype, L2-normalised embeddings [N,E] float32), left on the device, of
+        uint8 frames [n,H,W,3] already there (one tensor per size): the path of operators/encode_compress.py.
+        Full compute: the token cache's per-stream state is not kept on this path."""
+        pixels = torch.cat([self._normalise_frames(f) for f in frames])
+        tokens, embedding = self._tower(pixels)
+        return tokens, F.normalize(embedding.float(), dim=-1)
+
     def _preprocess(self, images: np.ndarray) -> torch.Tensor:
         """uint8 [N,H,W,3] -> normalised [N,3,h,w] at the model's input size, whole frame (no crop)."""
-        x = torch.from_numpy(_writable(images)).to(self._device).permute(0, 3, 1, 2).float()
+        return self._normalise_frames(torch.from_numpy(_writable(images)).to(self._device))
+
+    def _normalise_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [N,H,W,3] on the device -> normalised [N,3,h,w] at the model's input size."""
+        x = frames.permute(0, 3, 1, 2).float()
         # Antialiased: frames are usually 3-7x larger than the model input; plain bilinear would alias.
         x = F.interpolate(x, size=self._input_hw, mode="bilinear", antialias=True, align_corners=False)
         return ((x * self._scale - self._mean) / self._std).to(self._dtype)

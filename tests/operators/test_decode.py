@@ -196,3 +196,41 @@ def test_a_whole_mp4_file_declared_as_mpegts_is_a_decode_error(real_video_dir):
     with pytest.raises(StageError) as raised:
         decoder().decode(info, payload)
     assert raised.value.code == "decode_error"
+
+
+def _nvdec_opens() -> bool:
+    import av
+
+    try:
+        av.CodecContext.create("h264_cuvid", "r").open()
+    except (av.FFmpegError, ValueError, OSError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(_nvdec_opens(), reason="NVDEC opens here: the fallback is not taken")
+def test_nvdec_without_a_gpu_decodes_on_the_cpu_and_says_so(car, caplog):
+    dec = decoder(sample_fps=2.0, hardware="nvdec")
+    with caplog.at_level("WARNING", logger="operators.decode"):
+        got = [dec.decode(s.info(seq=i), s.payload) for i, s in enumerate(car[:2])]
+    assert [r.message for r in caplog.records if "h264_cuvid cannot open" in r.message] != []
+    assert len([r for r in caplog.records if "cuvid" in r.message]) == 1  # once per codec, not per segment
+    assert dec.cpu_fallbacks == 2
+    for s, g in zip(car, got):
+        np.testing.assert_array_equal(g.images, decoder(sample_fps=2.0).decode(s.info(), s.payload).images)
+
+
+@pytest.mark.skipif(not _nvdec_opens(), reason="no NVDEC here")
+def test_nvdec_frames_match_the_cpu_decoder_across_segments(car):
+    dec = decoder(sample_fps=2.0, hardware="nvdec")
+    for i, s in enumerate(car[:3]):  # one NVDEC decoder, flushed between segments
+        gpu, cpu = dec.decode(s.info(seq=i), s.payload), decoder(sample_fps=2.0).decode(s.info(seq=i), s.payload)
+        np.testing.assert_array_equal(gpu.pts_s, cpu.pts_s)
+        assert np.abs(gpu.images.astype(int) - cpu.images.astype(int)).mean() < 2.0
+    assert dec.cpu_fallbacks == 0
+
+
+def test_keyframes_only_stays_on_the_cpu_with_nvdec(car):
+    dec = decoder(sample_fps=1.0, keyframes_only=True, hardware="nvdec")
+    dec.decode(car[1].info(), car[1].payload)
+    assert dec.cpu_fallbacks == 0 and dec._cuvid == {}
