@@ -42,18 +42,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from token_economy import SHARED_CLIP, Tower, build_tower, decode
 
 from deploy.processes import start_redis
+from memory_store.config import MemoryConfig
 from memory_store.report import TIERS, stream_tiers
 from memory_store.service import MemoryStore
 from operators.boundaries import BoundaryDetector
 from operators.compress import TokenDropCompressor
+from operators.config import BoundaryConfig, CompressConfig, DropConfig, PruneConfig
 from operators.frames import FeatureBatch, SegmentInfo
-from pipelines.config import (
-    BoundaryConfig,
-    CompressConfig,
-    DropConfig,
-    MemoryConfig,
-    PruneConfig,
-)
 
 WALL0 = 1_700_000_000.0
 

@@ -27,9 +27,9 @@ def replica(gpu: int, model: str, streams: list[str], frames_per_stream: int, ba
     import numpy as np
     import torch
 
+    from operators.config import EncodeConfig
     from operators.encode import VisionEncoder
     from operators.frames import FrameBatch, SegmentInfo
-    from pipelines.config import EncodeConfig
 
     encoder = VisionEncoder(EncodeConfig(model=model, device="cuda", dtype="bfloat16", batch_frames=batch), model)
     rng = np.random.default_rng(gpu)

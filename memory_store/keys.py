@@ -42,7 +42,7 @@ import re
 PREFIX = "ll"
 TENANTS = f"{PREFIX}:tenants"
 
-# The wire contract's Id rule (pipelines.messages.Id). Checked again here because a tenant
+# The wire contract's Id rule (contracts.messages.Id). Checked again here because a tenant
 # id with a brace would break the hash tag and a '/' would make frame keys ambiguous.
 _ID_CHARS = r"[A-Za-z0-9_.:\-]{1,128}"
 _ID = re.compile(_ID_CHARS)

@@ -46,11 +46,11 @@ import numpy as np
 import redis
 
 from memory_store import keys
+from memory_store.config import MemoryConfig
 from memory_store.events import Reference, fold_frame, record_dtype
 from memory_store.merge import centroid, contiguous_kmeans
 from memory_store.records import TOKEN_FIELDS, EncodedFrame, IndexEntry, entry_bytes
 from operators.frames import CompressedBatch
-from pipelines.config import MemoryConfig
 
 log = logging.getLogger(__name__)
 

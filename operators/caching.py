@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from operators.config import FrameSkipConfig, ViTCacheConfig
 from operators.frames import FeatureBatch, FrameBatch
-from pipelines.config import FrameSkipConfig, ViTCacheConfig
 
 logger = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 
 from operators.caching import patch_change, pixel_cells
+from operators.config import CompressConfig, DropConfig, DropMode, PruneConfig
 from operators.frames import CompressedBatch, FeatureBatch
 from operators.pruning import DistinctivePruner
-from pipelines.config import CompressConfig, DropConfig, DropMode, PruneConfig
 
 logger = logging.getLogger(__name__)
 

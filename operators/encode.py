@@ -53,9 +53,9 @@ from transformers import (
 )
 
 from operators.caching import CachedViT
+from operators.config import EncodeConfig, ViTCacheConfig
 from operators.frames import FeatureBatch, FrameBatch, StageError
 from operators.tiny_models import is_tiny
-from pipelines.config import EncodeConfig, ViTCacheConfig
 
 logger = logging.getLogger(__name__)
 

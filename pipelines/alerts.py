@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from pipelines import messages
+from contracts import messages
 
 # KEYS: alerts stream, index, acks. ARGV: alert_id, update, alert JSON, maxlen, stream_id.
 # Returns the entry id of the alert's newest record (the existing one when this update is not newer).

@@ -1,12 +1,10 @@
-"""Deploying the whole pipeline onto a Ray runtime, and finding the stack a config points at."""
+"""The Ray runtime a process works in: the config with the local stack's addresses, connecting, actor logging."""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import ray
 
@@ -33,6 +31,12 @@ def effective_config(config: LivelensConfig | None = None) -> LivelensConfig:
     return config.model_copy(update=updates)
 
 
+def setup_logging() -> None:
+    """Actor processes log at INFO; kafka-python's INFO is a connection diary, kept at WARNING."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
 def connect_ray(config: LivelensConfig) -> None:
     if ray.is_initialized():
         return
@@ -40,41 +44,6 @@ def connect_ray(config: LivelensConfig) -> None:
     ray.init(address=config.ray.address or None, namespace=config.ray.namespace, log_to_driver=False,
              include_dashboard=False if not config.ray.address else None,
              num_cpus=config.ray.num_cpus if not config.ray.address else None)
-
-
-@dataclass
-class PipelineDeployment:
-    """Handles of every actor of a deployed pipeline.
-
-    A non-detached actor lives only while a handle to it does, so whoever deploys one
-    (a test, a benchmark) keeps this object for as long as the pipeline should run.
-    """
-
-    stages: Any
-    answerers: list
-    sources: list
-    query_consumer: Any
-    http_url: str = ""
-
-
-def deploy_pipeline(config: LivelensConfig, *, detached: bool, http: bool = True) -> PipelineDeployment:
-    """Start every actor of the pipeline (or find them running) and, optionally, the HTTP API."""
-    from pipelines.dag import start_sources, start_stages
-    from pipelines.query_service import start_answerers, start_query_consumer
-
-    connect_ray(config)
-    stages = start_stages(config, detached=detached)
-    # Wait until the stateful stages are up before sources start feeding them.
-    ray.get([m.call.remote("stats") for m in stages.memory] + [e.describe.remote() for e in stages.encoders])
-    answerers = start_answerers(config, detached=detached)
-    ray.get([a.kind.remote() for a in answerers])
-    deployment = PipelineDeployment(stages=stages, answerers=answerers, sources=start_sources(config, detached=detached),
-                                    query_consumer=start_query_consumer(config, detached=detached))
-    if http:
-        from pipelines.http_api import start_http
-
-        deployment.http_url = start_http(config)
-    return deployment
 
 
 def pipeline_stats(config: LivelensConfig) -> dict[str, dict]:

@@ -21,9 +21,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines import messages
+from contracts import messages
 from pipelines.app import effective_config
 from pipelines.config import LivelensConfig
+from pipelines.render import print_alert, print_answer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch live video, remember it, answer questions.")
 console = Console(stderr=True)
@@ -50,7 +51,7 @@ def _stream_start(config: LivelensConfig, tenant: str, stream: str) -> float | N
 def up(http: Annotated[bool, typer.Option(help="Also serve the HTTP API through Ray Serve.")] = True) -> None:
     """Start the local stack (broker, redis-server, Ray) where none is configured, and deploy the pipeline."""
     from deploy import local_stack
-    from pipelines.app import deploy_pipeline
+    from pipelines.deployment import deploy_pipeline
 
     config = LivelensConfig()
     state = local_stack.up(config.data_dir, kafka_bootstrap=config.kafka.bootstrap, redis_url=config.redis.url,
@@ -220,29 +221,6 @@ def _time_arg(config: LivelensConfig, tenant: str, streams: list[str], value: st
     return datetime.fromtimestamp(start + seconds, UTC)
 
 
-def print_answer(answer: messages.Answer, *, as_json: bool) -> None:
-    if as_json:
-        body = {
-            "answer": answer.answer,
-            "extractive": answer.extractive,
-            "evidence": [e.model_dump(mode="json") for e in answer.evidence],
-            "latency_ms": round(answer.latency_ms, 1),
-            "error": answer.error,
-        }
-        print(json.dumps(body))
-        return
-    out = Console()
-    if answer.error:
-        out.print(f"[red]error:[/red] {answer.error}")
-    out.print(f"[bold]answer[/bold] ({'extractive' if answer.extractive else answer.model}): {answer.answer}")
-    table = Table("stream", "t (s)", "wall clock", "score", "on-screen text")
-    for e in answer.evidence:
-        table.add_row(e.stream_id, f"{e.t_start:.1f}-{e.t_end:.1f}", e.wallclock_start.isoformat(timespec="seconds"),
-                      f"{e.score:.3f}", e.text.replace("\n", " / "))
-    out.print(table)
-    out.print(f"latency {answer.latency_ms:.0f} ms")
-
-
 @app.command()
 def backfill(
     sources: Annotated[list[str], typer.Argument(help="Video files, directories, globs or http(s) URLs.")],
@@ -365,20 +343,6 @@ def alerts(
                 print_alert(alert, as_json=as_json)
     except KeyboardInterrupt:
         pass
-
-
-def print_alert(alert: messages.Alert, *, as_json: bool) -> None:
-    if as_json:
-        print(alert.model_dump_json(by_alias=True))
-        return
-    colour = {"RED": "red", "YELLOW": "yellow", "GREEN": "green"}.get(alert.state, "cyan")
-    evidence = ", ".join(f"{e.t_start:.0f}-{e.t_end:.0f}s {e.text.replace(chr(10), ' / ')[:60]}".strip()
-                         for e in alert.evidence[:3])
-    labels = ",".join(label for d in alert.drivers for label in d.labels)
-    acked = f" acked by {alert.ack.by}" if alert.ack else ""
-    Console().print(f"{alert.produced_at.isoformat(timespec='seconds')} [{colour}]{alert.state}[/{colour}] "
-                    f"{alert.stream_id} {alert.event} {alert.alert_id} score={alert.score:.2f} {labels} "
-                    f"[{evidence}]{acked}")
 
 
 @app.command()

@@ -11,7 +11,7 @@ import httpx
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from pipelines import messages
+from contracts import messages
 from pipelines.config import LivelensConfig
 from pipelines.kafka_io import ensure_topics, make_producer, require_bootstrap
 

@@ -1,5 +1,8 @@
 """One frozen configuration tree for every livelens process.
 
+Each floor keeps its own sections (operators/config.py, memory_store/config.py, the moderation policy in
+operators/moderation/policy.py); this root composes them with the sections of the pipeline layer.
+
 Sources, highest priority first:
 1. keyword arguments (tests, `LivelensConfig(...)`),
 2. environment variables: ``LIVELENS_<SECTION>__<FIELD>`` (for example
@@ -18,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,19 +29,26 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from memory_store.config import MemoryConfig
+from operators.config import (
+    AnswerConfig,
+    BoundaryConfig,
+    CacheConfig,
+    CompressConfig,
+    DecodeConfig,
+    DropConfig,
+    EncodeConfig,
+    OcrConfig,
+    PruneConfig,
+    Section,
+)
 from operators.moderation.policy import ModerationConfig
 
 Profile = Literal["offline", "gpu", "cluster"]
-DropMode = Literal["feature", "pixel"]
-BoundarySignal = Literal["drop_ratio", "curvature"]
 ProcessingGuarantee = Literal["at-least-once"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class KafkaConfig(_Section):
+class KafkaConfig(Section):
     bootstrap: str | None = Field(
         None,
         description="host:port list of the Kafka cluster. Env LIVELENS_KAFKA_BOOTSTRAP. "
@@ -65,7 +75,7 @@ class KafkaConfig(_Section):
         return self.topic_prefix + getattr(self, f"{name}_topic")
 
 
-class RedisConfig(_Section):
+class RedisConfig(Section):
     url: str | None = Field(
         None, description="redis:// URL. Env LIVELENS_REDIS_URL. Unset: `livelens up` starts a local redis-server."
     )
@@ -74,220 +84,13 @@ class RedisConfig(_Section):
     appendfsync: Literal["always", "everysec"] = "always"
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address. Env RAY_ADDRESS. Unset: a local runtime.")
     namespace: str = "livelens"
     num_cpus: int | None = Field(None, description="CPUs of a local runtime (None: all).")
 
 
-class DecodeConfig(_Section):
-    sample_fps: float = Field(1.0, gt=0, description="Frames per second kept from each stream.")
-    keyframes_only: bool = Field(
-        False, description="Decode only keyframes (FFmpeg skip_frame=NONKEY): far cheaper when sample_fps <= keyframe rate."
-    )
-    max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
-    thumbnail_px: int = Field(160, description="Longest side of the JPEG thumbnail kept per frame.")
-    frame_px: int = Field(
-        640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
-        "text reading needs more pixels than a ViT does (ocr.max_side), so this follows OCR, not the encoder.")
-
-
-class EncodeConfig(_Section):
-    model: str = Field(
-        "", description="Hugging Face model id or local path. Empty in the offline profile: a tiny model built locally."
-    )
-    device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    batch_frames: int = Field(32, ge=1, description="Frames per encoder forward pass, across streams.")
-    max_batch_wait_ms: float = Field(20.0, ge=0, description="How long a partial batch waits for more frames.")
-
-
-class CompressConfig(_Section):
-    drop_threshold: float = Field(
-        0.5,
-        ge=-1.0,
-        le=1.0,
-        description="Differential token drop: a token whose cosine to the same position in the previous frame is "
-        "above this is dropped. Lower drops more (0.5 as evaluated in TimeChat-Online, 0.25 in its demo).",
-    )
-
-
-class MemoryConfig(_Section):
-    recent_frames: int = Field(
-        600, ge=1, description="Frames per stream whose kept tokens stay in Redis (the short tier)."
-    )
-    snapshot_every_frames: int = Field(
-        2000, ge=1, description="Index changes (entries added or removed) between FAISS snapshots.")
-    shards: int = Field(1, ge=1, description="Memory actors; tenants are spread over them by hash.")
-    # Tier budgets, per stream (memory_store/tiers.py, docs/architecture.md "Memory tiers").
-    short_max_tokens: int = Field(
-        60_000, ge=1, description="Short tier: kept tokens per stream; the oldest frames lose theirs first. "
-        "600 SigLIP frames pruned to 60 tokens fit 36,000.")
-    short_max_bytes: int = Field(96 << 20, ge=1, description="Short tier: bytes of tokens and positions per stream.")
-    mid_max_tokens: int = Field(
-        100_000, ge=1, description="Mid tier: tokens of event segments per stream (after removing tokens that "
-        "repeat within their event); the oldest events lose their tokens first and stay searchable.")
-    mid_max_bytes: int = Field(160 << 20, ge=1, description="Mid tier: bytes of event token blobs per stream.")
-    mid_similarity: float = Field(
-        0.9, ge=-1.0, le=1.0, description="Mid tier: a token is redundant, and left out of its event, when its "
-        "cosine to the last token the event kept at the same position is above this. Lower keeps fewer.")
-    max_event_s: float = Field(
-        300.0, gt=0, description="An event with no boundary for this long (a static camera) is closed and a new "
-        "one begins, so that every event is indexed and evictable within this delay.")
-    representative_frames: int = Field(
-        2, ge=1, description="Frames named per event segment: those nearest the event's mean embedding.")
-    long_max_entries: int = Field(
-        20_000, ge=2, description="Long tier: index entries (frames, event segments, merged entries) per stream; "
-        "past it the oldest are merged into time-ordered k-means centroids. 5.5 h of frames at 1 fps.")
-    long_max_bytes: int = Field(
-        128 << 20, ge=1, description="Long tier: bytes per stream of the entries' hashes and thumbnails.")
-    merge_low_water: float = Field(
-        0.75, gt=0.0, lt=1.0, description="A merge brings the long tier down to this fraction of its budgets, so "
-        "merges run every few hundred entries, not on every write.")
-    merge_factor: int = Field(
-        4, ge=2, description="Members per merged centroid, on average, in one merge. Higher merges fewer, older "
-        "entries harder; lower touches more entries per merge.")
-    retention_s: float = Field(
-        7 * 86400.0, gt=0, description="Entries that ended longer ago than this before the stream's newest frame "
-        "(on write) or the clock (sweeps, for paused and deleted streams) are deleted from every tier.")
-    retention_sweep_s: float = Field(
-        600.0, gt=0, description="How often a memory actor applies retention to streams that no longer write.")
-    ivf_min_vectors: int = Field(
-        50_000, ge=1000, description="A tenant's index turns from exact (flat) into IVF once it holds this many "
-        "vectors, and back under half of it. Searches scoped to streams or times stay exact.")
-    ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed by unscoped searches: more is slower, closer to exact.")
-
-
-class OcrConfig(_Section):
-    """On-screen text reading (operators/ocr.py), re-read only where the picture changed."""
-
-    enabled: bool = Field(
-        True, description="Run the stage. The pipeline builds no reader when False (building one is then an error)."
-    )
-    min_confidence: float = Field(
-        0.6, ge=0.0, le=1.0,
-        description="Lines the recogniser is less sure of (mean character probability) are dropped. Higher drops "
-        "more misreads of textures and logos, and more real but small or blurred text.",
-    )
-    change_threshold: float = Field(
-        0.01, ge=0.0, le=1.0,
-        description="A frame is read again when the mean absolute grey difference (0..1, on a 128x72 thumbnail) to "
-        "the last read frame of its stream is at or above this. Lower re-reads more often (cost); higher reuses "
-        "stale text longer. 0.01 re-reads on a swapped lower-third headline (~0.016) and on cuts, not on the noise "
-        "of a static shot (~0.003). No value catches a one-digit change (a score, a clock: ~0.0005, below the "
-        "noise); 0 reads every frame.",
-    )
-    max_side: int = Field(
-        960, ge=32,
-        description="Frames are downscaled to this longest side before OCR (never upscaled), to bound its cost. "
-        "Text set below ~8 px after scaling is lost: a 1080p ticker set at 16-22 px reads at 960 and is garbled at "
-        "640. A frame with 3 lines costs ~250 ms at 960 and ~190 ms at 640 on 2 CPU cores.",
-    )
-    min_text_chars: int = Field(
-        3, ge=1, description="Lines with fewer non-space characters are dropped: lone letters are mostly misreads."
-    )
-
-
-class PruneConfig(_Section):
-
-    keep_fraction: float = Field(
-        60 / 196, gt=0.0, le=1.0,
-        description="Per-frame budget as a fraction of the tokens per frame, rounded (at least 1): 60 of SigLIP's "
-        "196 as in STC-Pruner, 20 of the tiny CLIP's 64. Lower stores less and loses more of each frame's content.",
-    )
-
-
-class DropConfig(_Section):
-
-    mode: DropMode = Field("feature", description="What a token is compared on: its features, or its frame patch.")
-    pixel_threshold: float = Field(
-        0.03, ge=0.0, le=1.0,
-        description="Pixel mode: a token is dropped when its patch's mean absolute RGB difference to the previous "
-        "frame is below this. 0.03 is ~5x the H.264 noise of a static real camera (0.003-0.006 per patch); lower "
-        "keeps noise, higher drops slow or small motion.",
-    )
-
-
-
-class FrameSkipConfig(_Section):
-    grid: tuple[int, int] = Field(
-        (16, 16), description="(rows, cols) of patches the change test divides a frame into, whatever its size."
-    )
-    patch_threshold: float = Field(
-        0.03, ge=0.0, le=1.0,
-        description="A patch has changed when its mean absolute RGB difference (0..1) exceeds this. 0.03 is ~5x the "
-        "H.264 noise of a static real camera (0.003-0.006); a person crossing a patch moves it by 0.05-0.3.",
-    )
-    changed_fraction: float = Field(
-        0.02, ge=0.0, le=1.0,
-        description="A frame is skipped when fewer than this fraction of its patches changed. Higher skips more and "
-        "lets small movements (a hand, a ticker) go unseen until the next forced refresh.",
-    )
-    max_skip: int = Field(
-        10, ge=0,
-        description="At most this many frames in a row reuse old features; the next is encoded whatever changed. "
-        "Bounds how stale a stream's features get (slow drift never crosses the per-frame test). 0 never skips.",
-    )
-
-
-class ViTCacheConfig(_Section):
-    reference_every: int = Field(
-        2, ge=1, description="Every n-th frame of a stream is a reference, computed in full (STC-Cacher: 2). "
-        "1 computes every frame in full.",
-    )
-    recompute_fraction: float = Field(
-        0.25, gt=0.0, le=1.0,
-        description="Fraction of tokens recomputed per layer on other frames, the least similar to the reference "
-        "(STC-Cacher: 25%). 1.0 recomputes everything and equals full compute.",
-    )
-    cut_similarity: float = Field(
-        0.8, ge=-1.0, le=1.0,
-        description="A frame whose first-layer keys have a mean cosine to the previous frame's below this is a scene "
-        "cut and becomes a reference at once (an extension: STC refreshes only periodically). On the sample "
-        "broadcast at 1 fps, random-weight CLIP and SigLIP-B/16 towers give 0.88-0.97 within moving scenes, 1.0 in "
-        "still ones and 0.13-0.78 at cuts; re-check with real weights. -1 disables it.",
-    )
-
-
-class CacheConfig(_Section):
-    """Encoder-side caching: frame skipping and the token cache inside the ViT."""
-
-    skip_frames: bool = Field(
-        False, description="Reuse the last features for frames whose picture barely changed (no ViT run). "
-        "BENCHMARKS.md: 37-44% of frames skipped on broadcast / static-camera content at 1 fps.")
-    skip: FrameSkipConfig = FrameSkipConfig()
-    token_cache: bool = Field(
-        False, description="Run CLIP / SigLIP / ViT towers through the token cache (settings in `vit`): "
-        "non-reference frames recompute only their least similar tokens. Other architectures compute in full "
-        "and the encoder says so in its log. BENCHMARKS.md: 22-24% encoder time saved on CPU, none on an H100.")
-    vit: ViTCacheConfig = ViTCacheConfig()
-
-
-class BoundaryConfig(_Section):
-
-    signal: BoundarySignal = Field("drop_ratio", description="Which per-frame change signal is thresholded.")
-    k_sigma: float = Field(
-        2.5, gt=0.0, description="Boundary when the signal exceeds mean + k_sigma * std of the current event "
-        "(2-3 in the method). Lower finds more boundaries, and more false ones."
-    )
-    min_rise: float = Field(
-        0.25, ge=0.0, description="The signal must also exceed the event's mean by at least this. On the sample "
-        "broadcast's pixel-mode drop signal, cuts rise by 0.6-0.9 and headline swaps in the banner by 0.1-0.2."
-    )
-    min_event_s: float = Field(
-        2.0, ge=0.0, description="Shortest event: no boundary sooner than this after the previous one."
-    )
-
-
-class AnswerConfig(_Section):
-    model: str = Field("", description="HF causal LM or VLM id/path. Empty: extractive answers from evidence.")
-    device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_new_tokens: int = 64
-    max_evidence_frames: int = 8
-
-
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     """How often the gauges that cost a request are refreshed (pipelines/metrics.py; counters are per event)."""
 
     lag_interval_s: float = Field(
@@ -298,7 +101,7 @@ class MetricsConfig(_Section):
         "frames / tokens / bytes gauges.")
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     guarantee: ProcessingGuarantee = "at-least-once"
     sources: int = Field(1, ge=1, description="Kafka source actors in the ingest consumer group.")
     decoders: int = Field(2, ge=1)
@@ -313,7 +116,7 @@ class PipelineConfig(_Section):
     segment_attempts: int = Field(3, ge=1, description="Tries before a segment that keeps failing is dead-lettered.")
 
 
-class StagePlacement(_Section):
+class StagePlacement(Section):
     """What each actor of one stage asks Ray for (pipelines/placement.py turns it into actor options)."""
 
     num_cpus: float | None = Field(
@@ -329,7 +132,7 @@ class StagePlacement(_Section):
         "(ray_cluster.yaml, k8s/rayservice.yaml). The amount is a tag, not a budget: nodes declare 1000.")
 
 
-class PlacementConfig(_Section):
+class PlacementConfig(Section):
     """Ray resources per stage. The defaults ask for nothing custom, so one machine runs every stage; the
     `cluster` profile tags CPU stages for CPU worker nodes and encode / answer for GPU worker nodes."""
 
@@ -348,7 +151,7 @@ class PlacementConfig(_Section):
         "answer.device, so it gets a GPU like answer does.")
 
 
-class DashboardConfig(_Section):
+class DashboardConfig(Section):
     """The live ops overview (`GET /v1/overview`, the web dashboard, `livelens status`; pipelines/overview.py)."""
 
     stalled_after_s: float = Field(
@@ -366,7 +169,7 @@ class DashboardConfig(_Section):
     refresh_ms: int = Field(1500, ge=200, description="How often the web pages poll for fresh numbers.")
 
 
-class QueryConfig(_Section):
+class QueryConfig(Section):
     """Query-time retrieval (pipelines/query_service.py)."""
 
     now_window_s: float = Field(
@@ -381,7 +184,7 @@ class QueryConfig(_Section):
         "turns the rerank off.")
 
 
-class ServeConfig(_Section):
+class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = 8765
     api_keys: dict[str, str] = Field(
@@ -391,7 +194,7 @@ class ServeConfig(_Section):
     answer_ttl_s: int = Field(3600, ge=60, description="How long answers to asynchronous queries are kept.")
 
 
-class BackfillConfig(_Section):
+class BackfillConfig(Section):
     """`livelens backfill` and `livelens replay`: batch work beside live ingest (docs/operations.md)."""
 
     nice: int = Field(

@@ -36,18 +36,13 @@ from operators.frames import (
     tag_stage,
 )
 from pipelines import metrics
+from pipelines.app import setup_logging
 from pipelines.config import LivelensConfig
 from pipelines.placement import actor_options, shard
 
 log = logging.getLogger(__name__)
 
 RESTART = dict(max_restarts=-1, max_task_retries=3)
-
-
-def setup_logging() -> None:
-    """Actor processes log at INFO; kafka-python's INFO is a connection diary, kept at WARNING."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 @ray.remote(**RESTART)
@@ -268,7 +263,7 @@ class StandingActor:
     def _emit(self, firings: list) -> None:
         import httpx
 
-        from pipelines import messages
+        from contracts import messages
         from pipelines.standing import firing_alert
 
         topic = self.config.kafka.topic("alerts")

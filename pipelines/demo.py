@@ -11,12 +11,14 @@ from pathlib import Path
 import av
 from rich.console import Console
 
+from contracts import messages
 from deploy import local_stack
-from pipelines import messages
-from pipelines.app import deploy_pipeline, effective_config
+from pipelines.app import effective_config
 from pipelines.client import Client
 from pipelines.config import LivelensConfig
+from pipelines.deployment import deploy_pipeline
 from pipelines.publish import SegmentPublisher
+from pipelines.render import print_answer
 from pipelines.sample_video import write_sample_video
 
 
@@ -54,8 +56,6 @@ def run_demo(*, duration_s: float, fast: bool, keep: bool, console: Console) -> 
         def ask(title: str, query: messages.Query, check=None, via: str = "http") -> None:
             answer = client.ask_kafka(query) if via == "kafka" else client.ask_http(query)
             console.rule(f"{title}  (via {via})")
-            from pipelines.cli import print_answer
-
             print_answer(answer, as_json=False)
             problem = answer.error or (None if answer.evidence else "no evidence")
             problem = problem or (check(answer) if check else None)

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
-from pipelines import dashboard, messages
+from contracts import messages
+from pipelines import dashboard
 from pipelines.alerts import AlertLog
 from pipelines.config import LivelensConfig
 from pipelines.overview import Overview
@@ -267,16 +268,3 @@ def start_http(config: LivelensConfig) -> str:
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port}, detached=True)
     serve.run(LivelensAPI.bind(config), name="livelens", route_prefix="/", blocking=False)
     return f"http://{config.serve.host}:{config.serve.port}"
-
-
-def app_from_env(args: dict[str, str] | None = None):
-    """Serve application builder for clusters (KubeRay RayService, `serve run pipelines.http_api:app_from_env`).
-
-    Reads the config from the environment, deploys the pipeline's actors (or finds them running),
-    then returns the API bound to that config.
-    """
-    from pipelines.app import deploy_pipeline, effective_config
-
-    config = effective_config(LivelensConfig())
-    deploy_pipeline(config, detached=True, http=False)
-    return LivelensAPI.bind(config)

@@ -41,6 +41,7 @@ import numpy as np
 import ray
 import redis
 
+from contracts import messages
 from operators.frames import FrameBatch
 from operators.moderation.detectors import (
     DetectorScore,
@@ -52,7 +53,6 @@ from operators.moderation.detectors import (
 from operators.moderation.policy import ModerationPolicy, PolicyBook
 from operators.moderation.risk import RiskDecision, RiskEngine, Verdict
 from operators.moderation.verify import RuleVerifier, Verifier, VlmVerifier
-from pipelines import messages
 from pipelines.alerts import AlertLog
 from pipelines.config import LivelensConfig
 
@@ -307,8 +307,9 @@ class ModerationActor:
     stream order (the RiskEngine ignores frames older than the newest it has seen)."""
 
     def __init__(self, config: LivelensConfig, shard_index: int, verifiers: list):
-        from pipelines.dag import setup_logging, shard
+        from pipelines.app import setup_logging
         from pipelines.kafka_io import make_producer
+        from pipelines.placement import shard
 
         setup_logging()
         shards = config.moderation.moderators
@@ -356,7 +357,7 @@ class ModerationActor:
         return np.asarray(ray.get(encoder.embed_text.remote(list(texts))), np.float32)
 
     def _ask(self, decision: RiskDecision, attempt: int = 1) -> None:
-        from pipelines.dag import shard
+        from pipelines.placement import shard
 
         verifier = self.verifiers[shard(decision.decision_id, len(self.verifiers))]
         with self._lock:

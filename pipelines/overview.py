@@ -38,12 +38,13 @@ import redis
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
+from contracts import messages
 from memory_store import keys
 from memory_store.records import FrameRecord, StreamInfo
 from memory_store.redis_tier import RedisTier
-from pipelines import messages
+from operators.config import BoundaryConfig
 from pipelines.alerts import AlertLog
-from pipelines.config import BoundaryConfig, DashboardConfig, LivelensConfig
+from pipelines.config import DashboardConfig, LivelensConfig
 
 StreamStatus = Literal["live", "stalled", "ended"]
 

@@ -24,10 +24,10 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
-from pipelines import messages
+from contracts import messages
+from contracts.messages import VideoSegment
 from pipelines.config import KafkaConfig
 from pipelines.kafka_io import ensure_topics, make_producer
-from pipelines.messages import VideoSegment
 from pipelines.segmenter import MediaSegment, iter_segments
 
 Pace = Literal["realtime", "fast"]

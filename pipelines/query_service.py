@@ -20,12 +20,14 @@ import ray
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from contracts import messages
 from operators.frames import StageError
-from pipelines import messages, metrics
+from pipelines import metrics
+from pipelines.app import setup_logging
 from pipelines.config import LivelensConfig
-from pipelines.dag import find_stages, setup_logging, shard
+from pipelines.dag import find_stages
 from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
-from pipelines.placement import actor_options
+from pipelines.placement import actor_options, shard
 
 log = logging.getLogger(__name__)
 

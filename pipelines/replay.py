@@ -66,14 +66,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from contracts import messages
 from memory_store.service import MemoryStore
 from operators.frames import CompressedBatch, SegmentInfo, StageError
 from operators.parallel_decode import ParallelDecoder
-from pipelines import messages
 from pipelines.backfill import Backfill, BackfillSummary
 from pipelines.config import LivelensConfig
-from pipelines.dag import shard
 from pipelines.kafka_io import make_producer, require_bootstrap
+from pipelines.placement import shard
 from pipelines.publish import PendingBytesExceeded, SegmentAssembler
 from pipelines.source import segment_info
 

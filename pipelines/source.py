@@ -31,8 +31,9 @@ from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from contracts import messages
 from operators.frames import SegmentInfo, StageError
-from pipelines import messages, metrics
+from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
 from pipelines.offsets import OffsetTracker

@@ -28,7 +28,7 @@ import numpy as np
 import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines import messages
+from contracts import messages
 
 log = logging.getLogger(__name__)
 

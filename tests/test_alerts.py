@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from pipelines import messages
+from contracts import messages
 from pipelines.alerts import AlertLog
 
 

@@ -19,17 +19,18 @@ import numpy as np
 import pytest
 import redis
 
+from contracts import messages
 from memory_store import keys
 from memory_store.service import MemoryStore
 from operators.boundaries import BoundaryDetector
 from operators.compress import TokenDropCompressor
+from operators.config import OcrConfig
 from operators.decode import SegmentDecoder
 from operators.encode import VisionEncoder
 from operators.frames import FrameBatch
 from operators.parallel_decode import ParallelDecoder
-from pipelines import messages
 from pipelines.backfill import Backfill, BackfillError, BackfillJob
-from pipelines.config import LivelensConfig, OcrConfig
+from pipelines.config import LivelensConfig
 from pipelines.publish import segment_header
 from pipelines.sample_video import write_sample_video
 from pipelines.segmenter import iter_segments
@@ -125,7 +126,8 @@ from datetime import datetime
 from pathlib import Path
 from memory_store.service import MemoryStore
 from pipelines.backfill import Backfill, BackfillJob
-from pipelines.config import LivelensConfig, OcrConfig
+from operators.config import OcrConfig
+from pipelines.config import LivelensConfig
 
 class SlowStore(MemoryStore):
     # Slow enough that the parent can kill the run between segments.

@@ -9,7 +9,7 @@ import pytest
 from kafka.structs import TopicPartition
 from pydantic import ConfigDict, Field
 
-from pipelines import messages
+from contracts import messages
 from pipelines.config import LivelensConfig
 from pipelines.offsets import OffsetTracker
 

@@ -9,8 +9,8 @@ import pytest
 import redis
 from rich.console import Console
 
+from contracts import messages
 from memory_store.redis_tier import RedisTier
-from pipelines import messages
 from pipelines.alerts import AlertLog
 from pipelines.config import DashboardConfig, LivelensConfig
 from pipelines.overview import (

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts import messages
+from contracts.messages import VideoSegment
 from deploy.processes import ProcessRecord, start_broker
-from pipelines import messages
 from pipelines.config import KafkaConfig
 from pipelines.kafka_io import make_producer
-from pipelines.messages import VideoSegment
 from pipelines.publish import (
     PendingBytesExceeded,
     PublishError,

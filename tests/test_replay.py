@@ -18,10 +18,10 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts import messages
 from deploy.processes import ProcessRecord
 from memory_store import keys
 from memory_store.service import MemoryStore
-from pipelines import messages
 from pipelines.backfill import Backfill, BackfillJob
 from pipelines.config import LivelensConfig
 from pipelines.kafka_io import ensure_topics, make_producer

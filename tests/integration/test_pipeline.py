@@ -9,9 +9,9 @@ import pytest
 import ray
 from kafka import KafkaConsumer, KafkaProducer
 
+from contracts import messages
 from deploy.processes import start_redis
 from memory_store.redis_tier import RedisTier
-from pipelines import messages
 from pipelines.client import Client
 from pipelines.demo import frame_at
 from pipelines.publish import SegmentPublisher

@@ -15,9 +15,9 @@ import pytest
 import ray
 from kafka import KafkaProducer
 
+from contracts import messages
 from deploy.processes import start_prometheus
 from memory_store.redis_tier import RedisTier
-from pipelines import messages
 from pipelines.client import Client
 from pipelines.dag import find_stages
 from pipelines.metrics import MEMORY_TOKENS, memory_readings

@@ -13,11 +13,11 @@ import redis
 
 from deploy.processes import ProcessRecord
 from memory_store import keys
+from memory_store.config import MemoryConfig
 from memory_store.merge import contiguous_kmeans
 from memory_store.report import stream_tiers
 from memory_store.service import MemoryStore
 from memory_store.vector_index import MANIFEST
-from pipelines.config import MemoryConfig
 from tests.memory_store.batches import WALL0, unit
 from tests.memory_store.conftest import StoreFactory
 from tests.memory_store.crash import kill_and_restart, wait_loaded

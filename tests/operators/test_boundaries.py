@@ -13,8 +13,8 @@ import pytest
 from operators.boundaries import BoundaryDetector, match_boundaries
 from operators.caching import pixel_cells
 from operators.compress import TokenDropCompressor
+from operators.config import BoundaryConfig, CompressConfig, DropConfig
 from operators.frames import CompressedBatch, FeatureBatch, SegmentInfo
-from pipelines.config import BoundaryConfig, CompressConfig, DropConfig
 from pipelines.sample_video import write_sample_video
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from operators.caching import pixel_cells
 from operators.compress import TokenDropCompressor
+from operators.config import CompressConfig, DropConfig, PruneConfig
 from operators.frames import FeatureBatch, SegmentInfo
-from pipelines.config import CompressConfig, DropConfig, PruneConfig
 
 T, D = 16, 8  # a 4x4 grid of 8-d tokens
 
