@@ -27,11 +27,11 @@ import ray
 from contracts import messages
 from deploy.processes import free_port, start_broker, start_redis
 from memory_store.redis_tier import RedisTier
-from pipelines.client import Client
+from pipelines.api.client import Client
+from pipelines.api.deployment import deploy_pipeline
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.deployment import deploy_pipeline
-from pipelines.publish import SegmentPublisher
-from pipelines.sample_video import write_sample_video
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments
 
 REPO = Path(__file__).resolve().parents[1]

@@ -228,7 +228,7 @@ def main() -> int:
     torch.set_grad_enabled(False)
     tower = build_tower(args.shape, "cpu")
 
-    from pipelines.sample_video import write_sample_video
+    from pipelines.cli.sample_video import write_sample_video
 
     sample = Path(tempfile.mkdtemp(prefix="bench-video-")) / "broadcast.mp4"
     write_sample_video(sample, duration_s=60.0)

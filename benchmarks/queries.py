@@ -28,11 +28,11 @@ from memory_store.service import MemoryStore
 from operators.config import OcrConfig
 from operators.frames import CompressedBatch, SegmentInfo
 from operators.ocr import FrameText, ScreenTextReader, TextEmbedder, TextLine
-from pipelines.client import Client
+from pipelines.api.client import Client
+from pipelines.api.deployment import deploy_pipeline
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.deployment import deploy_pipeline
-from pipelines.sample_video import write_sample_video
-from pipelines.standing import (
+from pipelines.query.standing import (
     FrameView,
     StandingEvaluator,
     StandingQuery,

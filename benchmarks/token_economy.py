@@ -377,7 +377,7 @@ def main() -> int:
              f"Command: `python benchmarks/token_economy.py {shlex.join(sys.argv[1:])}`", ""]
     print("\n".join(lines), flush=True)
     if "videos" in parts:
-        from pipelines.sample_video import write_sample_video
+        from pipelines.cli.sample_video import write_sample_video
 
         sample = Path(tempfile.mkdtemp(prefix="bench-video-")) / "broadcast.mp4"
         truth = write_sample_video(sample, duration_s=60.0)

@@ -117,7 +117,7 @@ class PipelineConfig(Section):
 
 
 class StagePlacement(Section):
-    """What each actor of one stage asks Ray for (pipelines/placement.py turns it into actor options)."""
+    """What each actor of one stage asks Ray for (pipelines/ray/placement.py turns it into actor options)."""
 
     num_cpus: float | None = Field(
         None, ge=0, description="CPUs each actor holds. None: Ray's actor default (1 CPU to be placed, none held "
@@ -152,7 +152,7 @@ class PlacementConfig(Section):
 
 
 class DashboardConfig(Section):
-    """The live ops overview (`GET /v1/overview`, the web dashboard, `livelens status`; pipelines/overview.py)."""
+    """The live ops overview (`GET /v1/overview`, the web dashboard, `livelens status`; pipelines/api/overview.py)."""
 
     stalled_after_s: float = Field(
         10.0, gt=0, description="A stream with no segment stored for this long is stalled. Segments are ~2 s, so "
@@ -170,7 +170,7 @@ class DashboardConfig(Section):
 
 
 class QueryConfig(Section):
-    """Query-time retrieval (pipelines/query_service.py)."""
+    """Query-time retrieval (pipelines/query/engine.py)."""
 
     now_window_s: float = Field(
         10.0, gt=0, description="Recency gate: a question about now (\"what is on screen right now\") searches only "
@@ -236,7 +236,7 @@ class LivelensConfig(BaseSettings):
     backfill: BackfillConfig = BackfillConfig()
     dashboard: DashboardConfig = DashboardConfig()
     moderation: ModerationConfig = Field(
-        ModerationConfig(), description="Risk screening of every stream (pipelines/moderation.py). Off by default: "
+        ModerationConfig(), description="Risk screening of every stream (pipelines/moderation/moderator.py). Off by default: "
         "it runs nudenet on every sampled frame.")
 
     @model_validator(mode="before")

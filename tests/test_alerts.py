@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from contracts import messages
-from pipelines.alerts import AlertLog
+from pipelines.moderation.alerts import AlertLog
 
 
 @pytest.fixture

@@ -29,12 +29,12 @@ from operators.decode import SegmentDecoder
 from operators.encode import VisionEncoder
 from operators.frames import FrameBatch
 from operators.parallel_decode import ParallelDecoder
-from pipelines.backfill import Backfill, BackfillError, BackfillJob
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.publish import segment_header
-from pipelines.sample_video import write_sample_video
+from pipelines.ingest.backfill import Backfill, BackfillError, BackfillJob
+from pipelines.ingest.source import segment_info
+from pipelines.kafka.publish import segment_header
 from pipelines.segmenter import iter_segments
-from pipelines.source import segment_info
 
 REPO = Path(__file__).resolve().parents[1]
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -125,7 +125,7 @@ import sys, time, redis
 from datetime import datetime
 from pathlib import Path
 from memory_store.service import MemoryStore
-from pipelines.backfill import Backfill, BackfillJob
+from pipelines.ingest.backfill import Backfill, BackfillJob
 from operators.config import OcrConfig
 from pipelines.config import LivelensConfig
 

@@ -11,7 +11,7 @@ from pydantic import ConfigDict, Field
 
 from contracts import messages
 from pipelines.config import LivelensConfig
-from pipelines.offsets import OffsetTracker
+from pipelines.kafka.offsets import OffsetTracker
 
 SEG = messages.VideoSegment(tenant_id="t", stream_id="s", seq=3, codec="h264", wallclock_start=messages.utcnow(),
                             media_start_s=6.0, duration_s=2.0, width=640, height=360, payload_bytes=10)

@@ -16,8 +16,8 @@ from deploy import prometheus
 from operators.frames import SegmentInfo
 from pipelines import metrics
 from pipelines.config import KafkaConfig
-from pipelines.kafka_io import ensure_topics
-from pipelines.offsets import OffsetTracker
+from pipelines.kafka.client import ensure_topics
+from pipelines.kafka.offsets import OffsetTracker
 
 # Prometheus' metric and label name rules, and the base units its conventions allow in a livelens name's suffix.
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

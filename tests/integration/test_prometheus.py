@@ -18,11 +18,11 @@ from kafka import KafkaProducer
 from contracts import messages
 from deploy.processes import start_prometheus
 from memory_store.redis_tier import RedisTier
-from pipelines.client import Client
-from pipelines.dag import find_stages
+from pipelines.api.client import Client
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.metrics import MEMORY_TOKENS, memory_readings
-from pipelines.publish import SegmentPublisher
-from pipelines.query_service import QueryEngine
+from pipelines.query.engine import QueryEngine
+from pipelines.ray.dag import find_stages
 from pipelines.segmenter import iter_segments
 from tests.integration.conftest import RAY_INIT, redis_client, wait_for
 

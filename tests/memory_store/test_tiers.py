@@ -281,7 +281,7 @@ def test_memory_command_prints_the_tiers(open_store: StoreFactory, redis_server:
                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from pipelines.cli.main import app
 
     store = open_store(**BUDGETS)
     for batch in synthetic_stream(seconds=600):

@@ -15,7 +15,7 @@ from operators.caching import pixel_cells
 from operators.compress import TokenDropCompressor
 from operators.config import BoundaryConfig, CompressConfig, DropConfig
 from operators.frames import CompressedBatch, FeatureBatch, SegmentInfo
-from pipelines.sample_video import write_sample_video
+from pipelines.cli.sample_video import write_sample_video
 
 
 def signal_batch(change: list[float], start_s: float = 0.0, step_s: float = 1.0, stream: str = "cam-1",

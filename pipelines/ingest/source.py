@@ -35,15 +35,15 @@ from contracts import messages
 from operators.frames import SegmentInfo, StageError
 from pipelines import metrics
 from pipelines.config import LivelensConfig
-from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
-from pipelines.offsets import OffsetTracker
-from pipelines.publish import PendingBytesExceeded, SegmentAssembler
+from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
+from pipelines.kafka.offsets import OffsetTracker
+from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
 
 log = logging.getLogger(__name__)
 
 
 class IngestBackend(Protocol):
-    """Where segments go. `pipelines.dag.RayIngest` is the real one; tests may use an in-process one."""
+    """Where segments go. `pipelines.ray.dag.RayIngest` is the real one; tests may use an in-process one."""
 
     def submit(self, info: SegmentInfo, payload: bytes) -> Any: ...
 

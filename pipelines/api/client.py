@@ -13,7 +13,7 @@ from kafka.structs import TopicPartition
 
 from contracts import messages
 from pipelines.config import LivelensConfig
-from pipelines.kafka_io import ensure_topics, make_producer, require_bootstrap
+from pipelines.kafka.client import ensure_topics, make_producer, require_bootstrap
 
 
 def image_b64(path: Path) -> str:

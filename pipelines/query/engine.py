@@ -1,7 +1,7 @@
 """Answering queries: embed the question, retrieve evidence from memory, hand it to an answer actor.
 
 The same `QueryEngine` serves both doors: the queries topic (`QueryConsumer`,
-answers to the answers topic) and HTTP (`pipelines.http_api`).
+answers to the answers topic) and HTTP (`pipelines.api.http`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from kafka.structs import OffsetAndMetadata
 from contracts import messages
 from operators.frames import StageError
 from pipelines import metrics
-from pipelines.app import setup_logging
 from pipelines.config import LivelensConfig
-from pipelines.dag import find_stages
-from pipelines.kafka_io import ensure_topics, make_consumer, make_producer
-from pipelines.placement import actor_options, shard
+from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
+from pipelines.ray.dag import find_stages
+from pipelines.ray.placement import actor_options, shard
+from pipelines.ray.runtime import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class QueryEngine:
                           stream_ids: list[str] | None = None, min_score: float | None = None,
                           rearm_s: float = 10.0, webhook: str | None = None):
         """Embed the query once and register it. Text matches on-screen text; an image matches frames."""
-        from pipelines.standing import StandingQuery
+        from pipelines.query.standing import StandingQuery
 
         text_vector = image_vector = None
         if image_jpeg_b64:
@@ -288,7 +288,7 @@ class QueryEngine:
     def _standing_registry(self):
         import redis
 
-        from pipelines.standing import StandingRegistry
+        from pipelines.query.standing import StandingRegistry
 
         return StandingRegistry(redis.Redis.from_url(self.config.redis.url))
 

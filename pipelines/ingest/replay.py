@@ -70,12 +70,12 @@ from contracts import messages
 from memory_store.service import MemoryStore
 from operators.frames import CompressedBatch, SegmentInfo, StageError
 from operators.parallel_decode import ParallelDecoder
-from pipelines.backfill import Backfill, BackfillSummary
 from pipelines.config import LivelensConfig
-from pipelines.kafka_io import make_producer, require_bootstrap
-from pipelines.placement import shard
-from pipelines.publish import PendingBytesExceeded, SegmentAssembler
-from pipelines.source import segment_info
+from pipelines.ingest.backfill import Backfill, BackfillSummary
+from pipelines.ingest.source import segment_info
+from pipelines.kafka.client import make_producer, require_bootstrap
+from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
+from pipelines.ray.placement import shard
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ class ActorMemory:
 def memory_writer(config: LivelensConfig) -> MemoryStore | ActorMemory:
     """The running pipeline's memory actors when one is deployed (``ray.address`` set), else a store on Redis."""
     if config.ray.address:
-        from pipelines.app import connect_ray
+        from pipelines.ray.runtime import connect_ray
 
         connect_ray(config)
         try:

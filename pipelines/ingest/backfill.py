@@ -2,7 +2,7 @@
 
 One code path with live ingest. A file is cut by `iter_segments` into the very
 segments a publisher sends; each gets the SegmentInfo the live source builds
-(the publisher's header through `pipelines.source.segment_info`), then runs
+(the publisher's header through `pipelines.ingest.source.segment_info`), then runs
 decode -> encode -> compress (+ OCR) -> `MemoryStore.write`, the operators the
 Ray actors wrap. Same segments, same SegmentInfo, same operators: memory after a
 backfill holds the frame keys, masks and (within float tolerance: encoder
@@ -44,7 +44,7 @@ options and timeouts). A URL's manifest fingerprint is the URL plus the
 server's ETag, Last-Modified and Content-Length, whichever it sends.
 
 `Backfill.process` is the chain on its own, fed (info, decoded) pairs in stream
-order; `pipelines.replay` drives it from a Kafka topic with ``replace=True``.
+order; `pipelines.ingest.replay` drives it from a Kafka topic with ``replace=True``.
 """
 
 from __future__ import annotations
@@ -96,17 +96,17 @@ from operators.frames import (
 from operators.ocr import ScreenTextReader
 from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
-from pipelines.models import vision_encoder
-from pipelines.publish import (
+from pipelines.ingest.source import segment_info
+from pipelines.kafka.publish import (
     segment_header,  # the publisher's own header: SegmentInfo exactly as live
 )
+from pipelines.models import vision_encoder
 from pipelines.segmenter import (
     NETWORK_TIMEOUT_S,
     VIDEO_EXTENSIONS,
     MediaSegment,
     iter_segments,
 )
-from pipelines.source import segment_info
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from operators.frames import (
     tag_stage,
 )
 from pipelines import metrics
-from pipelines.app import setup_logging
 from pipelines.config import LivelensConfig
-from pipelines.placement import actor_options, shard
+from pipelines.ray.placement import actor_options, shard
+from pipelines.ray.runtime import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +243,9 @@ class StandingActor:
     def __init__(self, config: LivelensConfig):
         import redis
 
-        from pipelines.alerts import AlertLog
-        from pipelines.kafka_io import make_producer
-        from pipelines.standing import StandingEvaluator
+        from pipelines.kafka.client import make_producer
+        from pipelines.moderation.alerts import AlertLog
+        from pipelines.query.standing import StandingEvaluator
 
         self.config = config
         self.producer = make_producer(config.kafka)
@@ -255,7 +255,7 @@ class StandingActor:
         self.webhook_failures = 0
 
     def evaluate(self, written, batch: CompressedBatch, texts: list | None):
-        from pipelines.standing import frame_views
+        from pipelines.query.standing import frame_views
 
         self.evaluator.evaluate(batch.segment.tenant_id, batch.segment.stream_id, frame_views(batch, texts))
         return written
@@ -264,7 +264,7 @@ class StandingActor:
         import httpx
 
         from contracts import messages
-        from pipelines.standing import firing_alert
+        from pipelines.query.standing import firing_alert
 
         topic = self.config.kafka.topic("alerts")
         futures = []
@@ -318,10 +318,10 @@ def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineH
     """Create (or find, when already running) the stage actors, named so any process can reach them."""
     ns, p = config.ray.namespace, config.pipeline
 
-    def place(stage):  # the stage's num_cpus / num_gpus / custom resources (pipelines/placement.py)
+    def place(stage):  # the stage's num_cpus / num_gpus / custom resources (pipelines/ray/placement.py)
         return actor_options(config, stage)
 
-    from pipelines.moderation import start_moderation
+    from pipelines.moderation.moderator import start_moderation
 
     # Their actors are named "<stage>-<i>": moderate-0.., verify-0.
     moderators, verifiers = start_moderation(
@@ -378,7 +378,7 @@ class RayIngest:
         written = self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
         done = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(written, compressed, texts)
-        if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation.py)
+        if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
             done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(done, frames, texts, [compressed])
         return done
 
@@ -400,7 +400,7 @@ class SourceActor:
     """Runs a KafkaSegmentSource in a thread from its constructor, so a restarted actor resumes by itself."""
 
     def __init__(self, config: LivelensConfig, source_id: str):
-        from pipelines.source import KafkaSegmentSource
+        from pipelines.ingest.source import KafkaSegmentSource
 
         setup_logging()
         ingest = RayIngest(find_stages(config), pixel_mode=config.drop.mode == "pixel")

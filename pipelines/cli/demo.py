@@ -13,13 +13,13 @@ from rich.console import Console
 
 from contracts import messages
 from deploy import local_stack
-from pipelines.app import effective_config
-from pipelines.client import Client
+from pipelines.api.client import Client
+from pipelines.api.deployment import deploy_pipeline
+from pipelines.cli.render import print_answer
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.deployment import deploy_pipeline
-from pipelines.publish import SegmentPublisher
-from pipelines.render import print_answer
-from pipelines.sample_video import write_sample_video
+from pipelines.kafka.publish import SegmentPublisher
+from pipelines.ray.runtime import effective_config
 
 
 def frame_at(video: Path, t: float) -> str:

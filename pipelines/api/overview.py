@@ -1,5 +1,5 @@
 """The live ops overview: is every stream keeping up? Served as `GET /v1/overview`, drawn by the web
-dashboard (pipelines/dashboard/) and printed by `livelens status`.
+dashboard (pipelines/api/dashboard/) and printed by `livelens status`.
 
 Per stream (of every tenant, or of the tenants asked for):
 
@@ -43,8 +43,8 @@ from memory_store import keys
 from memory_store.records import FrameRecord, StreamInfo
 from memory_store.redis_tier import RedisTier
 from operators.config import BoundaryConfig
-from pipelines.alerts import AlertLog
 from pipelines.config import DashboardConfig, LivelensConfig
+from pipelines.moderation.alerts import AlertLog
 
 StreamStatus = Literal["live", "stalled", "ended"]
 

@@ -27,7 +27,7 @@ from kafka.producer.future import FutureRecordMetadata
 from contracts import messages
 from contracts.messages import VideoSegment
 from pipelines.config import KafkaConfig
-from pipelines.kafka_io import ensure_topics, make_producer
+from pipelines.kafka.client import ensure_topics, make_producer
 from pipelines.segmenter import MediaSegment, iter_segments
 
 Pace = Literal["realtime", "fast"]

@@ -11,11 +11,11 @@ from typing import Any
 
 import ray
 
-from pipelines.app import connect_ray, effective_config
+from pipelines.api.http import LivelensAPI, start_http
 from pipelines.config import LivelensConfig
-from pipelines.dag import start_sources, start_stages
-from pipelines.http_api import LivelensAPI, start_http
-from pipelines.query_service import start_answerers, start_query_consumer
+from pipelines.query.engine import start_answerers, start_query_consumer
+from pipelines.ray.dag import start_sources, start_stages
+from pipelines.ray.runtime import connect_ray, effective_config
 
 
 @dataclass
@@ -49,7 +49,7 @@ def deploy_pipeline(config: LivelensConfig, *, detached: bool, http: bool = True
 
 
 def app_from_env(args: dict[str, str] | None = None):
-    """Serve application builder for clusters (KubeRay RayService, `serve run pipelines.deployment:app_from_env`).
+    """Serve application builder for clusters (KubeRay RayService, `serve run pipelines.api.deployment:app_from_env`).
 
     Reads the config from the environment, deploys the pipeline's actors (or finds them running),
     then returns the API bound to that config.

@@ -22,7 +22,7 @@ STAGES: tuple[str, ...] = tuple(PlacementConfig.model_fields)
 
 def _device(config: LivelensConfig, stage: str) -> str:
     """The torch device a stage computes on; only encode and answer (and a VLM verifier, which runs the answer
-    model: pipelines.moderation.build_verifier) load models that can use a GPU."""
+    model: pipelines.moderation.moderator.build_verifier) load models that can use a GPU."""
     if stage == "encode":
         return config.encode.device
     verifier = config.moderation.verifier

@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from contracts import messages
-from pipelines import dashboard
-from pipelines.alerts import AlertLog
+from pipelines.api import dashboard
+from pipelines.api.overview import Overview
 from pipelines.config import LivelensConfig
-from pipelines.overview import Overview
-from pipelines.query_service import QueryEngine, QueryError
+from pipelines.moderation.alerts import AlertLog
+from pipelines.query.engine import QueryEngine, QueryError
 
 api = FastAPI(title="livelens", version="1", description="Ask questions about live video streams.")
 # The ops dashboard's pages (/, /dashboard/...): static files; their data comes from the routes below.

@@ -53,8 +53,8 @@ from operators.moderation.detectors import (
 from operators.moderation.policy import ModerationPolicy, PolicyBook
 from operators.moderation.risk import RiskDecision, RiskEngine, Verdict
 from operators.moderation.verify import RuleVerifier, Verifier, VlmVerifier
-from pipelines.alerts import AlertLog
 from pipelines.config import LivelensConfig
+from pipelines.moderation.alerts import AlertLog
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +307,9 @@ class ModerationActor:
     stream order (the RiskEngine ignores frames older than the newest it has seen)."""
 
     def __init__(self, config: LivelensConfig, shard_index: int, verifiers: list):
-        from pipelines.app import setup_logging
-        from pipelines.kafka_io import make_producer
-        from pipelines.placement import shard
+        from pipelines.kafka.client import make_producer
+        from pipelines.ray.placement import shard
+        from pipelines.ray.runtime import setup_logging
 
         setup_logging()
         shards = config.moderation.moderators
@@ -357,7 +357,7 @@ class ModerationActor:
         return np.asarray(ray.get(encoder.embed_text.remote(list(texts))), np.float32)
 
     def _ask(self, decision: RiskDecision, attempt: int = 1) -> None:
-        from pipelines.placement import shard
+        from pipelines.ray.placement import shard
 
         verifier = self.verifiers[shard(decision.decision_id, len(self.verifiers))]
         with self._lock:
@@ -402,7 +402,7 @@ def _has_prompts(config: LivelensConfig) -> bool:
 
 def start_moderation(config: LivelensConfig, named: Callable[..., Any]) -> tuple[list, list]:
     """(moderators, verifiers) when moderation is enabled, else two empty lists. ``named(cls, name, *args)``
-    creates or finds a named actor (pipelines.dag)."""
+    creates or finds a named actor (pipelines.ray.dag)."""
     if not config.moderation.enabled:
         return [], []
     verifiers = [named(VerifierActor, "verify-0", config)]

@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import messages
-from pipelines.app import effective_config
+from pipelines.cli.render import print_alert, print_answer
 from pipelines.config import LivelensConfig
-from pipelines.render import print_alert, print_answer
+from pipelines.ray.runtime import effective_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch live video, remember it, answer questions.")
 console = Console(stderr=True)
@@ -51,7 +51,7 @@ def _stream_start(config: LivelensConfig, tenant: str, stream: str) -> float | N
 def up(http: Annotated[bool, typer.Option(help="Also serve the HTTP API through Ray Serve.")] = True) -> None:
     """Start the local stack (broker, redis-server, Ray) where none is configured, and deploy the pipeline."""
     from deploy import local_stack
-    from pipelines.deployment import deploy_pipeline
+    from pipelines.api.deployment import deploy_pipeline
 
     config = LivelensConfig()
     state = local_stack.up(config.data_dir, kafka_bootstrap=config.kafka.bootstrap, redis_url=config.redis.url,
@@ -91,7 +91,7 @@ def status(
     _print_state(state)
     import ray
 
-    from pipelines.app import connect_ray, pipeline_stats
+    from pipelines.ray.runtime import connect_ray, pipeline_stats
 
     connect_ray(config)
     table = Table("actor", "stats")
@@ -103,7 +103,7 @@ def status(
         console.print(f"[red]pipeline not reachable: {exc}")
         raise typer.Exit(1) from None
     Console().print(table)
-    from pipelines.overview import overview_table, sampled_overview
+    from pipelines.api.overview import overview_table, sampled_overview
 
     Console().print(overview_table(sampled_overview(config, sample)))
 
@@ -129,7 +129,7 @@ def memory(
     tenant: Annotated[str, typer.Option("--tenant")] = "default",
 ) -> None:
     """A stream's memory tiers (short, mid, long): entries, tokens, bytes and time covered, against their budgets."""
-    from pipelines.memory_cli import print_memory
+    from pipelines.cli.memory import print_memory
 
     if not print_memory(effective_config(), tenant, stream, Console()):
         raise typer.Exit(1)
@@ -144,7 +144,7 @@ def show_config() -> None:
 @app.command("sample-video")
 def sample_video(out: Path, duration: float = 60.0, fps: int = 10, seed: int = 0) -> None:
     """Write a synthetic broadcast and its ground truth (OUT.json)."""
-    from pipelines.sample_video import write_sample_video
+    from pipelines.cli.sample_video import write_sample_video
 
     truth = write_sample_video(out, duration_s=duration, fps=fps, seed=seed)
     console.print(f"wrote {out} ({truth['duration_s']} s) and its ground truth {out.with_suffix('.json')}")
@@ -159,7 +159,7 @@ def publish(
     loop: Annotated[bool, typer.Option("--loop", help="Start over at the end, forever.")] = False,
 ) -> None:
     """Publish a file, directory or URL as video segments to the segments topic."""
-    from pipelines.publish import SegmentPublisher
+    from pipelines.kafka.publish import SegmentPublisher
 
     config = effective_config()
     stats = SegmentPublisher(kafka=config.kafka).publish(
@@ -185,7 +185,7 @@ def ask(
     via: Annotated[str, typer.Option(help="http or kafka")] = "http",
 ) -> None:
     """Ask a question about one or more streams; prints the answer and its evidence."""
-    from pipelines.client import Client, image_b64
+    from pipelines.api.client import Client, image_b64
 
     if all_streams and stream:
         raise typer.BadParameter("--all-streams or --stream, not both")
@@ -235,7 +235,7 @@ def backfill(
     import redis
 
     from memory_store.service import MemoryStore
-    from pipelines.backfill import Backfill, BackfillJob, expand_sources, stream_id_for
+    from pipelines.ingest.backfill import Backfill, BackfillJob, expand_sources, stream_id_for
 
     config = effective_config()
     os.nice(config.backfill.nice)  # first: the decode workers and torch's threads inherit it (live has priority)
@@ -262,7 +262,7 @@ def replay(
 ) -> None:
     """Rebuild memory from a range of the segments topic with the configuration in effect (a new encoder or
     threshold): each replayed segment replaces what memory holds for it. End default: the topic's end now."""
-    from pipelines.replay import Replay, memory_writer, replay_range
+    from pipelines.ingest.replay import Replay, memory_writer, replay_range
 
     config = effective_config()
     os.nice(config.backfill.nice)
@@ -276,7 +276,7 @@ def _rebuild_running_memory(config: LivelensConfig) -> None:
     """Backfill writes Redis directly; a running pipeline's memory actors catch their FAISS indexes up."""
     import ray
 
-    from pipelines.app import connect_ray
+    from pipelines.ray.runtime import connect_ray
 
     if not config.ray.address:
         return
@@ -301,7 +301,7 @@ def watch(
     keep: Annotated[bool, typer.Option("--keep/--remove", help="Keep the standing query after you stop.")] = True,
 ) -> None:
     """Register a standing query and print its alerts as they fire (Ctrl-C to stop)."""
-    from pipelines.client import Client, image_b64
+    from pipelines.api.client import Client, image_b64
 
     config = effective_config()
     client = Client(config)
@@ -330,7 +330,7 @@ def alerts(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per alert, per line.")] = False,
 ) -> None:
     """Recent moderation and standing-query alerts, newest first; or follow them live (Ctrl-C to stop)."""
-    from pipelines.client import Client
+    from pipelines.api.client import Client
 
     client = Client(effective_config())
     if not follow:
@@ -352,7 +352,7 @@ def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Leave the stack running afterwards.")] = False,
 ) -> None:
     """Up, generate the sample broadcast, publish it live, ask questions while it plays, down."""
-    from pipelines.demo import run_demo
+    from pipelines.cli.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING)
     ok = run_demo(duration_s=duration, fast=fast, keep=keep, console=Console())
@@ -360,7 +360,7 @@ def demo(
         raise typer.Exit(1)
 
 
-def main() -> None:  # `python -m pipelines.cli`
+def main() -> None:  # `python -m pipelines.cli` (pipelines/cli/__main__.py)
     app()
 
 
