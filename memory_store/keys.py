@@ -46,7 +46,7 @@ TENANTS = f"{PREFIX}:tenants"
 # id with a brace would break the hash tag and a '/' would make frame keys ambiguous.
 _ID_CHARS = r"[A-Za-z0-9_.:\-]{1,128}"
 _ID = re.compile(_ID_CHARS)
-_THUMB = re.compile(rf"{PREFIX}:\{{{_ID_CHARS}\}}:thumb:.+")
+_THUMB = re.compile(rf"{PREFIX}:\{{({_ID_CHARS})\}}:thumb:.+")
 
 
 def check_id(kind: str, value: str) -> str:
@@ -79,6 +79,13 @@ def thumbnail(tenant_id: str, frame_key: str) -> str:
 def is_thumbnail(key: str) -> bool:
     """True for keys `thumbnail` builds: a caller-supplied key must never read anything else."""
     return bool(_THUMB.fullmatch(key))
+
+
+def thumbnail_tenant(key: str) -> str | None:
+    """The tenant whose thumbnail `key` is (None for any other key): routes a caller-supplied key to its shard
+    and keeps one tenant from reading another's."""
+    match = _THUMB.fullmatch(key)
+    return match.group(1) if match else None
 
 
 def segment(tenant_id: str, stream_id: str, seq: int) -> str:

@@ -13,7 +13,7 @@ import ray
 
 from pipelines.api.http import LivelensAPI, start_http
 from pipelines.config import LivelensConfig
-from pipelines.query.engine import start_answerers, start_query_consumer
+from pipelines.ray.query import start_answerers, start_query_consumer
 from pipelines.ray.dag import start_sources, start_stages
 from pipelines.ray.runtime import connect_ray, effective_config
 

@@ -19,7 +19,8 @@ from pipelines.api import dashboard
 from pipelines.api.overview import Overview
 from pipelines.config import LivelensConfig
 from pipelines.moderation.alerts import AlertLog
-from pipelines.query.engine import QueryEngine, QueryError
+from pipelines.query.engine import QueryError
+from pipelines.ray.query import query_engine
 
 api = FastAPI(title="livelens", version="1", description="Ask questions about live video streams.")
 # The ops dashboard's pages (/, /dashboard/...): static files; their data comes from the routes below.
@@ -118,7 +119,7 @@ class LivelensAPI:
         import redis
 
         self.config = config
-        self.engine = QueryEngine(config)
+        self.engine = query_engine(config)
         self.redis = redis.Redis.from_url(config.redis.url)
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix="async-query")
         self.ops = Overview(config, self.redis)  # one per replica: fps comes from its successive reads

@@ -262,7 +262,8 @@ def replay(
 ) -> None:
     """Rebuild memory from a range of the segments topic with the configuration in effect (a new encoder or
     threshold): each replayed segment replaces what memory holds for it. End default: the topic's end now."""
-    from pipelines.ingest.replay import Replay, memory_writer, replay_range
+    from pipelines.ingest.replay import Replay, replay_range
+    from pipelines.ray.clients import memory_writer
 
     config = effective_config()
     os.nice(config.backfill.nice)
@@ -274,18 +275,17 @@ def replay(
 
 def _rebuild_running_memory(config: LivelensConfig) -> None:
     """Backfill writes Redis directly; a running pipeline's memory actors catch their FAISS indexes up."""
-    import ray
-
+    from pipelines.ray.clients import RayMemoryClient
     from pipelines.ray.runtime import connect_ray
 
     if not config.ray.address:
         return
     connect_ray(config)
     try:
-        memory = [ray.get_actor(f"memory-{i}", namespace=config.ray.namespace) for i in range(config.memory.shards)]
+        memory = RayMemoryClient.named(config)
     except ValueError:
         return  # no pipeline deployed: it rebuilds from Redis when it starts
-    ray.get([m.call.remote("rebuild") for m in memory])
+    memory.rebuild()
     console.print("running memory actors caught up with the backfill")
 
 

@@ -34,9 +34,9 @@ segment, as after a restart of the live stages: replaying a stream from its
 first segment stores exactly what a fresh ingest with the same configuration
 stores.
 
-Where it writes (`memory_writer`): through a deployed pipeline's memory actors,
-whose FAISS indexes then drop the replaced ids in the same call (`ActorMemory`),
-else to Redis directly (memory actors started later rebuild from it).
+Where it writes is the caller's choice of `MemoryClient` (`pipelines.ray.clients.memory_writer`): through a
+deployed pipeline's memory actors, whose FAISS indexes then drop the replaced ids in the same call, else to
+Redis directly (memory actors started later rebuild from it).
 
 Bad records (malformed, inconsistent chunks, undecodable video, any StageError)
 go to the dead-letters topic with the record's partition and offset and a
@@ -53,8 +53,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import ray
-import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from rich.console import Console
@@ -67,15 +65,14 @@ from rich.progress import (
 )
 
 from contracts import messages
-from memory_store.service import MemoryStore
-from operators.frames import CompressedBatch, SegmentInfo, StageError
+from memory_store.client import MemoryClient
+from operators.frames import SegmentInfo, StageError
 from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
 from pipelines.ingest.backfill import Backfill, BackfillSummary
 from pipelines.ingest.source import segment_info
 from pipelines.kafka.client import make_producer, require_bootstrap
 from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
-from pipelines.ray.placement import shard
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +141,7 @@ class Replay:
     workers: decoder processes, as for `Backfill`.
     """
 
-    def __init__(self, config: LivelensConfig, store: MemoryStore | ActorMemory, *, workers: int = 1,
+    def __init__(self, config: LivelensConfig, store: MemoryClient, *, workers: int = 1,
                  progress: bool = True):
         self.config = config
         self.workers = workers
@@ -324,47 +321,6 @@ class Replay:
                             value=messages.encode(letter)).get(timeout=30)
         log.warning("replay: dead letter %s at %s[%d]@%d: %s", code, tp.topic, tp.partition, min(offsets),
                     reason[:200])
-
-
-class ActorMemory:
-    """Writes through a running pipeline's memory actors (the shard that owns each tenant).
-
-    Why not Redis directly, as backfill does: a replacing write removes index ids, and a memory actor
-    that did not make the write would keep serving them until its next rebuild (searches would find
-    frames that are gone). Through the actor, its index drops them in the same call.
-    """
-
-    def __init__(self, actors: list):
-        self.actors = actors
-
-    def purge_stream(self, tenant_id: str, stream_id: str) -> int:
-        actor = self.actors[shard(tenant_id, len(self.actors))]
-        return ray.get(actor.call.remote("purge_stream", tenant_id, stream_id))
-
-    def write(self, batch: CompressedBatch, texts: list | None = None, *, replace: bool = False):
-        actor = self.actors[shard(batch.segment.tenant_id, len(self.actors))]
-        try:
-            return ray.get(actor.write.remote(batch, texts, replace))
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, StageError):  # bad input: a dead letter, as from a local store
-                raise exc.cause from None
-            raise
-
-
-def memory_writer(config: LivelensConfig) -> MemoryStore | ActorMemory:
-    """The running pipeline's memory actors when one is deployed (``ray.address`` set), else a store on Redis."""
-    if config.ray.address:
-        from pipelines.ray.runtime import connect_ray
-
-        connect_ray(config)
-        try:
-            return ActorMemory([ray.get_actor(f"memory-{i}", namespace=config.ray.namespace)
-                                for i in range(config.memory.shards)])
-        except ValueError:
-            log.info("no pipeline deployed: writing to Redis directly (memory actors rebuild when they start)")
-    if not config.redis.url:
-        raise ReplayError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
-    return MemoryStore(redis.Redis.from_url(config.redis.url), config.memory)
 
 
 def _progress(enabled: bool) -> Progress:

@@ -1,4 +1,4 @@
-"""Answering queries: embed the question, retrieve evidence from memory, hand it to an answer actor.
+"""Answering queries: embed the question, retrieve evidence from memory, hand it to the answerer.
 
 The same `QueryEngine` serves both doors: the queries topic (`QueryConsumer`,
 answers to the answers topic) and HTTP (`pipelines.api.http`).
@@ -16,18 +16,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import ray
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from contracts import messages
+from memory_store import keys
+from memory_store.client import MemoryClient
 from operators.frames import StageError
 from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
-from pipelines.ray.dag import find_stages
-from pipelines.ray.placement import actor_options, shard
-from pipelines.ray.runtime import setup_logging
+from pipelines.query.clients import Answering, QueryEncoder
 
 log = logging.getLogger(__name__)
 
@@ -84,29 +83,6 @@ class QueryError(Exception):
         self.code, self.message, self.status = code, message, status
 
 
-@ray.remote(max_restarts=-1, max_task_retries=3)
-class AnswerActor:
-    def __init__(self, config: LivelensConfig):
-        from operators.answer import Answerer
-        from pipelines.models import answer_model
-
-        self.answerer = Answerer(config.answer, answer_model(config))
-
-    def answer(self, question: str, evidence: list):
-        return self.answerer.answer(question, evidence)
-
-    def kind(self) -> str:
-        return self.answerer.kind
-
-
-def start_answerers(config: LivelensConfig, *, detached: bool = False) -> list:
-    opts: dict[str, Any] = dict(namespace=config.ray.namespace, get_if_exists=True,
-                                **actor_options(config, "answer"))
-    if detached:
-        opts["lifetime"] = "detached"
-    return [AnswerActor.options(name=f"answer-{i}", **opts).remote(config) for i in range(config.pipeline.answerers)]
-
-
 def _iso(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -122,37 +98,34 @@ def decode_image(b64: str) -> np.ndarray:
 
 
 class QueryEngine:
-    """Retrieval plus answer, over the running stage actors (found by name)."""
+    """Retrieval plus answer over three typed collaborators: memory, the query encoder and the answerer.
 
-    def __init__(self, config: LivelensConfig):
+    In a deployment they are the Ray clients of the running actors (pipelines/ray/query.py builds the engine);
+    in a test or a script, the store, the encoder and the answerer themselves.
+    """
+
+    def __init__(self, config: LivelensConfig, memory: MemoryClient, encoder: QueryEncoder, answerer: Answering):
         self.config = config
-        self.stages = find_stages(config)
+        self.memory = memory
+        self.encoder = encoder
+        self.answerer = answerer
         self.text_embedder = None
         if config.ocr.enabled:
             from operators.ocr import TextEmbedder
 
             self.text_embedder = TextEmbedder()
-        ns = config.ray.namespace
-        self.answerers = [ray.get_actor(f"answer-{i}", namespace=ns) for i in range(config.pipeline.answerers)]
-        self._next = 0
-
-    def _memory(self, tenant_id: str):
-        return self.stages.memory_for(tenant_id)
 
     def embed(self, query: messages.Query) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(the query vector in the index's space, the example image's tokens for the rerank); the vector is
         None for a text-less, image-less query ("what is on now"), the tokens None unless there is an image."""
-        encoder = self.stages.encoders[shard(query.query_id, len(self.stages.encoders))]
         try:
             if query.image_jpeg_b64:
-                tokens, vectors = ray.get(encoder.encode_images.remote(decode_image(query.image_jpeg_b64)))
+                tokens, vectors = self.encoder.encode_images(decode_image(query.image_jpeg_b64))
                 return vectors[0], tokens[0]
             if query.text.strip():
-                return ray.get(encoder.embed_text.remote([query.text]))[0], None
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, StageError):
-                raise QueryError(exc.cause.code, exc.cause.reason) from None
-            raise
+                return self.encoder.embed_text([query.text])[0], None
+        except StageError as exc:
+            raise QueryError(exc.code, exc.reason) from None
         return None, None
 
     def _now_window(self, query: messages.Query, t_from: float | None) -> tuple[float | None, dict[str, float]]:
@@ -161,7 +134,7 @@ class QueryEngine:
         if not is_about_now(query.text):
             return t_from, {}
         window = self.config.query.now_window_s
-        infos = ray.get(self._memory(query.tenant_id).call.remote("streams", query.tenant_id))
+        infos = self.memory.streams(query.tenant_id)
         starts = {i.stream_id: i.last_wallclock - window for i in infos
                   if not query.stream_ids or i.stream_id in query.stream_ids}
         if not starts:
@@ -172,8 +145,7 @@ class QueryEngine:
     def _rerank(self, query: messages.Query, hits: list[Any], query_tokens: np.ndarray) -> list[Any]:
         from operators.late_interaction import Candidate, LateInteractionReranker
 
-        records = ray.get(self._memory(query.tenant_id).call.remote("frames", query.tenant_id,
-                                                                    [h.frame_key for h in hits]))
+        records = self.memory.frames(query.tenant_id, [h.frame_key for h in hits])
         reranker = LateInteractionReranker(tokens_per_frame=len(query_tokens), weight=self.config.query.rerank_weight)
         return reranker.rerank(query_tokens, [Candidate(h, r.tokens if r else None) for h, r in zip(hits, records)])
 
@@ -182,23 +154,22 @@ class QueryEngine:
         frames for a question with neither text nor image."""
         t_from, t_to = query.scope.resolve()
         t_from, now_starts = self._now_window(query, t_from)
-        memory = self._memory(query.tenant_id)
         streams = query.stream_ids or None
         # first / last occurrence: look wider, keep what matches about as well as the best, then pick by time.
         depth = query.top_k if query.occurrence == "best" else max(10 * query.top_k, 50)
         text_hits = []
         if self.text_embedder is not None and query.text.strip() and not query.image_jpeg_b64:
             vector = self.text_embedder.embed([query.text])[0]
-            text_hits = [h for h in ray.get(memory.call.remote(
-                "search_text", query.tenant_id, vector, stream_ids=streams, t_from=t_from, t_to=t_to,
-                k=depth)) if h.score >= TEXT_MATCH_MIN_SCORE]
+            text_hits = [h for h in self.memory.search_text(query.tenant_id, vector, stream_ids=streams,
+                                                            t_from=t_from, t_to=t_to, k=depth)
+                         if h.score >= TEXT_MATCH_MIN_SCORE]
         # On-screen text that matches is the evidence a person can check; the visual search is then not needed.
         vector, query_tokens = (None, None) if text_hits else self.embed(query)
         if vector is None and not text_hits:
             from memory_store.service import Hit
 
             # Nothing to match against: "what is on now" is answered by the newest frames, scored by recency.
-            records = ray.get(memory.call.remote("recent", query.tenant_id, streams, query.top_k))
+            records = self.memory.recent(query.tenant_id, streams, query.top_k)
             return [Hit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end,
                         1.0, r.thumbnail) for r in records]
         if text_hits:
@@ -206,8 +177,8 @@ class QueryEngine:
         else:
             rerank = query_tokens is not None and self.config.query.rerank_weight > 0
             wide = max(depth, self.config.query.rerank_depth) if rerank else depth
-            hits = ray.get(memory.call.remote("search", query.tenant_id, vector, stream_ids=streams,
-                                              t_from=t_from, t_to=t_to, k=wide))
+            hits = self.memory.search(query.tenant_id, vector, stream_ids=streams, t_from=t_from, t_to=t_to,
+                                      k=wide)
             if rerank and hits:
                 hits = self._rerank(query, hits, query_tokens)[:depth]
         if now_starts:
@@ -225,8 +196,7 @@ class QueryEngine:
         hits = sorted(self.evidence(query), key=lambda h: (h.wallclock_start, h.stream_id))
         # The stored frames behind the hits: their on-screen text for every piece of evidence, and their
         # kept tokens for an answer model that reads them.
-        records = ray.get(self._memory(query.tenant_id).call.remote("frames", query.tenant_id,
-                                                                    [h.frame_key for h in hits]))
+        records = self.memory.frames(query.tenant_id, [h.frame_key for h in hits])
         texts = [getattr(h, "text", "") or (r.text if r else "") for h, r in zip(hits, records)]
         evidence = [
             messages.Evidence(stream_id=h.stream_id, frame_key=h.frame_key, t_start=h.t_start, t_end=h.t_end,
@@ -252,10 +222,8 @@ class QueryEngine:
                          tokens=r.tokens if r else None, positions=r.positions if r else None, text=text)
             for h, r, text in zip(hits, records, texts)
         ]
-        answerer = self.answerers[self._next % len(self.answerers)]
-        self._next += 1
         question = query.text or ("When was this image on screen?" if query.image_jpeg_b64 else "What is on screen now?")
-        return ray.get(answerer.answer.remote(question, items))
+        return self.answerer.answer(question, items)
 
     # -- standing queries --------------------------------------------------------------------
 
@@ -267,8 +235,7 @@ class QueryEngine:
 
         text_vector = image_vector = None
         if image_jpeg_b64:
-            encoder = self.stages.encoders[0]
-            image_vector = ray.get(encoder.embed_images.remote(decode_image(image_jpeg_b64)))[0].tolist()
+            image_vector = self.encoder.embed_images(decode_image(image_jpeg_b64))[0].tolist()
         elif text.strip():
             if self.text_embedder is None:
                 raise QueryError("ocr_disabled", "standing text queries match on-screen text: enable ocr")
@@ -300,21 +267,19 @@ class QueryEngine:
             check_id("stream", stream_id)
         except ValueError as exc:
             raise QueryError("invalid_request", str(exc), 422) from None
-        return ray.get(self._memory(tenant_id).call.remote("timeline", tenant_id, stream_id, t_from, t_to, limit))
+        return self.memory.timeline(tenant_id, stream_id, t_from, t_to, limit)
 
     def streams(self, tenant_id: str) -> list[Any]:
-        return ray.get(self._memory(tenant_id).call.remote("streams", tenant_id))
+        return self.memory.streams(tenant_id)
 
     def thumbnail(self, tenant_id: str, key: str) -> bytes | None:
         """None when there is no such thumbnail of this tenant (other tenants' keys included)."""
-        if not key.startswith(f"ll:{{{tenant_id}}}:thumb:"):
+        if keys.thumbnail_tenant(key) != tenant_id:
             return None
         try:
-            return ray.get(self._memory(tenant_id).call.remote("thumbnail", key))
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, ValueError):
-                return None
-            raise
+            return self.memory.thumbnail(key)
+        except ValueError:
+            return None
 
 
 class QueryConsumer:
@@ -375,27 +340,3 @@ class QueryConsumer:
         metrics.dead_letter("query", code, "unknown")
 
 
-@ray.remote(max_restarts=-1, max_concurrency=4)
-class QueryConsumerActor:
-    def __init__(self, config: LivelensConfig):
-        setup_logging()
-        self.consumer = QueryConsumer(config, QueryEngine(config))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,), daemon=True)
-        self._thread.start()
-
-    def stats(self) -> dict[str, Any]:
-        return {"answered": self.consumer.answered, "dead_letters": self.consumer.dead_letters,
-                "alive": self._thread.is_alive()}
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
-def start_query_consumer(config: LivelensConfig, *, detached: bool = False):
-    opts: dict[str, Any] = dict(name="query-consumer", namespace=config.ray.namespace, get_if_exists=True,
-                                **actor_options(config, "query"))
-    if detached:
-        opts["lifetime"] = "detached"
-    return QueryConsumerActor.options(**opts).remote(config)

@@ -321,7 +321,7 @@ def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineH
     def place(stage):  # the stage's num_cpus / num_gpus / custom resources (pipelines/ray/placement.py)
         return actor_options(config, stage)
 
-    from pipelines.moderation.moderator import start_moderation
+    from pipelines.ray.moderation import start_moderation
 
     # Their actors are named "<stage>-<i>": moderate-0.., verify-0.
     moderators, verifiers = start_moderation(

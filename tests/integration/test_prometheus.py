@@ -21,7 +21,7 @@ from memory_store.redis_tier import RedisTier
 from pipelines.api.client import Client
 from pipelines.kafka.publish import SegmentPublisher
 from pipelines.metrics import MEMORY_TOKENS, memory_readings
-from pipelines.query.engine import QueryEngine
+from pipelines.ray.query import query_engine
 from pipelines.ray.dag import find_stages
 from pipelines.segmenter import iter_segments
 from tests.integration.conftest import RAY_INIT, redis_client, wait_for
@@ -76,7 +76,7 @@ def test_pipeline_metrics_reach_prometheus(deployed, sample_video, prometheus):
     video, truth = sample_video
     config = deployed(metrics={"lag_interval_s": 1.0, "memory_interval_s": 1.0})
     watched = truth["headlines"][0]["text"]
-    QueryEngine(config).register_standing("default", text=f"news about {watched.lower()}", stream_ids=["news"])
+    query_engine(config).register_standing("default", text=f"news about {watched.lower()}", stream_ids=["news"])
     n = sum(1 for _ in iter_segments(str(video)))
     SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="news", pace="fast")
     producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap)
