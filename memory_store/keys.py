@@ -22,6 +22,17 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:offsets                     hash    "topic:partition" -> highest Kafka offset of a stored segment
     ll:{t}:epoch                       string  random, set by the tenant's first write: names this Redis's data
 
+Beside memory, the layers above keep these (built here too, so that one module names every key):
+
+    ll:{t}:standing                    hash    standing queries: query_id -> JSON (pipelines.query.standing)
+    ll:{t}:standing-version            string  bumped on every registry change
+    ll:{t}:standing-state:<query id>   hash    per-stream firing state of one standing query
+    ll:{t}:answer:<query id>           string  an asynchronous query's answer, kept serve.answer_ttl_s
+    ll:{t}:moderation:room:<stream>    string  a room's RiskEngine snapshot (pipelines.moderation)
+    ll:moderation:pending              hash    decision_id -> RiskDecision JSON, every tenant's, until its verdict
+    ll:{t}:backfill:<stream>:<digest>  hash    a backfill's manifest: finished segments, operator snapshots
+    ll:{t}:alerts, alert-index, alert-acks, audit:<room>   the alert log (pipelines.moderation.alerts)
+
 Entries: the frame hash also holds the index entries that are not frames, under
 their own keys, with the same metadata fields plus ``kind``: event segments
 (``event_key``) and merged entries (``merged_key``). Readers of frames thus read
@@ -138,6 +149,34 @@ def offsets(tenant_id: str) -> str:
 
 def epoch(tenant_id: str) -> str:
     return f"{_tenant(tenant_id)}:epoch"
+
+
+def standing(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:standing"
+
+
+def standing_version(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:standing-version"
+
+
+def standing_state(tenant_id: str, query_id: str) -> str:
+    return f"{_tenant(tenant_id)}:standing-state:{query_id}"
+
+
+def answer(tenant_id: str, query_id: str) -> str:
+    return f"{_tenant(tenant_id)}:answer:{query_id}"
+
+
+def moderation_room(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:moderation:room:{stream_id}"
+
+
+# The one key of moderation outside any tenant: the verifier's queue survives a restart of either side.
+MODERATION_PENDING = f"{PREFIX}:moderation:pending"
+
+
+def backfill_manifest(tenant_id: str, stream_id: str, source_digest: str) -> str:
+    return f"{_tenant(tenant_id)}:backfill:{check_id('stream', stream_id)}:{source_digest}"
 
 
 def event_key(tenant_id: str, stream_id: str, pts_s: float) -> str:

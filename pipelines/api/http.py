@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from contracts import messages
+from memory_store import keys
 from pipelines.api import dashboard
 from pipelines.api.overview import Overview
 from pipelines.config import LivelensConfig
@@ -108,10 +109,6 @@ def _public(query) -> dict:
 _ID = r"^[A-Za-z0-9_.:\-]{1,128}$"
 
 
-def _answer_key(tenant_id: str, query_id: str) -> str:
-    return f"ll:{{{tenant_id}}}:answer:{query_id}"
-
-
 @serve.deployment(num_replicas=1, max_ongoing_requests=16)
 @serve.ingress(api)
 class LivelensAPI:
@@ -126,16 +123,16 @@ class LivelensAPI:
 
     def _tenant(self, request: Request, asked: str) -> str:
         """The tenant a call acts for: the API key's when keys are configured, else the one asked for."""
-        keys = self.config.serve.api_keys
-        if not keys:
+        api_keys = self.config.serve.api_keys
+        if not api_keys:
             return asked
         auth = request.headers.get("authorization", "")
         key = request.headers.get("x-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
-        if key not in keys:
+        if key not in api_keys:
             raise QueryError("unauthorized", "a valid API key is required (Authorization: Bearer <key>)", 401)
-        if asked not in ("default", keys[key]):
+        if asked not in ("default", api_keys[key]):
             raise QueryError("forbidden", f"this key is not for tenant {asked}", 403)
-        return keys[key]
+        return api_keys[key]
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -151,14 +148,14 @@ class LivelensAPI:
     def submit(self, request: Request, body: QueryRequest) -> dict:
         """Ask without waiting: poll GET /v1/queries/{query_id} for the answer."""
         message = self._message(request, body)
-        key = _answer_key(message.tenant_id, message.query_id)
+        key = keys.answer(message.tenant_id, message.query_id)
         self.redis.set(key, b"", ex=self.config.serve.answer_ttl_s)
         self.background.submit(self._answer_later, message, key)
         return {"query_id": message.query_id, "status": "pending", "answer_url": f"/v1/queries/{message.query_id}"}
 
     @api.get("/v1/queries/{query_id}")
     def result(self, request: Request, query_id: str, tenant_id: str = "default"):
-        stored = self.redis.get(_answer_key(self._tenant(request, tenant_id), query_id))
+        stored = self.redis.get(keys.answer(self._tenant(request, tenant_id), query_id))
         if stored is None:
             raise QueryError("not_found", f"no query {query_id} (unknown, or its answer expired)", 404)
         if not stored:

@@ -208,9 +208,7 @@ class Manifest:
         self.r = client
         source = job.source if _is_url(job.source) else str(Path(job.source).resolve())
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-        # Built like memory_store.keys (same prefix and tenant hash tag, ids checked the same way).
-        self.key = (f"{keys.PREFIX}:{{{keys.check_id('tenant', job.tenant_id)}}}:backfill:"
-                    f"{keys.check_id('stream', job.stream_id)}:{digest}")
+        self.key = keys.backfill_manifest(job.tenant_id, job.stream_id, digest)
         self.fingerprint = fingerprint
 
     def load(self) -> _Resume | None:

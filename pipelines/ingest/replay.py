@@ -71,6 +71,7 @@ from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
 from pipelines.ingest.backfill import Backfill, BackfillSummary
 from pipelines.ingest.source import segment_info
+from pipelines.kafka import dead_letters
 from pipelines.kafka.client import make_producer, require_bootstrap
 from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
 
@@ -311,14 +312,11 @@ class Replay:
     def _send_dead_letter(self, tp: TopicPartition, offsets: list[int], segment: messages.VideoSegment | None,
                           stage: str, code: str, reason: str, size: int, *, stream_id: str | None = None,
                           tenant_id: str | None = None) -> None:
-        stream_id = stream_id or (segment.stream_id if segment else "")
-        letter = messages.DeadLetter(
-            tenant_id=tenant_id or (segment.tenant_id if segment else "unknown"), stream_id=stream_id,
-            source_topic=tp.topic, partition=tp.partition, offset=min(offsets), stage=stage, code=code,
-            reason=f"replay: {reason}"[:4096], record_bytes=size)
+        letter = dead_letters.dead_letter(tp, offsets, stage=stage, code=code, reason=f"replay: {reason}",
+                                          record_bytes=size, segment=segment, stream_id=stream_id,
+                                          tenant_id=tenant_id)
         assert self._producer is not None
-        self._producer.send(self.config.kafka.topic("dead_letters"), key=stream_id.encode(),
-                            value=messages.encode(letter)).get(timeout=30)
+        dead_letters.send(self._producer, self.config.kafka, letter, wait_s=30)
         log.warning("replay: dead letter %s at %s[%d]@%d: %s", code, tp.topic, tp.partition, min(offsets),
                     reason[:200])
 

@@ -35,6 +35,7 @@ from contracts import messages
 from operators.frames import SegmentInfo, StageError
 from pipelines import metrics
 from pipelines.config import LivelensConfig
+from pipelines.kafka import dead_letters
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.kafka.offsets import OffsetTracker
 from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
@@ -108,7 +109,6 @@ class KafkaSegmentSource:
         self.source_id = source_id
         self.stats = SourceStats()
         self._topic = config.kafka.topic("segments")
-        self._dlq_topic = config.kafka.topic("dead_letters")
         self._tracker = OffsetTracker()
         # One assembler per partition: a stream's chunks all arrive on its partition, and a revoked
         # partition's half-assembled segments are dropped with it.
@@ -271,18 +271,12 @@ class KafkaSegmentSource:
     def _dead_letter(self, tp: TopicPartition, offsets: list[int], segment: messages.VideoSegment | None,
                      stage: str, code: str, reason: str, size: int, *, attempts: int = 1,
                      stream_id: str | None = None, tenant_id: str | None = None) -> None:
-        stream_id = stream_id or (segment.stream_id if segment else "")
-        letter = messages.DeadLetter(
-            tenant_id=tenant_id or (segment.tenant_id if segment else "unknown"),
-            stream_id=stream_id,
-            source_topic=tp.topic, partition=tp.partition, offset=min(offsets), stage=stage, code=code,
-            reason=reason[:4096], record_bytes=size, attempts=attempts,
-        )
+        letter = dead_letters.dead_letter(tp, offsets, stage=stage, code=code, reason=reason, record_bytes=size,
+                                          segment=segment, stream_id=stream_id, tenant_id=tenant_id,
+                                          attempts=attempts)
         # Wait for the broker's ack: the offset may only be committed once the letter is durable.
-        key = stream_id.encode()
-        self._producer.send(self._dlq_topic, key=key, value=messages.encode(letter)).get(timeout=30)
+        dead_letters.send(self._producer, self.config.kafka, letter, wait_s=30)
         self.stats.dead_letters[code] = self.stats.dead_letters.get(code, 0) + 1
-        metrics.dead_letter(stage, code, letter.tenant_id)
         log.warning("%s: dead letter %s at %s[%d]@%d: %s", self.source_id, code, tp.topic, tp.partition,
                     min(offsets), reason[:200])
         self._tracker.done(tp, offsets)

@@ -41,6 +41,7 @@ import numpy as np
 import redis
 
 from contracts import messages
+from memory_store import keys
 from operators.frames import FrameBatch
 from operators.moderation.detectors import (
     DetectorScore,
@@ -57,12 +58,7 @@ from pipelines.moderation.alerts import AlertLog
 
 log = logging.getLogger(__name__)
 
-PENDING_KEY = "ll:moderation:pending"  # decision_id -> RiskDecision JSON, every tenant's, until its verdict
-
-
-def room_key(tenant_id: str, stream_id: str) -> str:
-    """Where a room's RiskEngine snapshot lives."""
-    return f"ll:{{{tenant_id}}}:moderation:room:{stream_id}"
+PENDING_KEY = keys.MODERATION_PENDING  # decision_id -> RiskDecision JSON, every tenant's, until its verdict
 
 
 @dataclass(frozen=True)
@@ -211,7 +207,7 @@ class Moderator:
         engine = self._engines.get(key)
         if engine is None:
             engine = RiskEngine(self.policies, clock=self.clock)
-            stored = self.client.get(room_key(tenant_id, stream_id))
+            stored = self.client.get(keys.moderation_room(tenant_id, stream_id))
             if stored:
                 engine.restore(json.loads(stored))
             self._engines[key] = engine
@@ -231,7 +227,7 @@ class Moderator:
                 self.alerts.audit(tenant_id, stream_id, _audit_event(d))
             to_verify = [d for d in decisions if d.verify]
             with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(room_key(tenant_id, stream_id), json.dumps(engine.snapshot()))
+                pipe.set(keys.moderation_room(tenant_id, stream_id), json.dumps(engine.snapshot()))
                 for d in to_verify:
                     pipe.hset(PENDING_KEY, d.decision_id, d.model_dump_json())
                 if verdict_of is not None:

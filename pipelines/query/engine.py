@@ -25,6 +25,7 @@ from memory_store.client import MemoryClient
 from operators.frames import StageError
 from pipelines import metrics
 from pipelines.config import LivelensConfig
+from pipelines.kafka import dead_letters
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.query.clients import Answering, QueryEncoder
 
@@ -332,11 +333,10 @@ class QueryConsumer:
         self.answered += 1
 
     def _dead_letter(self, producer, tp, record, code: str, reason: str) -> None:
-        letter = messages.DeadLetter(tenant_id="unknown", source_topic=tp.topic, partition=tp.partition,
-                                     offset=record.offset, stage="query", code=code, reason=reason,
-                                     record_bytes=len(record.value or b""))
-        producer.send(self.config.kafka.topic("dead_letters"), key=b"", value=messages.encode(letter))
+        # Not waited for: the consumer flushes the producer before it commits the batch's offsets.
+        letter = dead_letters.dead_letter(tp, [record.offset], stage="query", code=code, reason=reason,
+                                          record_bytes=len(record.value or b""))
+        dead_letters.send(producer, self.config.kafka, letter)
         self.dead_letters += 1
-        metrics.dead_letter("query", code, "unknown")
 
 

@@ -29,6 +29,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contracts import messages
+from memory_store import keys
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +75,6 @@ class StandingQuery(BaseModel):
         return not self.stream_ids or stream_id in self.stream_ids
 
 
-def _registry_key(tenant_id: str) -> str:
-    return f"ll:{{{tenant_id}}}:standing"
-
-
-def _version_key(tenant_id: str) -> str:
-    return f"ll:{{{tenant_id}}}:standing-version"
-
-
-def _state_key(tenant_id: str, query_id: str) -> str:
-    return f"ll:{{{tenant_id}}}:standing-state:{query_id}"
-
-
 class StandingRegistry:
     """Registered queries per tenant, in a Redis hash (query_id -> JSON)."""
 
@@ -94,24 +83,24 @@ class StandingRegistry:
 
     def register(self, query: StandingQuery) -> StandingQuery:
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(_registry_key(query.tenant_id), query.query_id, query.model_dump_json())
-            pipe.incr(_version_key(query.tenant_id))
+            pipe.hset(keys.standing(query.tenant_id), query.query_id, query.model_dump_json())
+            pipe.incr(keys.standing_version(query.tenant_id))
             pipe.execute()
         return query
 
     def version(self, tenant_id: str) -> int:
         """Changes whenever the tenant's registry does: evaluators re-read only then."""
-        return int(self.client.get(_version_key(tenant_id)) or 0)
+        return int(self.client.get(keys.standing_version(tenant_id)) or 0)
 
     def list(self, tenant_id: str) -> list[StandingQuery]:
-        raw = self.client.hgetall(_registry_key(tenant_id))
+        raw = self.client.hgetall(keys.standing(tenant_id))
         return sorted((StandingQuery.model_validate_json(v) for v in raw.values()), key=lambda q: q.created_at)
 
     def delete(self, tenant_id: str, query_id: str) -> bool:
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hdel(_registry_key(tenant_id), query_id)
-            pipe.delete(_state_key(tenant_id, query_id))
-            pipe.incr(_version_key(tenant_id))
+            pipe.hdel(keys.standing(tenant_id), query_id)
+            pipe.delete(keys.standing_state(tenant_id, query_id))
+            pipe.incr(keys.standing_version(tenant_id))
             removed, _, _ = pipe.execute()
         return bool(removed)
 
@@ -180,9 +169,9 @@ class StandingEvaluator:
         queries = [q for q in self._queries(tenant_id) if q.covers(stream_id)]
         if not queries or not frames:
             return []
-        keys = [_state_key(tenant_id, q.query_id) for q in queries]
+        state_keys = [keys.standing_state(tenant_id, q.query_id) for q in queries]
         with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
+            for key in state_keys:
                 pipe.hget(key, stream_id)
             stored = pipe.execute()
         episodes = [_Episode(**json.loads(s)) if s else _Episode() for s in stored]
@@ -202,7 +191,7 @@ class StandingEvaluator:
         if firings:
             self.emit(firings)
         with self.client.pipeline(transaction=True) as pipe:
-            for key, episode in zip(keys, episodes):
+            for key, episode in zip(state_keys, episodes):
                 pipe.hset(key, stream_id, json.dumps(episode.__dict__))
             pipe.execute()
         return firings

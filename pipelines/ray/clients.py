@@ -22,7 +22,7 @@ from memory_store.service import MemoryStore
 from operators.frames import StageError
 from pipelines.config import LivelensConfig
 from pipelines.ingest.replay import ReplayError
-from pipelines.ray.placement import shard
+from pipelines.ray.placement import memory_shard
 from pipelines.ray.runtime import connect_ray
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class RayMemoryClient:
         return cls([ray.get_actor(f"memory-{i}", namespace=config.ray.namespace) for i in range(config.memory.shards)])
 
     def actor_for(self, tenant_id: str) -> Any:
-        return self.actors[shard(tenant_id, len(self.actors))]
+        return self.actors[memory_shard(tenant_id, len(self.actors))]
 
     def _call(self, tenant_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
         return result(self.actor_for(tenant_id).call.remote(method, *args, **kwargs))

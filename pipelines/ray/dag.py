@@ -37,7 +37,7 @@ from operators.frames import (
 )
 from pipelines import metrics
 from pipelines.config import LivelensConfig
-from pipelines.ray.placement import actor_options, shard
+from pipelines.ray.placement import actor_options, memory_shard, shard
 from pipelines.ray.runtime import setup_logging
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class MemoryActor:
         index_dir = (config.data_dir / "faiss" / f"shard-{shard_index}").resolve()
         shards = config.memory.shards
         self.store = MemoryStore(client, config.memory, index_dir=index_dir,
-                                 owns_tenant=lambda tenant: shard(tenant, shards) == shard_index)
+                                 owns_tenant=lambda tenant: memory_shard(tenant, shards) == shard_index)
         metrics.report_memory_every(config.metrics.memory_interval_s, shard_index, self.store.stats)
         threading.Thread(target=self._sweep_retention, args=(config.memory.retention_sweep_s,), daemon=True,
                          name="retention").start()
@@ -300,7 +300,7 @@ class PipelineHandles:
     verifiers: list = field(default_factory=list)
 
     def memory_for(self, tenant_id: str):
-        return self.memory[shard(tenant_id, len(self.memory))]
+        return self.memory[memory_shard(tenant_id, len(self.memory))]
 
 
 def _named(cls, name: str, namespace: str, detached: bool, options: dict, *args):

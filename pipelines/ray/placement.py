@@ -59,3 +59,9 @@ def shard(key: str, n: int) -> int:
     """Which of n replicas owns ``key`` (a stream, a tenant): stable across processes and restarts (unlike
     hash()), so a stream's stateful stages stay on one replica and a restarted one finds its streams."""
     return zlib.crc32(key.encode()) % n
+
+
+def memory_shard(tenant_id: str, shards: int) -> int:
+    """The memory shard that owns a tenant: every tenant's data and FAISS indexes live on exactly one. The
+    memory actors, the live chain's writes and `RayMemoryClient` all route by this one function."""
+    return shard(tenant_id, shards)
