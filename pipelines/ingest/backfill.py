@@ -82,9 +82,6 @@ from rich.text import Text
 
 from memory_store import keys
 from memory_store.service import MemoryStore
-from operators.boundaries import BoundaryDetector
-from operators.caching import FrameSkipper, encode_skipping
-from operators.compress import TokenDropCompressor
 from operators.frames import (
     CompressedBatch,
     FeatureBatch,
@@ -93,14 +90,13 @@ from operators.frames import (
     StageError,
     tag_stage,
 )
-from operators.ocr import ScreenTextReader
 from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
+from pipelines.ingest.chain import OperatorChain
 from pipelines.ingest.source import segment_info
 from pipelines.kafka.publish import (
     segment_header,  # the publisher's own header: SegmentInfo exactly as live
 )
-from pipelines.models import vision_encoder
 from pipelines.segmenter import (
     NETWORK_TIMEOUT_S,
     VIDEO_EXTENSIONS,
@@ -110,7 +106,7 @@ from pipelines.segmenter import (
 
 log = logging.getLogger(__name__)
 
-_MANIFEST_VERSION = 2  # 2: boundary detector state
+_MANIFEST_VERSION = 3  # 2: boundary detector state; 3: one "state" field, the operator chain's snapshot
 
 
 class BackfillError(Exception):
@@ -191,10 +187,7 @@ def _media_duration_s(source: Path | str) -> float | None:
 class _Resume:
     next_seq: int
     next_media_s: float
-    compressor: dict[str, Any]
-    ocr: dict[str, Any] | None
-    skipper: dict[str, Any] | None
-    boundaries: dict[str, Any]
+    state: dict[str, dict[str, Any]]  # OperatorChain.snapshot() after the last finished segment
 
 
 class Manifest:
@@ -220,22 +213,14 @@ class Manifest:
             raise BackfillError(f"backfill manifest {self.key} was written for another version of the file or "
                                 f"another configuration; delete it (redis-cli DEL '{self.key}') to start over. "
                                 "Segments already in memory are kept: their writes are skipped as replays")
-        ocr, skipper = found.get(b"ocr"), found.get(b"skipper")
-        return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), _unpack(found[b"compressor"]),
-                       _unpack(ocr) if ocr else None, _unpack(skipper) if skipper else None,
-                       _unpack(found[b"boundaries"]))
+        return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), _unpack(found[b"state"]))
 
-    def complete(self, info: SegmentInfo, compressor: dict[str, Any], ocr: dict[str, Any] | None,
-                 skipper: dict[str, Any] | None, boundaries: dict[str, Any]) -> None:
-        """Record segment ``info.seq`` (and so every earlier one) as done, with the state after it. One HSET: atomic."""
-        mapping = {"version": _MANIFEST_VERSION, "fingerprint": self.fingerprint, "next_seq": info.seq + 1,
-                   "next_media_s": info.media_start_s + info.duration_s, "compressor": _pack(compressor),
-                   "boundaries": _pack(boundaries), "updated_at": time.time()}
-        if ocr is not None:
-            mapping["ocr"] = _pack(ocr)
-        if skipper is not None:
-            mapping["skipper"] = _pack(skipper)
-        self.r.hset(self.key, mapping=mapping)
+    def complete(self, info: SegmentInfo, state: dict[str, dict[str, Any]]) -> None:
+        """Record segment ``info.seq`` (and so every earlier one) as done, with the operator chain's state after
+        it (whatever each stateful step's snapshot returned). One HSET: atomic."""
+        self.r.hset(self.key, mapping={
+            "version": _MANIFEST_VERSION, "fingerprint": self.fingerprint, "next_seq": info.seq + 1,
+            "next_media_s": info.media_start_s + info.duration_s, "state": _pack(state), "updated_at": time.time()})
 
 
 def _pack(state: Any) -> bytes:
@@ -314,15 +299,10 @@ class Backfill:
         self.show_progress = progress
         self.replace = replace
         self.on_dead_letter = on_dead_letter
-        self._encoder = vision_encoder(config)
-        # Built exactly as the live actors build them, so backfill stores what live ingest would.
-        self._compressor = TokenDropCompressor(config.compress, config.drop, config.prune)
-        self._boundaries = BoundaryDetector(config.boundaries)  # as the live compressor actor marks them
-        self._pixel_mode = config.drop.mode == "pixel"
-        self._skipper = FrameSkipper(config.cache.skip) if config.cache.skip_frames else None
-        self._reader = ScreenTextReader(config.ocr) if config.ocr.enabled else None
+        # The steps the live actors run, built by the same code, so backfill stores what live ingest would.
+        self._chain = OperatorChain.build(config)
         # What shapes stored memory (not batch sizes or waits): a change makes old manifests invalid.
-        shaping = {"decode": config.decode.model_dump(), "encode_model": self._encoder.model_name,
+        shaping = {"decode": config.decode.model_dump(), "encode_model": self._chain.encode.encoder.model_name,
                    "encode_dtype": config.encode.dtype, "compress": config.compress.model_dump(),
                    "ocr": config.ocr.model_dump(), "cache": config.cache.model_dump(),
                    "drop": config.drop.model_dump(), "prune": config.prune.model_dump() if config.prune else None,
@@ -365,16 +345,10 @@ class Backfill:
         if resume is not None:
             next_seq, done_s = resume.next_seq, resume.next_media_s
             # Holds only this stream: every file's state is forgotten when the file is done.
-            self._compressor.restore(resume.compressor)
-            self._boundaries.restore(resume.boundaries)
-            if self._reader is not None:
-                if resume.ocr is None:
-                    raise BackfillError(f"{manifest.key} has no OCR state but OCR is enabled")
-                self._reader.restore(resume.ocr)
-            if self._skipper is not None:
-                if resume.skipper is None:
-                    raise BackfillError(f"{manifest.key} has no frame-skip state but cache.skip_frames is on")
-                self._skipper.restore(resume.skipper)
+            try:
+                self._chain.restore(resume.state)
+            except ValueError as exc:
+                raise BackfillError(f"{manifest.key}: {exc}") from None
             log.info("%s: resuming at segment %d (%.1f s)", job.source, next_seq, done_s)
         task = progress.add_task(_source_name(job.source), total=duration, completed=done_s)
         overall_total = next(t.total for t in progress.tasks if t.id == overall)
@@ -389,10 +363,7 @@ class Backfill:
                 yield _info(media, job, start), media.payload
 
         def done(info: SegmentInfo) -> None:
-            manifest.complete(info, self._compressor.snapshot(),
-                              self._reader.snapshot() if self._reader is not None else None,
-                              self._skipper.snapshot() if self._skipper is not None else None,
-                              self._boundaries.snapshot())
+            manifest.complete(info, self._chain.snapshot())
             summary.stream_seconds += info.duration_s
             progress.advance(task, info.duration_s)
             progress.advance(overall, info.duration_s)
@@ -422,9 +393,7 @@ class Backfill:
 
     def _forget(self, key: tuple[str, str]) -> None:
         """Per-stream state starts empty for each file (a resumed one is restored from its manifest)."""
-        for stage in (self._compressor, self._boundaries, self._reader, self._skipper):
-            if stage is not None:
-                stage.forget(*key)
+        self._chain.forget(*key)
 
     def _process(self, group: list[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
                  done: Callable[[SegmentInfo], None]) -> None:
@@ -432,7 +401,7 @@ class Backfill:
         decoded = [result for _, result in group if isinstance(result, FrameBatch)]
         features: dict[int, FeatureBatch | StageError]
         try:
-            encoded = encode_skipping(self._encoder.encode, self._skipper, decoded)
+            encoded = self._chain.encode.encode(decoded)
             features = {batch.segment.seq: out for batch, out in zip(decoded, encoded)}
         except StageError as exc:  # as in the encoder actor: a failed batch fails every segment in it
             exc.stage = exc.stage or "encode"
@@ -448,10 +417,9 @@ class Backfill:
 
     def _store(self, frames: FrameBatch, features: FeatureBatch, summary: BackfillSummary) -> None:
         try:
-            images = frames.images if self._pixel_mode else None
-            compressed = tag_stage("compress", self._compressor.compress, features, images)
-            compressed = tag_stage("compress", self._boundaries.mark, compressed)
-            texts = tag_stage("ocr", self._reader.read, frames) if self._reader is not None else None
+            compressed = self._chain.compress.compress(features, frames)
+            reader = self._chain.reader
+            texts = tag_stage("ocr", reader.read, frames) if reader is not None else None
             if self.replace and frames.segment.seq == 0:
                 # A stream rebuilt from its first segment starts from nothing, so memory ends exactly as a
                 # fresh ingest leaves it, events included (replacing segment by segment would keep the events

@@ -66,13 +66,12 @@ class EncodeActor:
     """
 
     def __init__(self, config: LivelensConfig):
-        from operators.caching import FrameSkipper
-        from pipelines.models import vision_encoder
+        from pipelines.ingest.chain import EncodeStep
 
         self.config = config.encode
-        self.encoder = vision_encoder(config)
         # Streams are sharded to encoders by a stable hash, so each stream's skip state lives here.
-        self.skipper = FrameSkipper(config.cache.skip) if config.cache.skip_frames else None
+        self.step = EncodeStep.build(config)
+        self.encoder, self.skipper = self.step.encoder, self.step.skipper
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
@@ -111,10 +110,8 @@ class EncodeActor:
                 future.set_result(result)
 
     def _encode(self, batches: list[FrameBatch]) -> list[FeatureBatch]:
-        from operators.caching import encode_skipping
-
         before, started = self._skipped(), time.perf_counter()
-        out = encode_skipping(self.encoder.encode, self.skipper, batches)
+        out = self.step.encode(batches)
         skipped = metrics.frames_skipped(before, self._skipped())
         metrics.encoder_batch(sum(len(b) for b in batches) - skipped, time.perf_counter() - started)
         return out
@@ -157,19 +154,15 @@ class EncodeActor:
 @ray.remote(**RESTART)
 class CompressActor:
     def __init__(self, config: LivelensConfig):
-        from operators.boundaries import BoundaryDetector
-        from operators.compress import TokenDropCompressor
+        from pipelines.ingest.chain import CompressStep
 
-        self.compressor = TokenDropCompressor(config.compress, config.drop, config.prune)
-        # Per-stream state beside the compressor's: streams are sharded here by a stable hash, in order.
-        self.boundaries = BoundaryDetector(config.boundaries)
-        self.pixel_mode = config.drop.mode == "pixel"
+        # Per-stream state (the compressor's, the boundary detector's): streams are sharded here by a stable
+        # hash, in order.
+        self.step = CompressStep.build(config)
 
     def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
         call = metrics.StageCall("compress", batch.segment, len(batch))
-        images = frames.images if self.pixel_mode and frames is not None else None
-        compressed = tag_stage("compress", self.compressor.compress, batch, images)
-        marked = tag_stage("compress", self.boundaries.mark, compressed)
+        marked = self.step.compress(batch, frames)
         metrics.tokens(marked)
         return call.done(marked)
 
