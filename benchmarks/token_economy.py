@@ -41,9 +41,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, as benchmarks/ingest.py is
 
-from operators.caching import CachedViT, CacheStats, FrameSkipper  # noqa: E402
 from operators.config import FrameSkipConfig, ViTCacheConfig  # noqa: E402
+from operators.frame_skip import FrameSkipper  # noqa: E402
 from operators.frames import FeatureBatch, FrameBatch, SegmentInfo  # noqa: E402
+from operators.vit_cache import CachedViT, CacheStats  # noqa: E402
 
 SHARED_CLIP = REPO.parent / "shared" / "data" / "real-video" / "one-by-one-person-detection.mp4"
 

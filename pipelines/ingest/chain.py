@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.boundaries import BoundaryDetector
-from operators.caching import FrameSkipper, encode_skipping
 from operators.compress import TokenDropCompressor
 from operators.encode import VisionEncoder
+from operators.frame_skip import FrameSkipper, encode_skipping
 from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, tag_stage
 from operators.ocr import ScreenTextReader
 from operators.state import Stateful

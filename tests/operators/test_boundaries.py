@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from operators.boundaries import BoundaryDetector, match_boundaries
-from operators.caching import pixel_cells
 from operators.compress import TokenDropCompressor
 from operators.config import BoundaryConfig, CompressConfig, DropConfig
+from operators.frame_skip import pixel_cells
 from operators.frames import CompressedBatch, FeatureBatch, SegmentInfo
 from pipelines.cli.sample_video import write_sample_video
 

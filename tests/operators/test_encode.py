@@ -176,7 +176,7 @@ def test_a_model_that_is_not_a_vision_model_is_refused_by_name(models):
 
 
 # ---------------------------------------------------------------------------------------------
-# The token cache inside the encoder (operators.caching.CachedViT)
+# The token cache inside the encoder (operators.vit_cache.CachedViT)
 
 
 def smooth_frames(n: int, seed: int) -> np.ndarray:
