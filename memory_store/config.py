@@ -14,7 +14,7 @@ class MemoryConfig(Section):
     snapshot_every_frames: int = Field(
         2000, ge=1, description="Index changes (entries added or removed) between FAISS snapshots.")
     shards: int = Field(1, ge=1, description="Memory actors; tenants are spread over them by hash.")
-    # Tier budgets, per stream (memory_store/tiers.py, docs/architecture.md "Memory tiers").
+    # Tier budgets, per stream (memory_store/tiers/, docs/architecture.md "Memory tiers").
     short_max_tokens: int = Field(
         60_000, ge=1, description="Short tier: kept tokens per stream; the oldest frames lose theirs first. "
         "600 SigLIP frames pruned to 60 tokens fit 36,000.")

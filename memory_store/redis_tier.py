@@ -52,7 +52,7 @@ from memory_store.records import (
     stream_info,
 )
 from memory_store.replace import StoredSegment
-from memory_store.tiers import StreamTxn
+from memory_store.tiers.transaction import StreamTxn
 from operators.frames import CompressedBatch
 
 if TYPE_CHECKING:
