@@ -25,11 +25,11 @@ import av
 import redis
 
 from deploy.processes import start_redis
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.sample_video import write_sample_video
 
 if TYPE_CHECKING:
-    from pipelines.backfill import BackfillSummary
+    from pipelines.ingest.backfill import BackfillSummary
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
@@ -58,7 +58,7 @@ def run_once(video: Path, workers: int, work: Path) -> BackfillSummary:
     # Imported here, not at the top: decode workers (forkserver) re-import this script, and torch
     # (pulled in by the encoder) would add seconds to every worker's start.
     from memory_store.service import MemoryStore
-    from pipelines.backfill import Backfill, BackfillJob
+    from pipelines.ingest.backfill import Backfill, BackfillJob
 
     record = start_redis(work / f"redis-{video.stem}-{workers}")
     try:

@@ -26,11 +26,11 @@ import ray
 import redis
 
 from deploy.processes import free_port, start_broker, start_redis
-from pipelines.app import deploy_pipeline
+from pipelines.ray.runtime import deploy_pipeline
 from pipelines.clips import ClipCutter, clip_threads
 from pipelines.config import LivelensConfig
-from pipelines.publish import SegmentPublisher
-from pipelines.sample_video import write_sample_video
+from pipelines.kafka.publish import SegmentPublisher
+from pipelines.cli.sample_video import write_sample_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import run_streams  # noqa: E402  (the ingest benchmark's measurement, reused as is)

@@ -28,12 +28,12 @@ import redis
 from kafka import TopicPartition
 
 from deploy.processes import start_broker, start_redis
-from pipelines import messages
+from contracts import messages
 from pipelines.clips import ClipCutter, ClipKeeper
 from pipelines.config import LivelensConfig
-from pipelines.kafka_io import make_reader
-from pipelines.publish import SegmentAssembler, SegmentPublisher
-from pipelines.sample_video import write_sample_video
+from pipelines.kafka.client import make_reader
+from pipelines.kafka.publish import SegmentAssembler, SegmentPublisher
+from pipelines.cli.sample_video import write_sample_video
 
 REPO = Path(__file__).resolve().parents[1]
 

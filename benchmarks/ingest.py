@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from contracts import messages
 from deploy.processes import free_port, start_broker, start_redis
 from memory_store.redis_tier import RedisTier
-from pipelines import messages
-from pipelines.app import deploy_pipeline
-from pipelines.client import Client
+from pipelines.api.client import Client
+from pipelines.api.deployment import deploy_pipeline
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.publish import SegmentPublisher
-from pipelines.sample_video import write_sample_video
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,10 +34,10 @@ from pathlib import Path
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from deploy.processes import start_broker
-from pipelines import messages
+from contracts import messages
 from pipelines.config import KafkaConfig
-from pipelines.kafka_io import make_consumer, make_producer
-from pipelines.publish import SegmentAssembler
+from pipelines.kafka.client import make_consumer, make_producer
+from pipelines.kafka.publish import SegmentAssembler
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -107,7 +107,7 @@ def encode_actor(model: Path, device: str, batch_frames: int, inbox: mp.Queue, o
     from operators.encode import VisionEncoder
     from operators.encode_compress import EncodeCompressor
     from pipelines.config import CompressConfig, DropConfig, EncodeConfig, PruneConfig
-    from pipelines.placement import shard
+    from pipelines.ray.placement import shard
 
     torch.set_num_threads(ENCODER_THREADS)
     dtype = "bfloat16" if device == "cuda" else "float32"

@@ -42,18 +42,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from token_economy import SHARED_CLIP, Tower, build_tower, decode
 
 from deploy.processes import start_redis
+from memory_store.config import MemoryConfig
 from memory_store.report import TIERS, stream_tiers
 from memory_store.service import MemoryStore
 from operators.boundaries import BoundaryDetector
 from operators.compress import TokenDropCompressor
+from operators.config import BoundaryConfig, CompressConfig, DropConfig, PruneConfig
 from operators.frames import FeatureBatch, SegmentInfo
-from pipelines.config import (
-    BoundaryConfig,
-    CompressConfig,
-    DropConfig,
-    MemoryConfig,
-    PruneConfig,
-)
 
 WALL0 = 1_700_000_000.0
 
@@ -233,7 +228,7 @@ def main() -> int:
     torch.set_grad_enabled(False)
     tower = build_tower(args.shape, "cpu")
 
-    from pipelines.sample_video import write_sample_video
+    from pipelines.cli.sample_video import write_sample_video
 
     sample = Path(tempfile.mkdtemp(prefix="bench-video-")) / "broadcast.mp4"
     write_sample_video(sample, duration_s=60.0)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from operators.config import OcrConfig
 from operators.frames import FrameBatch, SegmentInfo
 from operators.moderation.detectors import (
     LexiconDetector,
@@ -41,7 +42,6 @@ from operators.moderation.policy import (
 )
 from operators.moderation.risk import RiskEngine
 from operators.ocr import ScreenTextReader
-from pipelines.config import OcrConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the rendered rooms of the tests: same pictures, same text

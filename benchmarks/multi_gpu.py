@@ -5,7 +5,7 @@
 As the deployed pipeline places them: each replica is its own process that sees
 exactly one GPU (CUDA_VISIBLE_DEVICES, as Ray sets it for an actor with
 num_gpus=1) and runs `VisionEncoder` (SigLIP-B/16 vision tower, random weights,
-bf16); stream s goes to replica `shard(s, replicas)` (pipelines/dag.py), and each
+bf16); stream s goes to replica `shard(s, replicas)` (pipelines/ray/dag.py), and each
 replica encodes its streams' frames in batches of --batch. Frames are synthetic
 224x224 pictures made in each replica (decode is not measured here; see
 gpu_backfill.py). Throughput = all frames / wall time of the slowest replica,
@@ -27,9 +27,9 @@ def replica(gpu: int, model: str, streams: list[str], frames_per_stream: int, ba
     import numpy as np
     import torch
 
+    from operators.config import EncodeConfig
     from operators.encode import VisionEncoder
     from operators.frames import FrameBatch, SegmentInfo
-    from pipelines.config import EncodeConfig
 
     encoder = VisionEncoder(EncodeConfig(model=model, device="cuda", dtype="bfloat16", batch_frames=batch), model)
     rng = np.random.default_rng(gpu)
@@ -48,7 +48,7 @@ def replica(gpu: int, model: str, streams: list[str], frames_per_stream: int, ba
 
 
 def run(gpus: int, model: str, streams: int, frames_per_stream: int, batch: int) -> tuple[int, float]:
-    from pipelines.placement import shard
+    from pipelines.ray.placement import shard
 
     names = [f"stream-{i}" for i in range(streams)]
     assigned = {g: [s for s in names if shard(f"bench/{s}", gpus) == g] for g in range(gpus)}

@@ -22,16 +22,17 @@ import numpy as np
 import ray
 import redis
 
+from contracts import messages
 from deploy.processes import free_port, start_broker, start_redis
 from memory_store.service import MemoryStore
+from operators.config import OcrConfig
 from operators.frames import CompressedBatch, SegmentInfo
 from operators.ocr import FrameText, ScreenTextReader, TextEmbedder, TextLine
-from pipelines import messages
-from pipelines.app import deploy_pipeline
-from pipelines.client import Client
-from pipelines.config import LivelensConfig, OcrConfig
-from pipelines.sample_video import write_sample_video
-from pipelines.standing import (
+from pipelines.api.client import Client
+from pipelines.api.deployment import deploy_pipeline
+from pipelines.cli.sample_video import write_sample_video
+from pipelines.config import LivelensConfig
+from pipelines.query.standing import (
     FrameView,
     StandingEvaluator,
     StandingQuery,

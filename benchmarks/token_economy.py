@@ -41,9 +41,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, as benchmarks/ingest.py is
 
-from operators.caching import CachedViT, CacheStats, FrameSkipper  # noqa: E402
+from operators.config import FrameSkipConfig, ViTCacheConfig  # noqa: E402
+from operators.frame_skip import FrameSkipper  # noqa: E402
 from operators.frames import FeatureBatch, FrameBatch, SegmentInfo  # noqa: E402
-from pipelines.config import FrameSkipConfig, ViTCacheConfig  # noqa: E402
+from operators.vit_cache import CachedViT, CacheStats  # noqa: E402
 
 SHARED_CLIP = REPO.parent / "shared" / "data" / "real-video" / "one-by-one-person-detection.mp4"
 
@@ -135,7 +136,7 @@ def video_row(tower: Tower, name: str, video: Path, cuts: list[float] | None, fp
               vit_config: ViTCacheConfig) -> dict:
     from operators.boundaries import BoundaryDetector, match_boundaries
     from operators.compress import TokenDropCompressor
-    from pipelines.config import BoundaryConfig, CompressConfig, DropConfig, PruneConfig
+    from operators.config import BoundaryConfig, CompressConfig, DropConfig, PruneConfig
 
     pts, frames = decode(video, fps)
     per_segment = max(1, round(segment_s * fps))
@@ -377,7 +378,7 @@ def main() -> int:
              f"Command: `python benchmarks/token_economy.py {shlex.join(sys.argv[1:])}`", ""]
     print("\n".join(lines), flush=True)
     if "videos" in parts:
-        from pipelines.sample_video import write_sample_video
+        from pipelines.cli.sample_video import write_sample_video
 
         sample = Path(tempfile.mkdtemp(prefix="bench-video-")) / "broadcast.mp4"
         truth = write_sample_video(sample, duration_s=60.0)

@@ -7,6 +7,7 @@ from another process, stops exactly what `livelens up` started.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from deploy.prometheus import scrape_config
 
 
 class StackError(RuntimeError):
@@ -158,11 +161,7 @@ def start_redis(data_dir: Path, port: int | None = None, appendfsync: str = "alw
 def start_prometheus(data_dir: Path, targets: list[str], *, scrape_interval_s: float = 15.0,
                      port: int | None = None) -> ProcessRecord:
     """A Prometheus server (Debian package `prometheus`) on loopback scraping `targets` (Ray metrics export
-    ports), its config and TSDB under data_dir/prometheus; the scrape config is `pipelines.metrics.scrape_config`."""
-    import json
-
-    from pipelines.metrics import scrape_config
-
+    ports), its config and TSDB under data_dir/prometheus; the scrape config is `deploy.prometheus.scrape_config`."""
     binary = shutil.which("prometheus")
     if not binary:
         raise StackError("prometheus not found; `make setup` installs it (Debian package prometheus)")

@@ -26,6 +26,17 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:clip:wall:<stream>          zset    score = wall clock of the segment's first frame, member = seq
     ll:{t}:clip:archived:<stream>      zset    score = wall clock, member = seq: segments the archive holds
 
+Beside memory, the layers above keep these (built here too, so that one module names every key):
+
+    ll:{t}:standing                    hash    standing queries: query_id -> JSON (pipelines.query.standing)
+    ll:{t}:standing-version            string  bumped on every registry change
+    ll:{t}:standing-state:<query id>   hash    per-stream firing state of one standing query
+    ll:{t}:answer:<query id>           string  an asynchronous query's answer, kept serve.answer_ttl_s
+    ll:{t}:moderation:room:<stream>    string  a room's RiskEngine snapshot (pipelines.moderation)
+    ll:moderation:pending              hash    decision_id -> RiskDecision JSON, every tenant's, until its verdict
+    ll:{t}:backfill:<stream>:<digest>  hash    a backfill's manifest: finished segments, operator snapshots
+    ll:{t}:alerts, alert-index, alert-acks, audit:<room>   the alert log (pipelines.moderation.alerts)
+
 Entries: the frame hash also holds the index entries that are not frames, under
 their own keys, with the same metadata fields plus ``kind``: event segments
 (``event_key``) and merged entries (``merged_key``). Readers of frames thus read
@@ -46,11 +57,11 @@ import re
 PREFIX = "ll"
 TENANTS = f"{PREFIX}:tenants"
 
-# The wire contract's Id rule (pipelines.messages.Id). Checked again here because a tenant
+# The wire contract's Id rule (contracts.messages.Id). Checked again here because a tenant
 # id with a brace would break the hash tag and a '/' would make frame keys ambiguous.
 _ID_CHARS = r"[A-Za-z0-9_.:\-]{1,128}"
 _ID = re.compile(_ID_CHARS)
-_THUMB = re.compile(rf"{PREFIX}:\{{{_ID_CHARS}\}}:thumb:.+")
+_THUMB = re.compile(rf"{PREFIX}:\{{({_ID_CHARS})\}}:thumb:.+")
 
 
 def check_id(kind: str, value: str) -> str:
@@ -83,6 +94,13 @@ def thumbnail(tenant_id: str, frame_key: str) -> str:
 def is_thumbnail(key: str) -> bool:
     """True for keys `thumbnail` builds: a caller-supplied key must never read anything else."""
     return bool(_THUMB.fullmatch(key))
+
+
+def thumbnail_tenant(key: str) -> str | None:
+    """The tenant whose thumbnail `key` is (None for any other key): routes a caller-supplied key to its shard
+    and keeps one tenant from reading another's."""
+    match = _THUMB.fullmatch(key)
+    return match.group(1) if match else None
 
 
 def segment(tenant_id: str, stream_id: str, seq: int) -> str:
@@ -142,6 +160,34 @@ def clip_keys(tenant_id: str, stream_id: str) -> tuple[str, str, str, str]:
     base = f"{_tenant(tenant_id)}:clip"
     stream = check_id("stream", stream_id)
     return f"{base}:loc:{stream}", f"{base}:media:{stream}", f"{base}:wall:{stream}", f"{base}:archived:{stream}"
+
+
+def standing(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:standing"
+
+
+def standing_version(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:standing-version"
+
+
+def standing_state(tenant_id: str, query_id: str) -> str:
+    return f"{_tenant(tenant_id)}:standing-state:{query_id}"
+
+
+def answer(tenant_id: str, query_id: str) -> str:
+    return f"{_tenant(tenant_id)}:answer:{query_id}"
+
+
+def moderation_room(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:moderation:room:{stream_id}"
+
+
+# The one key of moderation outside any tenant: the verifier's queue survives a restart of either side.
+MODERATION_PENDING = f"{PREFIX}:moderation:pending"
+
+
+def backfill_manifest(tenant_id: str, stream_id: str, source_digest: str) -> str:
+    return f"{_tenant(tenant_id)}:backfill:{check_id('stream', stream_id)}:{source_digest}"
 
 
 def event_key(tenant_id: str, stream_id: str, pts_s: float) -> str:

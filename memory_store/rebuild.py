@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from memory_store.config import MemoryConfig
 from memory_store.records import IndexEntry, IndexKind
 from memory_store.redis_tier import RedisTier
 from memory_store.vector_index import VectorIndex
-from pipelines.config import MemoryConfig
 
 log = logging.getLogger(__name__)
 

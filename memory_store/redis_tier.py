@@ -35,6 +35,7 @@ import numpy as np
 import redis
 
 from memory_store import keys
+from memory_store.config import MemoryConfig
 from memory_store.events import Reference, read_blob
 from memory_store.records import (
     META_FIELDS,
@@ -51,9 +52,8 @@ from memory_store.records import (
     stream_info,
 )
 from memory_store.replace import StoredSegment
-from memory_store.tiers import StreamTxn
+from memory_store.tiers.transaction import StreamTxn
 from operators.frames import CompressedBatch
-from pipelines.config import MemoryConfig
 
 if TYPE_CHECKING:
     from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import redis
 
 from memory_store import keys
-from pipelines.config import MemoryConfig
+from memory_store.config import MemoryConfig
 
 TIERS = ("short", "mid", "long")
 

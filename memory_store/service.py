@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import numpy as np
 import redis
 
+from memory_store.config import MemoryConfig
 from memory_store.hits import Hit, TextHit, merge_episodes
 from memory_store.rebuild import add_entries, new_index, rebuild_index, reconcile
 from memory_store.records import FrameRecord, IndexKind, StreamInfo, WriteResult
@@ -51,7 +52,6 @@ from memory_store.report import TIERS, stream_tiers
 from memory_store.text import check_texts
 from memory_store.vector_index import VectorIndex
 from operators.frames import CompressedBatch, SegmentInfo, StageError
-from pipelines.config import MemoryConfig
 
 if TYPE_CHECKING:
     from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text

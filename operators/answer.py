@@ -33,9 +33,9 @@ from transformers import (
     PreTrainedModel,
 )
 
+from operators.config import AnswerConfig
 from operators.frames import StageError
 from operators.tiny_models import is_tiny
-from pipelines.config import AnswerConfig
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from operators.config import BoundaryConfig
 from operators.frames import CompressedBatch
-from pipelines.config import BoundaryConfig
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ feature  cosine of the two tokens after the ViT; dropped when above
 pixel    mean absolute RGB difference (0..1) of the frame patch behind the token;
          dropped when below ``DropConfig.pixel_threshold``. Needs the frames, not
          just the features: ``compress(batch, images)`` takes the FrameBatch's
-         images, or ``operators.caching.pixel_cells(images, batch.grid)``, the
+         images, or ``operators.frame_skip.pixel_cells(images, batch.grid)``, the
          ~10 KB-a-frame area means the decoder or encoder side can ship instead
          (cells of cells are the same cells, so both give identical masks). Token
          (r, c) of a (rows, cols) grid covers the same fraction of the whole frame,
@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from operators.caching import patch_change, pixel_cells
+from operators.config import CompressConfig, DropConfig, DropMode, PruneConfig
+from operators.frame_skip import patch_change, pixel_cells
 from operators.frames import CompressedBatch, FeatureBatch
 from operators.pruning import DistinctivePruner
-from pipelines.config import CompressConfig, DropConfig, DropMode, PruneConfig
 
 logger = logging.getLogger(__name__)
 

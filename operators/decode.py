@@ -41,8 +41,8 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from operators.config import DecodeConfig
 from operators.frames import FrameBatch, SegmentInfo, StageError
-from pipelines.config import DecodeConfig
 
 # A frame this many grid steps before a grid point counts as on it: stream times are
 # sums of floats, and 6.0 must not come out as 5.999999999999999 and miss grid point 6.

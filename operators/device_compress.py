@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators.caching import CELLS_PER_PATCH
-from pipelines.config import CompressConfig, DropConfig, PruneConfig
+from operators.frame_skip import CELLS_PER_PATCH
+from operators.config import CompressConfig, DropConfig, PruneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ class _Plan:
 
 
 def pixel_cells_on_device(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``operators.caching.pixel_cells`` of uint8 frames [N,H,W,3] already on the device: [N, rows*4, cols*4, 3]."""
+    """``operators.frame_skip.pixel_cells`` of uint8 frames [N,H,W,3] already on the device: [N, rows*4, cols*4, 3]."""
     rows, cols = grid[0] * CELLS_PER_PATCH, grid[1] * CELLS_PER_PATCH
     height, width = images.shape[1:3]
     if height < rows or width < cols:

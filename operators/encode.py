@@ -52,10 +52,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from operators.caching import CachedViT
+from operators.config import EncodeConfig, ViTCacheConfig
 from operators.frames import FeatureBatch, FrameBatch, StageError
 from operators.tiny_models import is_tiny
-from pipelines.config import EncodeConfig, ViTCacheConfig
+from operators.vit_cache import CachedViT
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class VisionEncoder:
     Frames of many segments (many streams) share forward passes of at most
     ``config.batch_frames`` frames; outputs are split back per segment.
 
-    With ``token_cache``, frames of streams go through ``CachedViT`` (operators.caching): each stream's
+    With ``token_cache``, frames of streams go through ``CachedViT`` (operators.vit_cache): each stream's
     non-reference frames recompute only their least similar tokens. Query-side calls (``embed_images``)
     always compute in full and leave the streams' caches alone.
     """

@@ -42,8 +42,8 @@ from rapidocr_onnxruntime import RapidOCR
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 from transformers import AutoModel, AutoTokenizer
 
+from operators.config import OcrConfig
 from operators.frames import FrameBatch, StageError
-from pipelines.config import OcrConfig
 
 StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 

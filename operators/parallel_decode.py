@@ -24,9 +24,9 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
+from operators.config import DecodeConfig
 from operators.decode import SegmentDecoder
 from operators.frames import FrameBatch, SegmentInfo, StageError
-from pipelines.config import DecodeConfig
 
 # Set once per worker process by _start_worker; the pool never runs anything else there.
 _worker_decoder: SegmentDecoder | None = None

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import PruneConfig
+from operators.config import PruneConfig
 
 logger = logging.getLogger(__name__)
 

@@ -19,19 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory_store.keys import check_id
-
-
-class ArchiveConfig(BaseModel):
-    """``archive.*``: where segments are copied for clips older than Kafka's retention (docs/operations.md)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    url: str | None = Field(
-        None, description="fsspec URL or local path of the archive; None: no archive, clips come from Kafka only.")
-    retention_s: float = Field(
-        30 * 86400.0, gt=0, description="Archived segments whose first frame is older than this (wall clock, "
-        "against the stream's newest segment) are deleted; their clips then answer 410 once Kafka dropped them too.")
-    storage_options: dict[str, str] = Field(
-        default_factory=dict, description="Passed to the fsspec filesystem (credentials, endpoint_url, ...).")
+from pipelines.config import ArchiveConfig
 
 
 class SegmentArchive:

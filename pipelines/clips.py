@@ -29,7 +29,6 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 import av
@@ -38,38 +37,16 @@ from kafka.structs import TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory_store import keys
-from pipelines import messages
+from contracts import messages
 from pipelines.archive import SegmentArchive
+from pipelines.config import ClipConfig, LivelensConfig
+from pipelines.kafka.client import make_reader
 from pipelines.segmenter import SEGMENT_TS_OFFSET_S
 
-if TYPE_CHECKING:
-    from pipelines.config import LivelensConfig
 
 # Fragmented MP4: the moov box comes first (empty), each keyframe starts a fragment. Browsers play it as it
 # arrives and the muxer never seeks back, so it is written to memory in one pass.
 MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
-
-
-class ClipConfig(BaseModel):
-    """``clips.*``: clip URLs on evidence and alerts, and the limits of one clip (docs/operations.md)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    margin_s: float = Field(
-        2.0, ge=0, description="Evidence and alert clip URLs pad the evidence's span by this on each side, so the "
-        "moment is seen with its lead-in.")
-    max_span_s: float = Field(
-        600.0, gt=0, description="Longest span one clip may cover. A clip is built in memory (its compressed "
-        "video, ~1 MB per 10 s of 720p), so this bounds what one request holds.")
-    read_timeout_s: float = Field(
-        10.0, gt=0, description="A Kafka read that gets no record for this long answers 503 (retry later).")
-    nice: int = Field(
-        10, ge=0, le=19, description="CPU niceness of the threads that cut clips (`clip_threads`). Live actors run at "
-        "0, so where a clip and ingest want the same core the kernel gives ingest ~10x the CPU time; 0: no "
-        "preference.")
-    locations_retention_s: float | None = Field(
-        None, gt=0, description="How long (stream seconds) segment locations stay in Redis, ~0.7 kB per segment "
-        "(1.3 MB per stream-hour of 2 s segments). None: max(memory.retention_s, archive.retention_s with an "
-        "archive). Set it to the segments topic's retention.ms when that is shorter and there is no archive.")
 
 
 class ClipError(Exception):
@@ -300,9 +277,6 @@ class ClipCutter:
         return ClipError("not_found", f"no stream {stream_id}", 404)
 
     def _from_kafka(self, tenant_id: str, stream_id: str, wanted: list[SegmentLocation]) -> dict[int, bytes]:
-        # Imported here: both import pipelines.config, which imports this module for ClipConfig.
-        from pipelines.kafka_io import make_reader
-
         out: dict[int, bytes] = {}
         by_partition: dict[TopicPartition, list[SegmentLocation]] = {}
         for f in wanted:
@@ -317,7 +291,7 @@ class ClipCutter:
 
     def _read_partition(self, reader, tp: TopicPartition, tenant_id: str, stream_id: str,
                         locations: list[SegmentLocation]) -> dict[int, bytes]:
-        from pipelines.publish import SegmentAssembler
+        from pipelines.kafka.publish import SegmentAssembler
 
         known = reader.partitions_for_topic(tp.topic)
         if not known or tp.partition not in known:

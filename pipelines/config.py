@@ -1,5 +1,8 @@
 """One frozen configuration tree for every livelens process.
 
+Each floor keeps its own sections (operators/config.py, memory_store/config.py, the moderation policy in
+operators/moderation/policy.py); this root composes them with the sections of the pipeline layer.
+
 Sources, highest priority first:
 1. keyword arguments (tests, `LivelensConfig(...)`),
 2. environment variables: ``LIVELENS_<SECTION>__<FIELD>`` (for example
@@ -26,22 +29,27 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from memory_store.config import MemoryConfig
+from operators.config import (
+    AnswerConfig,
+    BoundaryConfig,
+    CacheConfig,
+    CompressConfig,
+    DecodeConfig,
+    DropConfig,
+    EncodeConfig,
+    OcrConfig,
+    PruneConfig,
+    Section,
+)
 from operators.moderation.policy import ModerationConfig
 from pipelines.secrets import REDACTED, split_url_credentials
-from pipelines.archive import ArchiveConfig
-from pipelines.clips import ClipConfig
 
 Profile = Literal["offline", "gpu", "cluster"]
-DropMode = Literal["feature", "pixel"]
-BoundarySignal = Literal["drop_ratio", "curvature"]
 ProcessingGuarantee = Literal["at-least-once"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class KafkaConfig(_Section):
+class KafkaConfig(Section):
     # Validation errors would otherwise quote the input: passwords and keys.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
     bootstrap: str | None = Field(
@@ -66,7 +74,7 @@ class KafkaConfig(_Section):
     heartbeat_interval_ms: int = 1000
     max_poll_interval_ms: int = 120_000
     # Authentication and encryption (docs/security.md): passed to every producer, consumer and admin client
-    # by pipelines.kafka_io.client_security().
+    # by pipelines.kafka.client.client_security().
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="PLAINTEXT only on a network nobody else can reach; SASL_SSL on a shared one.")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
@@ -93,7 +101,7 @@ class KafkaConfig(_Section):
         return self.topic_prefix + getattr(self, f"{name}_topic")
 
 
-class RedisConfig(_Section):
+class RedisConfig(Section):
     # Validation errors would otherwise quote the input: passwords and keys.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
     url: str | None = Field(
@@ -126,7 +134,7 @@ class RedisConfig(_Section):
         return out
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address. Env RAY_ADDRESS. Unset: a local runtime.")
     namespace: str = "livelens"
     num_cpus: int | None = Field(None, description="CPUs of a local runtime (None: all).")
@@ -135,232 +143,7 @@ class RayConfig(_Section):
         "(RAY_AUTH_TOKEN, ~/.ray/auth_token); against the local stack, the token `livelens up` made.")
 
 
-class DecodeConfig(_Section):
-    sample_fps: float = Field(1.0, gt=0, description="Frames per second kept from each stream.")
-    keyframes_only: bool = Field(
-        False, description="Decode only keyframes (FFmpeg skip_frame=NONKEY): far cheaper when sample_fps <= keyframe rate."
-    )
-    max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
-    containers: tuple[str, ...] = Field(
-        ("mpegts", "mp4", "mov", "matroska", "webm", "flv", "h264", "hevc"),
-        description="FFmpeg demuxers a segment's `container` may name; others are dead-lettered (bad_container). "
-        "Never add hls, dash, concat or other playlist demuxers: they open nested URLs and local files.")
-    deadline_s: float = Field(
-        30.0, gt=0, description="Wall-clock budget for decoding one segment (a ~2 s segment takes ~0.1-0.5 s); "
-        "past it the segment is dead-lettered (decode_timeout). Checked between packets and frames.")
-    thumbnail_px: int = Field(160, description="Longest side of the JPEG thumbnail kept per frame.")
-    hardware: Literal["cpu", "nvdec"] = Field(
-        "cpu", description="nvdec: full decode on the GPU's video decoders through FFmpeg's <codec>_cuvid (PyAV), "
-        "for sampling that needs every frame decoded. keyframes_only stays on the CPU (cuvid ignores skip_frame; "
-        "one keyframe is cheap on a core). Where cuvid cannot open (no GPU or driver, a codec without cuvid) the "
-        "CPU decoder is used and a warning says so.")
-    frame_px: int = Field(
-        640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
-        "text reading needs more pixels than a ViT does (ocr.max_side), so this follows OCR, not the encoder.")
-
-
-class EncodeConfig(_Section):
-    model: str = Field(
-        "", description="Hugging Face model id or local path. Empty in the offline profile: a tiny model built locally."
-    )
-    device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    batch_frames: int = Field(32, ge=1, description="Frames per encoder forward pass, across streams.")
-    max_batch_wait_ms: float = Field(20.0, ge=0, description="How long a partial batch waits for more frames.")
-    attention: Literal["sdpa", "eager"] = Field(
-        "sdpa", description="Attention kernel of the tower: fused scaled-dot-product (torch SDPA: flash or "
-        "memory-efficient kernels on a GPU) or transformers' eager matmul-softmax-matmul. Eager only to debug.")
-    compile: bool = Field(
-        False, description="torch.compile the tower's forward pass (cuda only): fused kernels for each batch shape, "
-        "compiled at its first use (tens of seconds). Pays at fixed full batches (BENCHMARKS.md, issue 18).")
-
-
-class CompressConfig(_Section):
-    drop_threshold: float = Field(
-        0.5,
-        ge=-1.0,
-        le=1.0,
-        description="Differential token drop: a token whose cosine to the same position in the previous frame is "
-        "above this is dropped. Lower drops more (0.5 as evaluated in TimeChat-Online, 0.25 in its demo).",
-    )
-
-
-class MemoryConfig(_Section):
-    recent_frames: int = Field(
-        600, ge=1, description="Frames per stream whose kept tokens stay in Redis (the short tier)."
-    )
-    snapshot_every_frames: int = Field(
-        2000, ge=1, description="Index changes (entries added or removed) between FAISS snapshots.")
-    shards: int = Field(1, ge=1, description="Memory actors; tenants are spread over them by hash.")
-    # Tier budgets, per stream (memory_store/tiers.py, docs/architecture.md "Memory tiers").
-    short_max_tokens: int = Field(
-        60_000, ge=1, description="Short tier: kept tokens per stream; the oldest frames lose theirs first. "
-        "600 SigLIP frames pruned to 60 tokens fit 36,000.")
-    short_max_bytes: int = Field(96 << 20, ge=1, description="Short tier: bytes of tokens and positions per stream.")
-    mid_max_tokens: int = Field(
-        100_000, ge=1, description="Mid tier: tokens of event segments per stream (after removing tokens that "
-        "repeat within their event); the oldest events lose their tokens first and stay searchable.")
-    mid_max_bytes: int = Field(160 << 20, ge=1, description="Mid tier: bytes of event token blobs per stream.")
-    mid_similarity: float = Field(
-        0.9, ge=-1.0, le=1.0, description="Mid tier: a token is redundant, and left out of its event, when its "
-        "cosine to the last token the event kept at the same position is above this. Lower keeps fewer.")
-    max_event_s: float = Field(
-        300.0, gt=0, description="An event with no boundary for this long (a static camera) is closed and a new "
-        "one begins, so that every event is indexed and evictable within this delay.")
-    representative_frames: int = Field(
-        2, ge=1, description="Frames named per event segment: those nearest the event's mean embedding.")
-    long_max_entries: int = Field(
-        20_000, ge=2, description="Long tier: index entries (frames, event segments, merged entries) per stream; "
-        "past it the oldest are merged into time-ordered k-means centroids. 5.5 h of frames at 1 fps.")
-    long_max_bytes: int = Field(
-        128 << 20, ge=1, description="Long tier: bytes per stream of the entries' hashes and thumbnails.")
-    merge_low_water: float = Field(
-        0.75, gt=0.0, lt=1.0, description="A merge brings the long tier down to this fraction of its budgets, so "
-        "merges run every few hundred entries, not on every write.")
-    merge_factor: int = Field(
-        4, ge=2, description="Members per merged centroid, on average, in one merge. Higher merges fewer, older "
-        "entries harder; lower touches more entries per merge.")
-    retention_s: float = Field(
-        7 * 86400.0, gt=0, description="Entries that ended longer ago than this before the stream's newest frame "
-        "(on write) or the clock (sweeps, for paused and deleted streams) are deleted from every tier.")
-    retention_sweep_s: float = Field(
-        600.0, gt=0, description="How often a memory actor applies retention to streams that no longer write.")
-    ivf_min_vectors: int = Field(
-        50_000, ge=1000, description="A tenant's index turns from exact (flat) into IVF once it holds this many "
-        "vectors, and back under half of it. Searches scoped to streams or times stay exact.")
-    ivf_nprobe: int = Field(16, ge=1, description="IVF lists probed by unscoped searches: more is slower, closer to exact.")
-
-
-class OcrConfig(_Section):
-    """On-screen text reading (operators/ocr.py), re-read only where the picture changed."""
-
-    enabled: bool = Field(
-        True, description="Run the stage. The pipeline builds no reader when False (building one is then an error)."
-    )
-    min_confidence: float = Field(
-        0.6, ge=0.0, le=1.0,
-        description="Lines the recogniser is less sure of (mean character probability) are dropped. Higher drops "
-        "more misreads of textures and logos, and more real but small or blurred text.",
-    )
-    change_threshold: float = Field(
-        0.01, ge=0.0, le=1.0,
-        description="A frame is read again when the mean absolute grey difference (0..1, on a 128x72 thumbnail) to "
-        "the last read frame of its stream is at or above this. Lower re-reads more often (cost); higher reuses "
-        "stale text longer. 0.01 re-reads on a swapped lower-third headline (~0.016) and on cuts, not on the noise "
-        "of a static shot (~0.003). No value catches a one-digit change (a score, a clock: ~0.0005, below the "
-        "noise); 0 reads every frame.",
-    )
-    max_side: int = Field(
-        960, ge=32,
-        description="Frames are downscaled to this longest side before OCR (never upscaled), to bound its cost. "
-        "Text set below ~8 px after scaling is lost: a 1080p ticker set at 16-22 px reads at 960 and is garbled at "
-        "640. A frame with 3 lines costs ~250 ms at 960 and ~190 ms at 640 on 2 CPU cores.",
-    )
-    min_text_chars: int = Field(
-        3, ge=1, description="Lines with fewer non-space characters are dropped: lone letters are mostly misreads."
-    )
-
-
-class PruneConfig(_Section):
-
-    keep_fraction: float = Field(
-        60 / 196, gt=0.0, le=1.0,
-        description="Per-frame budget as a fraction of the tokens per frame, rounded (at least 1): 60 of SigLIP's "
-        "196 as in STC-Pruner, 20 of the tiny CLIP's 64. Lower stores less and loses more of each frame's content.",
-    )
-
-
-class DropConfig(_Section):
-
-    mode: DropMode = Field("feature", description="What a token is compared on: its features, or its frame patch.")
-    pixel_threshold: float = Field(
-        0.03, ge=0.0, le=1.0,
-        description="Pixel mode: a token is dropped when its patch's mean absolute RGB difference to the previous "
-        "frame is below this. 0.03 is ~5x the H.264 noise of a static real camera (0.003-0.006 per patch); lower "
-        "keeps noise, higher drops slow or small motion.",
-    )
-
-
-
-class FrameSkipConfig(_Section):
-    grid: tuple[int, int] = Field(
-        (16, 16), description="(rows, cols) of patches the change test divides a frame into, whatever its size."
-    )
-    patch_threshold: float = Field(
-        0.03, ge=0.0, le=1.0,
-        description="A patch has changed when its mean absolute RGB difference (0..1) exceeds this. 0.03 is ~5x the "
-        "H.264 noise of a static real camera (0.003-0.006); a person crossing a patch moves it by 0.05-0.3.",
-    )
-    changed_fraction: float = Field(
-        0.02, ge=0.0, le=1.0,
-        description="A frame is skipped when fewer than this fraction of its patches changed. Higher skips more and "
-        "lets small movements (a hand, a ticker) go unseen until the next forced refresh.",
-    )
-    max_skip: int = Field(
-        10, ge=0,
-        description="At most this many frames in a row reuse old features; the next is encoded whatever changed. "
-        "Bounds how stale a stream's features get (slow drift never crosses the per-frame test). 0 never skips.",
-    )
-
-
-class ViTCacheConfig(_Section):
-    reference_every: int = Field(
-        2, ge=1, description="Every n-th frame of a stream is a reference, computed in full (STC-Cacher: 2). "
-        "1 computes every frame in full.",
-    )
-    recompute_fraction: float = Field(
-        0.25, gt=0.0, le=1.0,
-        description="Fraction of tokens recomputed per layer on other frames, the least similar to the reference "
-        "(STC-Cacher: 25%). 1.0 recomputes everything and equals full compute.",
-    )
-    cut_similarity: float = Field(
-        0.8, ge=-1.0, le=1.0,
-        description="A frame whose first-layer keys have a mean cosine to the previous frame's below this is a scene "
-        "cut and becomes a reference at once (an extension: STC refreshes only periodically). On the sample "
-        "broadcast at 1 fps, random-weight CLIP and SigLIP-B/16 towers give 0.88-0.97 within moving scenes, 1.0 in "
-        "still ones and 0.13-0.78 at cuts; re-check with real weights. -1 disables it.",
-    )
-
-
-class CacheConfig(_Section):
-    """Encoder-side caching: frame skipping and the token cache inside the ViT."""
-
-    skip_frames: bool = Field(
-        False, description="Reuse the last features for frames whose picture barely changed (no ViT run). "
-        "BENCHMARKS.md: 37-44% of frames skipped on broadcast / static-camera content at 1 fps.")
-    skip: FrameSkipConfig = FrameSkipConfig()
-    token_cache: bool = Field(
-        False, description="Run CLIP / SigLIP / ViT towers through the token cache (settings in `vit`): "
-        "non-reference frames recompute only their least similar tokens. Other architectures compute in full "
-        "and the encoder says so in its log. BENCHMARKS.md: 22-24% encoder time saved on CPU, none on an H100.")
-    vit: ViTCacheConfig = ViTCacheConfig()
-
-
-class BoundaryConfig(_Section):
-
-    signal: BoundarySignal = Field("drop_ratio", description="Which per-frame change signal is thresholded.")
-    k_sigma: float = Field(
-        2.5, gt=0.0, description="Boundary when the signal exceeds mean + k_sigma * std of the current event "
-        "(2-3 in the method). Lower finds more boundaries, and more false ones."
-    )
-    min_rise: float = Field(
-        0.25, ge=0.0, description="The signal must also exceed the event's mean by at least this. On the sample "
-        "broadcast's pixel-mode drop signal, cuts rise by 0.6-0.9 and headline swaps in the banner by 0.1-0.2."
-    )
-    min_event_s: float = Field(
-        2.0, ge=0.0, description="Shortest event: no boundary sooner than this after the previous one."
-    )
-
-
-class AnswerConfig(_Section):
-    model: str = Field("", description="HF causal LM or VLM id/path. Empty: extractive answers from evidence.")
-    device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_new_tokens: int = 64
-    max_evidence_frames: int = 8
-
-
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     """How often the gauges that cost a request are refreshed (pipelines/metrics.py; counters are per event)."""
 
     lag_interval_s: float = Field(
@@ -371,7 +154,7 @@ class MetricsConfig(_Section):
         "frames / tokens / bytes gauges.")
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     guarantee: ProcessingGuarantee = "at-least-once"
     sources: int = Field(1, ge=1, description="Kafka source actors in the ingest consumer group.")
     decoders: int = Field(2, ge=1)
@@ -386,8 +169,8 @@ class PipelineConfig(_Section):
     segment_attempts: int = Field(3, ge=1, description="Tries before a segment that keeps failing is dead-lettered.")
 
 
-class StagePlacement(_Section):
-    """What each actor of one stage asks Ray for (pipelines/placement.py turns it into actor options)."""
+class StagePlacement(Section):
+    """What each actor of one stage asks Ray for (pipelines/ray/placement.py turns it into actor options)."""
 
     num_cpus: float | None = Field(
         None, ge=0, description="CPUs each actor holds. None: Ray's actor default (1 CPU to be placed, none held "
@@ -402,7 +185,7 @@ class StagePlacement(_Section):
         "(ray_cluster.yaml, k8s/rayservice.yaml). The amount is a tag, not a budget: nodes declare 1000.")
 
 
-class PlacementConfig(_Section):
+class PlacementConfig(Section):
     """Ray resources per stage. The defaults ask for nothing custom, so one machine runs every stage; the
     `cluster` profile tags CPU stages for CPU worker nodes and encode / answer for GPU worker nodes."""
 
@@ -421,8 +204,8 @@ class PlacementConfig(_Section):
         "answer.device, so it gets a GPU like answer does.")
 
 
-class DashboardConfig(_Section):
-    """The live ops overview (`GET /v1/overview`, the web dashboard, `livelens status`; pipelines/overview.py)."""
+class DashboardConfig(Section):
+    """The live ops overview (`GET /v1/overview`, the web dashboard, `livelens status`; pipelines/api/overview.py)."""
 
     stalled_after_s: float = Field(
         10.0, gt=0, description="A stream with no segment stored for this long is stalled. Segments are ~2 s, so "
@@ -439,8 +222,8 @@ class DashboardConfig(_Section):
     refresh_ms: int = Field(1500, ge=200, description="How often the web pages poll for fresh numbers.")
 
 
-class QueryConfig(_Section):
-    """Query-time retrieval (pipelines/query_service.py)."""
+class QueryConfig(Section):
+    """Query-time retrieval (pipelines/query/engine.py)."""
 
     now_window_s: float = Field(
         10.0, gt=0, description="Recency gate: a question about now (\"what is on screen right now\") searches only "
@@ -457,7 +240,7 @@ class QueryConfig(_Section):
         "turns the rerank off.")
 
 
-class ServeConfig(_Section):
+class ServeConfig(Section):
     # Validation errors would otherwise quote the input: passwords and keys.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
     host: str = Field("127.0.0.1", description="Any address but loopback needs api_keys (checked at start).")
@@ -511,10 +294,10 @@ class ServeConfig(_Section):
             self.admin_api_key.get_secret_value().encode(), presented.encode())
 
 
-class WebhookConfig(_Section):
+class WebhookConfig(Section):
     # Validation errors would otherwise quote the input: passwords and keys.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-    """Standing-query webhooks (pipelines/webhooks.py): where they may go and how they are delivered."""
+    """Standing-query webhooks (pipelines/query/webhooks.py): where they may go and how they are delivered."""
 
     allow: tuple[str, ...] = Field(
         (), description="Hosts or networks (CIDR) a webhook may reach although they are loopback, private, "
@@ -533,13 +316,46 @@ class WebhookConfig(_Section):
                          "not hold up every tenant's deliveries.")
 
 
-class BackfillConfig(_Section):
+class BackfillConfig(Section):
     """`livelens backfill` and `livelens replay`: batch work beside live ingest (docs/operations.md)."""
 
     nice: int = Field(
         10, ge=0, le=19, description="CPU niceness of the backfill / replay process and its decode workers. Live "
         "actors run at 0, so where both compete for a core the kernel gives live ingest ~10x the CPU time "
         "(weights 1024 vs 110); an idle core still goes to the batch work. 0: no preference.")
+
+
+class ClipConfig(Section):
+    """``clips.*``: clip URLs on evidence and alerts, and the limits of one clip (docs/operations.md)."""
+
+    margin_s: float = Field(
+        2.0, ge=0, description="Evidence and alert clip URLs pad the evidence's span by this on each side, so the "
+        "moment is seen with its lead-in.")
+    max_span_s: float = Field(
+        600.0, gt=0, description="Longest span one clip may cover. A clip is built in memory (its compressed "
+        "video, ~1 MB per 10 s of 720p), so this bounds what one request holds.")
+    read_timeout_s: float = Field(
+        10.0, gt=0, description="A Kafka read that gets no record for this long answers 503 (retry later).")
+    nice: int = Field(
+        10, ge=0, le=19, description="CPU niceness of the threads that cut clips (`clip_threads`). Live actors run at "
+        "0, so where a clip and ingest want the same core the kernel gives ingest ~10x the CPU time; 0: no "
+        "preference.")
+    locations_retention_s: float | None = Field(
+        None, gt=0, description="How long (stream seconds) segment locations stay in Redis, ~0.7 kB per segment "
+        "(1.3 MB per stream-hour of 2 s segments). None: max(memory.retention_s, archive.retention_s with an "
+        "archive). Set it to the segments topic's retention.ms when that is shorter and there is no archive.")
+
+
+class ArchiveConfig(Section):
+    """``archive.*``: where segments are copied for clips older than Kafka's retention (docs/operations.md)."""
+
+    url: str | None = Field(
+        None, description="fsspec URL or local path of the archive; None: no archive, clips come from Kafka only.")
+    retention_s: float = Field(
+        30 * 86400.0, gt=0, description="Archived segments whose first frame is older than this (wall clock, "
+        "against the stream's newest segment) are deleted; their clips then answer 410 once Kafka dropped them too.")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="Passed to the fsspec filesystem (credentials, endpoint_url, ...).")
 
 
 class LivelensConfig(BaseSettings):
@@ -578,7 +394,7 @@ class LivelensConfig(BaseSettings):
     clips: ClipConfig = ClipConfig()
     archive: ArchiveConfig = ArchiveConfig()
     moderation: ModerationConfig = Field(
-        ModerationConfig(), description="Risk screening of every stream (pipelines/moderation.py). Off by default: "
+        ModerationConfig(), description="Risk screening of every stream (pipelines/moderation/moderator.py). Off by default: "
         "it runs nudenet on every sampled frame.")
 
     @model_validator(mode="before")

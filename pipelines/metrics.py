@@ -8,7 +8,7 @@ Outside a Ray worker (a unit test, a plain script) recording is a no-op, so call
 
 Names. Ray prefixes every application metric with ``ray_`` (its exporter's fixed
 namespace), so the agent serves ``ray_livelens_segments_in_total``. The scrape config
-strips that prefix back off (`scrape_config`, and the same relabelling belongs in a
+strips that prefix back off (`deploy.prometheus.scrape_config`, and the same relabelling belongs in a
 ServiceMonitor's ``metricRelabelings``), so what Prometheus stores, and what the Grafana
 dashboards under ``deploy/grafana/`` query, are the names defined here. Counters are
 defined with their ``_total`` suffix: Ray keeps a name that already ends in ``_total`` as
@@ -43,15 +43,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from kafka.structs import TopicPartition
 
+    from contracts import messages
     from operators.frames import CompressedBatch
-    from pipelines import messages
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["counter", "gauge", "histogram"]
 
-# Ray's exporter namespace: it serves every application metric as f"{RAY_PREFIX}{name}".
-RAY_PREFIX = "ray_"
 # Labels Ray adds to every series it exports; never defined here, never needed in a query.
 RAY_LABELS = ("Component", "NodeAddress", "SessionName", "Version", "WorkerId", "otel_scope_name",
               "otel_scope_schema_url", "otel_scope_version")
@@ -439,19 +437,3 @@ def webhook_failed(kind: str) -> None:
 
 
 # -- scraping ------------------------------------------------------------------------------------
-
-
-def scrape_config(targets: list[str], *, interval_s: float = 15.0, job: str = "livelens") -> dict[str, Any]:
-    """A Prometheus scrape config (write it as YAML, or as JSON: Prometheus reads both) for Ray metrics
-    export ports, storing livelens metrics under their own names (without Ray's ``ray_`` prefix)."""
-    return {
-        "global": {"scrape_interval": f"{interval_s:g}s", "evaluation_interval": f"{interval_s:g}s"},
-        "scrape_configs": [{
-            "job_name": job,
-            "static_configs": [{"targets": targets}],
-            "metric_relabel_configs": [{
-                "source_labels": ["__name__"], "regex": f"{RAY_PREFIX}(livelens_.*)",
-                "target_label": "__name__", "replacement": "$1", "action": "replace",
-            }],
-        }],
-    }

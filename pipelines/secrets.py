@@ -2,7 +2,7 @@
 
 Config fields that hold secrets are pydantic ``SecretStr`` (pipelines/config.py): they print as
 ``**********`` in `livelens config`, reprs and logs, and only the client factories
-(pipelines/kafka_io.py, pipelines/redis_io.py) and the key checks read their values.
+(pipelines/kafka/client.py, pipelines/redis_io.py) and the key checks read their values.
 """
 
 from __future__ import annotations

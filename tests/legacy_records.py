@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from pipelines.messages import Message
+from contracts.messages import Message
 
 
 def framed(message: Message, payload: bytes = b"") -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from pipelines import messages
-from pipelines.alerts import AlertLog
+from contracts import messages
+from pipelines.moderation.alerts import AlertLog
 
 
 @pytest.fixture

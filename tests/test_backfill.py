@@ -20,21 +20,22 @@ import numpy as np
 import pytest
 import redis
 
+from contracts import messages
 from memory_store import keys
 from memory_store.service import MemoryStore
 from operators.boundaries import BoundaryDetector
 from operators.compress import TokenDropCompressor
+from operators.config import OcrConfig
 from operators.decode import SegmentDecoder
 from operators.encode import VisionEncoder
 from operators.frames import FrameBatch
 from operators.parallel_decode import ParallelDecoder
-from pipelines import messages
-from pipelines.backfill import Backfill, BackfillJob, _media_duration_s, consecutive_starts
-from pipelines.config import LivelensConfig, OcrConfig
-from pipelines.publish import segment_header
-from pipelines.sample_video import write_sample_video
+from pipelines.cli.sample_video import write_sample_video
+from pipelines.config import LivelensConfig
+from pipelines.ingest.backfill import Backfill, BackfillError, BackfillJob, _media_duration_s, consecutive_starts
+from pipelines.ingest.source import segment_info
+from pipelines.kafka.publish import segment_header
 from pipelines.segmenter import iter_segments
-from pipelines.source import segment_info
 
 REPO = Path(__file__).resolve().parents[1]
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -126,8 +127,9 @@ import sys, time, redis
 from datetime import datetime
 from pathlib import Path
 from memory_store.service import MemoryStore
-from pipelines.backfill import Backfill, BackfillJob
-from pipelines.config import LivelensConfig, OcrConfig
+from pipelines.ingest.backfill import Backfill, BackfillJob
+from operators.config import OcrConfig
+from pipelines.config import LivelensConfig
 
 class SlowStore(MemoryStore):
     # Slow enough that the parent can kill the run between segments.
@@ -254,7 +256,7 @@ def test_start_time_comes_from_metadata_else_modification_time(tmp_path, redis_s
     unstamped.write_bytes(video.read_bytes())
     ended = START.timestamp() + 3600
     os.utime(unstamped, (ended, ended))
-    with caplog.at_level(logging.WARNING, logger="pipelines.backfill"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.ingest.backfill"):
         summary = backfill.run([BackfillJob(unstamped, "archive")])
     assert summary.segments == 10
     assert "no creation_time" in caplog.text and "modification time" in caplog.text

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 import redis
 
-from pipelines.backfill import (
+from pipelines.cli.sample_video import write_sample_video
+from pipelines.ingest.backfill import (
     Backfill,
     BackfillError,
     BackfillJob,
     expand_sources,
     stream_id_for,
 )
-from pipelines.sample_video import write_sample_video
 from tests.test_backfill import (
     REPO,
     START,

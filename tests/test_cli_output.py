@@ -9,7 +9,7 @@ from rich.console import Console
 
 from deploy.local_stack import StackState
 from deploy.processes import ProcessRecord
-from pipelines.cli_output import print_json, stack_body, stack_table
+from pipelines.cli.output import print_json, stack_body, stack_table
 
 LONG = "redis://very-long-host-name.internal.example.com:46379/0"
 TARGETS = ["10.0.0.12:44217", "10.0.0.13:44217"]

@@ -17,11 +17,11 @@ import pytest
 import redis
 from kafka import KafkaAdminClient, TopicPartition
 
-from pipelines import messages
+from contracts import messages
 from pipelines.clips import ClipCutter, ClipError, ClipKeeper, clip_url, remux
 from pipelines.config import LivelensConfig
-from pipelines.kafka_io import ensure_topics, make_reader
-from pipelines.publish import SegmentAssembler, SegmentPublisher
+from pipelines.kafka.client import ensure_topics, make_reader
+from pipelines.kafka.publish import SegmentAssembler, SegmentPublisher
 from pipelines.segmenter import iter_segments
 
 SOURCE = "bottle-detection.mp4"  # a real H.264 clip with B-frames, 640x360, ~40 s, GOPs of ~4 s

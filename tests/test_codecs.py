@@ -14,9 +14,9 @@ import pytest
 
 from operators.decode import SegmentDecoder
 from pipelines.config import DecodeConfig
-from pipelines.publish import segment_header
+from pipelines.kafka.publish import segment_header
 from pipelines.segmenter import SourceError, iter_segments, segment_container
-from pipelines.source import segment_info
+from pipelines.ingest.source import segment_info
 from tests.codec_clips import CODEC_CLIPS, FPS, GOP, has_encoder, write_clip
 
 

@@ -10,9 +10,9 @@ import pytest
 from kafka.structs import TopicPartition
 from pydantic import ConfigDict, Field
 
-from pipelines import messages
+from contracts import messages
 from pipelines.config import LivelensConfig
-from pipelines.offsets import OffsetTracker
+from pipelines.kafka.offsets import OffsetTracker
 from tests.legacy_records import framed
 
 SEG = messages.VideoSegment(tenant_id="t", stream_id="s", seq=3, codec="h264", wallclock_start=messages.utcnow(),
@@ -203,7 +203,7 @@ def test_config_reads_a_toml_file(tmp_path, monkeypatch):
 def test_segment_bytes_are_copied_once_each_way():
     """A 2 MB segment: the chunks are views of the payload (the producer copies each into its batch once), the
     parsed payload is a view of the record, and reassembly makes the one new whole-segment buffer."""
-    from pipelines.publish import SegmentAssembler
+    from pipelines.kafka.publish import SegmentAssembler
 
     payload = bytes(range(256)) * 8000
     segment = SEG.model_copy(update={"payload_bytes": len(payload)})

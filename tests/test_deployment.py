@@ -23,7 +23,7 @@ import yaml
 from referencing import Registry, Resource
 
 from pipelines.config import KafkaConfig, LivelensConfig
-from pipelines.placement import STAGES, actor_options
+from pipelines.ray.placement import STAGES, actor_options
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -108,8 +108,8 @@ def test_actor_options_refuse(kwargs, stage, message):
 
 def test_ray_accepts_the_options_and_rejects_bad_ones():
     """ActorClass.options() validates its arguments without a runtime."""
-    from pipelines.dag import DecodeActor, EncodeActor
-    from pipelines.query_service import AnswerActor
+    from pipelines.query.engine import AnswerActor
+    from pipelines.ray.dag import DecodeActor, EncodeActor
 
     config = LivelensConfig(profile="cluster")
     for cls, stage in ((DecodeActor, "decode"), (EncodeActor, "encode"), (AnswerActor, "answer")):
@@ -120,7 +120,7 @@ def test_ray_accepts_the_options_and_rejects_bad_ones():
 
 def test_start_stages_passes_each_stage_its_options(monkeypatch):
     """The wiring in dag.py: every actor of a stage is created with that stage's options."""
-    from pipelines import dag
+    from pipelines.ray import dag
 
     made: list[tuple[str, dict]] = []
     monkeypatch.setattr(dag, "_named", lambda cls, name, ns, detached, options, *args: made.append((name, options)))

@@ -12,11 +12,12 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
+from deploy import prometheus
 from operators.frames import SegmentInfo
 from pipelines import metrics
 from pipelines.config import KafkaConfig
-from pipelines.kafka_io import ensure_topics
-from pipelines.offsets import OffsetTracker
+from pipelines.kafka.client import ensure_topics
+from pipelines.kafka.offsets import OffsetTracker
 
 # Prometheus' metric and label name rules, and the base units its conventions allow in a livelens name's suffix.
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -137,7 +138,7 @@ def test_scrape_config_is_valid_and_strips_rays_prefix(tmp_path):
     promtool = shutil.which("promtool")
     if promtool is None:
         raise FileNotFoundError("promtool not found; `make setup` installs it (Debian package prometheus)")
-    config = metrics.scrape_config(["127.0.0.1:9100", "10.0.0.2:9100"], interval_s=5)
+    config = prometheus.scrape_config(["127.0.0.1:9100", "10.0.0.2:9100"], interval_s=5)
     path = tmp_path / "prometheus.yml"
     path.write_text(json.dumps(config))
     result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60, check=False)

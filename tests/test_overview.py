@@ -9,17 +9,17 @@ import pytest
 import redis
 from rich.console import Console
 
+from contracts import messages
 from memory_store.redis_tier import RedisTier
-from pipelines import messages
-from pipelines.alerts import AlertLog
-from pipelines.config import DashboardConfig, LivelensConfig
-from pipelines.overview import (
+from pipelines.api.overview import (
     FrameRate,
     Overview,
     overview_table,
     stream_status,
     tier_usage,
 )
+from pipelines.config import DashboardConfig, LivelensConfig
+from pipelines.moderation.alerts import AlertLog
 from tests.memory_store.batches import WALL0, make_batch
 
 SETTINGS = DashboardConfig(stalled_after_s=10, ended_after_s=300)

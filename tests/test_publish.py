@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts import messages
+from contracts.messages import VideoSegment
 from deploy.processes import ProcessRecord, start_broker
-from pipelines import messages
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import KafkaConfig
-from pipelines.kafka_io import make_producer
-from pipelines.messages import VideoSegment
-from pipelines.publish import (
+from pipelines.kafka.client import make_producer
+from pipelines.kafka.publish import (
     PendingBytesExceeded,
     PublishError,
     SegmentAssembler,
     SegmentPublisher,
 )
-from pipelines.sample_video import write_sample_video
 from pipelines.segmenter import iter_segments
 
 

@@ -18,16 +18,16 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from contracts import messages
 from deploy.processes import ProcessRecord
 from memory_store import keys
 from memory_store.service import MemoryStore
-from pipelines import messages
-from pipelines.backfill import Backfill, BackfillJob
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.kafka_io import ensure_topics, make_producer
-from pipelines.publish import SegmentPublisher, segment_header
-from pipelines.replay import Replay, ReplayError, ReplayRange
-from pipelines.sample_video import write_sample_video
+from pipelines.ingest.backfill import Backfill, BackfillJob
+from pipelines.ingest.replay import Replay, ReplayError, ReplayRange
+from pipelines.kafka.client import ensure_topics, make_producer
+from pipelines.kafka.publish import SegmentPublisher, segment_header
 from pipelines.segmenter import iter_segments
 from tests.test_backfill import assert_same_memory, memory, store_for
 

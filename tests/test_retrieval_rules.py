@@ -7,7 +7,7 @@ import pytest
 
 from memory_store.service import Hit
 from operators.late_interaction import Candidate, LateInteractionReranker, maxsim
-from pipelines.query_service import adaptive_cut, is_about_now, pick_occurrence
+from pipelines.query.engine import adaptive_cut, is_about_now, pick_occurrence
 
 
 def hits(*pairs: tuple[float, float]) -> list[Hit]:

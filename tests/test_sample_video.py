@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.sample_video import (
+from pipelines.cli.sample_video import (
     HEADLINES,
     ground_truth_path,
     load_ground_truth,

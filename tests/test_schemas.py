@@ -7,15 +7,15 @@ import json
 import jsonschema
 import pytest
 
-from pipelines import messages, schemas
+from contracts import messages, schemas
 from tests.test_contracts import MESSAGES, record
 
 
 @pytest.mark.parametrize("model", messages.MESSAGE_TYPES, ids=lambda m: m.SCHEMA)
 def test_shipped_schema_files_are_current(model):
     path = schemas.DEFAULT_DIR / schemas.file_name(model)
-    assert path.is_file(), f"{path} missing: run python -m pipelines.schemas"
-    assert path.read_text() == schemas.render(model), f"{path} is stale: run python -m pipelines.schemas"
+    assert path.is_file(), f"{path} missing: run python -m contracts.schemas"
+    assert path.read_text() == schemas.render(model), f"{path} is stale: run python -m contracts.schemas"
 
 
 def test_no_schema_file_without_a_model():

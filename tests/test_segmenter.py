@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import pytest
 
-from pipelines.sample_video import write_sample_video
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.segmenter import (
     CLOCK_HZ,
     SEGMENT_TS_OFFSET_S,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import redis
 
-from pipelines.standing import (
+from pipelines.query.standing import (
     FrameView,
     StandingEvaluator,
     StandingQuery,

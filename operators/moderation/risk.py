@@ -37,6 +37,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from contracts.messages import Alert, AlertDriver, Evidence
 from operators.frames import SegmentInfo
 from operators.moderation.detectors import DetectorScore
 from operators.moderation.policy import (
@@ -45,7 +46,6 @@ from operators.moderation.policy import (
     RiskState,
     Severity,
 )
-from pipelines.messages import Alert, AlertDriver, Evidence
 
 RoomKey = tuple[str, str]  # (tenant_id, stream_id)
 Event = Literal["alert", "escalate", "deescalate", "resolve", "reverify"]

@@ -11,10 +11,9 @@ import pytest
 import ray
 import redis
 
-from pipelines.app import deploy_pipeline
+from pipelines.api.deployment import deploy_pipeline
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.sample_video import write_sample_video
-
 
 # address="local": always a fresh runtime of our own, never a cluster someone else started here.
 RAY_INIT = dict(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="livelens-tests")

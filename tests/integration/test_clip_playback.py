@@ -13,9 +13,9 @@ from kafka import KafkaAdminClient
 
 from deploy.processes import free_port
 from memory_store import keys
-from pipelines.client import Client
-from pipelines.kafka_io import ensure_topics
-from pipelines.publish import SegmentPublisher
+from pipelines.api.client import Client
+from pipelines.kafka.client import ensure_topics
+from pipelines.kafka.publish import SegmentPublisher
 from tests.integration.conftest import redis_client, wait_for
 from tests.integration.test_dashboard import browser  # noqa: F401  (the fixture)
 from tests.integration.test_pipeline import stored_segments

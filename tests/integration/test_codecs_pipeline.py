@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from kafka import KafkaConsumer
 
-from pipelines import messages
-from pipelines.client import Client
-from pipelines.publish import SegmentPublisher
+from contracts import messages
+from pipelines.api.client import Client
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments
 from tests.codec_clips import has_encoder, write_clip
 from tests.integration.conftest import wait_for

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from pipelines.client import Client
-from pipelines.publish import SegmentPublisher
+from pipelines.api.client import Client
+from pipelines.kafka.publish import SegmentPublisher
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import _free_port, wait_for
 from tests.integration.test_pipeline import stored_segments

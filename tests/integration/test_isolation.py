@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from pipelines.demo import frame_at
-from pipelines.publish import SegmentPublisher
+from pipelines.cli.demo import frame_at
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments
 from tests.integration.conftest import _free_port, wait_for
 from tests.integration.test_pipeline import stored_segments

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from pipelines import messages
-from pipelines.client import Client
-from pipelines.kafka_io import ensure_topics
-from pipelines.publish import segment_header
+from contracts import messages
+from pipelines.api.client import Client
+from pipelines.kafka.client import ensure_topics
+from pipelines.kafka.publish import segment_header
 from pipelines.segmenter import iter_segments
 from tests.integration.test_pipeline import assert_each_segment_once, stored_segments
 from tests.integration.conftest import wait_for

@@ -15,12 +15,12 @@ import redis
 
 from operators.moderation.policy import PolicyBook
 from operators.moderation.verify import RuleVerifier
-from pipelines.alerts import AlertLog
-from pipelines.client import Client
+from pipelines.api.client import Client
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.moderation import PENDING_KEY, Moderator
-from pipelines.publish import SegmentPublisher
-from pipelines.sample_video import write_sample_video
+from pipelines.kafka.publish import SegmentPublisher
+from pipelines.moderation.alerts import AlertLog
+from pipelines.moderation.moderator import PENDING_KEY, Moderator
 from tests.integration.conftest import wait_for
 from tests.operators.moderation import rooms
 

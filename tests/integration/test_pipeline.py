@@ -9,12 +9,12 @@ import pytest
 import ray
 from kafka import KafkaConsumer, KafkaProducer
 
+from contracts import messages
 from deploy.processes import start_redis
 from memory_store.redis_tier import RedisTier
-from pipelines import messages
-from pipelines.client import Client
-from pipelines.demo import frame_at
-from pipelines.publish import SegmentPublisher
+from pipelines.api.client import Client
+from pipelines.cli.demo import frame_at
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments
 from tests.integration.conftest import _free_port, redis_client, wait_for
 
@@ -262,7 +262,7 @@ def _publish_ok(config, video, stream: str) -> bool:
     """A publish that may meet the broker still starting; a partial one is harmless (writes are idempotent)."""
     from kafka.errors import KafkaError
 
-    from pipelines.publish import PublishError
+    from pipelines.kafka.publish import PublishError
 
     try:
         SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id=stream, pace="fast")

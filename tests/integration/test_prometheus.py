@@ -15,14 +15,14 @@ import pytest
 import ray
 from kafka import KafkaProducer
 
+from contracts import messages
 from deploy.processes import start_prometheus
 from memory_store.redis_tier import RedisTier
-from pipelines import messages
-from pipelines.client import Client
-from pipelines.dag import find_stages
+from pipelines.api.client import Client
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.metrics import MEMORY_TOKENS, memory_readings
-from pipelines.publish import SegmentPublisher
-from pipelines.query_service import QueryEngine
+from pipelines.ray.query import query_engine
+from pipelines.ray.dag import find_stages
 from pipelines.segmenter import iter_segments
 from tests.integration.conftest import RAY_INIT, redis_client, wait_for
 
@@ -76,7 +76,7 @@ def test_pipeline_metrics_reach_prometheus(deployed, sample_video, prometheus):
     video, truth = sample_video
     config = deployed(metrics={"lag_interval_s": 1.0, "memory_interval_s": 1.0})
     watched = truth["headlines"][0]["text"]
-    QueryEngine(config).register_standing("default", text=f"news about {watched.lower()}", stream_ids=["news"])
+    query_engine(config).register_standing("default", text=f"news about {watched.lower()}", stream_ids=["news"])
     n = sum(1 for _ in iter_segments(str(video)))
     SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="news", pace="fast")
     producer = KafkaProducer(bootstrap_servers=config.kafka.bootstrap)

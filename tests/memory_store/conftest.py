@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from deploy.processes import ProcessRecord
+from memory_store.config import MemoryConfig
 from memory_store.service import MemoryStore
-from pipelines.config import MemoryConfig
 
 StoreFactory = Callable[..., MemoryStore]
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.boundaries import BoundaryDetector
+from operators.config import BoundaryConfig
 from operators.frames import CompressedBatch, SegmentInfo
-from pipelines.config import BoundaryConfig
 from tests.memory_store.batches import WALL0, unit
 
 GRID = (8, 8)

@@ -10,9 +10,9 @@ import redis
 
 from deploy.processes import ProcessRecord
 from memory_store import keys
+from memory_store.config import MemoryConfig
 from memory_store.redis_tier import RedisTier
 from operators.frames import StageError
-from pipelines.config import MemoryConfig
 from tests.memory_store.batches import WALL0, make_batch
 from tests.memory_store.crash import kill_and_restart
 

@@ -10,11 +10,11 @@ import pytest
 import redis
 
 from deploy.processes import ProcessRecord
+from memory_store.config import MemoryConfig
 from memory_store.redis_tier import RedisTier
 from memory_store.service import MemoryStore
 from memory_store.vector_index import MANIFEST
 from operators.frames import CompressedBatch, StageError
-from pipelines.config import MemoryConfig
 from tests.memory_store.batches import WALL0, make_batch, unit
 from tests.memory_store.conftest import StoreFactory
 from tests.memory_store.crash import kill_and_restart

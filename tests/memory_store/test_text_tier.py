@@ -13,6 +13,7 @@ import redis
 
 from deploy.processes import ProcessRecord
 from memory_store import keys
+from memory_store.config import MemoryConfig
 from memory_store.hits import TextHit
 from memory_store.rebuild import rebuild_index
 from memory_store.redis_tier import RedisTier
@@ -20,7 +21,6 @@ from memory_store.service import MemoryStore
 from memory_store.vector_index import VectorIndex
 from operators.frames import CompressedBatch, StageError
 from operators.ocr import FrameText, TextLine
-from pipelines.config import MemoryConfig
 from tests.memory_store.batches import WALL0, make_batch, unit
 from tests.memory_store.conftest import StoreFactory
 from tests.memory_store.crash import kill_and_restart

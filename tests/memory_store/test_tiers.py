@@ -13,11 +13,11 @@ import redis
 
 from deploy.processes import ProcessRecord
 from memory_store import keys
+from memory_store.config import MemoryConfig
 from memory_store.merge import contiguous_kmeans
 from memory_store.report import stream_tiers
 from memory_store.service import MemoryStore
 from memory_store.vector_index import MANIFEST
-from pipelines.config import MemoryConfig
 from tests.memory_store.batches import WALL0, unit
 from tests.memory_store.conftest import StoreFactory
 from tests.memory_store.crash import kill_and_restart, wait_loaded
@@ -281,7 +281,7 @@ def test_memory_command_prints_the_tiers(open_store: StoreFactory, redis_server:
                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from pipelines.cli.main import app
 
     store = open_store(**BUDGETS)
     for batch in synthetic_stream(seconds=600):

@@ -10,9 +10,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from operators.answer import Answerer, EvidenceItem
+from operators.config import AnswerConfig
 from operators.frames import StageError
 from operators.tiny_models import PATCH
-from pipelines.config import AnswerConfig
 
 TOKENS_PER_FRAME = PATCH * PATCH
 VLM_DIM = 64  # hidden size of the tiny VLM's language model

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from operators.boundaries import BoundaryDetector, match_boundaries
-from operators.caching import pixel_cells
 from operators.compress import TokenDropCompressor
+from operators.config import BoundaryConfig, CompressConfig, DropConfig
+from operators.frame_skip import pixel_cells
 from operators.frames import CompressedBatch, FeatureBatch, SegmentInfo
-from pipelines.config import BoundaryConfig, CompressConfig, DropConfig
-from pipelines.sample_video import write_sample_video
+from pipelines.cli.sample_video import write_sample_video
 
 
 def signal_batch(change: list[float], start_s: float = 0.0, step_s: float = 1.0, stream: str = "cam-1",

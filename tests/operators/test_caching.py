@@ -19,17 +19,10 @@ from transformers import (
     ViTModel,
 )
 
-from operators.caching import (
-    CELLS_PER_PATCH,
-    CachedViT,
-    FrameSkipConfig,
-    FrameSkipper,
-    SkipStats,
-    ViTCacheConfig,
-    patch_change,
-    pixel_cells,
-)
+from operators.config import FrameSkipConfig, ViTCacheConfig
+from operators.frame_skip import CELLS_PER_PATCH, FrameSkipper, SkipStats, patch_change, pixel_cells
 from operators.frames import FeatureBatch, FrameBatch, SegmentInfo
+from operators.vit_cache import CachedViT
 
 # ------------------------------------------------------------------------------------------
 # Pixel change test
@@ -368,7 +361,7 @@ def test_an_unknown_architecture_falls_back_to_full_compute_loudly(caplog):
     torch.manual_seed(0)
     model = Dinov2Model(Dinov2Config(mlp_ratio=2, **{k: v for k, v in _TINY.items() if k != "intermediate_size"}))
     model.eval()
-    with caplog.at_level(logging.ERROR, logger="operators.caching"):
+    with caplog.at_level(logging.ERROR, logger="operators.vit_cache"):
         cache = CachedViT(model, ViTCacheConfig())
     assert "Dinov2Layer" in caplog.text and "IN FULL" in caplog.text
     frames = pixels(3, 32, seed=13)

@@ -7,10 +7,10 @@ import pickle
 import numpy as np
 import pytest
 
-from operators.caching import pixel_cells
 from operators.compress import TokenDropCompressor
+from operators.config import CompressConfig, DropConfig, PruneConfig
+from operators.frame_skip import pixel_cells
 from operators.frames import FeatureBatch, SegmentInfo
-from pipelines.config import CompressConfig, DropConfig, PruneConfig
 
 T, D = 16, 8  # a 4x4 grid of 8-d tokens
 

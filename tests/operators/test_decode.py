@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from operators.config import DecodeConfig
 from operators.decode import SegmentDecoder
 from operators.frames import StageError
-from pipelines.config import DecodeConfig
 from tests.operators.media import (
     Segment,
     encode_audio_only,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators.caching import pixel_cells
+from operators.frame_skip import pixel_cells
 from operators.compress import TokenDropCompressor
 from operators.device_compress import DeviceTokenCompressor, StreamRows, pixel_cells_on_device
 from operators.frames import FeatureBatch, SegmentInfo

@@ -17,9 +17,9 @@ from transformers import (
     ViTModel,
 )
 
+from operators.config import EncodeConfig
 from operators.encode import UnsupportedModel, VisionEncoder
 from operators.frames import FrameBatch, SegmentInfo, StageError
-from pipelines.config import EncodeConfig
 
 _TINY_VISION = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
 
@@ -176,7 +176,7 @@ def test_a_model_that_is_not_a_vision_model_is_refused_by_name(models):
 
 
 # ---------------------------------------------------------------------------------------------
-# The token cache inside the encoder (operators.caching.CachedViT)
+# The token cache inside the encoder (operators.vit_cache.CachedViT)
 
 
 def smooth_frames(n: int, seed: int) -> np.ndarray:
@@ -196,7 +196,7 @@ def smooth_frames(n: int, seed: int) -> np.ndarray:
     ],
 )
 def test_token_cache_stays_close_to_full_compute(models, encoders, name, fraction, expect_cached):
-    from pipelines.config import ViTCacheConfig
+    from operators.config import ViTCacheConfig
 
     cached = VisionEncoder(EncodeConfig(batch_frames=4), models[name],
                            token_cache=ViTCacheConfig(reference_every=4, recompute_fraction=fraction))
@@ -215,7 +215,7 @@ def test_token_cache_stays_close_to_full_compute(models, encoders, name, fractio
 
 
 def test_token_cache_keeps_streams_apart_and_query_calls_out(models):
-    from pipelines.config import ViTCacheConfig
+    from operators.config import ViTCacheConfig
 
     cached = VisionEncoder(EncodeConfig(batch_frames=16), models["clip"],
                            token_cache=ViTCacheConfig(reference_every=4, recompute_fraction=0.25))

@@ -13,9 +13,9 @@ import rapidocr_onnxruntime
 from PIL import Image, ImageDraw, ImageFont
 from rapidocr_onnxruntime import RapidOCR
 
+from operators.config import OcrConfig
 from operators.frames import FrameBatch, SegmentInfo, StageError
 from operators.ocr import ScreenTextReader, TextEmbedder
-from pipelines.config import OcrConfig
 
 HEADLINES = ["STORM WARNING FOR COASTAL TOWNS", "MARKETS RALLY AS RATES FALL", "LOCAL TEAM WINS CHAMPIONSHIP"]
 WIDTH, HEIGHT = 640, 360

@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
+from operators.config import PruneConfig
 from operators.pruning import DistinctivePruner, distinctiveness, keep_lowest
-from pipelines.config import PruneConfig
 
 KEY = ("t1", "cam-1")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pipelines import messages
+from contracts import messages
 
 _AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -17,8 +17,8 @@ from PIL import Image
 from operators.decode import SegmentDecoder
 from operators.frames import StageError
 from pipelines.config import DecodeConfig
-from pipelines.query_images import ImageRefused, decode_query_image
-from pipelines.query_service import QueryError, decode_image
+from pipelines.query.images import ImageRefused, decode_query_image
+from pipelines.query.engine import QueryError, decode_image
 from tests.operators.media import remux_segments
 
 CAR = "car-detection.mp4"

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
-from pipelines import messages
-from pipelines.http_api import AckRequest, QueryRequest, StandingRequest
+from contracts import messages
+from pipelines.api.http import AckRequest, QueryRequest, StandingRequest
 
 FUZZ = settings(max_examples=200, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 
@@ -130,7 +130,7 @@ def test_ack_request_bodies(body):
 def http():
     from fastapi.testclient import TestClient
 
-    from pipelines.http_api import api
+    from pipelines.api.http import api
 
     return TestClient(api, raise_server_exceptions=False)
 

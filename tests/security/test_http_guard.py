@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from starlette.datastructures import Headers
 
 from pipelines.config import LivelensConfig, ServeConfig
-from pipelines.http_guard import (
+from pipelines.api.guard import (
     ExposureError,
     QuotaExceeded,
     TenantQuotas,
@@ -21,7 +21,7 @@ from pipelines.http_guard import (
     is_operator,
     resolve_tenant,
 )
-from pipelines.query_service import QueryError
+from pipelines.query.engine import QueryError
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_A, KEY_B, ADMIN = "ka-7Gq2rXw9Lm4Tz8Vb", "kb-Qe3Np6Hs1Jd5Wc0Y", "adm-Zr8Kf2Lx6Pv1Mt4N"
@@ -49,7 +49,7 @@ def test_a_non_loopback_bind_without_keys_is_refused(host, keys, refused):
 
 
 def test_start_http_refuses_an_open_bind_before_starting_anything():
-    from pipelines.http_api import start_http
+    from pipelines.api.http import start_http
 
     with pytest.raises(ExposureError):
         start_http(LivelensConfig(serve={"host": "0.0.0.0"}))
@@ -137,13 +137,13 @@ def test_operator_endpoints_want_the_admin_key(serve, headers, allowed):
 def http() -> TestClient:
     """The API's own FastAPI app without Serve: middleware and error handlers run; a route that gets past
     them fails (no Serve replica), which is what the 500 test needs."""
-    from pipelines.http_api import api
+    from pipelines.api.http import api
 
     return TestClient(api, raise_server_exceptions=False)
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit(http):
-    from pipelines.http_api import MAX_BODY_BYTES
+    from pipelines.api.http import MAX_BODY_BYTES
 
     sent = 0
 
@@ -165,7 +165,7 @@ def test_a_declared_oversize_body_is_refused(http):
 
 
 def test_a_500_says_an_error_id_and_logs_the_details(http, caplog):
-    with caplog.at_level(logging.ERROR, logger="pipelines.http_guard"):
+    with caplog.at_level(logging.ERROR, logger="pipelines.api.guard"):
         response = http.post("/v1/query", json={"text": "anything"})
     assert response.status_code == 500
     error = response.json()["error"]

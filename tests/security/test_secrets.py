@@ -8,7 +8,7 @@ from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
 from pipelines.config import KafkaConfig, LivelensConfig, RedisConfig
-from pipelines.kafka_io import client_security
+from pipelines.kafka.client import client_security
 from pipelines.redis_io import redis_options
 from pipelines.secrets import redact_url, split_url_credentials
 
@@ -123,7 +123,7 @@ def test_every_kafka_client_livelens_builds_carries_the_security_options(monkeyp
     plaintext)."""
     from kafka import KafkaConsumer, KafkaProducer
 
-    from pipelines.kafka_io import make_consumer, make_producer
+    from pipelines.kafka.client import make_consumer, make_producer
 
     seen: list[dict] = []
 

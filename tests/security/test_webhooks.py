@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipelines.config import WebhookConfig
-from pipelines.webhooks import (
+from pipelines.query.webhooks import (
     Delivery,
     DeliveryFailed,
     WebhookOutbox,

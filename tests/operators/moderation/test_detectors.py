@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 
+from operators.config import EncodeConfig, OcrConfig
 from operators.encode import VisionEncoder
 from operators.moderation.detectors import (
     NUDENET_CLASSES,
@@ -22,7 +23,6 @@ from operators.moderation.detectors import (
 from operators.moderation.policy import NudityPolicy, PromptLabel, PromptPolicy
 from operators.moderation.risk import RiskEngine
 from operators.ocr import ScreenTextReader
-from pipelines.config import EncodeConfig, OcrConfig
 from tests.conftest import REPO_ROOT
 from tests.operators.moderation.rooms import (
     batch,

@@ -1,0 +1,180 @@
+"""The configuration sections of the operators: one frozen pydantic model per stage.
+
+The root config (pipelines/config.py) composes these with the sections of the floors above; an operator
+takes only its own section, so it never imports anything above operators/.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DropMode = Literal["feature", "pixel"]
+BoundarySignal = Literal["drop_ratio", "curvature"]
+
+
+class Section(BaseModel):
+    """Base of every layer's config section: frozen, and a misspelt key is an error, not ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DecodeConfig(Section):
+    sample_fps: float = Field(1.0, gt=0, description="Frames per second kept from each stream.")
+    keyframes_only: bool = Field(
+        False, description="Decode only keyframes (FFmpeg skip_frame=NONKEY): far cheaper when sample_fps <= keyframe rate."
+    )
+    max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
+    thumbnail_px: int = Field(160, description="Longest side of the JPEG thumbnail kept per frame.")
+    frame_px: int = Field(
+        640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
+        "text reading needs more pixels than a ViT does (ocr.max_side), so this follows OCR, not the encoder.")
+
+
+class EncodeConfig(Section):
+    model: str = Field(
+        "", description="Hugging Face model id or local path. Empty in the offline profile: a tiny model built locally."
+    )
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_frames: int = Field(32, ge=1, description="Frames per encoder forward pass, across streams.")
+    max_batch_wait_ms: float = Field(20.0, ge=0, description="How long a partial batch waits for more frames.")
+
+
+class CompressConfig(Section):
+    drop_threshold: float = Field(
+        0.5,
+        ge=-1.0,
+        le=1.0,
+        description="Differential token drop: a token whose cosine to the same position in the previous frame is "
+        "above this is dropped. Lower drops more (0.5 as evaluated in TimeChat-Online, 0.25 in its demo).",
+    )
+
+
+class OcrConfig(Section):
+    """On-screen text reading (operators/ocr.py), re-read only where the picture changed."""
+
+    enabled: bool = Field(
+        True, description="Run the stage. The pipeline builds no reader when False (building one is then an error)."
+    )
+    min_confidence: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description="Lines the recogniser is less sure of (mean character probability) are dropped. Higher drops "
+        "more misreads of textures and logos, and more real but small or blurred text.",
+    )
+    change_threshold: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="A frame is read again when the mean absolute grey difference (0..1, on a 128x72 thumbnail) to "
+        "the last read frame of its stream is at or above this. Lower re-reads more often (cost); higher reuses "
+        "stale text longer. 0.01 re-reads on a swapped lower-third headline (~0.016) and on cuts, not on the noise "
+        "of a static shot (~0.003). No value catches a one-digit change (a score, a clock: ~0.0005, below the "
+        "noise); 0 reads every frame.",
+    )
+    max_side: int = Field(
+        960, ge=32,
+        description="Frames are downscaled to this longest side before OCR (never upscaled), to bound its cost. "
+        "Text set below ~8 px after scaling is lost: a 1080p ticker set at 16-22 px reads at 960 and is garbled at "
+        "640. A frame with 3 lines costs ~250 ms at 960 and ~190 ms at 640 on 2 CPU cores.",
+    )
+    min_text_chars: int = Field(
+        3, ge=1, description="Lines with fewer non-space characters are dropped: lone letters are mostly misreads."
+    )
+
+
+class PruneConfig(Section):
+
+    keep_fraction: float = Field(
+        60 / 196, gt=0.0, le=1.0,
+        description="Per-frame budget as a fraction of the tokens per frame, rounded (at least 1): 60 of SigLIP's "
+        "196 as in STC-Pruner, 20 of the tiny CLIP's 64. Lower stores less and loses more of each frame's content.",
+    )
+
+
+class DropConfig(Section):
+
+    mode: DropMode = Field("feature", description="What a token is compared on: its features, or its frame patch.")
+    pixel_threshold: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="Pixel mode: a token is dropped when its patch's mean absolute RGB difference to the previous "
+        "frame is below this. 0.03 is ~5x the H.264 noise of a static real camera (0.003-0.006 per patch); lower "
+        "keeps noise, higher drops slow or small motion.",
+    )
+
+
+class FrameSkipConfig(Section):
+    grid: tuple[int, int] = Field(
+        (16, 16), description="(rows, cols) of patches the change test divides a frame into, whatever its size."
+    )
+    patch_threshold: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="A patch has changed when its mean absolute RGB difference (0..1) exceeds this. 0.03 is ~5x the "
+        "H.264 noise of a static real camera (0.003-0.006); a person crossing a patch moves it by 0.05-0.3.",
+    )
+    changed_fraction: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="A frame is skipped when fewer than this fraction of its patches changed. Higher skips more and "
+        "lets small movements (a hand, a ticker) go unseen until the next forced refresh.",
+    )
+    max_skip: int = Field(
+        10, ge=0,
+        description="At most this many frames in a row reuse old features; the next is encoded whatever changed. "
+        "Bounds how stale a stream's features get (slow drift never crosses the per-frame test). 0 never skips.",
+    )
+
+
+class ViTCacheConfig(Section):
+    reference_every: int = Field(
+        2, ge=1, description="Every n-th frame of a stream is a reference, computed in full (STC-Cacher: 2). "
+        "1 computes every frame in full.",
+    )
+    recompute_fraction: float = Field(
+        0.25, gt=0.0, le=1.0,
+        description="Fraction of tokens recomputed per layer on other frames, the least similar to the reference "
+        "(STC-Cacher: 25%). 1.0 recomputes everything and equals full compute.",
+    )
+    cut_similarity: float = Field(
+        0.8, ge=-1.0, le=1.0,
+        description="A frame whose first-layer keys have a mean cosine to the previous frame's below this is a scene "
+        "cut and becomes a reference at once (an extension: STC refreshes only periodically). On the sample "
+        "broadcast at 1 fps, random-weight CLIP and SigLIP-B/16 towers give 0.88-0.97 within moving scenes, 1.0 in "
+        "still ones and 0.13-0.78 at cuts; re-check with real weights. -1 disables it.",
+    )
+
+
+class CacheConfig(Section):
+    """Encoder-side caching: frame skipping and the token cache inside the ViT."""
+
+    skip_frames: bool = Field(
+        False, description="Reuse the last features for frames whose picture barely changed (no ViT run). "
+        "BENCHMARKS.md: 37-44% of frames skipped on broadcast / static-camera content at 1 fps.")
+    skip: FrameSkipConfig = FrameSkipConfig()
+    token_cache: bool = Field(
+        False, description="Run CLIP / SigLIP / ViT towers through the token cache (settings in `vit`): "
+        "non-reference frames recompute only their least similar tokens. Other architectures compute in full "
+        "and the encoder says so in its log. BENCHMARKS.md: 22-24% encoder time saved on CPU, none on an H100.")
+    vit: ViTCacheConfig = ViTCacheConfig()
+
+
+class BoundaryConfig(Section):
+
+    signal: BoundarySignal = Field("drop_ratio", description="Which per-frame change signal is thresholded.")
+    k_sigma: float = Field(
+        2.5, gt=0.0, description="Boundary when the signal exceeds mean + k_sigma * std of the current event "
+        "(2-3 in the method). Lower finds more boundaries, and more false ones."
+    )
+    min_rise: float = Field(
+        0.25, ge=0.0, description="The signal must also exceed the event's mean by at least this. On the sample "
+        "broadcast's pixel-mode drop signal, cuts rise by 0.6-0.9 and headline swaps in the banner by 0.1-0.2."
+    )
+    min_event_s: float = Field(
+        2.0, ge=0.0, description="Shortest event: no boundary sooner than this after the previous one."
+    )
+
+
+class AnswerConfig(Section):
+    model: str = Field("", description="HF causal LM or VLM id/path. Empty: extractive answers from evidence.")
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_new_tokens: int = 64
+    max_evidence_frames: int = 8

@@ -1,0 +1,1 @@
+"""The HTTP API (Ray Serve / FastAPI), the ops overview and dashboard, the client, deploying the whole."""

@@ -1,0 +1,62 @@
+"""Deploying the whole pipeline: every actor, the query consumer and, on request, the HTTP API.
+
+The one module that sees every part at once, so it sits above them all (the HTTP API included); the
+parts themselves never import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from pipelines.api.guard import check_exposure
+from pipelines.api.http import LivelensAPI, start_http
+from pipelines.config import LivelensConfig
+from pipelines.ray.query import start_answerers, start_query_consumer
+from pipelines.ray.dag import start_sources, start_stages
+from pipelines.ray.runtime import connect_ray, effective_config
+
+
+@dataclass
+class PipelineDeployment:
+    """Handles of every actor of a deployed pipeline.
+
+    A non-detached actor lives only while a handle to it does, so whoever deploys one
+    (a test, a benchmark) keeps this object for as long as the pipeline should run.
+    """
+
+    stages: Any
+    answerers: list
+    sources: list
+    query_consumer: Any
+    http_url: str = ""
+
+
+def deploy_pipeline(config: LivelensConfig, *, detached: bool, http: bool = True) -> PipelineDeployment:
+    """Start every actor of the pipeline (or find them running) and, optionally, the HTTP API."""
+    connect_ray(config)
+    stages = start_stages(config, detached=detached)
+    # Wait until the stateful stages are up before sources start feeding them.
+    ray.get([m.call.remote("stats") for m in stages.memory] + [e.describe.remote() for e in stages.encoders])
+    answerers = start_answerers(config, detached=detached)
+    ray.get([a.kind.remote() for a in answerers])
+    deployment = PipelineDeployment(stages=stages, answerers=answerers, sources=start_sources(config, detached=detached),
+                                    query_consumer=start_query_consumer(config, detached=detached))
+    if http:
+        deployment.http_url = start_http(config)
+    return deployment
+
+
+def app_from_env(args: dict[str, str] | None = None):
+    """Serve application builder for clusters (KubeRay RayService, `serve run pipelines.api.deployment:app_from_env`).
+
+    Reads the config from the environment, deploys the pipeline's actors (or finds them running),
+    then returns the API bound to that config.
+    """
+    config = effective_config(LivelensConfig())
+    # Where this runs (KubeRay), the RayService, not serve.host, decides the address: take it as exposed.
+    check_exposure(config.serve, host="0.0.0.0")
+    deploy_pipeline(config, detached=True, http=False)
+    return LivelensAPI.bind(config)

@@ -1,0 +1,1 @@
+"""The `livelens` command: commands, rendering, the demo, and the sample-video tool."""

@@ -1,0 +1,1 @@
+"""Ingest: the Kafka source loop and the batch paths beside live ingest (backfill, replay)."""

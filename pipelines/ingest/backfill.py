@@ -1,0 +1,542 @@
+"""Backfill: put recorded files into memory through the live ingest operators, resumably, faster than real time.
+
+One code path with live ingest. A file is cut by `iter_segments` into the very
+segments a publisher sends; each gets the SegmentInfo the live source builds
+(the publisher's header through `pipelines.ingest.source.segment_info`), then runs
+decode -> encode -> compress (+ OCR) -> `MemoryStore.write`, the operators the
+Ray actors wrap. Same segments, same SegmentInfo, same operators: memory after a
+backfill holds the frame keys, masks and (within float tolerance: encoder
+batches are composed differently) embeddings that live ingest of the file would.
+
+Speed: segments are decoded in worker processes (`operators.parallel_decode`,
+keyframe-aligned because segments start at keyframes) while this process
+encodes; the encoder takes frames of consecutive segments in batches of up to
+``encode.batch_frames``. The compressor and the OCR reader keep per-stream state,
+so they, and the memory writes, see segments strictly in order.
+
+Resume: a manifest per (tenant, stream, file) in Redis, next to the memory it
+describes (a JSON file under data_dir could claim segments whose memory was lost
+with a wiped Redis, or miss ones a second machine backfilled). It holds the
+number of leading segments completed (segments complete strictly in order, so
+the completed seqs are exactly 0..next_seq-1) and the state of the per-stream
+stages after the last of them (compressor, OCR reader and, with
+``cache.skip_frames``, the frame skipper), written in one HSET after each
+segment's memory write. The frame skipper's state is needed: a frame is skipped
+by comparing it with the stream's last encoded frame, which may lie in an
+earlier segment, and a skipped frame stores that frame's features; restarted
+empty, the first frame after the resume point would be encoded instead.
+Segments of a stream are planned in order even inside one encoder batch
+(`FrameSkipper.plan_all`), so batches starting at another segment after a
+resume plan exactly as the uninterrupted run did. A rerun skips the completed
+prefix without decoding it and restores that state, so it continues exactly as
+an uninterrupted run would: the first frame after the resume point is compared
+with its real predecessor instead of being kept whole. A crash between a memory write and its manifest
+update redoes that one segment; the write is then a no-op (idempotent per
+segment).
+
+Bad input is handled as live ingest handles it: a segment whose stage raises
+StageError is logged, counted in `BackfillSummary.dead_letters` by code and
+passed (there is no dead-letters topic to send it to; `livelens replay`, which
+reads a topic, sends them to one through ``on_dead_letter``).
+
+Sources: files, or http(s) URLs streamed through PyAV (the segmenter's network
+options and timeouts). A URL's manifest fingerprint is the URL plus the
+server's ETag, Last-Modified and Content-Length, whichever it sends.
+
+`Backfill.process` is the chain on its own, fed (info, decoded) pairs in stream
+order; `pipelines.ingest.replay` drives it from a Kafka topic with ``replace=True``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import glob
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+import av
+import httpx
+import numpy as np
+import redis
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from memory_store import keys
+from memory_store.service import MemoryStore
+from operators.frames import (
+    CompressedBatch,
+    FeatureBatch,
+    FrameBatch,
+    SegmentInfo,
+    StageError,
+    tag_stage,
+)
+from operators.parallel_decode import ParallelDecoder
+from pipelines.config import LivelensConfig
+from pipelines.ingest.chain import OperatorChain
+from pipelines.ingest.source import segment_info
+from pipelines.kafka.publish import (
+    segment_header,  # the publisher's own header: SegmentInfo exactly as live
+)
+from pipelines.segmenter import (
+    NETWORK_TIMEOUT_S,
+    VIDEO_EXTENSIONS,
+    MediaSegment,
+    iter_segments,
+)
+
+log = logging.getLogger(__name__)
+
+_MANIFEST_VERSION = 3  # 2: boundary detector state; 3: one "state" field, the operator chain's snapshot
+
+
+class BackfillError(Exception):
+    """A file cannot be backfilled as asked: no start time, not a file, or a manifest from another file or config."""
+
+
+@dataclass(frozen=True)
+class BackfillJob:
+    """One file (a Path) or http(s) URL (a str), stored as one stream.
+
+    wallclock_start: wall-clock time of the file's first frame (timezone-aware). None: the file's
+        ``creation_time`` metadata or, when it has none (most archives), ``assumed_start_time``, with a warning.
+    """
+
+    source: Path | str
+    stream_id: str
+    tenant_id: str = "default"
+    wallclock_start: datetime | None = None
+
+
+@dataclass
+class BackfillSummary:
+    """What a run did. Skipped segments (completed by an earlier run) count only in ``segments_skipped``."""
+
+    files: int = 0
+    segments: int = 0
+    segments_skipped: int = 0
+    segments_replayed: int = 0  # processed, but memory already held them (a crash after the write)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    stream_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    frames: int = 0
+    tokens_kept: int = 0
+    bytes_written: int = 0  # embeddings, kept tokens and positions, thumbnails: the payload, not Redis overhead
+
+    @property
+    def speedup(self) -> float:
+        """Stream seconds processed per wall second: above 1 is faster than real time."""
+        return self.stream_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def file_start_time(source: Path | str) -> datetime | None:
+    """The file's ``creation_time`` metadata (container, else video track) as an aware datetime; None without one.
+
+    MP4/MOV store it in UTC by definition, so a value without an offset is read as UTC.
+    """
+    with _open(source) as container:
+        video = container.streams.video
+        value = container.metadata.get("creation_time") or (video[0].metadata.get("creation_time") if video else None)
+    if not value:
+        return None
+    try:
+        start = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise BackfillError(f"{source}: creation_time {value!r} is not an ISO 8601 time; give the start "
+                            "explicitly") from exc
+    return start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+
+
+def assumed_start_time(source: Path | str, duration_s: float | None) -> datetime:
+    """The start of a recording with no ``creation_time``: its modification time minus its duration (a recorder
+    writes a file last when the recording ends). A URL has no modification time: it ends now."""
+    end = datetime.now(UTC) if _is_url(source) else datetime.fromtimestamp(Path(source).stat().st_mtime, UTC)
+    start = datetime.fromtimestamp(end.timestamp() - (duration_s or 0.0), UTC)
+    log.warning("%s has no creation_time metadata: assuming it starts at %s (%s minus its %.1f s); give --start "
+                "to set it", source, start.isoformat(timespec="seconds"),
+                "now" if _is_url(source) else "its modification time", duration_s or 0.0)
+    return start
+
+
+def consecutive_starts(sources: Sequence[Path | str], first: datetime) -> list[datetime]:
+    """One start for several files (in order): the first starts then, each later one where the one before ends."""
+    starts, at = [], first.timestamp()
+    for source in sources:
+        starts.append(datetime.fromtimestamp(at, first.tzinfo))
+        duration = _media_duration_s(source)
+        if duration is None:
+            if len(starts) < len(sources):
+                raise BackfillError(f"{source}: its container does not say how long it is, so the next file's "
+                                    "start is unknown; backfill the files one at a time, each with its --start")
+            break
+        at += duration
+    return starts
+
+
+def _open(source: Path | str) -> av.container.InputContainer:
+    try:
+        return av.open(str(source), timeout=NETWORK_TIMEOUT_S)
+    except av.FFmpegError as exc:  # missing, unreadable, an HTTP error: before any work, with the source named
+        raise BackfillError(f"{source}: cannot open: {exc}") from exc
+
+
+def _media_duration_s(source: Path | str) -> float | None:
+    """The file's duration for the progress bar; None when the container does not say."""
+    with _open(source) as container:
+        return container.duration / av.time_base if container.duration else None
+
+
+# -- the manifest ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Resume:
+    next_seq: int
+    next_media_s: float
+    state: dict[str, dict[str, Any]]  # OperatorChain.snapshot() after the last finished segment
+
+
+class Manifest:
+    """Progress of one (tenant, stream, file) backfill, a Redis hash in the tenant's hash slot.
+
+    fingerprint: the file (path, size, mtime) and the configuration that shapes what is stored;
+        a manifest with another fingerprint is refused, never silently reused or discarded.
+    """
+
+    def __init__(self, client: redis.Redis, job: BackfillJob, fingerprint: str):
+        self.r = client
+        source = job.source if _is_url(job.source) else str(Path(job.source).resolve())
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        self.key = keys.backfill_manifest(job.tenant_id, job.stream_id, digest)
+        self.fingerprint = fingerprint
+
+    def load(self) -> _Resume | None:
+        """Where an earlier run stopped; None when none started."""
+        found = self.r.hgetall(self.key)
+        if not found:
+            return None
+        if int(found[b"version"]) != _MANIFEST_VERSION or found[b"fingerprint"].decode() != self.fingerprint:
+            raise BackfillError(f"backfill manifest {self.key} was written for another version of the file or "
+                                f"another configuration; delete it (redis-cli DEL '{self.key}') to start over. "
+                                "Segments already in memory are kept: their writes are skipped as replays")
+        return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), _unpack(found[b"state"]))
+
+    def complete(self, info: SegmentInfo, state: dict[str, dict[str, Any]]) -> None:
+        """Record segment ``info.seq`` (and so every earlier one) as done, with the operator chain's state after
+        it (whatever each stateful step's snapshot returned). One HSET: atomic."""
+        self.r.hset(self.key, mapping={
+            "version": _MANIFEST_VERSION, "fingerprint": self.fingerprint, "next_seq": info.seq + 1,
+            "next_media_s": info.media_start_s + info.duration_s, "state": _pack(state), "updated_at": time.time()})
+
+
+def _pack(state: Any) -> bytes:
+    """Operator snapshots (dicts, lists, tuples, numbers, strings, numpy arrays) as JSON: no pickle from Redis."""
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return {"__ndarray__": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode(),
+                    "dtype": value.dtype.str, "shape": list(value.shape)}
+        if isinstance(value, dict):
+            return {k: encode(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    return json.dumps(encode(state)).encode()
+
+
+def _unpack(data: bytes) -> Any:
+    def decode(value: dict[str, Any]) -> Any:
+        if "__ndarray__" in value:
+            flat = np.frombuffer(base64.b64decode(value["__ndarray__"]), dtype=np.dtype(value["dtype"]))
+            return flat.reshape(value["shape"]).copy()
+        return value
+
+    return json.loads(data, object_hook=decode)
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+class _SpeedColumn(ProgressColumn):
+    """Stream seconds per wall second ("x real time"): the number that says whether backfill keeps up."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:5.1f}x real time" if task.speed else "   - x real time", style="progress.data.speed")
+
+
+class _SecondsColumn(ProgressColumn):
+    """Stream seconds done, of the total when the container states its duration."""
+
+    def render(self, task: Task) -> Text:
+        total = f"/{task.total:.0f}" if task.total is not None else ""
+        return Text(f"{task.completed:>6.0f}{total} s", style="progress.download")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), _SecondsColumn(), _SpeedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+class Backfill:
+    """Backfills files into ``store`` through the live operators.
+
+    workers: decoder processes. Decode is the expensive stage on a CPU; one worker already
+        overlaps decode with encoding, more decode several segments at once.
+    progress: show rich progress bars (per file and overall) on stderr.
+    replace: write with ``MemoryStore.write(replace=True)``: a segment memory holds is replaced by
+        this run's version instead of kept (a rebuild after a model or threshold change); a stream's
+        first segment (seq 0) first purges everything memory holds of the stream (`MemoryStore.purge_stream`).
+    on_dead_letter: also called with each segment that failed on bad input (after it is counted).
+    """
+
+    def __init__(self, config: LivelensConfig, store: MemoryStore, *, workers: int, progress: bool = True,
+                 replace: bool = False, on_dead_letter: Callable[[SegmentInfo, StageError], None] | None = None):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.config = config
+        self.store = store
+        self.workers = workers
+        self.show_progress = progress
+        self.replace = replace
+        self.on_dead_letter = on_dead_letter
+        # The steps the live actors run, built by the same code, so backfill stores what live ingest would.
+        self._chain = OperatorChain.build(config)
+        # What shapes stored memory (not batch sizes or waits): a change makes old manifests invalid.
+        shaping = {"decode": config.decode.model_dump(), "encode_model": self._chain.encode.encoder.model_name,
+                   "encode_dtype": config.encode.dtype, "compress": config.compress.model_dump(),
+                   "ocr": config.ocr.model_dump(), "cache": config.cache.model_dump(),
+                   "drop": config.drop.model_dump(), "prune": config.prune.model_dump() if config.prune else None,
+                   "boundaries": config.boundaries.model_dump()}
+        self._config_digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+    def run(self, jobs: Sequence[BackfillJob]) -> BackfillSummary:
+        """Backfill every job's file in turn; returns the totals. Jobs must be distinct streams."""
+        streams = [(job.tenant_id, job.stream_id) for job in jobs]
+        if len(set(streams)) != len(streams):
+            raise ValueError("two jobs name the same stream: a stream's segment numbers start at 0 in each file")
+        for job in jobs:
+            if not _is_url(job.source) and not Path(job.source).is_file():
+                raise BackfillError(f"{job.source}: not a file")
+        durations = [_media_duration_s(job.source) for job in jobs]
+        # Fail (or warn) before any work.
+        starts = [job.wallclock_start or file_start_time(job.source) or assumed_start_time(job.source, duration)
+                  for job, duration in zip(jobs, durations)]
+        for job, start in zip(jobs, starts):
+            if start.tzinfo is None:
+                raise BackfillError(f"{job.source}: wallclock_start must be timezone-aware, got {start}")
+        summary = BackfillSummary()
+        started = time.perf_counter()
+        with _progress(self.show_progress) as progress, \
+                ParallelDecoder(self.config.decode, workers=self.workers) as decoder:
+            known = [d for d in durations if d is not None]
+            overall = progress.add_task("all files", total=sum(known) if len(known) == len(durations) else None)
+            for job, start, duration in zip(jobs, starts, durations):
+                self._run_file(job, start, duration, decoder, progress, overall, summary)
+                summary.files += 1
+        summary.wall_seconds = time.perf_counter() - started
+        return summary
+
+    def _run_file(self, job: BackfillJob, start: datetime, duration: float | None, decoder: ParallelDecoder,
+                  progress: Progress, overall: TaskID, summary: BackfillSummary) -> None:
+        fingerprint = f"{_source_fingerprint(job.source)}|{self._config_digest}"
+        manifest = Manifest(self.store.tier.r, job, fingerprint)
+        resume = manifest.load()
+        key = (job.tenant_id, job.stream_id)
+        self._forget(key)
+        next_seq, done_s = 0, 0.0
+        if resume is not None:
+            next_seq, done_s = resume.next_seq, resume.next_media_s
+            # Holds only this stream: every file's state is forgotten when the file is done.
+            try:
+                self._chain.restore(resume.state)
+            except ValueError as exc:
+                raise BackfillError(f"{manifest.key}: {exc}") from None
+            log.info("%s: resuming at segment %d (%.1f s)", job.source, next_seq, done_s)
+        task = progress.add_task(_source_name(job.source), total=duration, completed=done_s)
+        overall_total = next(t.total for t in progress.tasks if t.id == overall)
+        if overall_total is not None:  # the overall bar counts this run's work: its rate must not include skips
+            progress.update(overall, total=overall_total - done_s)
+
+        def pending() -> Iterator[tuple[SegmentInfo, bytes]]:
+            for media in iter_segments(str(job.source)):
+                if media.seq < next_seq:
+                    summary.segments_skipped += 1
+                    continue
+                yield _info(media, job, start), media.payload
+
+        def done(info: SegmentInfo) -> None:
+            manifest.complete(info, self._chain.snapshot())
+            summary.stream_seconds += info.duration_s
+            progress.advance(task, info.duration_s)
+            progress.advance(overall, info.duration_s)
+
+        try:
+            self.process(decoder.decode(pending()), summary, done)
+        finally:
+            self._forget(key)
+        progress.update(task, visible=False)
+
+    def process(self, decoded: Iterable[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
+                done: Callable[[SegmentInfo], None]) -> None:
+        """Encode, compress, read and store decoded segments, given in stream order (several streams may
+        interleave); ``done(info)`` follows each segment's write or dead letter, in the same order."""
+        group: list[tuple[SegmentInfo, FrameBatch | StageError]] = []
+        frames = 0
+        for info, result in decoded:
+            size = len(result) if isinstance(result, FrameBatch) else 0
+            # Batches of at most batch_frames (a larger segment goes alone): the encoder's own chunk size.
+            if group and frames + size > self.config.encode.batch_frames:
+                self._process(group, summary, done)
+                group, frames = [], 0
+            group.append((info, result))
+            frames += size
+        if group:
+            self._process(group, summary, done)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        """Per-stream state starts empty for each file (a resumed one is restored from its manifest)."""
+        self._chain.forget(*key)
+
+    def _process(self, group: list[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
+                 done: Callable[[SegmentInfo], None]) -> None:
+        """Encode a group's frames in one batch, then compress, read and write each segment in order."""
+        decoded = [result for _, result in group if isinstance(result, FrameBatch)]
+        features: dict[int, FeatureBatch | StageError]
+        try:
+            encoded = self._chain.encode.encode(decoded)
+            features = {batch.segment.seq: out for batch, out in zip(decoded, encoded)}
+        except StageError as exc:  # as in the encoder actor: a failed batch fails every segment in it
+            exc.stage = exc.stage or "encode"
+            features = {batch.segment.seq: exc for batch in decoded}
+        for info, result in group:
+            outcome = result if isinstance(result, StageError) else features[info.seq]
+            if isinstance(outcome, StageError):
+                self._dead_letter(info, outcome, summary)
+            else:
+                self._store(result, outcome, summary)
+            summary.segments += 1
+            done(info)
+
+    def _store(self, frames: FrameBatch, features: FeatureBatch, summary: BackfillSummary) -> None:
+        try:
+            compressed = self._chain.compress.compress(features, frames)
+            reader = self._chain.reader
+            texts = tag_stage("ocr", reader.read, frames) if reader is not None else None
+            if self.replace and frames.segment.seq == 0:
+                # A stream rebuilt from its first segment starts from nothing, so memory ends exactly as a
+                # fresh ingest leaves it, events included (replacing segment by segment would keep the events
+                # built from the old version). Here, in write order, so no earlier write can land after it.
+                self.store.purge_stream(frames.segment.tenant_id, frames.segment.stream_id)
+            write = functools.partial(self.store.write, replace=True) if self.replace else self.store.write
+            written = tag_stage("memory", write, compressed, texts)
+        except StageError as exc:
+            self._dead_letter(frames.segment, exc, summary)
+            return
+        if written is None:
+            summary.segments_replayed += 1
+            return
+        summary.frames += len(compressed)
+        summary.tokens_kept += int(compressed.kept.sum())
+        summary.bytes_written += _stored_bytes(compressed)
+
+    def _dead_letter(self, info: SegmentInfo, exc: StageError, summary: BackfillSummary) -> None:
+        summary.dead_letters[exc.code] = summary.dead_letters.get(exc.code, 0) + 1
+        log.warning("%s/%s segment %d: %s at %s: %s", info.tenant_id, info.stream_id, info.seq, exc.code,
+                    exc.stage or "?", exc.reason)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(info, exc)
+
+
+def expand_sources(sources: Sequence[str]) -> list[Path | str]:
+    """The files of the given files, directories (their video files) and globs, each once, in name order;
+    then the http(s) URLs as given."""
+    urls = [s for s in sources if _is_url(s)]
+    paths = {Path(f) for s in sources if not _is_url(s) for f in (glob.glob(s) or [s])}
+    files = {f for p in paths for f in ([c for c in p.iterdir() if c.is_file() and c.suffix.lower() in VIDEO_EXTENSIONS]
+                                        if p.is_dir() else [p])}
+    return [*sorted(files), *urls]
+
+
+def stream_id_for(source: Path | str, pattern: str | None = None) -> str:
+    """A source's stream id from its file name (a URL's last path component).
+
+    pattern: a regex searched in the name; its group ``stream`` (else its first group, else the whole
+        match) is the id, e.g. ``^(cam-\\d+)_`` makes ``cam-07_2026-03-01.mp4`` stream ``cam-07``. None:
+        the name without its extension. Characters a stream id cannot hold become '-'.
+    """
+    name = _source_name(source)
+    if pattern is None:
+        found = PurePosixPath(name).stem
+    else:
+        match = re.search(pattern, name)
+        if match is None:
+            raise BackfillError(f"{source}: stream pattern {pattern!r} does not match {name!r}")
+        groups = match.groupdict()
+        found = groups["stream"] if "stream" in groups else match.group(1) if match.re.groups else match.group(0)
+        if not found:
+            raise BackfillError(f"{source}: stream pattern {pattern!r} matched {name!r} but captured nothing")
+    return re.sub(r"[^A-Za-z0-9_.:-]", "-", found)[:128]
+
+
+def _is_url(source: Path | str) -> bool:
+    return isinstance(source, str) and urlparse(source).scheme.lower() in {"http", "https"}
+
+
+def _source_name(source: Path | str) -> str:
+    """File name, or the last path component of a URL: for progress bars and stream ids."""
+    return PurePosixPath(urlparse(source).path).name or source if _is_url(source) else Path(source).name
+
+
+def _source_fingerprint(source: Path | str) -> str:
+    """What identifies the content a manifest describes: a file's path, size and mtime; a URL and the
+    validators its server sends (ETag, Last-Modified, Content-Length)."""
+    if not _is_url(source):
+        stat = Path(source).stat()
+        return f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        head = httpx.head(source, follow_redirects=True, timeout=NETWORK_TIMEOUT_S[0])
+        head.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise BackfillError(f"{source}: cannot reach it: {exc}") from exc
+    validators = [head.headers.get(h, "") for h in ("etag", "last-modified", "content-length")]
+    if not any(validators):
+        log.warning("%s: the server sends no ETag, Last-Modified or Content-Length: a resume cannot tell "
+                    "whether the content changed since the manifest was written", source)
+    return "|".join([source, *validators])
+
+
+def _info(media: MediaSegment, job: BackfillJob, start: datetime) -> SegmentInfo:
+    return segment_info(segment_header(media, stream_id=job.stream_id, tenant_id=job.tenant_id, start=start))
+
+
+
+
+def _stored_bytes(batch: CompressedBatch) -> int:
+    kept = int(batch.kept.sum())
+    # Tokens are stored as float16 and positions as int16 (memory_store.records).
+    return batch.embedding.nbytes + kept * batch.tokens.shape[1] * 2 + kept * 2 + sum(map(len, batch.thumbnails))

@@ -1,0 +1,102 @@
+"""The operator chain between decode and memory, built in one place for live ingest, backfill and replay.
+
+The live actors each hold one step of it, sharded by stream (the encode actor the `EncodeStep`, the compress
+actor the `CompressStep`); backfill and replay hold the whole `OperatorChain` in one process. Either way the
+steps are built here from the config and run the same way, so backfill stores what live ingest would, and
+their per-stream state goes through one protocol (`operators.state.Stateful`): the backfill manifest stores
+whatever each stateful step's snapshot returns, under the step's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from operators.boundaries import BoundaryDetector
+from operators.compress import TokenDropCompressor
+from operators.encode import VisionEncoder
+from operators.frame_skip import FrameSkipper, encode_skipping
+from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, tag_stage
+from operators.ocr import ScreenTextReader
+from operators.state import Stateful
+from pipelines.config import LivelensConfig
+from pipelines.models import vision_encoder
+
+
+@dataclass
+class EncodeStep:
+    """The vision encoder and, with `cache.skip_frames`, the frame skipper in front of it."""
+
+    encoder: VisionEncoder
+    skipper: FrameSkipper | None
+
+    @classmethod
+    def build(cls, config: LivelensConfig) -> EncodeStep:
+        return cls(vision_encoder(config), FrameSkipper(config.cache.skip) if config.cache.skip_frames else None)
+
+    def encode(self, batches: Sequence[FrameBatch]) -> list[FeatureBatch]:
+        """One forward pass over the frames the skipper lets through (a StageError fails the whole batch)."""
+        return encode_skipping(self.encoder.encode, self.skipper, list(batches))
+
+
+@dataclass
+class CompressStep:
+    """The differential token drop (and pruning), then the event-boundary detector on its drop ratio."""
+
+    compressor: TokenDropCompressor
+    boundaries: BoundaryDetector
+    pixel_mode: bool
+
+    @classmethod
+    def build(cls, config: LivelensConfig) -> CompressStep:
+        return cls(TokenDropCompressor(config.compress, config.drop, config.prune), BoundaryDetector(config.boundaries),
+                   config.drop.mode == "pixel")
+
+    def compress(self, features: FeatureBatch, frames: FrameBatch | None) -> CompressedBatch:
+        # Pixel-mode drop compares frame patches, so it needs the frames as well.
+        images = frames.images if self.pixel_mode and frames is not None else None
+        compressed = tag_stage("compress", self.compressor.compress, features, images)
+        return tag_stage("compress", self.boundaries.mark, compressed)
+
+
+def text_reader(config: LivelensConfig) -> ScreenTextReader | None:
+    """The on-screen text reader; None when `ocr.enabled` is off (the chain then stores no text)."""
+    return ScreenTextReader(config.ocr) if config.ocr.enabled else None
+
+
+@dataclass
+class OperatorChain:
+    """Every step between decode and memory, in one process (backfill, replay)."""
+
+    encode: EncodeStep
+    compress: CompressStep
+    reader: ScreenTextReader | None
+
+    @classmethod
+    def build(cls, config: LivelensConfig) -> OperatorChain:
+        return cls(EncodeStep.build(config), CompressStep.build(config), text_reader(config))
+
+    def stateful(self) -> dict[str, Stateful]:
+        """The steps that keep per-stream state, by the name their snapshot is stored under."""
+        steps: dict[str, Stateful | None] = {"compressor": self.compress.compressor,
+                                             "boundaries": self.compress.boundaries,
+                                             "ocr": self.reader, "skipper": self.encode.skipper}
+        return {name: step for name, step in steps.items() if step is not None}
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {name: step.snapshot() for name, step in self.stateful().items()}
+
+    def restore(self, state: dict[str, dict[str, Any]]) -> None:
+        """Restore every stateful step from `snapshot`'s result; ValueError when the steps differ (a snapshot
+        taken with another configuration, e.g. OCR or frame skip switched on or off since)."""
+        steps = self.stateful()
+        if set(state) != set(steps):
+            raise ValueError(f"the snapshot holds the state of {sorted(state)}, but this chain's stateful steps "
+                             f"are {sorted(steps)}")
+        for name, step in steps.items():
+            step.restore(state[name])
+
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        for step in self.stateful().values():
+            step.forget(tenant_id, stream_id)

@@ -1,0 +1,1 @@
+"""Moderation: the moderator over operators/moderation/, the alert log and its audit trail."""

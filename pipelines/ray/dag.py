@@ -1,0 +1,439 @@
+"""The ingest DAG as Ray actors: thin wrappers around the operators, and its assembly.
+
+    KafkaSegmentSource ──► Decode ──► Encode (batched across streams) ──► Compress ──► Memory ──► Standing queries
+                              └──────► OCR (on-screen text, re-read where the picture changed) ──┘
+
+Placement follows state: a stream's segments always go to the same compressor
+(its previous-frame tokens live there) and a tenant's writes to the same memory
+shard (its FAISS index lives there); decoders and encoders are stateless and
+shared. Every call passes ObjectRefs straight on, so frames never travel back
+to the source. Actor tasks from one submitter run in submission order, which
+keeps a stream's segments in order at its compressor.
+
+Each actor restarts when it dies (max_restarts=-1) and its in-flight calls are
+retried (max_task_retries): at-least-once, safe because memory writes are
+idempotent per segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from operators.frames import (
+    CompressedBatch,
+    FeatureBatch,
+    FrameBatch,
+    SegmentInfo,
+    StageError,
+    tag_stage,
+)
+from pipelines import metrics
+from pipelines.config import LivelensConfig
+from pipelines.ray.placement import actor_options, memory_shard, shard
+from pipelines.ray.runtime import setup_logging
+
+log = logging.getLogger(__name__)
+
+RESTART = dict(max_restarts=-1, max_task_retries=3)
+
+
+@ray.remote(**RESTART)
+class DecodeActor:
+    def __init__(self, config: LivelensConfig):
+        from operators.decode import SegmentDecoder
+
+        self.decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
+
+    def decode(self, info: SegmentInfo, payload: bytes) -> FrameBatch:
+        call = metrics.StageCall("decode", info)
+        return call.done(tag_stage("decode", self.decoder.decode, info, payload))
+
+
+@ray.remote(**RESTART)
+class EncodeActor:
+    """Batches frames of many concurrent calls (many streams) into one forward pass.
+
+    Calls wait at most `max_batch_wait_ms` for company; a full batch goes at once.
+    The model runs in a worker thread so the event loop keeps collecting the next batch.
+    """
+
+    def __init__(self, config: LivelensConfig):
+        from pipelines.ingest.chain import EncodeStep
+
+        self.config = config.encode
+        # Streams are sharded to encoders by a stable hash, so each stream's skip state lives here.
+        self.step = EncodeStep.build(config)
+        self.encoder, self.skipper = self.step.encoder, self.step.skipper
+        self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._runner: asyncio.Task | None = None
+
+    async def encode(self, batch: FrameBatch) -> FeatureBatch:
+        if self._runner is None:
+            self._wakeup = asyncio.Event()
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+        call = metrics.StageCall("encode", batch.segment, len(batch))
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, future))
+        self._wakeup.set()
+        return call.done(await future)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if sum(len(b) for b, _ in self._queue) < self.config.batch_frames:
+                await asyncio.sleep(self.config.max_batch_wait_ms / 1000)
+            taken, frames = [], 0
+            while self._queue and (not taken or frames + len(self._queue[0][0]) <= self.config.batch_frames):
+                item = self._queue.pop(0)
+                taken.append(item)
+                frames += len(item[0])
+            if not self._queue:
+                self._wakeup.clear()
+            try:
+                results = await asyncio.to_thread(self._encode, [b for b, _ in taken])
+            except Exception as exc:  # one bad batch fails its callers, not the actor
+                if isinstance(exc, StageError):
+                    exc.stage = exc.stage or "encode"
+                for _, future in taken:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(taken, results):
+                future.set_result(result)
+
+    def _encode(self, batches: list[FrameBatch]) -> list[FeatureBatch]:
+        before, started = self._skipped(), time.perf_counter()
+        out = self.step.encode(batches)
+        skipped = metrics.frames_skipped(before, self._skipped())
+        metrics.encoder_batch(sum(len(b) for b in batches) - skipped, time.perf_counter() - started)
+        return out
+
+    def _skipped(self) -> dict[tuple[str, str], int]:
+        return {key: s.frames_skipped for key, s in self.skipper.stats().items()} if self.skipper else {}
+
+    def cache_stats(self) -> dict[str, dict]:
+        """Per "tenant/stream": frames seen and skipped (frame skip), the fraction of token rows the ViT
+        recomputed (token cache; 1.0 without it), encoder seconds spent and, estimated from the stream's own
+        seconds per encoded frame, seconds saved by skipping."""
+        skipped = self.skipper.stats() if self.skipper else {}
+        out = {}
+        for key, enc in self.encoder.stats().items():
+            skip = skipped.get(key)
+            per_frame = enc.seconds / enc.frames if enc.frames else 0.0
+            out["/".join(key)] = dict(
+                frames_seen=skip.frames_seen if skip else enc.frames,
+                frames_skipped=skip.frames_skipped if skip else 0,
+                token_fraction=round(enc.token_fraction, 4),
+                encode_s=round(enc.seconds, 3),
+                skip_saved_s=round((skip.frames_skipped if skip else 0) * per_frame, 3))
+        return out
+
+    def embed_text(self, texts: list[str]):
+        return self.encoder.embed_text(texts)
+
+    def embed_images(self, images):
+        return self.encoder.embed_images(images)
+
+    def encode_images(self, images):
+        return self.encoder.encode_images(images)
+
+    def describe(self) -> dict[str, Any]:
+        e = self.encoder
+        return dict(model=e.model_name, kind=e.kind, embedding_dim=e.embedding_dim, token_dim=e.token_dim,
+                    tokens_per_frame=e.tokens_per_frame, has_text_tower=e.has_text_tower)
+
+
+@ray.remote(**RESTART)
+class CompressActor:
+    def __init__(self, config: LivelensConfig):
+        from pipelines.ingest.chain import CompressStep
+
+        # Per-stream state (the compressor's, the boundary detector's): streams are sharded here by a stable
+        # hash, in order.
+        self.step = CompressStep.build(config)
+
+    def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
+        call = metrics.StageCall("compress", batch.segment, len(batch))
+        marked = self.step.compress(batch, frames)
+        metrics.tokens(marked)
+        return call.done(marked)
+
+
+@ray.remote(**RESTART)
+class OcrActor:
+    """On-screen text of each frame; keeps per-stream state (the last read frame), so sharded by stream."""
+
+    def __init__(self, config: LivelensConfig):
+        from operators.ocr import ScreenTextReader
+
+        self.reader = ScreenTextReader(config.ocr)
+
+    def read(self, batch: FrameBatch):
+        call = metrics.StageCall("ocr", batch.segment, len(batch))
+        return call.done(tag_stage("ocr", self.reader.read, batch))
+
+
+# Writes have a concurrency group of one: a stream's tiers fold its frames into events in time order, and
+# two segments written at once (or out of order) would race on the stream's open event. Reads keep 4 threads.
+@ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4, concurrency_groups={"writes": 1})
+class MemoryActor:
+    """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
+
+    def __init__(self, config: LivelensConfig, shard_index: int):
+        from pipelines.redis_io import redis_client
+
+        from memory_store.service import MemoryStore
+
+        if not config.redis.url:
+            raise RuntimeError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
+        client = redis_client(config.redis)
+        index_dir = (config.data_dir / "faiss" / f"shard-{shard_index}").resolve()
+        shards = config.memory.shards
+        self.store = MemoryStore(client, config.memory, index_dir=index_dir,
+                                 owns_tenant=lambda tenant: memory_shard(tenant, shards) == shard_index)
+        metrics.report_memory_every(config.metrics.memory_interval_s, shard_index, self.store.stats)
+        threading.Thread(target=self._sweep_retention, args=(config.memory.retention_sweep_s,), daemon=True,
+                         name="retention").start()
+
+    def _sweep_retention(self, every_s: float) -> None:
+        """Retention for streams that stopped writing (paused, deleted): writing streams apply it on each write."""
+        while True:
+            time.sleep(every_s)
+            try:
+                self.store.expire()
+            except Exception:  # the next sweep retries; a write in between applies retention to its stream
+                log.exception("retention sweep failed; next in %.0f s", every_s)
+
+    @ray.method(concurrency_group="writes")
+    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False):
+        """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it."""
+        call = metrics.StageCall("memory", batch.segment, len(batch))
+        result = tag_stage("memory", functools.partial(self.store.write, replace=replace), batch, texts)
+        return call.done(result, frames=len(result.ids) if result is not None else 0)  # None: a replay
+
+    def call(self, method: str, *args, **kwargs):
+        """Read-side calls by name, `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
+        wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire` and
+        `purge_stream` (a replay rebuilding a stream from its first segment)."""
+        if method not in {"search", "search_text", "recent", "timeline", "streams", "frames", "thumbnail", "stats",
+                          "rebuild", "memory_report", "delete_stream", "expire", "event_tokens", "purge_stream"}:
+            raise ValueError(f"MemoryActor has no read method {method!r}")
+        return getattr(self.store, method)(*args, **kwargs)
+
+
+@ray.remote(**RESTART)
+class StandingActor:
+    """Evaluates standing queries on each stored segment; alerts are acknowledged before the source commits."""
+
+    def __init__(self, config: LivelensConfig):
+        from pipelines.kafka.client import make_producer
+        from pipelines.moderation.alerts import AlertLog
+        from pipelines.query.standing import StandingEvaluator
+        from pipelines.query.webhooks import WebhookOutbox
+        from pipelines.redis_io import redis_client
+
+        self.config = config
+        self.producer = make_producer(config.kafka)
+        client = redis_client(config.redis)
+        self.evaluator = StandingEvaluator(client, self._emit)
+        self.alerts = AlertLog(client)  # what GET /v1/alerts serves
+        self.webhook_failures = 0
+        # Webhooks leave through the outbox: evaluate() returns once alerts are on the topic, whatever the
+        # tenants' endpoints do (pipelines/query/webhooks.py).
+        self.outbox = WebhookOutbox(config.webhooks, self._webhook_failed)
+
+    def evaluate(self, written, batch: CompressedBatch, texts: list | None):
+        from pipelines.query.standing import frame_views
+
+        self.evaluator.evaluate(batch.segment.tenant_id, batch.segment.stream_id, frame_views(batch, texts))
+        return written
+
+    def _emit(self, firings: list) -> None:
+        from contracts import messages
+        from pipelines.clips import alert_with_clip_urls
+        from pipelines.query.standing import firing_alert
+        from pipelines.query.webhooks import Delivery
+
+        topic = self.config.kafka.topic("alerts")
+        futures = []
+        for firing in firings:
+            alert = alert_with_clip_urls(self.config, firing_alert(firing, firing.query.tenant_id))
+            futures.append((alert, self.producer.send(topic, key=firing.stream_id.encode(),
+                                                      value=messages.encode(alert))))
+            self.alerts.record(alert)
+            if firing.query.webhook:
+                secret = self.config.webhooks.signing_secrets.get(alert.tenant_id)
+                delivery = Delivery(tenant_id=alert.tenant_id, query_id=firing.query.query_id,
+                                    url=firing.query.webhook, body=alert.model_dump_json(by_alias=True).encode(),
+                                    idempotency_key=alert.alert_id,
+                                    secret=secret.get_secret_value() if secret else "")
+                if secret is None:
+                    self._webhook_failed(delivery, "webhook_unsigned", "the tenant has no webhooks.signing_secrets "
+                                         "entry: unsigned webhooks are not sent")
+                else:
+                    self.outbox.submit(delivery)
+        for alert, future in futures:
+            future.get(timeout=30)
+            metrics.record_alert(alert)
+
+    def _webhook_failed(self, delivery, code: str, reason: str) -> None:
+        """A webhook that was not delivered: a dead letter (the alert itself is on the alerts topic)."""
+        from contracts import messages
+
+        self.webhook_failures += 1
+        metrics.webhook_failed("standing_query")
+        letter = messages.DeadLetter(tenant_id=delivery.tenant_id, source_topic=self.config.kafka.topic("alerts"),
+                                     partition=-1, offset=-1, stage="webhook", code=code,
+                                     reason=f"standing query {delivery.query_id}, alert {delivery.idempotency_key}: "
+                                     f"{reason}"[:4096], record_bytes=len(delivery.body))
+        self.producer.send(self.config.kafka.topic("dead_letters"), key=b"", value=messages.encode(letter))
+
+
+@dataclass
+class PipelineHandles:
+    decoders: list
+    encoders: list
+    compressors: list
+    ocr: list
+    memory: list
+    standing: list
+    moderators: list = field(default_factory=list)  # empty unless moderation.enabled
+    verifiers: list = field(default_factory=list)
+
+    def memory_for(self, tenant_id: str):
+        return self.memory[memory_shard(tenant_id, len(self.memory))]
+
+
+def _named(cls, name: str, namespace: str, detached: bool, options: dict, *args):
+    opts = dict(name=name, namespace=namespace, get_if_exists=True, **options)
+    if detached:
+        opts["lifetime"] = "detached"
+    return cls.options(**opts).remote(*args)
+
+
+def _ocr_count(config: LivelensConfig) -> int:
+    return config.pipeline.ocr_readers if config.ocr.enabled else 0
+
+
+def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineHandles:
+    """Create (or find, when already running) the stage actors, named so any process can reach them."""
+    ns, p = config.ray.namespace, config.pipeline
+
+    def place(stage):  # the stage's num_cpus / num_gpus / custom resources (pipelines/ray/placement.py)
+        return actor_options(config, stage)
+
+    from pipelines.ray.moderation import start_moderation
+
+    # Their actors are named "<stage>-<i>": moderate-0.., verify-0.
+    moderators, verifiers = start_moderation(
+        config, lambda cls, name, *args: _named(cls, name, ns, detached, place(name.rsplit("-", 1)[0]), *args))
+    return PipelineHandles(
+        decoders=[_named(DecodeActor, f"decode-{i}", ns, detached, place("decode"), config) for i in range(p.decoders)],
+        encoders=[_named(EncodeActor, f"encode-{i}", ns, detached, place("encode"), config) for i in range(p.encoders)],
+        compressors=[_named(CompressActor, f"compress-{i}", ns, detached, place("compress"), config)
+                     for i in range(p.compressors)],
+        ocr=[_named(OcrActor, f"ocr-{i}", ns, detached, place("ocr"), config) for i in range(_ocr_count(config))],
+        memory=[_named(MemoryActor, f"memory-{i}", ns, detached, place("memory"), config, i)
+                for i in range(config.memory.shards)],
+        standing=[_named(StandingActor, f"standing-{i}", ns, detached, place("standing"), config)
+                  for i in range(p.standing_evaluators)],
+        moderators=moderators, verifiers=verifiers,
+    )
+
+
+def find_stages(config: LivelensConfig) -> PipelineHandles:
+    ns, p = config.ray.namespace, config.pipeline
+
+    def get(name):
+        return ray.get_actor(name, namespace=ns)
+
+    return PipelineHandles(
+        decoders=[get(f"decode-{i}") for i in range(p.decoders)],
+        encoders=[get(f"encode-{i}") for i in range(p.encoders)],
+        compressors=[get(f"compress-{i}") for i in range(p.compressors)],
+        ocr=[get(f"ocr-{i}") for i in range(_ocr_count(config))],
+        memory=[get(f"memory-{i}") for i in range(config.memory.shards)],
+        standing=[get(f"standing-{i}") for i in range(p.standing_evaluators)],
+        moderators=[get(f"moderate-{i}") for i in range(config.moderation.moderators if config.moderation.enabled else 0)],
+    )
+
+
+class RayIngest:
+    """The source's view of the DAG: submit a segment, learn when its write is durable."""
+
+    def __init__(self, handles: PipelineHandles, *, pixel_mode: bool = False):
+        self.h = handles
+        self.pixel_mode = pixel_mode
+        self._next_decoder = 0
+
+    def submit(self, info: SegmentInfo, payload: bytes):
+        decoder = self.h.decoders[self._next_decoder % len(self.h.decoders)]
+        self._next_decoder += 1
+        stream = f"{info.tenant_id}/{info.stream_id}"
+        frames = decoder.decode.remote(info, payload)
+        features = self.h.encoders[shard(stream, len(self.h.encoders))].encode.remote(frames)
+        # Pixel-mode drop compares frame patches, so the compressor then gets the frames as well.
+        compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(
+            features, frames if self.pixel_mode else None)
+        texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
+        written = self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
+        # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
+        done = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(written, compressed, texts)
+        if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
+            done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(done, frames, texts, [compressed])
+        return done
+
+    def wait(self, handles: list, timeout_s: float) -> list:
+        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout_s, fetch_local=False)
+        return ready
+
+    def result(self, handle):
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, StageError):
+                raise exc.cause from None
+            raise
+
+
+@ray.remote(max_restarts=-1, max_concurrency=4)
+class SourceActor:
+    """Runs a KafkaSegmentSource in a thread from its constructor, so a restarted actor resumes by itself."""
+
+    def __init__(self, config: LivelensConfig, source_id: str):
+        from pipelines.ingest.source import KafkaSegmentSource
+
+        setup_logging()
+        ingest = RayIngest(find_stages(config), pixel_mode=config.drop.mode == "pixel")
+        self.source = KafkaSegmentSource(config, ingest, source_id=source_id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=source_id, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.source.run(self._stop)
+        except Exception:
+            log.exception("source loop died")
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.source.stats.as_dict(), "alive": self._thread.is_alive()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def start_sources(config: LivelensConfig, *, detached: bool = False) -> list:
+    ns = config.ray.namespace
+    return [_named(SourceActor, f"source-{i}", ns, detached, actor_options(config, "source"), config, f"source-{i}")
+            for i in range(config.pipeline.sources)]
