@@ -8,7 +8,7 @@ import pytest
 from kafka.record import _crc32c as python_crc32c
 from kafka.record import util as record_util
 
-from pipelines import kafka_checksum
+from pipelines.kafka import checksum as kafka_checksum
 
 
 def test_installed_environment_checksums_in_c():

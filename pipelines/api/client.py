@@ -13,6 +13,7 @@ from kafka.structs import TopicPartition
 
 from contracts import messages
 from pipelines.config import LivelensConfig
+from pipelines.kafka.checksum import check_fast_checksum
 from pipelines.kafka.client import client_security, ensure_topics, make_producer, require_bootstrap
 
 
@@ -53,6 +54,7 @@ class Client:
         kafka = self.config.kafka
         answers = kafka.topic("answers")
         ensure_topics(kafka)
+        check_fast_checksum("consumer")
         consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), enable_auto_commit=False,
                                  group_id=None, **client_security(kafka))
         try:
@@ -119,6 +121,7 @@ class Client:
         """Alerts as they arrive on the alerts topic (those of one standing query, when given)."""
         kafka = self.config.kafka
         ensure_topics(kafka)
+        check_fast_checksum("consumer")
         consumer = KafkaConsumer(kafka.topic("alerts"), bootstrap_servers=require_bootstrap(kafka),
                                  group_id=None, enable_auto_commit=False,
                                  auto_offset_reset="earliest" if from_beginning else "latest",
