@@ -366,6 +366,8 @@ class LivelensConfig(BaseSettings):
         env_prefix="LIVELENS_",
         env_nested_delimiter="__",
         extra="forbid",
+        # Errors name the field and the rule, not the value given: sections hold keys and passwords.
+        hide_input_in_errors=True,
     )
 
     profile: Profile = "offline"

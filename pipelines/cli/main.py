@@ -58,8 +58,15 @@ def up(
     from deploy import local_stack
     from pipelines.api.deployment import deploy_pipeline
     from pipelines.cli.output import metrics_targets
+    from pipelines.api.guard import ExposureError, check_exposure
 
     config = LivelensConfig()
+    if http:
+        try:  # before anything starts, not after the pipeline is deployed
+            check_exposure(config.serve)
+        except ExposureError as exc:
+            console.print(f"[red]{exc}")
+            raise typer.Exit(2) from None
     state = local_stack.up(config.data_dir, kafka_bootstrap=config.kafka.bootstrap, redis_url=config.redis.url,
                            ray_address=config.ray.address, appendfsync=config.redis.appendfsync,
                            num_cpus=config.ray.num_cpus)

@@ -211,3 +211,16 @@ def test_standing_queries_are_bounded(quotas):
     with pytest.raises(QuotaExceeded) as raised:
         quotas.admit_standing(3)
     assert raised.value.status == 429
+
+
+def test_livelens_up_refuses_an_open_bind_before_starting_the_stack(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIVELENS_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LIVELENS_SERVE__HOST", "0.0.0.0")
+    result = CliRunner().invoke(app, ["up"])
+    assert result.exit_code == 2 and "without API keys" in result.output
+    assert not (tmp_path / "state").exists()  # nothing was started

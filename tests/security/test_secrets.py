@@ -53,9 +53,14 @@ def test_livelens_status_prints_no_secret(secret_env):
 def test_secrets_stay_out_of_reprs_and_validation_errors(secret_env):
     config = LivelensConfig()
     assert not [s for s in SECRETS if s in repr(config) or s in str(config)]
-    with pytest.raises(ValidationError) as raised:
-        RedisConfig(url=f"redis://:{REDIS_PASSWORD}@h:1/0", appendfsync="never")
-    assert REDIS_PASSWORD not in str(raised.value)
+    for bad in [dict(redis={"url": f"redis://:{REDIS_PASSWORD}@h:1/0", "appendfsync": "never"}),
+                dict(serve={"api_keys": {API_KEY: "acme", "change-me": "globex"}}),
+                dict(kafka={"security_protocol": "PLAINTEXT", "sasl_mechanism": "PLAIN",
+                            "sasl_password": SASL_PASSWORD}),
+                dict(webhooks={"signing_secrets": {"acme": HOOK_SECRET}, "attempts": 0})]:
+        with pytest.raises(ValidationError) as raised:
+            LivelensConfig(**bad)
+        assert not [s for s in SECRETS if s in str(raised.value)], raised.value
 
 
 @pytest.mark.parametrize("url, clean, user, password", [
