@@ -26,7 +26,19 @@ class DecodeConfig(Section):
         False, description="Decode only keyframes (FFmpeg skip_frame=NONKEY): far cheaper when sample_fps <= keyframe rate."
     )
     max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
+    containers: tuple[str, ...] = Field(
+        ("mpegts", "mp4", "mov", "matroska", "webm", "flv", "h264", "hevc"),
+        description="FFmpeg demuxers a segment's `container` may name; others are dead-lettered (bad_container). "
+        "Never add hls, dash, concat or other playlist demuxers: they open nested URLs and local files.")
+    deadline_s: float = Field(
+        30.0, gt=0, description="Wall-clock budget for decoding one segment (a ~2 s segment takes ~0.1-0.5 s); "
+        "past it the segment is dead-lettered (decode_timeout). Checked between packets and frames.")
     thumbnail_px: int = Field(160, description="Longest side of the JPEG thumbnail kept per frame.")
+    hardware: Literal["cpu", "nvdec"] = Field(
+        "cpu", description="nvdec: full decode on the GPU's video decoders through FFmpeg's <codec>_cuvid (PyAV), "
+        "for sampling that needs every frame decoded. keyframes_only stays on the CPU (cuvid ignores skip_frame; "
+        "one keyframe is cheap on a core). Where cuvid cannot open (no GPU or driver, a codec without cuvid) the "
+        "CPU decoder is used and a warning says so.")
     frame_px: int = Field(
         640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
         "text reading needs more pixels than a ViT does (ocr.max_side), so this follows OCR, not the encoder.")
@@ -40,6 +52,12 @@ class EncodeConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_frames: int = Field(32, ge=1, description="Frames per encoder forward pass, across streams.")
     max_batch_wait_ms: float = Field(20.0, ge=0, description="How long a partial batch waits for more frames.")
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel of the tower: fused scaled-dot-product (torch SDPA: flash or "
+        "memory-efficient kernels on a GPU) or transformers' eager matmul-softmax-matmul. Eager only to debug.")
+    compile: bool = Field(
+        False, description="torch.compile the tower's forward pass (cuda only): fused kernels for each batch shape, "
+        "compiled at its first use (tens of seconds). Pays at fixed full batches (BENCHMARKS.md, issue 18).")
 
 
 class CompressConfig(Section):

@@ -318,7 +318,7 @@ class ClipCutter:
                 if record.offset > last:
                     break
                 try:
-                    segment, chunk = messages.decode(record.value, expect=messages.VideoSegment)
+                    segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
                 except messages.MessageError:
                     continue  # another stream's bad record: the source dead-lettered it already
                 if (segment.tenant_id, segment.stream_id) != (tenant_id, stream_id) or segment.seq not in wanted:

@@ -216,7 +216,7 @@ def test_standing_queries_are_bounded(quotas):
 def test_livelens_up_refuses_an_open_bind_before_starting_the_stack(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from pipelines.cli.main import app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LIVELENS_DATA_DIR", str(tmp_path / "state"))
