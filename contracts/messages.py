@@ -71,11 +71,15 @@ class VideoSegment(Message):
     """
 
     SCHEMA: ClassVar[str] = "video_segment"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     schema_: Literal["video_segment"] = Field("video_segment", alias="schema")
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     stream_id: Id
-    seq: int = Field(ge=0, description="Segment number within the stream, from 0, no gaps.")
+    session: str = Field(
+        "", max_length=64, pattern=r"^[A-Za-z0-9_.]*$",
+        description="The publishing session (one `publish` run, one encoder start): its segments are numbered "
+        "from 0, so (session, seq) names a segment of the stream. v2; empty only in upgraded v1 records.")
+    seq: int = Field(ge=0, description="Segment number within the publishing session, from 0, no gaps.")
     codec: str = Field(description="FFmpeg's canonical codec name of the video track, e.g. h264, vp9, av1.")
     container: str = Field("mpegts", description="FFmpeg format name of the payload: mpegts for the codecs it "
                            "carries, matroska for every other (pipelines.segmenter.segment_container).")
@@ -93,7 +97,13 @@ class VideoSegment(Message):
 
     @property
     def key(self) -> str:
-        return f"{self.tenant_id}/{self.stream_id}/{self.seq}"
+        return f"{self.tenant_id}/{self.stream_id}/{segment_id(self.session, self.seq)}"
+
+
+def segment_id(session: str, seq: int) -> str:
+    """A segment's name within its stream: ``session-seq``, or the bare seq for a v1 record (no session), so
+    memory keys written before sessions existed still match a replay of the records that made them."""
+    return f"{session}-{seq}" if session else str(seq)
 
 
 class TimeScope(BaseModel):
@@ -259,6 +269,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (VideoSegment, Query, Answer, Alert, 
 UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     # Alert v2 only added fields with defaults: a v1 header is a valid v2 header.
     ("alert", 1): dict,
+    # VideoSegment v2 added the publishing session; v1 publishers had none (their segments keep their keys).
+    ("video_segment", 1): lambda header: {**header, "session": ""},
 }
 _CURRENT: dict[str, type[Message]] = {m.SCHEMA: m for m in MESSAGE_TYPES}
 

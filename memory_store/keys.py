@@ -8,7 +8,8 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:frame:<frame key>           hash    one frame: metadata, embedding, kept tokens while in the short tier,
                                                on-screen text (lines, text embedding) when it has some
     ll:{t}:thumb:<frame key>           string  JPEG thumbnail of the frame
-    ll:{t}:segment:<stream>:<seq>      set     frame keys of a durable segment: its presence makes replays no-ops
+    ll:{t}:segment:<stream>:<segment>  set     frame keys of a durable segment: its presence makes replays no-ops
+                                               (<segment>: session-seq, or seq alone for segments without a session)
     ll:{t}:ids                         zset    score = index id, member = frame key (FAISS ids are these)
     ll:{t}:text_ids                    zset    score = index id, member = frame key: frames with a text embedding
     ll:{t}:next_id                     string  the last index id handed out
@@ -18,7 +19,7 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:evtok:<event key>           string  an event's token records (memory_store.events)
     ll:{t}:long:<stream>               zset    score = wallclock, member = entry key: every index entry of the stream
     ll:{t}:boundaries:<stream>         zset    score = wallclock, member = frame key of a frame that began an event
-    ll:{t}:segments:<stream>           zset    score = wallclock end, member = seq: segment markers, for retention
+    ll:{t}:segments:<stream>           zset    score = wallclock end, member = <segment>: markers, for retention
     ll:{t}:offsets                     hash    "topic:partition" -> highest Kafka offset of a stored segment
     ll:{t}:epoch                       string  random, set by the tenant's first write: names this Redis's data
     ll:{t}:clip:loc:<stream>           hash    seq -> where a durable segment's records are (pipelines.clips)
@@ -47,7 +48,7 @@ The braces are a Redis Cluster hash tag: every key of one tenant lands in one
 slot, which MULTI/EXEC requires of the keys it touches. ``ll:tenants`` is the one
 key outside any tenant, so it is written outside the segment transaction.
 
-Frame keys are ``SegmentInfo.frame_key(pts)``: ``tenant/stream/seq/ms``.
+Frame keys are ``SegmentInfo.frame_key(pts)``: ``tenant/stream/<segment>/ms``.
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ def thumbnail_tenant(key: str) -> str | None:
     return match.group(1) if match else None
 
 
-def segment(tenant_id: str, stream_id: str, seq: int) -> str:
-    return f"{_tenant(tenant_id)}:segment:{check_id('stream', stream_id)}:{int(seq)}"
+def segment(tenant_id: str, stream_id: str, segment_id: int | str) -> str:
+    """``segment_id``: ``SegmentInfo.segment_id`` (``session-seq``, or a bare seq for segments without a session)."""
+    return f"{_tenant(tenant_id)}:segment:{check_id('stream', stream_id)}:{check_id('segment', str(segment_id))}"
 
 
 def ids(tenant_id: str) -> str:

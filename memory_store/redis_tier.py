@@ -97,7 +97,7 @@ class RedisTier:
         seg = batch.segment
         tenant, stream = seg.tenant_id, seg.stream_id
         frames = encode_frames(batch, texts)
-        marker = keys.segment(tenant, stream, seg.seq)
+        marker = keys.segment(tenant, stream, seg.segment_id)
         counter = keys.next_id(tenant)
         stats = keys.stream_stats(tenant, stream)
         short = keys.short_tier(tenant, stream)
@@ -113,7 +113,7 @@ class RedisTier:
                 if not replace:
                     pipe.unwatch()
                     return None
-                stored = StoredSegment.read(pipe, tenant, stream, seg.seq)
+                stored = StoredSegment.read(pipe, tenant, stream, seg.segment_id)
             txn = StreamTxn(pipe, self.config, tenant, stream, self._refs)
             if stored is not None:
                 txn.remove_frames(stored.frame_keys)
@@ -149,7 +149,7 @@ class RedisTier:
             pipe.set(keys.epoch(tenant), uuid.uuid4().hex, nx=True)
             if source is not None and seg.offset > old_offset:
                 pipe.hset(keys.offsets(tenant), source, seg.offset)
-            pipe.zadd(keys.segments(tenant, stream), {str(seg.seq): new_stats["last_wallclock"]})
+            pipe.zadd(keys.segments(tenant, stream), {seg.segment_id: new_stats["last_wallclock"]})
             pipe.sadd(marker, *(f.key for f in frames))
             result = WriteResult(tenant, stream, seg.seq, tuple(f.key for f in frames), tuple(ids),
                                  tuple(f.wallclock for f in frames), txn.evicted_short,
@@ -250,7 +250,7 @@ class RedisTier:
             pipe.zrangebyscore(keys.ids(tenant_id), frame_id, frame_id)
         return [found[0].decode() if found else None for found in pipe.execute()]
 
-    def segment_frame_keys(self, tenant_id: str, stream_id: str, seq: int) -> list[str]:
+    def segment_frame_keys(self, tenant_id: str, stream_id: str, seq: int | str) -> list[str]:
         """Frame keys of a stored segment in pts order; empty when the segment is not stored."""
         found = [k.decode() for k in self.r.smembers(keys.segment(tenant_id, stream_id, seq))]
         return sorted(found, key=lambda k: int(k.rsplit("/", 1)[1]))

@@ -31,23 +31,23 @@ class StoredSegment:
 
     tenant_id: str
     stream_id: str
-    seq: int
+    segment_id: str  # SegmentInfo.segment_id
     frame_keys: tuple[str, ...]
     ids: tuple[int, ...]  # visual index ids of frame_keys, same order
     in_short_tier: tuple[str, ...]  # the frame keys that still hold tokens
 
     @classmethod
-    def read(cls, pipe: redis.client.Pipeline, tenant_id: str, stream_id: str, seq: int) -> StoredSegment:
+    def read(cls, pipe: redis.client.Pipeline, tenant_id: str, stream_id: str, segment_id: str) -> StoredSegment:
         """Read the stored version (the pipeline is in immediate mode: WATCH is on)."""
-        frame_keys = tuple(sorted(k.decode() for k in pipe.smembers(keys.segment(tenant_id, stream_id, seq))))
+        frame_keys = tuple(sorted(k.decode() for k in pipe.smembers(keys.segment(tenant_id, stream_id, segment_id))))
         if not frame_keys:
-            return cls(tenant_id, stream_id, seq, (), (), ())
+            return cls(tenant_id, stream_id, segment_id, (), (), ())
         scores = pipe.zmscore(keys.ids(tenant_id), list(frame_keys))
         if None in scores:
-            raise LookupError(f"segment {tenant_id}/{stream_id}/{seq} names frames without an index id: "
+            raise LookupError(f"segment {tenant_id}/{stream_id}/{segment_id} names frames without an index id: "
                               f"{[k for k, s in zip(frame_keys, scores) if s is None]}")
         short = pipe.zmscore(keys.short_tier(tenant_id, stream_id), list(frame_keys))
-        return cls(tenant_id, stream_id, seq, frame_keys, tuple(int(s) for s in scores),
+        return cls(tenant_id, stream_id, segment_id, frame_keys, tuple(int(s) for s in scores),
                    tuple(k for k, s in zip(frame_keys, short) if s is not None))
 
     def queue_removal(self, pipe: redis.client.Pipeline) -> None:
@@ -60,4 +60,4 @@ class StoredSegment:
             pipe.zrem(zset, *members)
         pipe.hincrby(keys.stream_stats(t, s), "frames", -len(members))
         pipe.hincrby(keys.stream_stats(t, s), "segments", -1)
-        pipe.delete(keys.segment(t, s, self.seq))
+        pipe.delete(keys.segment(t, s, self.segment_id))

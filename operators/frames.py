@@ -5,7 +5,7 @@ One segment of one stream moves through the DAG as:
     SegmentInfo + payload --decode--> FrameBatch --encode--> FeatureBatch --compress--> CompressedBatch
 
 Every batch carries its SegmentInfo so any stage can key its state by stream
-and any write is idempotent on (tenant, stream, seq, frame pts).
+and any write is idempotent on (tenant, stream, session, seq, frame pts).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from contracts.messages import segment_id
 
 
 class StageError(Exception):
@@ -59,10 +61,22 @@ class SegmentInfo:
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    # The publishing session (VideoSegment v2); "" for segments without one (v1 records, backfill).
+    session: str = ""
+
+    @property
+    def segment_id(self) -> str:
+        """The segment's name within its stream (``session-seq``, or the seq alone without a session)."""
+        return segment_id(self.session, self.seq)
 
     def frame_key(self, pts_s: float) -> str:
         """Stable id of one frame: replaying a segment yields the same keys, so writes are idempotent."""
-        return f"{self.tenant_id}/{self.stream_id}/{self.seq}/{int(round(pts_s * 1000))}"
+        return f"{self.tenant_id}/{self.stream_id}/{self.segment_id}/{int(round(pts_s * 1000))}"
+
+
+def seq_of_frame_key(frame_key: str) -> int:
+    """The segment seq within its session, from a frame key (``tenant/stream/[session-]seq/ms``)."""
+    return int(frame_key.rsplit("/", 2)[-2].rsplit("-", 1)[-1])
 
 
 @dataclass

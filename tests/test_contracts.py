@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 import pytest
 from kafka.structs import TopicPartition
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 
 from contracts import messages
 from pipelines.config import LivelensConfig
@@ -216,3 +216,39 @@ def test_segment_bytes_are_copied_once_each_way():
         assert chunk.obj is value, "a view of the record, not a copy"
         whole = assembler.add(header, chunk, offset)
     assert whole is not None and type(whole[1]) is bytes and whole[1] == payload and whole[2] == [0, 1, 2]
+
+
+def test_a_v1_segment_is_read_as_v2_without_a_session_and_keeps_its_memory_keys():
+    """Records a v1 publisher wrote (no session) are still read, and name the same segment as before."""
+    v1 = {k: v for k, v in SEG.model_dump(mode="json", by_alias=True).items() if k != "session"}
+    v1["version"] = 1
+    decoded, payload = messages.decode(_raw(json.dumps(v1).encode()) + b"data")
+    assert isinstance(decoded, messages.VideoSegment) and decoded.version == 2 and payload == b"data"
+    assert decoded.session == "" and decoded.key == "t/s/3"
+    from pipelines.ingest.source import segment_info
+
+    assert segment_info(decoded).frame_key(6.5) == "t/s/3/6500"  # what memory stored for it under v1
+
+
+@pytest.mark.parametrize(
+    "session, seq, key, frame_key",
+    [
+        ("", 3, "t/s/3", "t/s/3/6500"),
+        ("a1b2", 3, "t/s/a1b2-3", "t/s/a1b2-3/6500"),
+        ("a1b2", 0, "t/s/a1b2-0", "t/s/a1b2-0/6500"),
+    ],
+)
+def test_the_session_names_the_segment(session, seq, key, frame_key):
+    from operators.frames import seq_of_frame_key
+    from pipelines.ingest.source import segment_info
+
+    seg = SEG.model_copy(update={"session": session, "seq": seq})
+    assert seg.key == key
+    info = segment_info(seg)
+    assert info.segment_id == key.rsplit("/", 1)[-1] and info.frame_key(6.5) == frame_key
+    assert seq_of_frame_key(frame_key) == seq
+
+
+def test_a_session_id_cannot_break_the_keys_it_is_part_of():
+    with pytest.raises(ValidationError, match="session"):
+        messages.VideoSegment(**{**SEG.model_dump(), "session": "a/b-c"})

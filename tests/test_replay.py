@@ -24,7 +24,6 @@ from memory_store import keys
 from memory_store.service import MemoryStore
 from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.ingest.backfill import Backfill, BackfillJob
 from pipelines.ingest.replay import Replay, ReplayError, ReplayRange
 from pipelines.kafka.client import ensure_topics, make_producer
 from pipelines.kafka.publish import SegmentPublisher, segment_header
@@ -81,14 +80,16 @@ def test_replay_rebuilds_memory_for_a_new_threshold(tmp_path, kafka_broker, redi
     config_a = make_config(tmp_path, kafka_broker, tiny_models, THRESHOLD_A, prefix)
     config_b = make_config(tmp_path, kafka_broker, tiny_models, THRESHOLD_B, prefix)
     publish(config_a, video, "cam")
-    job = BackfillJob(video, "cam", wallclock_start=START)
+    segments = ReplayRange(config_a.kafka.topic("segments"), from_offset=0)
 
-    store = store_for(redis_server, 0, config_a)  # memory as ingest with threshold A left it
-    kept_a = Backfill(config_a, store, workers=1, progress=False).run([job]).tokens_kept
+    # Memory as ingest with threshold A left it: the topic's records through the same operators into an
+    # empty store (the records name their publishing session, so this is what live ingest stores for them).
+    store = store_for(redis_server, 0, config_a)
+    kept_a = Replay(config_a, store, workers=1, progress=False).run(segments).tokens_kept
     before = memory(store)
     fresh_b = store_for(redis_server, 1, config_b)  # what a fresh ingest with threshold B stores
     # Counted as written: closed events drop repeated tokens from memory afterwards, so stored ones are fewer.
-    kept_b = Backfill(config_b, fresh_b, workers=1, progress=False).run([job]).tokens_kept
+    kept_b = Replay(config_b, fresh_b, workers=1, progress=False).run(segments).tokens_kept
     expected = memory(fresh_b)
     assert kept_b < kept_a * 0.75  # the thresholds differ enough that stale frames would show
 

@@ -43,7 +43,7 @@ class RetentionSteps:
         for name in (keys.boundaries(self.t, self.s), keys.timeline(self.t, self.s)):
             self.writes.append(lambda p, n=name: p.zremrangebyscore(n, "-inf", f"({horizon}"))
         segments = keys.segments(self.t, self.s)
-        old = [int(m) for m in self.pipe.zrangebyscore(segments, "-inf", f"({horizon}")]
+        old = [m.decode() for m in self.pipe.zrangebyscore(segments, "-inf", f"({horizon}")]
         if old:
             self.writes.append(lambda p: p.delete(*(keys.segment(self.t, self.s, q) for q in old)))
             self.writes.append(lambda p: p.zremrangebyscore(segments, "-inf", f"({horizon}"))

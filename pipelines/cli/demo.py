@@ -47,9 +47,11 @@ def run_demo(*, duration_s: float, fast: bool, keep: bool, console: Console) -> 
         truth = write_sample_video(video, duration_s=duration_s)
         stream = f"demo-{int(time.time())}"
         console.print(f"[bold]publishing[/bold] {video} as stream {stream} ({'fast' if fast else 'real time'})")
+        published: list[messages.VideoSegment] = []
         publisher = threading.Thread(
             target=SegmentPublisher(kafka=config.kafka).publish,
-            kwargs=dict(source=str(video), stream_id=stream, pace="fast" if fast else "realtime"), daemon=True)
+            kwargs=dict(source=str(video), stream_id=stream, pace="fast" if fast else "realtime",
+                        on_segment=published.append), daemon=True)
         publisher.start()
         client = Client(config, http_url=http_url)
 
@@ -65,12 +67,16 @@ def run_demo(*, duration_s: float, fast: bool, keep: bool, console: Console) -> 
 
         # Ask while it plays: the first questions come a third of the way in.
         _wait_until(publisher, fast, duration_s / 3)
+        # A slow or busy machine (the first run also loads every model) may not have stored a segment yet.
+        with console.status("waiting for the first segments to reach memory"):
+            _wait_for_memory(config, stream, timeout_s=180)
         ask("What is on screen right now?", messages.Query(tenant_id="default", stream_ids=[stream], top_k=3))
         ask("What happened in the last 10 seconds?",
             messages.Query(tenant_id="default", stream_ids=[stream], text="what happened",
                            scope=messages.TimeScope(since_s=10), top_k=3), via="kafka")
         publisher.join()
-        time.sleep(3)  # the last segment's trip through the DAG
+        with console.status("waiting for the last segments to reach memory"):
+            _wait_for_memory(config, stream, timeout_s=180, segments=len(published))
         target = truth["scenes"][len(truth["scenes"]) // 2]
         t_probe = (target["start"] + target["end"]) / 2
         ask(f"When was this picture on screen? (a frame from t={t_probe:.1f} s)",
@@ -102,6 +108,22 @@ def run_demo(*, duration_s: float, fast: bool, keep: bool, console: Console) -> 
         return False
     console.print("[green bold]demo ok[/green bold]")
     return True
+
+
+def _wait_for_memory(config: LivelensConfig, stream: str, timeout_s: float, segments: int = 1) -> None:
+    """Until memory holds ``segments`` segments of ``stream``; after ``timeout_s`` the questions are asked
+    anyway (and their checks say what is missing)."""
+    import redis
+
+    from memory_store.redis_tier import RedisTier
+
+    tier = RedisTier(redis.Redis.from_url(config.redis.url), config.memory)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = tier.stream_info("default", stream)
+        if info is not None and info.segments >= segments:
+            return
+        time.sleep(0.5)
 
 
 def _wait_until(publisher: threading.Thread, fast: bool, seconds: float) -> None:

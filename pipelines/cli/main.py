@@ -198,11 +198,13 @@ def publish(
     """Publish a file, directory or URL as video segments to the segments topic."""
     from pipelines.kafka.publish import SegmentPublisher
     from pipelines.segmenter import SourceError
+    from pipelines.sessions import continuing_offset_s
 
     config = effective_config()
     try:
         stats = SegmentPublisher(kafka=config.kafka).publish(
-            source, stream_id=stream, tenant_id=tenant, pace="realtime" if realtime else "fast", loop=loop)
+            source, stream_id=stream, tenant_id=tenant, pace="realtime" if realtime else "fast", loop=loop,
+            media_offset_s=continuing_offset_s(config, tenant, stream))
     except SourceError as exc:  # bad input the user can act on: the reason, not a traceback
         console.print(f"[red]cannot publish:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -151,7 +151,7 @@ class Replay:
                                on_dead_letter=self._stage_failed)
         self._producer: KafkaProducer | None = None
         # Where each submitted segment came from, for its dead letter: (tenant, stream, seq) -> (tp, offsets).
-        self._origin: dict[tuple[str, str, int], tuple[TopicPartition, list[int], int]] = {}
+        self._origin: dict[tuple[str, str, str], tuple[TopicPartition, list[int], int]] = {}
 
     def run(self, what: ReplayRange) -> ReplaySummary:
         kafka = self.config.kafka
@@ -168,7 +168,7 @@ class Replay:
                 task = progress.add_task(f"replay {what.topic}", total=total)
 
                 def done(info: SegmentInfo) -> None:
-                    self._origin.pop((info.tenant_id, info.stream_id, info.seq), None)
+                    self._origin.pop((info.tenant_id, info.stream_id, info.segment_id), None)
                     summary.stream_seconds += info.duration_s
 
                 records = self._segments(consumer, partitions, summary, lambda n: progress.advance(task, n))
@@ -283,7 +283,7 @@ class Replay:
         part.open_streams.discard(stream)
         header, payload, offsets = whole
         info = segment_info(header)
-        self._origin[(info.tenant_id, info.stream_id, info.seq)] = (part.tp, offsets, header.payload_bytes)
+        self._origin[(info.tenant_id, info.stream_id, info.segment_id)] = (part.tp, offsets, header.payload_bytes)
         return info, payload
 
     def _finish(self, consumer: KafkaConsumer, part: _Partition, summary: ReplaySummary) -> None:
@@ -303,7 +303,7 @@ class Replay:
     # -- dead letters --------------------------------------------------------------------------
 
     def _stage_failed(self, info: SegmentInfo, exc: StageError) -> None:
-        tp, offsets, size = self._origin[(info.tenant_id, info.stream_id, info.seq)]
+        tp, offsets, size = self._origin[(info.tenant_id, info.stream_id, info.segment_id)]
         self._send_dead_letter(tp, offsets, None, exc.stage or "pipeline", exc.code, exc.reason, size,
                                stream_id=info.stream_id, tenant_id=info.tenant_id)
 

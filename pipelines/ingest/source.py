@@ -73,6 +73,7 @@ def segment_info(segment: messages.VideoSegment, tp: TopicPartition | None = Non
         topic=tp.topic if tp is not None else "",
         partition=tp.partition if tp is not None else -1,
         offset=offset,
+        session=segment.session,
     )
 
 

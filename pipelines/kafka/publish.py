@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class SegmentPublisher:
         wallclock_start: datetime | None = None,
         stop: threading.Event | None = None,
         on_segment: Callable[[VideoSegment], None] | None = None,
+        media_offset_s: float = 0.0,
     ) -> PublishStats:
         """Send every segment of ``source`` (see `iter_segments`) and return what was sent.
 
@@ -99,6 +101,9 @@ class SegmentPublisher:
         ``wallclock_start`` is the wall-clock time of the stream's first frame (default: now).
         ``stop`` ends publishing after the segment in progress (and interrupts pacing waits).
         ``on_segment`` sees each segment's header once all its records are handed to the producer.
+        Each call is a new publishing session (a fresh ``session`` id, seq from 0), so publishing a stream id
+        again stores again; ``media_offset_s`` is the stream time it starts at, where an earlier session of
+        the stream left off (`pipelines.sessions.continuing_offset_s`), so the stream's timeline continues.
         Returns after every record is acknowledged; a failed send raises `PublishError`.
         """
         if wallclock_start is not None and wallclock_start.tzinfo is None:
@@ -112,6 +117,7 @@ class SegmentPublisher:
         # stall or burst the stream.
         anchor = started - (datetime.now(UTC) - start).total_seconds()
         stats = PublishStats()
+        session = new_session_id()
         in_flight: deque[tuple[str, FutureRecordMetadata]] = deque()
 
         for media in iter_segments(source, target_s=target_s, loop=loop):
@@ -119,7 +125,8 @@ class SegmentPublisher:
                 break
             if pace == "realtime" and not _wait_until(anchor + media.media_start_s + media.duration_s, stop):
                 break
-            segment = segment_header(media, stream_id=stream_id, tenant_id=tenant_id, start=start)
+            segment = segment_header(media, stream_id=stream_id, tenant_id=tenant_id, start=start, session=session,
+                                     media_offset_s=media_offset_s)
             records = 0
             for chunk_header, chunk in messages.chunk_segment(segment, media.payload, self._kafka.max_message_bytes):
                 value, headers = messages.segment_record(chunk_header, chunk)
@@ -151,15 +158,24 @@ class SegmentPublisher:
             raise PublishError(f"cannot send to {topic}: {exc}") from exc
 
 
-def segment_header(media: MediaSegment, *, stream_id: str, tenant_id: str, start: datetime) -> VideoSegment:
+def new_session_id() -> str:
+    """A publishing session's id: random, so two publishers of one stream id never share one."""
+    return uuid.uuid4().hex[:16]
+
+
+def segment_header(media: MediaSegment, *, stream_id: str, tenant_id: str, start: datetime, session: str = "",
+                   media_offset_s: float = 0.0) -> VideoSegment:
+    """The contract header of one segment. ``start``: wall-clock time of the session's first frame;
+    ``media_offset_s``: stream time at which this session begins (0 for a new stream)."""
     return VideoSegment(
         tenant_id=tenant_id,
         stream_id=stream_id,
+        session=session,
         seq=media.seq,
         codec=media.codec,
         container=media.container,
         wallclock_start=start + timedelta(seconds=media.media_start_s),
-        media_start_s=media.media_start_s,
+        media_start_s=media_offset_s + media.media_start_s,
         duration_s=media.duration_s,
         width=media.width,
         height=media.height,
@@ -264,7 +280,8 @@ class SegmentAssembler:
         if pending is not None:
             problem = _mismatch(pending, segment, chunk)
             if problem:
-                code = "incomplete_segment" if pending.header.seq != segment.seq else "inconsistent_chunk"
+                superseded = (pending.header.session, pending.header.seq) != (segment.session, segment.seq)
+                code = "incomplete_segment" if superseded else "inconsistent_chunk"
                 self._discard(stream, code, problem)
                 pending = None
         if pending is not None and segment.chunk_index in pending.chunks:
@@ -346,8 +363,8 @@ def _chunk_problem(segment: VideoSegment, chunk: bytes | memoryview) -> str | No
 
 def _mismatch(pending: _Pending, segment: VideoSegment, chunk: bytes | memoryview) -> str | None:
     """Why ``segment`` cannot belong to the pending segment of its stream, if it cannot."""
-    if pending.header.seq != segment.seq:
-        return f"superseded by seq {segment.seq}"
+    if (pending.header.session, pending.header.seq) != (segment.session, segment.seq):
+        return f"superseded by {messages.segment_id(segment.session, segment.seq)}"
     theirs = segment.model_dump(exclude=_PER_CHUNK_FIELDS)
     ours = pending.header.model_dump(exclude=_PER_CHUNK_FIELDS)
     differ = sorted(k for k in ours if ours[k] != theirs[k])

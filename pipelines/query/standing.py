@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contracts import messages
 from memory_store import keys
+from operators.frames import seq_of_frame_key
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def firing_alert(firing: Firing, tenant_id: str) -> messages.Alert:
     evidence = messages.Evidence(
         stream_id=firing.stream_id, frame_key=f.frame_key, t_start=f.pts_s, t_end=f.t_end_s,
         wallclock_start=_utc(f.wallclock), wallclock_end=_utc(f.wallclock + (f.t_end_s - f.pts_s)),
-        score=firing.score, segment_seq=int(f.frame_key.rsplit("/", 2)[-2]), text=f.text)
+        score=firing.score, segment_seq=seq_of_frame_key(f.frame_key), text=f.text)
     return messages.Alert(tenant_id=tenant_id, stream_id=firing.stream_id, kind="standing_query",
                           query_id=firing.query.query_id, state="MATCH", event="match", score=firing.score,
                           reason=f"standing query matched: {firing.query.text or 'example image'}",

@@ -11,6 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from contracts import messages
 from deploy.processes import start_redis
+from memory_store import keys
 from memory_store.redis_tier import RedisTier
 from pipelines.api.client import Client
 from pipelines.cli.demo import frame_at
@@ -26,13 +27,26 @@ def stored_segments(config, stream: str, tenant: str = "default") -> int:
     return info.segments if info else 0
 
 
+def segment_ids(config, stream: str, tenant: str = "default") -> list[str]:
+    """The stored segments' names (``session-seq``), in stream order."""
+    return [m.decode() for m in redis_client(config).zrange(keys.segments(tenant, stream), 0, -1)]
+
+
 def assert_each_segment_once(config, stream: str, n_segments: int, tenant: str = "default") -> None:
     tier = RedisTier(redis_client(config), config.memory)
     info = tier.stream_info(tenant, stream)
     assert info is not None and info.segments == n_segments, f"{info} != {n_segments} segments"
-    keys = [k for seq in range(n_segments) for k in tier.segment_frame_keys(tenant, stream, seq)]
-    assert all(tier.segment_frame_keys(tenant, stream, seq) for seq in range(n_segments)), "a segment has no frames"
-    assert len(keys) == len(set(keys)) == info.frames, "a frame was stored twice or lost"
+    stored = segment_ids(config, stream, tenant)
+    assert len(stored) == n_segments
+    # One publishing session per publish: its segments are numbered 0..n-1 with no gaps.
+    by_session: dict[str, list[int]] = {}
+    for name in stored:
+        session, seq = name.rsplit("-", 1)
+        by_session.setdefault(session, []).append(int(seq))
+    assert all(sorted(seqs) == list(range(len(seqs))) for seqs in by_session.values()), by_session
+    frame_keys = [k for name in stored for k in tier.segment_frame_keys(tenant, stream, name)]
+    assert all(tier.segment_frame_keys(tenant, stream, name) for name in stored), "a segment has no frames"
+    assert len(frame_keys) == len(set(frame_keys)) == info.frames, "a frame was stored twice or lost"
 
 
 def dead_letters(config, n: int, timeout_s: float = 30) -> list[messages.DeadLetter]:
@@ -286,7 +300,7 @@ def test_token_economy_configuration_ingests_with_fewer_tokens(deployed, sample_
     assert 0 < skipped["frames_skipped"] < skipped["frames_seen"], skipped  # the sample has static stretches
     assert skipped["token_fraction"] < 1.0 and skipped["skip_saved_s"] > 0, skipped  # the token cache ran too
     tier = RedisTier(redis_client(config), config.memory)
-    keys = [k for seq in range(n) for k in tier.segment_frame_keys("default", "lean", seq)]
-    records = [r for r in tier.frames("default", keys) if r is not None and r.tokens is not None]
+    frame_keys = [k for name in segment_ids(config, "lean") for k in tier.segment_frame_keys("default", "lean", name)]
+    records = [r for r in tier.frames("default", frame_keys) if r is not None and r.tokens is not None]
     per_frame = 64  # the tiny CLIP's 8x8 grid
     assert all(len(r.tokens) <= per_frame * 0.25 + 1 for r in records)
