@@ -198,7 +198,7 @@ def publish(
     """Publish a file, directory or URL as video segments to the segments topic."""
     from pipelines.kafka.publish import SegmentPublisher
     from pipelines.segmenter import SourceError
-    from pipelines.sessions import continuing_offset_s
+    from pipelines.kafka.sessions import continuing_offset_s
 
     config = effective_config()
     try:

@@ -103,7 +103,7 @@ class SegmentPublisher:
         ``on_segment`` sees each segment's header once all its records are handed to the producer.
         Each call is a new publishing session (a fresh ``session`` id, seq from 0), so publishing a stream id
         again stores again; ``media_offset_s`` is the stream time it starts at, where an earlier session of
-        the stream left off (`pipelines.sessions.continuing_offset_s`), so the stream's timeline continues.
+        the stream left off (`pipelines.kafka.sessions.continuing_offset_s`), so the stream's timeline continues.
         Returns after every record is acknowledged; a failed send raises `PublishError`.
         """
         if wallclock_start is not None and wallclock_start.tzinfo is None:

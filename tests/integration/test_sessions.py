@@ -15,7 +15,7 @@ from pipelines.ray.dag import SourceActor
 from pipelines.ray.placement import actor_options
 from pipelines.kafka.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments
-from pipelines.sessions import continuing_offset_s
+from pipelines.kafka.sessions import continuing_offset_s
 from tests.integration.conftest import redis_client, wait_for
 from tests.integration.test_pipeline import assert_each_segment_once, segment_ids, stored_segments
 

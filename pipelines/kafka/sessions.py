@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 import time
 
-import redis
-
 from memory_store.redis_tier import RedisTier
 from pipelines.config import LivelensConfig
+from pipelines.redis_io import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def continuing_offset_s(config: LivelensConfig, tenant_id: str, stream_id: str, 
         log.warning("no Redis URL, so memory cannot say where stream %s is: its stream time starts at 0 again "
                     "(set LIVELENS_REDIS_URL or run `livelens up`)", stream_id)
         return 0.0
-    info = RedisTier(redis.Redis.from_url(config.redis.url), config.memory).stream_info(tenant_id, stream_id)
+    info = RedisTier(redis_client(config.redis), config.memory).stream_info(tenant_id, stream_id)
     if info is None:
         return 0.0
     stream_zero = info.first_wallclock - info.first_media_s  # the wall clock at stream time 0
