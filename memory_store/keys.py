@@ -22,10 +22,10 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:segments:<stream>           zset    score = wallclock end, member = <segment>: markers, for retention
     ll:{t}:offsets                     hash    "topic:partition" -> highest Kafka offset of a stored segment
     ll:{t}:epoch                       string  random, set by the tenant's first write: names this Redis's data
-    ll:{t}:clip:loc:<stream>           hash    seq -> where a durable segment's records are (pipelines.clips)
-    ll:{t}:clip:media:<stream>         zset    score = stream seconds of the segment's first frame, member = seq
-    ll:{t}:clip:wall:<stream>          zset    score = wall clock of the segment's first frame, member = seq
-    ll:{t}:clip:archived:<stream>      zset    score = wall clock, member = seq: segments the archive holds
+    ll:{t}:clip:loc:<stream>           hash    <segment> -> where a durable segment's records are (pipelines.clips)
+    ll:{t}:clip:media:<stream>         zset    score = stream seconds of the segment's first frame, member = <segment>
+    ll:{t}:clip:wall:<stream>          zset    score = wall clock of the segment's first frame, member = <segment>
+    ll:{t}:clip:archived:<stream>      zset    score = wall clock, member = <segment>: segments the archive holds
 
 Beside memory, the layers above keep these (built here too, so that one module names every key):
 

@@ -2,8 +2,8 @@
 
 Any fsspec URL works: ``file:///var/lib/livelens/archive`` (or a plain path) here, ``s3://bucket/livelens``,
 ``gs://...``, ``abfs://...`` in production once the matching fsspec backend (s3fs, gcsfs, adlfs) is installed.
-Layout: ``<url>/<tenant>/<stream>/<seq, 12 digits>.ts``, one MPEG-TS payload per file, exactly the bytes the
-publisher sent, so a clip cut from the archive equals one cut from Kafka.
+Layout: ``<url>/<tenant>/<stream>/<segment id>.seg`` (``session-seq``), one payload per file, exactly the bytes
+the publisher sent in the container its ledger entry names (MPEG-TS or Matroska), so a clip cut from the archive equals one cut from Kafka.
 
 Writes are whole-file: on a local filesystem through a temporary name and a rename, so a reader never sees
 half a segment; object stores make a PUT visible only once complete. What the archive holds and until when is
@@ -16,7 +16,6 @@ import uuid
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import BaseModel, ConfigDict, Field
 
 from memory_store.keys import check_id
 from pipelines.config import ArchiveConfig
@@ -32,12 +31,13 @@ class SegmentArchive:
         if self._local:
             self.fs.makedirs(self.root, exist_ok=True)
 
-    def path(self, tenant_id: str, stream_id: str, seq: int) -> str:
-        return f"{self.root}/{check_id('tenant', tenant_id)}/{check_id('stream', stream_id)}/{int(seq):012d}.ts"
+    def path(self, tenant_id: str, stream_id: str, segment_id: str) -> str:
+        return (f"{self.root}/{check_id('tenant', tenant_id)}/{check_id('stream', stream_id)}/"
+                f"{check_id('segment', segment_id)}.seg")
 
-    def put(self, tenant_id: str, stream_id: str, seq: int, payload: bytes) -> str:
+    def put(self, tenant_id: str, stream_id: str, segment_id: str, payload: bytes) -> str:
         """Store one segment's payload (again: same bytes, same file). Returns its path."""
-        path = self.path(tenant_id, stream_id, seq)
+        path = self.path(tenant_id, stream_id, segment_id)
         if not self._local:
             self.fs.pipe_file(path, payload)
             return path
@@ -47,16 +47,16 @@ class SegmentArchive:
         self.fs.mv(partial, path)
         return path
 
-    def get(self, tenant_id: str, stream_id: str, seq: int) -> bytes | None:
+    def get(self, tenant_id: str, stream_id: str, segment_id: str) -> bytes | None:
         """The segment's payload, None when the archive does not hold it."""
         try:
-            return self.fs.cat_file(self.path(tenant_id, stream_id, seq))
+            return self.fs.cat_file(self.path(tenant_id, stream_id, segment_id))
         except FileNotFoundError:
             return None
 
-    def delete(self, tenant_id: str, stream_id: str, seq: int) -> None:
+    def delete(self, tenant_id: str, stream_id: str, segment_id: str) -> None:
         try:
-            self.fs.rm_file(self.path(tenant_id, stream_id, seq))
+            self.fs.rm_file(self.path(tenant_id, stream_id, segment_id))
         except FileNotFoundError:
             pass  # already gone: retention ran twice, or it was never archived
 

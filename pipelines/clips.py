@@ -61,6 +61,7 @@ class SegmentLocation(BaseModel):
     """Where one durable segment's records are on the segments topic, and what it covers."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    session: str = ""  # the publishing session; "" for segments published before sessions existed
     seq: int
     media_start_s: float
     duration_s: float
@@ -79,13 +80,18 @@ class SegmentLocation(BaseModel):
     def media_end_s(self) -> float:
         return self.media_start_s + self.duration_s
 
+    @property
+    def segment_id(self) -> str:
+        """The segment's name in its stream (``session-seq``): the ledger's and the archive's member."""
+        return messages.segment_id(self.session, self.seq)
+
 
 @dataclass
 class Clip:
     data: bytes
     start_s: float  # stream seconds of the clip's first frame
     end_s: float
-    segments: list[int]
+    segments: list[str]  # segment ids (session-seq)
     from_archive: int = 0
     from_kafka: int = 0
 
@@ -105,17 +111,18 @@ class ClipLedger:
         """Add (or overwrite) a segment's location; forget locations that started more than ``horizon_s`` of stream
         time before it. Returns how many were forgotten."""
         loc, media, wall, held = keys.clip_keys(tenant_id, stream_id)
-        old = [int(s) for s in self.r.zrangebyscore(media, "-inf", f"({location.media_start_s - horizon_s}")]
+        old = self.r.zrangebyscore(media, "-inf", f"({location.media_start_s - horizon_s}")
+        member = location.segment_id
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(loc, str(location.seq), location.model_dump_json())
-            pipe.zadd(media, {str(location.seq): location.media_start_s})
-            pipe.zadd(wall, {str(location.seq): location.wallclock_start})
+            pipe.hset(loc, member, location.model_dump_json())
+            pipe.zadd(media, {member: location.media_start_s})
+            pipe.zadd(wall, {member: location.wallclock_start})
             if archived:
-                pipe.zadd(held, {str(location.seq): location.wallclock_start})
+                pipe.zadd(held, {member: location.wallclock_start})
             if old:
-                pipe.hdel(loc, *map(str, old))
+                pipe.hdel(loc, *old)
                 for key in (media, wall):
-                    pipe.zrem(key, *map(str, old))
+                    pipe.zrem(key, *old)
             pipe.execute()
         return len(old)
 
@@ -125,10 +132,10 @@ class ClipLedger:
         # The segment that starts at or before t_from may run past it; the others start inside the span.
         before = self.r.zrevrangebyscore(media, t_from, "-inf", start=0, num=1)
         inside = self.r.zrangebyscore(media, f"({t_from}", f"({t_to}")
-        seqs = list(dict.fromkeys(before + inside))
-        if not seqs:
+        members = list(dict.fromkeys(before + inside))
+        if not members:
             return []
-        found = [SegmentLocation.model_validate_json(v) for v in self.r.hmget(loc, seqs) if v is not None]
+        found = [SegmentLocation.model_validate_json(v) for v in self.r.hmget(loc, members) if v is not None]
         return [f for f in sorted(found, key=lambda f: f.media_start_s) if f.media_end_s > t_from]
 
     def known_span(self, tenant_id: str, stream_id: str) -> tuple[float, float] | None:
@@ -146,27 +153,27 @@ class ClipLedger:
         """Stream seconds at a wall-clock instant, from the segment that began last at or before it (else the
         first one); None when no segment is recorded."""
         loc, _, wall, _ = keys.clip_keys(tenant_id, stream_id)
-        seqs = self.r.zrevrangebyscore(wall, wallclock, "-inf", start=0, num=1) or self.r.zrange(wall, 0, 0)
-        stored = self.r.hget(loc, seqs[0]) if seqs else None
+        members = self.r.zrevrangebyscore(wall, wallclock, "-inf", start=0, num=1) or self.r.zrange(wall, 0, 0)
+        stored = self.r.hget(loc, members[0]) if members else None
         if stored is None:
             return None
         f = SegmentLocation.model_validate_json(stored)
         return f.media_start_s + (wallclock - f.wallclock_start)
 
-    def archived(self, tenant_id: str, stream_id: str, seqs: Iterable[int]) -> set[int]:
+    def archived(self, tenant_id: str, stream_id: str, segment_ids: Iterable[str]) -> set[str]:
         *_, held = keys.clip_keys(tenant_id, stream_id)
-        seqs = [str(s) for s in seqs]
-        scores = self.r.zmscore(held, seqs) if seqs else []
-        return {int(s) for s, score in zip(seqs, scores) if score is not None}
+        segment_ids = list(segment_ids)
+        scores = self.r.zmscore(held, segment_ids) if segment_ids else []
+        return {s for s, score in zip(segment_ids, scores) if score is not None}
 
-    def archived_before(self, tenant_id: str, stream_id: str, wallclock: float) -> list[int]:
+    def archived_before(self, tenant_id: str, stream_id: str, wallclock: float) -> list[str]:
         *_, held = keys.clip_keys(tenant_id, stream_id)
-        return [int(s) for s in self.r.zrangebyscore(held, "-inf", f"({wallclock}")]
+        return [s.decode() for s in self.r.zrangebyscore(held, "-inf", f"({wallclock}")]
 
-    def unarchive(self, tenant_id: str, stream_id: str, seqs: Sequence[int]) -> None:
+    def unarchive(self, tenant_id: str, stream_id: str, segment_ids: Sequence[str]) -> None:
         *_, held = keys.clip_keys(tenant_id, stream_id)
-        if seqs:
-            self.r.zrem(held, *map(str, seqs))
+        if segment_ids:
+            self.r.zrem(held, *segment_ids)
 
 
 # -- the write side: after a segment is durable ------------------------------------------------------------
@@ -188,20 +195,21 @@ class ClipKeeper:
 
     def keep(self, segment: messages.VideoSegment, payload: bytes, tp: TopicPartition, offsets: Sequence[int]) -> None:
         tenant, stream = segment.tenant_id, segment.stream_id
-        if self.archive is not None:
-            self.archive.put(tenant, stream, segment.seq, payload)
         location = SegmentLocation(
-            seq=segment.seq, media_start_s=segment.media_start_s, duration_s=segment.duration_s,
+            session=segment.session, seq=segment.seq, media_start_s=segment.media_start_s,
+            duration_s=segment.duration_s,
             wallclock_start=segment.wallclock_start.timestamp(), codec=segment.codec, container=segment.container,
             width=segment.width, height=segment.height, topic=tp.topic, partition=tp.partition,
             first_offset=min(offsets), last_offset=max(offsets), payload_bytes=len(payload))
+        if self.archive is not None:
+            self.archive.put(tenant, stream, location.segment_id, payload)
         self.ledger.record(tenant, stream, location, archived=self.archive is not None, horizon_s=self.horizon_s)
         if self.archive is not None:
             expired = self.ledger.archived_before(tenant, stream, location.wallclock_start - self.archive_retention_s)
             # Files first: a crash in between leaves the ledger naming a file that is gone (the reader then
             # falls back to Kafka), never a file that nothing names.
-            for seq in expired:
-                self.archive.delete(tenant, stream, seq)
+            for segment_id in expired:
+                self.archive.delete(tenant, stream, segment_id)
             self.ledger.unarchive(tenant, stream, expired)
 
 
@@ -246,18 +254,19 @@ class ClipCutter:
         if len({(f.codec, f.width, f.height) for f in locations}) > 1:
             raise ClipError("format_change", "the span crosses a change of codec or picture size; ask for a span on "
                             "one side of it", 422)
-        archived = self.ledger.archived(tenant_id, stream_id, [f.seq for f in locations]) if self.archive else set()
-        payloads: dict[int, bytes] = {}
+        ids = [f.segment_id for f in locations]
+        archived = self.ledger.archived(tenant_id, stream_id, ids) if self.archive else set()
+        payloads: dict[str, bytes] = {}
         for f in locations:
-            data = self.archive.get(tenant_id, stream_id, f.seq) if f.seq in archived else None
+            data = self.archive.get(tenant_id, stream_id, f.segment_id) if f.segment_id in archived else None
             if data is not None:
-                payloads[f.seq] = data
+                payloads[f.segment_id] = data
         from_archive = len(payloads)
-        missing = [f for f in locations if f.seq not in payloads]
+        missing = [f for f in locations if f.segment_id not in payloads]
         if missing:
             payloads.update(self._from_kafka(tenant_id, stream_id, missing))
-        data, start, end = remux([(f, payloads[f.seq]) for f in locations], t_from, t_to)
-        return Clip(data, start, end, [f.seq for f in locations], from_archive, len(locations) - from_archive)
+        data, start, end = remux([(f, payloads[f.segment_id]) for f in locations], t_from, t_to)
+        return Clip(data, start, end, ids, from_archive, len(locations) - from_archive)
 
     def _nothing_in(self, tenant_id: str, stream_id: str, t_from: float, t_to: float) -> ClipError:
         span = self.ledger.known_span(tenant_id, stream_id)
@@ -301,7 +310,7 @@ class ClipCutter:
         gone = [f for f in locations if f.first_offset < first or f.last_offset >= end]
         if gone:
             raise self._expired(tp, f"partition {tp.partition} holds offsets {first}..{end - 1}", gone)
-        wanted = {f.seq: f for f in locations}
+        wanted = {f.segment_id: f for f in locations}
         last = max(f.last_offset for f in locations)
         reader.seek(tp, min(f.first_offset for f in locations))
         assembler = SegmentAssembler(max_pending_bytes=max(f.payload_bytes for f in locations) * 2)
@@ -321,12 +330,13 @@ class ClipCutter:
                     segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
                 except messages.MessageError:
                     continue  # another stream's bad record: the source dead-lettered it already
-                if (segment.tenant_id, segment.stream_id) != (tenant_id, stream_id) or segment.seq not in wanted:
+                named = messages.segment_id(segment.session, segment.seq)
+                if (segment.tenant_id, segment.stream_id) != (tenant_id, stream_id) or named not in wanted:
                     continue
                 whole = assembler.add(segment, chunk, record.offset)
                 if whole is not None:
-                    got[whole[0].seq] = whole[1]
-        lost = [f for f in locations if f.seq not in got]
+                    got[named] = whole[1]
+        lost = [f for f in locations if f.segment_id not in got]
         if lost:
             raise self._expired(tp, "other records are at their offsets now", lost)
         return got
@@ -334,7 +344,7 @@ class ClipCutter:
     def _expired(self, tp: TopicPartition, found: str, gone: list[SegmentLocation]) -> ClipError:
         archive = ("the archive's retention (archive.retention_s) ran out too" if self.archive else
                    "no archive is configured (archive.url) to keep them longer")
-        return ClipError("expired", f"Kafka no longer holds segments {[f.seq for f in gone]} (offsets "
+        return ClipError("expired", f"Kafka no longer holds segments {[f.segment_id for f in gone]} (offsets "
                          f"{gone[0].first_offset}..{gone[-1].last_offset} of {tp.topic}; {found}): the topic's "
                          f"retention ran out, or the topic was recreated; {archive}", 410)
 
@@ -357,7 +367,7 @@ def remux(pieces: Sequence[tuple[SegmentLocation, bytes]], t_from: float, t_to: 
             container = av.open(io.BytesIO(payload), format=location.container)
             inputs.append(container)
             if not container.streams.video:
-                raise ClipError("unreadable_segment", f"segment {location.seq} has no video track", 500)
+                raise ClipError("unreadable_segment", f"segment {location.segment_id} has no video track", 500)
             video = container.streams.video[0]
             template = template or video
             # Payload times are segment-relative, the first frame at SEGMENT_TS_OFFSET_S (pipelines/segmenter.py).

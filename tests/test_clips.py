@@ -160,7 +160,7 @@ def test_clips_come_from_the_archive_or_kafka_until_their_retention_runs_out(tmp
     client = redis.Redis.from_url(redis_server.address)
     kept = keep_published(archived, ClipKeeper(archived, client))
     assert kept == stats.segments
-    assert len(list((tmp_path / "archive" / "acme" / "shop").glob("*.ts"))) == kept
+    assert len(list((tmp_path / "archive" / "acme" / "shop").glob("*.seg"))) == kept
 
     from_archive, from_kafka = ClipCutter(archived, client), ClipCutter(kafka_only, client)
     a, k = from_archive.cut("acme", "shop", 10.0, 20.0), from_kafka.cut("acme", "shop", 10.0, 20.0)
@@ -211,9 +211,9 @@ def test_clips_come_from_the_archive_or_kafka_until_their_retention_runs_out(tmp
                                     wallclock_start=datetime.fromtimestamp(newest.wallclock_start, UTC),
                                     media_start_s=newest.media_start_s, duration_s=newest.duration_s,
                                     width=newest.width, height=newest.height, payload_bytes=newest.payload_bytes)
-    ClipKeeper(short, client).keep(segment, from_archive.archive.get("acme", "shop", newest.seq),
+    ClipKeeper(short, client).keep(segment, from_archive.archive.get("acme", "shop", newest.segment_id),
                                    TopicPartition(newest.topic, newest.partition), [newest.first_offset])
-    assert len(list((tmp_path / "archive" / "acme" / "shop").glob("*.ts"))) < 3
+    assert len(list((tmp_path / "archive" / "acme" / "shop").glob("*.seg"))) < 3
     with pytest.raises(ClipError) as gone:
         ClipCutter(short, client).cut("acme", "shop", 0.0, 5.0)
     assert gone.value.status == 410 and "archive's retention" in gone.value.message
