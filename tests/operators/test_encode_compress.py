@@ -141,3 +141,11 @@ def test_read_only_frames_from_an_object_store_are_accepted(tower: Path):
         [FrameBatch(b.segment, b.pts_s, b.images.copy(), b.thumbnails) for b in inputs])
     for got, want in zip(fused.process(inputs), expected):
         np.testing.assert_array_equal(got.kept, want.kept)
+
+
+def test_an_encoder_with_the_token_cache_is_refused(tower: Path):
+    from pipelines.config import ViTCacheConfig
+
+    encoder = VisionEncoder(EncodeConfig(batch_frames=4), tower, token_cache=ViTCacheConfig())
+    with pytest.raises(ValueError, match="without token_cache"):
+        EncodeCompressor(encoder, DeviceTokenCompressor(CompressConfig()))
