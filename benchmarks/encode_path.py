@@ -118,7 +118,8 @@ def tower_rows(model_dir: Path, batch: int, steps: int, with_compile: bool) -> l
         return SiglipVisionModel(config).to("cuda", torch.bfloat16).eval()
 
     def loaded(attn: str):
-        return SiglipVisionModel.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation=attn).cuda().eval()
+        model = SiglipVisionModel.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation=attn)
+        return model.cuda().eval()
 
     rows = [
         ("constructor (token_economy.py's build)", lambda: constructed(None), "enabled", noise),

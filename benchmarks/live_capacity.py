@@ -10,8 +10,8 @@ are driven in plain processes, one per actor, joined by multiprocessing queues i
   segmenter into 2 s MPEG-TS segments (pre-encoded once; every stream publishes the same segments).
 - publisher (this process): N streams, staggered evenly over one segment period; a segment is published
   when its last frame would have been captured (its start + 2 s), in real time.
-- decode actors (--decoders processes, one core each): SegmentDecoder (--decode nvdec: full decodes on NVDEC), frames resized to 640 px, JPEG
-  thumbnails; "keyframes" samples the keyframe of each segment (skip_frame=NONKEY, one frame per 2 s),
+- decode actors (--decoders processes, one core each): SegmentDecoder (--decode nvdec: full decodes on
+  NVDEC), frames resized to 640 px, JPEG thumbnails; "keyframes" samples the keyframe of each segment (skip_frame=NONKEY, one frame per 2 s),
   "1fps" decodes every frame and keeps one a second.
 - encoder actor (one process, the GPU): frame batches of many streams gathered for up to 30 ms or --batch
   frames, then EncodeCompressor (resize, SigLIP-B/16 tower with random weights in bf16, pixel-mode drop,
@@ -251,7 +251,8 @@ def main() -> int:
         import torch
 
         device = torch.cuda.get_device_name()
-    print(f"\n{device}, {mp.cpu_count()} cores; {args.decoders} decode processes ({args.decode}), 1 encoder, {args.memory} memory "
+    print(f"\n{device}, {mp.cpu_count()} cores; {args.decoders} decode processes ({args.decode}), 1 encoder, "
+          f"{args.memory} memory "
           f"writers; batch {args.batch}; {args.seconds:g} s per trial; {time.strftime('%Y-%m-%d')}")
     print("| sampling | streams | segments measured | p50 s | p99 s | max s | late | decode util | encode util "
           "| memory util | within bound |")
@@ -307,7 +308,8 @@ def run_mode(ctx, mode: str, args, segments: list, model: Path, redis_url: str, 
             rows.append((mode, r))
             print(f"{mode} N={n}: p50 {r['p50']:.2f} s, p99 {r['p99']:.2f} s, late {r['late']}, util "
                   + ", ".join(f"{k} {v:.0%}" for k, v in r["util"].items())
-                  + f"; decode {r['decode_ms']:.1f} ms a segment; encoder {r['encode_ms']:.1f} ms a call, {r['frames_per_call']:.1f} frames a call", flush=True)
+                  + f"; decode {r['decode_ms']:.1f} ms a segment; encoder {r['encode_ms']:.1f} ms a call, "
+                  f"{r['frames_per_call']:.1f} frames a call", flush=True)
             drain(results)
             if r["p99"] > args.bound_s:
                 break

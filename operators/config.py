@@ -56,8 +56,9 @@ class EncodeConfig(Section):
         "sdpa", description="Attention kernel of the tower: fused scaled-dot-product (torch SDPA: flash or "
         "memory-efficient kernels on a GPU) or transformers' eager matmul-softmax-matmul. Eager only to debug.")
     compile: bool = Field(
-        False, description="torch.compile the tower's forward pass (cuda only): fused kernels for each batch shape, "
-        "compiled at its first use (tens of seconds). Pays at fixed full batches (BENCHMARKS.md, issue 18).")
+        False, description="torch.compile the tower's forward pass (cuda only), compiled at its first batch "
+        "(~15 s), once more for a dynamic batch size. SigLIP-B/16 on an H100: +57% on noise-like frames, +9% on "
+        "mostly still ones (BENCHMARKS.md); not yet measured with live partial batches, hence off.")
 
 
 class CompressConfig(Section):

@@ -158,6 +158,10 @@ class VisionEncoder:
     def has_text_tower(self) -> bool:
         return self.kind == "dual"
 
+    @property
+    def uses_token_cache(self) -> bool:
+        return self._cache is not None
+
     @torch.inference_mode()
     def encode(self, batches: Sequence[FrameBatch]) -> list[FeatureBatch]:
         """Features for each batch, computed in shared forward passes; thumbnails and pts carried over."""

@@ -2,7 +2,8 @@
 
 ``VisionEncoder.encode`` followed by ``TokenDropCompressor.compress`` copies every token of every frame to the
 host and concatenates them there before the compressor throws most of them away; on an H100 that ran the
-encode path at about 30% of its tower (issue 18). ``EncodeCompressor`` keeps the tokens on the device:
+encode path at 28-31% of its tower, 4% with pixel-mode drop and pruning in numpy (issue 18, BENCHMARKS.md).
+``EncodeCompressor`` keeps the tokens on the device (81-92% of the tower on the same batch):
 
     host frames --(pinned staging, copy stream)--> device uint8 --> resize + normalise --> tower
         --> differential drop + pruning (DeviceTokenCompressor, state on the device)
@@ -76,13 +77,16 @@ class _Part:
 class EncodeCompressor:
     """``VisionEncoder`` + ``DeviceTokenCompressor`` over frame batches of many streams, returning compressed batches.
 
-    The compressor must live on the encoder's device. The encoder's token cache is not used on this path.
+    The compressor must live on the encoder's device. An encoder built with the ViT token cache is refused:
+    this path computes every frame in full, and ignoring the cache silently would misreport what runs.
     """
 
     def __init__(self, encoder: VisionEncoder, compressor: DeviceTokenCompressor):
         device = torch.device(encoder.config.device)
         if compressor.device.type != device.type:
             raise ValueError(f"compressor on {compressor.device}, encoder on {device}: they must share the device")
+        if encoder.uses_token_cache:
+            raise ValueError("EncodeCompressor computes frames in full: build its VisionEncoder without token_cache")
         self.encoder = encoder
         self.compressor = compressor
         self._device = device

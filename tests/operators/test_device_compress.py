@@ -87,7 +87,8 @@ def test_snapshots_move_between_the_numpy_and_device_operators(device):
     np.testing.assert_array_equal(kept.cpu().numpy(), expected.kept)
     back = TokenDropCompressor(config, DropConfig(), prune)
     back.restore(on_device.snapshot())
-    np.testing.assert_array_equal(back.snapshot()["streams"][0]["tokens"], numpy_side.snapshot()["streams"][0]["tokens"])
+    np.testing.assert_array_equal(back.snapshot()["streams"][0]["tokens"],
+                                  numpy_side.snapshot()["streams"][0]["tokens"])
 
 
 def test_cells_on_the_device_equal_the_host_cells():

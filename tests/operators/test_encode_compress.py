@@ -129,3 +129,23 @@ def test_submitting_ahead_gives_the_results_of_one_call_at_a_time(tower: Path, d
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g.kept, w.kept)
             np.testing.assert_array_equal(g.tokens, w.tokens)
+
+
+def test_read_only_frames_from_an_object_store_are_accepted(tower: Path):
+    encoder = VisionEncoder(EncodeConfig(batch_frames=4), tower)
+    fused = EncodeCompressor(encoder, DeviceTokenCompressor(CompressConfig(drop_threshold=0.9)))
+    inputs = batches()
+    for b in inputs:
+        b.images.flags.writeable = False  # what Ray's shared memory hands an actor
+    expected = EncodeCompressor(encoder, DeviceTokenCompressor(CompressConfig(drop_threshold=0.9))).process(
+        [FrameBatch(b.segment, b.pts_s, b.images.copy(), b.thumbnails) for b in inputs])
+    for got, want in zip(fused.process(inputs), expected):
+        np.testing.assert_array_equal(got.kept, want.kept)
+
+
+def test_an_encoder_with_the_token_cache_is_refused(tower: Path):
+    from pipelines.config import ViTCacheConfig
+
+    encoder = VisionEncoder(EncodeConfig(batch_frames=4), tower, token_cache=ViTCacheConfig())
+    with pytest.raises(ValueError, match="without token_cache"):
+        EncodeCompressor(encoder, DeviceTokenCompressor(CompressConfig()))
