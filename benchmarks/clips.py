@@ -51,7 +51,7 @@ def keep_all(config: LivelensConfig, keeper: ClipKeeper) -> int:
         while any(reader.position(tp) < ends[tp] for tp in tps):
             for tp, records in reader.poll(timeout_ms=500).items():
                 for record in records:
-                    segment, chunk = messages.decode(record.value, expect=messages.VideoSegment)
+                    segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
                     whole = assemblers[tp].add(segment, chunk, record.offset)
                     if whole is not None:
                         keeper.keep(whole[0], whole[1], tp, whole[2])
