@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import av
@@ -408,6 +409,25 @@ def clip_threads(config: ClipConfig, workers: int = 2) -> ThreadPoolExecutor:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), config.nice)  # Linux: niceness is per thread
 
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip", initializer=lower_priority)
+
+
+def save_evidence_clips(cutter: ClipCutter, tenant_id: str, evidence: Sequence[messages.Evidence],
+                        folder: Path) -> list[Path | ClipError]:
+    """Each piece of evidence's clip (its span padded by clips.margin_s) as ``folder/<rank>-<stream>-<from>-<to>.mp4``;
+    a span that cannot be cut gives its ClipError in its place, and the others are still saved."""
+    folder.mkdir(parents=True, exist_ok=True)
+    margin = cutter.config.clips.margin_s
+    out: list[Path | ClipError] = []
+    for rank, e in enumerate(evidence, 1):
+        try:
+            cut = cutter.cut(tenant_id, e.stream_id, max(0.0, e.t_start - margin), e.t_end + margin)
+        except ClipError as exc:
+            out.append(exc)
+            continue
+        path = folder / f"{rank:02d}-{e.stream_id}-{cut.start_s:.1f}-{cut.end_s:.1f}.mp4"
+        path.write_bytes(cut.data)
+        out.append(path)
+    return out
 
 
 # -- URLs on evidence --------------------------------------------------------------------------------------

@@ -257,20 +257,14 @@ def ask(
 def _save_evidence_clips(config: LivelensConfig, tenant: str, evidence: list[messages.Evidence], folder: Path) -> None:
     from pipelines.redis_io import redis_client
 
-    from pipelines.clips import ClipCutter, ClipError
+    from pipelines.clips import ClipCutter, save_evidence_clips
 
     cutter = ClipCutter(config, redis_client(config.redis))
-    folder.mkdir(parents=True, exist_ok=True)
-    margin = config.clips.margin_s
-    for rank, e in enumerate(evidence, 1):
-        try:
-            cut = cutter.cut(tenant, e.stream_id, max(0.0, e.t_start - margin), e.t_end + margin)
-        except ClipError as exc:  # one expired span must not cost the others
-            console.print(f"[yellow]clip {rank} ({e.stream_id} {e.t_start:.1f} s):[/yellow] {exc.message}")
-            continue
-        out = folder / f"{rank:02d}-{e.stream_id}-{cut.start_s:.1f}-{cut.end_s:.1f}.mp4"
-        out.write_bytes(cut.data)
-        console.print(f"clip {rank}: {out}")
+    for rank, (e, saved) in enumerate(zip(evidence, save_evidence_clips(cutter, tenant, evidence, folder)), 1):
+        if isinstance(saved, Path):
+            console.print(f"clip {rank}: {saved}")
+        else:
+            console.print(f"[yellow]clip {rank} ({e.stream_id} {e.t_start:.1f} s):[/yellow] {saved.message}")
 
 
 @app.command()

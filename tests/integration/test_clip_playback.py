@@ -5,6 +5,7 @@ key finds nothing; a span whose segments left Kafka (no archive) answers 410."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import av
 import httpx
@@ -13,7 +14,9 @@ from kafka import KafkaAdminClient
 
 from deploy.processes import free_port
 from memory_store import keys
+from contracts import messages
 from pipelines.api.client import Client
+from pipelines.clips import ClipCutter, save_evidence_clips
 from pipelines.kafka.client import ensure_topics
 from pipelines.kafka.publish import SegmentPublisher
 from tests.integration.conftest import redis_client, wait_for
@@ -30,7 +33,7 @@ def recorded_segments(config, stream: str, tenant: str) -> int:
     return redis_client(config).zcard(by_stream_time)
 
 
-def test_hits_and_alerts_play_their_clips(deployed, sample_video, browser, kafka_broker):  # noqa: F811
+def test_hits_and_alerts_play_their_clips(deployed, sample_video, browser, kafka_broker, tmp_path):  # noqa: F811
     video, truth = sample_video
     config = deployed(http=True, serve={"port": free_port(),
                                         "api_keys": {"acme-key": "acme", "globex-key": "globex"}})
@@ -63,6 +66,12 @@ def test_hits_and_alerts_play_their_clips(deployed, sample_video, browser, kafka
         frames = list(c.decode(video=0))
         assert (c.streams.video[0].width, c.streams.video[0].height) == (640, 360)
     assert len(frames) == round((end - start) * 10)  # 10 fps: every frame of the span, none twice
+
+    # `livelens ask --clips DIR` saves the same clip for each piece of evidence.
+    # (pipelines.cli is not imported here: it turns Ray's token auth on for the whole test session.)
+    saved = save_evidence_clips(ClipCutter(config, redis_client(config)), "acme",
+                                [messages.Evidence.model_validate(e) for e in answer["evidence"]], tmp_path / "clips")
+    assert all(isinstance(p, Path) for p in saved) and saved[0].read_bytes() == clip.content
 
     # Another tenant's key: no such stream for it (not "forbidden": its existence is not disclosed).
     other = httpx.get(base + evidence["clip_url"], headers=GLOBEX, timeout=60)
