@@ -33,6 +33,8 @@ Beside memory, the layers above keep these (built here too, so that one module n
     ll:{t}:standing-version            string  bumped on every registry change
     ll:{t}:standing-state:<query id>   hash    per-stream firing state of one standing query
     ll:{t}:answer:<query id>           string  an asynchronous query's answer, kept serve.answer_ttl_s
+    ll:{t}:quota:queries:<window>      string  queries in one rate window (pipelines.api.guard)
+    ll:{t}:quota:pending               zset    pending asynchronous queries, score = when each stops counting
     ll:{t}:moderation:room:<stream>    string  a room's RiskEngine snapshot (pipelines.moderation)
     ll:moderation:pending              hash    decision_id -> RiskDecision JSON, every tenant's, until its verdict
     ll:{t}:backfill:<stream>:<digest>  hash    a backfill's manifest: finished segments, operator snapshots
@@ -174,6 +176,16 @@ def standing_version(tenant_id: str) -> str:
 
 def standing_state(tenant_id: str, query_id: str) -> str:
     return f"{_tenant(tenant_id)}:standing-state:{query_id}"
+
+
+def quota_queries(tenant_id: str, slot: int) -> str:
+    """The tenant's query count in one rate window (pipelines.api.guard.TenantQuotas)."""
+    return f"{_tenant(tenant_id)}:quota:queries:{int(slot)}"
+
+
+def quota_pending(tenant_id: str) -> str:
+    """The tenant's pending asynchronous queries, scored by when each stops counting."""
+    return f"{_tenant(tenant_id)}:quota:pending"
 
 
 def answer(tenant_id: str, query_id: str) -> str:

@@ -20,6 +20,7 @@ import redis
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 
+from memory_store import keys
 from pipelines.config import ServeConfig
 from pipelines.query.engine import QueryError
 
@@ -102,7 +103,7 @@ class TenantQuotas:
         window = self.serve.burst_s
         allowed = max(1, math.floor(self.serve.queries_per_s * window))
         slot = math.floor(self.clock() / window)
-        key = f"ll:{{{tenant_id}}}:quota:queries:{slot}"
+        key = keys.quota_queries(tenant_id, slot)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, math.ceil(window) + 1)
@@ -134,7 +135,7 @@ class TenantQuotas:
 
     @staticmethod
     def _pending_key(tenant_id: str) -> str:
-        return f"ll:{{{tenant_id}}}:quota:pending"
+        return keys.quota_pending(tenant_id)
 
 
 class QuotaExceeded(QueryError):
