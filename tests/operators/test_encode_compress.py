@@ -144,7 +144,7 @@ def test_read_only_frames_from_an_object_store_are_accepted(tower: Path):
 
 
 def test_an_encoder_with_the_token_cache_is_refused(tower: Path):
-    from pipelines.config import ViTCacheConfig
+    from operators.config import ViTCacheConfig
 
     encoder = VisionEncoder(EncodeConfig(batch_frames=4), tower, token_cache=ViTCacheConfig())
     with pytest.raises(ValueError, match="without token_cache"):
