@@ -11,7 +11,7 @@ from operators.frame_skip import pixel_cells
 from operators.compress import TokenDropCompressor
 from operators.device_compress import DeviceTokenCompressor, StreamRows, pixel_cells_on_device
 from operators.frames import FeatureBatch, SegmentInfo
-from pipelines.config import CompressConfig, DropConfig, PruneConfig
+from operators.config import CompressConfig, DropConfig, PruneConfig
 
 GRID = (4, 4)
 T, D = 16, 32

@@ -14,7 +14,7 @@ from operators.device_compress import DeviceTokenCompressor
 from operators.encode import VisionEncoder
 from operators.encode_compress import EncodeCompressor
 from operators.frames import FrameBatch, SegmentInfo
-from pipelines.config import CompressConfig, DropConfig, EncodeConfig, PruneConfig
+from operators.config import CompressConfig, DropConfig, EncodeConfig, PruneConfig
 
 @pytest.fixture(scope="module")
 def tower(tmp_path_factory: pytest.TempPathFactory) -> Path:
