@@ -108,8 +108,8 @@ def test_actor_options_refuse(kwargs, stage, message):
 
 def test_ray_accepts_the_options_and_rejects_bad_ones():
     """ActorClass.options() validates its arguments without a runtime."""
-    from pipelines.query.engine import AnswerActor
     from pipelines.ray.dag import DecodeActor, EncodeActor
+    from pipelines.ray.query import AnswerActor
 
     config = LivelensConfig(profile="cluster")
     for cls, stage in ((DecodeActor, "decode"), (EncodeActor, "encode"), (AnswerActor, "answer")):
