@@ -35,7 +35,7 @@ from urllib.parse import quote, urlencode
 import av
 import redis
 from kafka.structs import TopicPartition
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from memory_store import keys
 from contracts import messages

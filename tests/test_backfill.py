@@ -32,7 +32,7 @@ from operators.frames import FrameBatch
 from operators.parallel_decode import ParallelDecoder
 from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.ingest.backfill import Backfill, BackfillError, BackfillJob, _media_duration_s, consecutive_starts
+from pipelines.ingest.backfill import Backfill, BackfillJob, _media_duration_s, consecutive_starts
 from pipelines.ingest.source import segment_info
 from pipelines.kafka.publish import segment_header
 from pipelines.segmenter import iter_segments

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import ray
-import redis
 
 from memory_store import keys
 from memory_store.client import MemoryClient
