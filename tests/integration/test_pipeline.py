@@ -214,12 +214,15 @@ def test_redis_restart_keeps_everything_acknowledged(deployed, sample_video, red
     wait_for(lambda: stored_segments(config, "a") == n, 120, "first stream stored")
     # SIGKILL, not a clean shutdown: only what appendfsync already put on disk survives.
     redis_server.stop(sig=signal.SIGKILL)
-    start_redis(tmp_path, port=redis_server.port)
-    assert_each_segment_once(config, "a", n)
-    # The pipeline reconnects and keeps going.
-    SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="b", pace="fast")
-    wait_for(lambda: stored_segments(config, "b") == n, 120, "second stream stored after the restart")
-    assert_each_segment_once(config, "b", n)
+    restarted = start_redis(tmp_path, port=redis_server.port)
+    try:
+        assert_each_segment_once(config, "a", n)
+        # The pipeline reconnects and keeps going.
+        SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="b", pace="fast")
+        wait_for(lambda: stored_segments(config, "b") == n, 120, "second stream stored after the restart")
+        assert_each_segment_once(config, "b", n)
+    finally:
+        restarted.stop()  # the fixture stops only the server it started; this one would outlive the run
 
 
 def test_bad_input_goes_to_dead_letters_and_the_stream_keeps_flowing(deployed, sample_video):
