@@ -184,8 +184,10 @@ def test_the_outbox_returns_at_once_and_reports_what_failed(receiver_factory):
         started = time.monotonic()
         accepted = [outbox.submit(_delivery(slow.url, f"slow-{i}")) for i in range(6)]
         assert time.monotonic() - started < 0.2  # the caller (the commit path) never waits for an endpoint
-        assert accepted.count(False) >= 1  # past the bound: refused, and reported
-        assert ("slow-5", "webhook_outbox_full") in failures
+        # Past the bound: refused, and each refusal reported. Which ones depends on how fast the two workers
+        # take the first deliveries off the queue, so the test names no particular one.
+        refused = [f"slow-{i}" for i, ok in enumerate(accepted) if not ok]
+        assert refused and all((key, "webhook_outbox_full") in failures for key in refused), (refused, failures)
         deadline = time.monotonic() + 15
         while outbox.pending() and time.monotonic() < deadline:
             time.sleep(0.05)
