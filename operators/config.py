@@ -59,6 +59,12 @@ class EncodeConfig(Section):
         False, description="torch.compile the tower's forward pass (cuda only), compiled at its first batch "
         "(~15 s), once more for a dynamic batch size. SigLIP-B/16 on an H100: +57% on noise-like frames, +9% on "
         "mostly still ones (BENCHMARKS.md); not yet measured with live partial batches, hence off.")
+    fused: Literal["auto", "on", "off"] = Field(
+        "auto", description="Encode and compress in one step on the encoder's device (operators/encode_compress.py): "
+        "only kept tokens leave it. The encode actor then also holds the streams' compression state and no "
+        "compress actor runs. auto: on when device is cuda and neither cache.skip_frames nor cache.token_cache is "
+        "set (the fused path runs every frame through the tower in full); on: also on the CPU, where it gives the "
+        "separate steps' results. SigLIP-B/16 on an H100: 81-92% of the bare tower against 4% (BENCHMARKS.md).")
 
 
 class CompressConfig(Section):
