@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from operators.boundaries import BoundaryDetector
 from operators.compress import TokenDropCompressor
@@ -28,10 +28,12 @@ from operators.encode import VisionEncoder
 from operators.encode_compress import EncodeCompressor
 from operators.frame_skip import FrameSkipper, encode_skipping
 from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, StageError, tag_stage
-from operators.ocr import ScreenTextReader
 from operators.state import Stateful
 from pipelines.config import LivelensConfig
 from pipelines.models import vision_encoder
+
+if TYPE_CHECKING:  # the OCR models load only where text is read: an encoder process does not need them
+    from operators.ocr import ScreenTextReader
 
 
 @dataclass
@@ -141,7 +143,11 @@ def encode_compress(config: LivelensConfig) -> SeparateEncodeCompress | FusedEnc
 
 def text_reader(config: LivelensConfig) -> ScreenTextReader | None:
     """The on-screen text reader; None when `ocr.enabled` is off (the chain then stores no text)."""
-    return ScreenTextReader(config.ocr) if config.ocr.enabled else None
+    if not config.ocr.enabled:
+        return None
+    from operators.ocr import ScreenTextReader
+
+    return ScreenTextReader(config.ocr)
 
 
 @dataclass
