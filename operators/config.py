@@ -105,6 +105,17 @@ class OcrConfig(Section):
     min_text_chars: int = Field(
         3, ge=1, description="Lines with fewer non-space characters are dropped: lone letters are mostly misreads."
     )
+    threads: int | None = Field(
+        None, ge=1, description="onnxruntime threads per OCR model. None: its default, one per core of the host, "
+        "each pinned to its core, whatever the actor was given: set it to the actor's num_cpus on shared hosts.")
+    incremental: bool = Field(
+        True, description="A changed frame is read again only where it changed: the detector runs on the regions "
+        "around the changed cells of the change thumbnail (widened to whole lines of the last read they touch), "
+        "and the last read's lines elsewhere are kept without being recognised again. False reads changed "
+        "frames whole. BENCHMARKS.md (issue 18) has what it saves.")
+    max_changed_fraction: float = Field(
+        0.35, gt=0.0, le=1.0, description="Incremental reads: when the changed regions cover more than this share "
+        "of the frame (a cut, a camera move) the whole frame is read, which then costs less than the regions.")
 
 
 class PruneConfig(Section):
