@@ -159,7 +159,8 @@ class PipelineConfig(Section):
     sources: int = Field(1, ge=1, description="Kafka source actors in the ingest consumer group.")
     decoders: int = Field(2, ge=1)
     encoders: int = Field(1, ge=1)
-    compressors: int = Field(1, ge=1)
+    compressors: int = Field(1, ge=1, description="Compress actors; none are started with encode.fused (the encoders "
+                             "compress).")
     ocr_readers: int = Field(1, ge=1, description="On-screen text actors (when ocr.enabled).")
     standing_evaluators: int = Field(1, ge=1, description="Actors evaluating standing queries on new segments.")
     answerers: int = Field(1, ge=1)
