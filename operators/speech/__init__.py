@@ -7,7 +7,8 @@ pocketsphinx (offline, CPU, models in its wheel) or a Whisper-family checkpoint 
 """
 
 from operators.speech.audio import SAMPLE_RATE, SpeechRegion
+from operators.speech.keywords import KeywordHit, KeywordSpotter, hits_in_lines
 from operators.speech.recognizer import SpeechRecognizer, build_engine
 from operators.speech.vad import VoiceActivityDetector
 
-__all__ = ["SAMPLE_RATE", "SpeechRecognizer", "SpeechRegion", "VoiceActivityDetector", "build_engine"]
+__all__ = ["SAMPLE_RATE", "KeywordHit", "KeywordSpotter", "hits_in_lines", "SpeechRecognizer", "SpeechRegion", "VoiceActivityDetector", "build_engine"]
