@@ -42,3 +42,18 @@ def checked_audio(audio: np.ndarray, stage: str) -> np.ndarray:
 def pcm16(audio: np.ndarray) -> bytes:
     """16-bit little-endian PCM, what pocketsphinx reads."""
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def read_audio_file(path: str) -> np.ndarray:
+    """The first audio track of a media file as float32 mono 16 kHz (for files: benchmarks, measurements and
+    tests; live segments get theirs from decode)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path}: no audio track")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks = [out.to_ndarray().reshape(-1) for frame in container.decode(container.streams.audio[0])
+                  for out in resampler.resample(frame)]
+        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
