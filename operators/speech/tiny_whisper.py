@@ -48,8 +48,9 @@ def _tokenizer() -> WhisperTokenizer:
     return tokenizer
 
 
-def build_random_whisper(out: Path | str, shape: str = "tiny", seed: int = 0) -> Path:
-    """Save a random-weight Whisper of ``shape`` (tiny, small, large-v3) with its processor to ``out``."""
+def build_random_whisper(out: Path | str, shape: str = "tiny", seed: int = 0, dtype: str = "float32") -> Path:
+    """Save a random-weight Whisper of ``shape`` (tiny, small, large-v3) with its processor to ``out``, its
+    weights in ``dtype`` (large-v3 is 6 GB in float32, 3 GB in float16)."""
     out = Path(out)
     if (out / "config.json").exists():
         return out
@@ -71,7 +72,7 @@ def build_random_whisper(out: Path | str, shape: str = "tiny", seed: int = 0) ->
         task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
         no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
         begin_suppress_tokens=[eot], suppress_tokens=[])
-    model.save_pretrained(tmp)
+    model.to(getattr(torch, dtype)).save_pretrained(tmp)
     WhisperProcessor(WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokenizer).save_pretrained(tmp)
     (tmp / "livelens-random-whisper").write_text("random weights: transcripts mean nothing\n")
     tmp.rename(out)

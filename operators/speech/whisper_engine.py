@@ -41,8 +41,8 @@ class WhisperEngine:
         return out
 
     def _batch(self, clips: list[np.ndarray]) -> list[Recognised | None]:
-        features = self.processor.feature_extractor(
-            clips, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        features = self.processor.feature_extractor(  # log-mel on the model's device (torch STFT)
+            clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=self.config.device).input_features
         generated = self.model.generate(
             features.to(self.device, self.dtype), language=self._language, task="transcribe",
             max_new_tokens=self._max_new, return_dict_in_generate=True, output_scores=True)
