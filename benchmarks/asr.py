@@ -168,8 +168,11 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="Append the results to BENCHMARKS.md.")
     args = parser.parse_args()
     load = os.getloadavg()[0]
-    rows = bench_sample(args.sample_seconds) + bench_real_speech() + bench_keywords()
-    print("\n".join(rows))
+    rows = []
+    for section in (lambda: bench_sample(args.sample_seconds), bench_real_speech, bench_keywords):
+        new = section()
+        print("\n".join(new), flush=True)
+        rows += new
     if args.write:
         header = [f"\n## Speech recognition on the CPU ({datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} CPUs, "
                   f"{platform.processor() or platform.machine()}, load average {load:.1f} at the start)", "",

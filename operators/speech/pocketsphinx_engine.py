@@ -46,7 +46,7 @@ def model_paths(config: SpeechConfig) -> dict[str, str]:
 
 
 def new_decoder(config: SpeechConfig, **options) -> Decoder:
-    return Decoder(loglevel="ERROR", **model_paths(config), **options)
+    return Decoder(loglevel="ERROR", **{**model_paths(config), **options})  # options override the models (lm=None)
 
 
 class PocketsphinxEngine:

@@ -126,7 +126,6 @@ def write_sample_video(
         audio, truth["speech"], truth["subtitles"] = plan_soundtrack(truth, seed)
         truth["audio"] = {"codec": "aac", "sample_rate": AUDIO_RATE, "channels": 1}
         subtitle_path(out).write_text(webvtt(truth["subtitles"]))
-        truth["subtitle_file"] = subtitle_path(out).name
         truth["subtitle_track"] = out.suffix.lower() in TAKES_WEBVTT
     _encode(out, truth, n_frames, fps, size, audio)
     ground_truth_path(out).write_text(json.dumps(truth, indent=2))
