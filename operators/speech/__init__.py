@@ -11,4 +11,5 @@ from operators.speech.keywords import KeywordHit, KeywordSpotter, hits_in_lines
 from operators.speech.recognizer import SpeechRecognizer, build_engine
 from operators.speech.vad import VoiceActivityDetector
 
-__all__ = ["SAMPLE_RATE", "KeywordHit", "KeywordSpotter", "hits_in_lines", "SpeechRecognizer", "SpeechRegion", "VoiceActivityDetector", "build_engine"]
+__all__ = ["SAMPLE_RATE", "KeywordHit", "KeywordSpotter", "SpeechRecognizer", "SpeechRegion", "VoiceActivityDetector",
+           "build_engine", "hits_in_lines"]

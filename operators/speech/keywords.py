@@ -21,7 +21,7 @@ import numpy as np
 
 from operators.config import SpeechConfig
 from operators.speech.audio import checked_audio
-from operators.speech.recognizer import SpeechRecognizer
+from operators.speech.recognizer import STAGE, SpeechRecognizer
 from operators.transcript import TranscriptLine, Word
 
 
@@ -70,6 +70,6 @@ class KeywordSpotter:
 
     def spot(self, audio: np.ndarray, start_s: float, lexicon: Sequence[str],
              min_confidence: float = 0.0) -> list[KeywordHit]:
-        audio = checked_audio(audio, "speech")
+        audio = checked_audio(audio, STAGE)
         lines = self.recognizer.transcribe(audio, start_s)
         return [h for h in hits_in_lines(lines, lexicon) if h.confidence >= min_confidence]

@@ -9,7 +9,6 @@ mostly < 0.4.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +16,11 @@ from pocketsphinx import Decoder, get_model_path
 
 from operators.config import SpeechConfig
 from operators.speech.audio import pcm16
+from operators.speech.engine import Recognised
 from operators.transcript import Word
 
 FRAME_S = 0.01  # pocketsphinx's frame rate: 100 frames per second
 FILLERS = ("<s>", "</s>", "<sil>", "[NOISE]", "[SPEECH]", "[LAUGH]", "[BREATH]", "[COUGH]", "[UH]", "[UM]")
-
-
-@dataclass(frozen=True)
-class Recognised:
-    """What an engine heard in one clip: its words, times in seconds from the clip's start."""
-
-    text: str
-    confidence: float
-    words: tuple[Word, ...] = ()
 
 
 def model_paths(config: SpeechConfig) -> dict[str, str]:

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Protocol
 
 import numpy as np
 
 from operators.config import SpeechConfig
 from operators.speech.audio import SAMPLE_RATE, SpeechRegion, checked_audio
-from operators.speech.pocketsphinx_engine import Recognised
+from operators.speech.engine import SpeechEngine
 from operators.speech.vad import VoiceActivityDetector
 from operators.transcript import TranscriptLine
 
 log = logging.getLogger(__name__)
 STAGE = "speech"
-
-
-class SpeechEngine(Protocol):
-    def recognise(self, clips: list[np.ndarray]) -> list[Recognised | None]:
-        """One result per clip of float32 mono 16 kHz speech (None: no words), in one batch where it can."""
 
 
 def build_engine(config: SpeechConfig) -> SpeechEngine:

@@ -15,7 +15,7 @@ from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
 from operators.config import SpeechConfig
 from operators.speech.audio import SAMPLE_RATE
-from operators.speech.pocketsphinx_engine import Recognised
+from operators.speech.engine import Recognised
 
 MAX_NEW_TOKENS = 128  # ~ 30 s of fast speech; a runaway (hallucinated repetition) stops here
 
