@@ -10,10 +10,11 @@ import pytest
 
 from operators.config import SpeechConfig
 from operators.frames import StageError
-from operators.speech import SAMPLE_RATE, KeywordSpotter, SpeechRecognizer, build_engine
+from operators.speech import SAMPLE_RATE, KeywordSpotter, SpeechRecognizer, build_engine, hits_in_lines
 from operators.speech.pocketsphinx_engine import PocketsphinxEngine
 from operators.speech.tiny_whisper import build_random_whisper
 from operators.speech.whisper_engine import WhisperEngine
+from operators.transcript import TranscriptLine
 
 
 def test_vad_finds_each_spoken_phrase(pocketsphinx: SpeechRecognizer, sample_speech) -> None:
@@ -99,3 +100,30 @@ def test_random_whisper_loads_through_from_pretrained(tmp_path: Path, sample_spe
         assert (line.start_s, line.end_s) in spans  # one line per speech region, on the caller's clock
         assert line.source == "asr" and line.channel == "a" and 0.0 <= line.confidence <= 1.0
         assert line.text.strip() and line.words == ()
+
+
+def test_vad_regions_merge_pauses_drop_blips_and_cut_long_speech(pocketsphinx: SpeechRecognizer) -> None:
+    frame_s = 512 / SAMPLE_RATE
+    probs = np.zeros(round(80 / frame_s), np.float32)
+    at = lambda t: round(t / frame_s)  # noqa: E731
+    probs[at(1.0): at(3.0)] = 0.9
+    probs[at(3.1): at(5.0)] = 0.9  # a 0.1 s pause: the same region
+    probs[at(8.0): at(8.1)] = 0.9  # a 0.1 s click: no region
+    probs[at(10.0): at(75.0)] = 0.9  # 65 s without a pause: cut below max_region_s
+    probs[at(10.0) + 700] = 0.1  # the least speech-like frame in the first piece's last third: cut there
+    regions = pocketsphinx.vad.regions_from(probs, 80.0)
+    cfg = pocketsphinx.config
+    assert regions[0].start_s == pytest.approx(1.0 - cfg.speech_pad_s, abs=0.04)
+    assert regions[0].end_s == pytest.approx(5.0 + cfg.speech_pad_s, abs=0.04)
+    long = regions[1:]
+    assert len(long) == 3 and all(r.duration_s <= cfg.max_region_s + 2 * cfg.speech_pad_s for r in long)
+    assert long[0].end_s == pytest.approx(10.0 + 700 * frame_s + cfg.speech_pad_s, abs=0.04)
+    assert long[-1].end_s == pytest.approx(75.0 + cfg.speech_pad_s, abs=0.04)
+
+
+def test_lexicon_hits_in_lines_without_word_timings() -> None:
+    line = TranscriptLine(12.0, 15.0, "The storm, they said, would reach the Coast tonight.", "asr", confidence=0.8)
+    hits = hits_in_lines([line], ["coast", "STORM", "reach the coast", "bomb"])
+    assert {(h.term, h.start_s, h.end_s) for h in hits} == {
+        ("STORM", 12.0, 15.0), ("coast", 12.0, 15.0), ("reach the coast", 12.0, 15.0)}  # the line's span
+    assert all(h.confidence == pytest.approx(0.8) for h in hits)
