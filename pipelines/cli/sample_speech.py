@@ -53,7 +53,8 @@ def synthesise(text: str, rate: int = AUDIO_RATE) -> np.ndarray:
     """``text`` read by espeak-ng as float32 mono at ``rate``, leading and trailing silence trimmed."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("the sample broadcast's voice needs espeak-ng: apt-get install espeak-ng "
-                           "(deploy/install_system_packages.sh installs it)")
+                           "(deploy/install_system_packages.sh installs it), or make a silent sample "
+                           "(`livelens sample-video --silent`, write_sample_video(speech=False))")
     voice, wpm = VOICE
     wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "--stdout", text],
                          check=True, capture_output=True).stdout
