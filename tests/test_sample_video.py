@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -118,13 +119,20 @@ def test_headlines_are_ocr_readable(sample: tuple[Path, dict, np.ndarray]) -> No
         assert read == headline["text"].replace(" ", ""), headline
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (espeak-ng): what generating costs, whatever else
+    the machine is running (wall time on a shared 2-core machine measured the neighbours)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def test_default_broadcast_is_quick(tmp_path: Path) -> None:
-    started = time.monotonic()
+    started = _cpu_s()
     truth = write_sample_video(tmp_path / "default.mp4")
-    elapsed = time.monotonic() - started
+    elapsed = _cpu_s() - started
     assert truth["duration_s"] == 60.0 and truth["size"] == [640, 360] and len(truth["scenes"]) >= 6
     assert len(truth["static_stretches"]) >= 2
-    assert elapsed < 10.0, f"60 s of video took {elapsed:.1f} s to generate"
+    assert elapsed < 10.0, f"60 s of video took {elapsed:.1f} CPU s to generate"  # ~2.5 s with its voice
 
 
 def test_same_seed_same_video(tmp_path: Path) -> None:
