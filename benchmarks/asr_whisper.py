@@ -61,7 +61,7 @@ def main() -> None:
                                       batch_regions=batch)
                 engine = WhisperEngine(config)
                 engine.model.generation_config.min_new_tokens = args.tokens
-                engine._max_new = args.tokens
+                engine.max_new_tokens = args.tokens
                 clips = [(0.1 * rng.standard_normal(round(args.region_s * SAMPLE_RATE))).astype(np.float32)
                          for _ in range(batch)]
                 engine.recognise(clips)  # warm-up: kernels, allocator

@@ -31,7 +31,7 @@ class WhisperEngine:
         self.model = AutoModelForSpeechSeq2Seq.from_pretrained(config.model, dtype=self.dtype).to(self.device).eval()
         generation = self.model.generation_config
         self._language = config.language if getattr(generation, "lang_to_id", None) else None
-        self._max_new = min(MAX_NEW_TOKENS, self.model.config.max_target_positions - 4)
+        self.max_new_tokens = min(MAX_NEW_TOKENS, self.model.config.max_target_positions - 4)  # prompt: 4 tokens
 
     @torch.inference_mode()
     def recognise(self, clips: list[np.ndarray]) -> list[Recognised | None]:
@@ -45,7 +45,7 @@ class WhisperEngine:
             clips, sampling_rate=SAMPLE_RATE, return_tensors="pt", device=self.config.device).input_features
         generated = self.model.generate(
             features.to(self.device, self.dtype), language=self._language, task="transcribe",
-            max_new_tokens=self._max_new, return_dict_in_generate=True, output_scores=True)
+            max_new_tokens=self.max_new_tokens, return_dict_in_generate=True, output_scores=True)
         logprobs = self.model.compute_transition_scores(generated.sequences, generated.scores, normalize_logits=True)
         new_tokens = generated.sequences[:, -logprobs.shape[1]:]
         special = torch.tensor(self.processor.tokenizer.all_special_ids, device=new_tokens.device)
