@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from kafka.errors import KafkaError
 
 from operators.frames import (
     CompressedBatch,
@@ -37,13 +38,15 @@ from operators.frames import (
 )
 from pipelines import metrics
 from pipelines.config import LivelensConfig
+from pipelines.failures import DependencyUnavailable
 from pipelines.ray.placement import actor_options, memory_shard, shard
 from pipelines.ray.runtime import setup_logging
+from pipelines.ray.supervision import require_predecessor, settle, supervised
+from pipelines.redis_io import check_durability, redis_client
 
 log = logging.getLogger(__name__)
 
 RESTART = dict(max_restarts=-1, max_task_retries=3)
-
 
 @ray.remote(**RESTART)
 class DecodeActor:
@@ -188,8 +191,6 @@ class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
 
     def __init__(self, config: LivelensConfig, shard_index: int):
-        from pipelines.redis_io import redis_client
-
         from memory_store.service import MemoryStore
 
         if not config.redis.url:
@@ -213,8 +214,10 @@ class MemoryActor:
                 log.exception("retention sweep failed; next in %.0f s", every_s)
 
     @ray.method(concurrency_group="writes")
-    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False):
-        """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it."""
+    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False, after: list | None = None):
+        """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it.
+        ``after``: [the write of the stream's previous segment], which must have been stored (or dead-lettered)."""
+        require_predecessor(after, "memory write")
         call = metrics.StageCall("memory", batch.segment, len(batch))
         result = tag_stage("memory", functools.partial(self.store.write, replace=replace), batch, texts)
         return call.done(result, frames=len(result.ids) if result is not None else 0)  # None: a replay
@@ -238,7 +241,6 @@ class StandingActor:
         from pipelines.moderation.alerts import AlertLog
         from pipelines.query.standing import StandingEvaluator
         from pipelines.query.webhooks import WebhookOutbox
-        from pipelines.redis_io import redis_client
 
         self.config = config
         self.producer = make_producer(config.kafka)
@@ -250,9 +252,11 @@ class StandingActor:
         # tenants' endpoints do (pipelines/query/webhooks.py).
         self.outbox = WebhookOutbox(config.webhooks, self._webhook_failed)
 
-    def evaluate(self, written, batch: CompressedBatch, texts: list | None):
+    def evaluate(self, written, batch: CompressedBatch, texts: list | None, after: list | None = None):
+        """``after``: [the evaluation of the stream's previous segment]: standing queries see a stream in order."""
         from pipelines.query.standing import frame_views
 
+        require_predecessor(after, "standing queries")
         self.evaluator.evaluate(batch.segment.tenant_id, batch.segment.stream_id, frame_views(batch, texts))
         return written
 
@@ -280,9 +284,25 @@ class StandingActor:
                                          "entry: unsigned webhooks are not sent")
                 else:
                     self.outbox.submit(delivery)
-        for alert, future in futures:
-            future.get(timeout=30)
-            metrics.record_alert(alert)
+        try:
+            for alert, future in futures:
+                future.get(timeout=30)
+                metrics.record_alert(alert)
+        except KafkaError as exc:
+            # A producer that failed (broker away past its timeout, fenced, closed) is not trusted again: a new
+            # one is built, and the segment fails as waiting for Kafka, so the source retries it.
+            self._rebuild_producer()
+            raise DependencyUnavailable("kafka", f"alerts not acknowledged: {exc}") from exc
+
+    def _rebuild_producer(self) -> None:
+        from pipelines.kafka.client import make_producer
+
+        old, self.producer = self.producer, None
+        try:
+            old.close(timeout=5)
+        except Exception:  # a producer of an unreachable broker may fail to close; it is dropped either way
+            log.debug("closing the failed producer", exc_info=True)
+        self.producer = make_producer(self.config.kafka)
 
     def _webhook_failed(self, delivery, code: str, reason: str) -> None:
         """A webhook that was not delivered: a dead letter (the alert itself is on the alerts topic)."""
@@ -324,7 +344,9 @@ def _ocr_count(config: LivelensConfig) -> int:
 
 
 def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineHandles:
-    """Create (or find, when already running) the stage actors, named so any process can reach them."""
+    """Create (or find, when already running) the stage actors, named so any process can reach them. First,
+    Redis's persistence is checked (redis.durability_check): the commit protocol relies on it."""
+    check_durability(redis_client(config.redis), config.redis)
     ns, p = config.ray.namespace, config.pipeline
 
     def place(stage):  # the stage's num_cpus / num_gpus / custom resources (pipelines/ray/placement.py)
@@ -366,6 +388,16 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
     )
 
 
+@dataclass(frozen=True, eq=False)
+class SegmentRefs:
+    """A segment's handle in the DAG: its last step (``done``), and the steps its stream's next segment must
+    wait for (its memory write, its standing-query evaluation)."""
+
+    done: Any
+    written: Any
+    evaluated: Any
+
+
 class RayIngest:
     """The source's view of the DAG: submit a segment, learn when its write is durable."""
 
@@ -374,7 +406,7 @@ class RayIngest:
         self.pixel_mode = pixel_mode
         self._next_decoder = 0
 
-    def submit(self, info: SegmentInfo, payload: bytes):
+    def submit(self, info: SegmentInfo, payload: bytes, *, after: SegmentRefs | None = None) -> SegmentRefs:
         decoder = self.h.decoders[self._next_decoder % len(self.h.decoders)]
         self._next_decoder += 1
         stream = f"{info.tenant_id}/{info.stream_id}"
@@ -384,24 +416,27 @@ class RayIngest:
         compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(
             features, frames if self.pixel_mode else None)
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
-        written = self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
+        # The ordered steps get the previous segment's step nested in a list: Ray passes it unresolved, so the
+        # step checks it (require_predecessor) instead of failing with the predecessor's own error.
+        written = self.h.memory_for(info.tenant_id).write.remote(
+            compressed, texts, after=[after.written] if after else None)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
-        done = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(written, compressed, texts)
+        evaluated = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(
+            written, compressed, texts, after=[after.evaluated] if after else None)
+        done = evaluated
         if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
             done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(done, frames, texts, [compressed])
-        return done
+        return SegmentRefs(done, written, evaluated)
 
-    def wait(self, handles: list, timeout_s: float) -> list:
-        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout_s, fetch_local=False)
-        return ready
+    def wait(self, handles: list[SegmentRefs], timeout_s: float) -> list[SegmentRefs]:
+        by_ref = {h.done: h for h in handles}
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s, fetch_local=False)
+        return [by_ref[r] for r in ready]
 
-    def result(self, handle):
-        try:
-            return ray.get(handle)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, StageError):
-                raise exc.cause from None
-            raise
+    def result(self, handle: SegmentRefs):
+        """The write's result; StageError for bad input, DependencyUnavailable for a dependency away (Redis,
+        Kafka, an actor); anything else is a crash of our code (pipelines/failures.py)."""
+        return settle(handle.done)
 
 
 @ray.remote(max_restarts=-1, max_concurrency=4)
@@ -419,11 +454,7 @@ class SourceActor:
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            self.source.run(self._stop)
-        except Exception:
-            log.exception("source loop died")
-            raise
+        supervised(self.source.run, self._stop, "source loop")
 
     def stats(self) -> dict[str, Any]:
         return {**self.source.stats.as_dict(), "alive": self._thread.is_alive()}
