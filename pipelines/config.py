@@ -186,6 +186,12 @@ class PipelineConfig(Section):
         3, ge=1, description="Tries before a segment on which our code keeps crashing (an error that is neither bad "
         "input nor infrastructure away) is dead-lettered. Infrastructure failures (Redis, Kafka, a Ray actor) are "
         "retried without limit and never dead-lettered.")
+    stream_idle_s: float = Field(
+        900.0, gt=0, description="Seconds without a segment after which a live actor forgets a stream's state "
+        "(compressor, boundaries, frame skip, ViT token cache, encoder stats, OCR); it starts afresh if it returns.")
+    max_streams_per_actor: int = Field(
+        1000, ge=1, description="Streams whose state one encode / compress / OCR actor keeps at most; past it the "
+        "least recently seen is forgotten. With the ViT token cache on, each costs about 14.5 MB in the encoder.")
     chunk_idle_s: float = Field(
         60.0, gt=0, description="Seconds a half-reassembled chunked segment may go without its next chunk, while its "
         "partition is being read, before it is dead-lettered as incomplete (its publisher stopped mid-segment). Time "

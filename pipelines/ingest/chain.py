@@ -39,6 +39,12 @@ class EncodeStep:
         """One forward pass over the frames the skipper lets through (a StageError fails the whole batch)."""
         return encode_skipping(self.encoder.encode, self.skipper, list(batches))
 
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        """Drop the stream's token cache, stats and skip state (pipelines/ingest/idle.py)."""
+        self.encoder.forget((tenant_id, stream_id))
+        if self.skipper is not None:
+            self.skipper.forget(tenant_id, stream_id)
+
 
 @dataclass
 class CompressStep:
@@ -58,6 +64,10 @@ class CompressStep:
         images = frames.images if self.pixel_mode and frames is not None else None
         compressed = tag_stage("compress", self.compressor.compress, features, images)
         return tag_stage("compress", self.boundaries.mark, compressed)
+
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        self.compressor.forget(tenant_id, stream_id)
+        self.boundaries.forget(tenant_id, stream_id)
 
 
 def text_reader(config: LivelensConfig) -> ScreenTextReader | None:

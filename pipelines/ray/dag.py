@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 
 RESTART = dict(max_restarts=-1, max_task_retries=3)
 
+def stream_states(config: LivelensConfig, forget):
+    """The bound on an actor's per-stream state (pipelines/ingest/idle.py)."""
+    from pipelines.ingest.idle import StreamStates
+
+    return StreamStates(forget, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor)
+
+
 @ray.remote(**RESTART)
 class DecodeActor:
     def __init__(self, config: LivelensConfig):
@@ -75,6 +82,7 @@ class EncodeActor:
         # Streams are sharded to encoders by a stable hash, so each stream's skip state lives here.
         self.step = EncodeStep.build(config)
         self.encoder, self.skipper = self.step.encoder, self.step.skipper
+        self.streams = stream_states(config, self.step.forget)
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
@@ -113,6 +121,8 @@ class EncodeActor:
                 future.set_result(result)
 
     def _encode(self, batches: list[FrameBatch]) -> list[FeatureBatch]:
+        for batch in batches:
+            self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
         before, started = self._skipped(), time.perf_counter()
         out = self.step.encode(batches)
         skipped = metrics.frames_skipped(before, self._skipped())
@@ -162,9 +172,11 @@ class CompressActor:
         # Per-stream state (the compressor's, the boundary detector's): streams are sharded here by a stable
         # hash, in order.
         self.step = CompressStep.build(config)
+        self.streams = stream_states(config, self.step.forget)
 
     def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
         call = metrics.StageCall("compress", batch.segment, len(batch))
+        self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
         marked = self.step.compress(batch, frames)
         metrics.tokens(marked)
         return call.done(marked)
@@ -178,9 +190,11 @@ class OcrActor:
         from operators.ocr import ScreenTextReader
 
         self.reader = ScreenTextReader(config.ocr)
+        self.streams = stream_states(config, self.reader.forget)
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("ocr", batch.segment, len(batch))
+        self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
         return call.done(tag_stage("ocr", self.reader.read, batch))
 
 
