@@ -3,8 +3,10 @@
 Each stream's segments queue in its lane in the order they were read. A segment is in flight (it has a
 handle in the DAG) or waiting (not yet submitted, or failed and waiting for its retry). A waiting segment
 holds back every segment behind it in its lane: they are submitted only after it, and each is submitted
-with the handle of the one in flight before it (``after``), so the backend can refuse to store a segment
-whose predecessor has not been stored (`pipelines.failures.PredecessorFailed`). Other streams flow on.
+with the handles of those in flight before it (``after``), so the backend can refuse to store a segment
+whose predecessors have not been stored (`pipelines.failures.PredecessorFailed`). All of them, not just
+the last: a predecessor refused as bad input fails at once, before the ones ahead of it are written, and
+must not open the way past them. Other streams flow on.
 """
 
 from __future__ import annotations
@@ -48,20 +50,20 @@ class StreamLanes:
     def add(self, item: Held) -> None:
         self._lanes.setdefault(item.stream, deque()).append(item)
 
-    def submit_ready(self, now: float, submit: Callable[[Held, Any], Any]) -> int:
+    def submit_ready(self, now: float, submit: Callable[[Held, list], Any]) -> int:
         """Submit, lane by lane in order, the waiting segments that are due, up to the first that is not:
-        ``submit(item, after)`` returns its handle; ``after`` is the handle of the segment in flight just
-        before it in its lane (None when there is none). Returns how many were submitted."""
+        ``submit(item, after)`` returns its handle; ``after`` holds the handles of the segments in flight
+        before it in its lane, oldest first (empty when there are none). Returns how many were submitted."""
         submitted = 0
         for lane in self._lanes.values():
-            after = None
+            after: list = []
             for item in lane:
                 if item.handle is None:
                     if item.due_at > now:
                         break  # held back: nothing behind it may overtake it
-                    item.handle = submit(item, after)
+                    item.handle = submit(item, list(after))
                     submitted += 1
-                after = item.handle
+                after.append(item.handle)
         return submitted
 
     def wait(self, item: Held, due_at: float, dependency: str) -> None:

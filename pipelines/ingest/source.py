@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener
@@ -57,10 +58,10 @@ log = logging.getLogger(__name__)
 class IngestBackend(Protocol):
     """Where segments go. `pipelines.ray.dag.RayIngest` is the real one; tests may use an in-process one."""
 
-    def submit(self, info: SegmentInfo, payload: bytes, *, after: Any = None) -> Any:
-        """Start the segment through the DAG; ``after``: the handle of the previous segment of its stream still
-        in flight, whose write must be stored first (else this one fails with PredecessorFailed: the source
-        retries it after its predecessor, so a stream is never reordered)."""
+    def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[Any] = ()) -> Any:
+        """Start the segment through the DAG; ``after``: the handles of the earlier segments of its stream still
+        in flight, whose writes must be stored (or refused as bad input) first, else this one fails with
+        PredecessorFailed: the source retries it after them, so a stream is never reordered."""
         ...
 
     def wait(self, handles: list[Any], timeout_s: float) -> list[Any]: ...
@@ -242,7 +243,7 @@ class KafkaSegmentSource:
     def _submit_ready(self) -> None:
         self._lanes.submit_ready(time.monotonic(), self._submit)
 
-    def _submit(self, item: Held, after: Any) -> Any:
+    def _submit(self, item: Held, after: list) -> Any:
         handle = self.backend.submit(segment_info(item.segment, item.tp, max(item.offsets)), item.payload,
                                      after=after)
         self._inflight[handle] = item

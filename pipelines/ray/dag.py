@@ -22,6 +22,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,7 +231,8 @@ class MemoryActor:
     @ray.method(concurrency_group="writes")
     def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False, after: list | None = None):
         """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it.
-        ``after``: [the write of the stream's previous segment], which must have been stored (or dead-lettered)."""
+        ``after``: the writes of the stream's earlier segments in flight, which must have been stored (or refused
+        as bad input) first."""
         require_predecessor(after, "memory write")
         call = metrics.StageCall("memory", batch.segment, len(batch))
         result = tag_stage("memory", functools.partial(self.store.write, replace=replace), batch, texts)
@@ -267,7 +269,8 @@ class StandingActor:
         self.outbox = WebhookOutbox(config.webhooks, self._webhook_failed)
 
     def evaluate(self, written, batch: CompressedBatch, texts: list | None, after: list | None = None):
-        """``after``: [the evaluation of the stream's previous segment]: standing queries see a stream in order."""
+        """``after``: the evaluations of the stream's earlier segments in flight: standing queries see a stream in
+        order."""
         from pipelines.query.standing import frame_views
 
         require_predecessor(after, "standing queries")
@@ -420,7 +423,7 @@ class RayIngest:
         self.pixel_mode = pixel_mode
         self._next_decoder = 0
 
-    def submit(self, info: SegmentInfo, payload: bytes, *, after: SegmentRefs | None = None) -> SegmentRefs:
+    def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[SegmentRefs] = ()) -> SegmentRefs:
         decoder = self.h.decoders[self._next_decoder % len(self.h.decoders)]
         self._next_decoder += 1
         stream = f"{info.tenant_id}/{info.stream_id}"
@@ -430,13 +433,13 @@ class RayIngest:
         compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(
             features, frames if self.pixel_mode else None)
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
-        # The ordered steps get the previous segment's step nested in a list: Ray passes it unresolved, so the
-        # step checks it (require_predecessor) instead of failing with the predecessor's own error.
+        # The ordered steps get the earlier segments' steps nested in a list: Ray passes them unresolved, so the
+        # step checks them (require_predecessor) instead of failing with a predecessor's own error.
         written = self.h.memory_for(info.tenant_id).write.remote(
-            compressed, texts, after=[after.written] if after else None)
+            compressed, texts, after=[a.written for a in after] or None)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
         evaluated = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(
-            written, compressed, texts, after=[after.evaluated] if after else None)
+            written, compressed, texts, after=[a.evaluated for a in after] or None)
         done = evaluated
         if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
             done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(done, frames, texts, [compressed])

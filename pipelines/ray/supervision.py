@@ -28,24 +28,26 @@ RAY_AWAY = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.ex
 
 
 def require_predecessor(after: list | None, where: str) -> None:
-    """Refuse to go on with a segment whose stream's previous segment has not passed this step: running now
-    would reorder the stream. Never waits (a writes thread blocked here could be the one the predecessor
+    """Refuse to go on with a segment while an earlier segment of its stream has not passed this step: running
+    now would reorder the stream. Never waits (a writes thread blocked here could be the one a predecessor
     needs): a predecessor still running or failed raises PredecessorFailed, and the source retries this
     segment right after it. A predecessor refused as bad input (StageError) is no obstacle."""
     if not after:
         return
-    ready, _ = ray.wait(after, timeout=0, fetch_local=False)
-    if not ready:
-        raise PredecessorFailed(detail=f"{where}: the stream's previous segment is not through yet")
-    try:
-        ray.get(after[0])
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, StageError):
-            return
-        raise PredecessorFailed(detail=f"{where}: the stream's previous segment failed: "
-                                f"{type(exc.cause).__name__}") from None
-    except ray.exceptions.RayError as exc:
-        raise PredecessorFailed(detail=f"{where}: the stream's previous segment failed: {type(exc).__name__}") from None
+    ready, _ = ray.wait(after, num_returns=len(after), timeout=0, fetch_local=False)
+    if len(ready) < len(after):
+        raise PredecessorFailed(detail=f"{where}: an earlier segment of the stream is not through yet")
+    for ref in after:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, StageError):
+                continue
+            raise PredecessorFailed(detail=f"{where}: an earlier segment of the stream failed: "
+                                    f"{type(exc.cause).__name__}") from None
+        except ray.exceptions.RayError as exc:
+            raise PredecessorFailed(detail=f"{where}: an earlier segment of the stream failed: "
+                                    f"{type(exc).__name__}") from None
 
 
 def settle(ref: Any) -> Any:

@@ -1,8 +1,8 @@
 """An ingest backend that runs in the test's process, for testing the source without Ray.
 
 It stands in for `pipelines.ray.dag.RayIngest` the way the `IngestBackend` protocol allows: each segment is
-"written" once per id (idempotent, like memory), a segment whose predecessor (``after``) failed for any reason
-but bad input fails with PredecessorFailed (as the memory actor's check does), and a test decides which
+"written" once per id (idempotent, like memory), a segment one of whose predecessors (``after``) failed for any
+reason but bad input fails with PredecessorFailed (as the memory actor's check does), and a test decides which
 attempts fail and how.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +38,12 @@ class InProcessDag:
         self.written: dict[str, list[int]] = {}  # stream -> seqs in the order they were stored
         self._lock = threading.Lock()
 
-    def submit(self, info: SegmentInfo, payload: bytes, *, after: _Handle | None = None) -> _Handle:
+    def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[_Handle] = ()) -> _Handle:
         handle = _Handle(info, ready_at=time.monotonic() + self.hold_s(info))
         with self._lock:
-            if after is not None and after.error is not None and not isinstance(after.error, StageError):
-                handle.error = PredecessorFailed(detail=f"{info.stream_id}/{after.info.seq} failed")
+            failed = [a for a in after if a.error is not None and not isinstance(a.error, StageError)]
+            if failed:
+                handle.error = PredecessorFailed(detail=f"{info.stream_id}/{failed[0].info.seq} failed")
                 return handle
             self.attempts[(info.stream_id, info.seq)] += 1  # tries that ran (not those refused for order)
             handle.error = self.fail(info, self.attempts[(info.stream_id, info.seq)])

@@ -3,8 +3,9 @@ test on one shared deployment: K streams of numbered segments go in, a fault hit
 reads memory. Expected for every fault but the poison record: nothing lost, nothing doubled, every stream in
 order, and ingest resumes by itself; the poison record is dead-lettered once and its stream flows on.
 
-Each test appends its measurements (lost / duplicated / reordered / seconds to resume) to the file named by
-LIVELENS_FAULT_REPORT, if set: docs/reliability.md's table is made from it.
+Each test appends its measurements to the file named by LIVELENS_FAULT_REPORT, if set (docs/reliability.md's
+table is made from it): lost / duplicated / reordered segments; resume_s, seconds from the end of the fault
+(the kill, the server back) to the next segment stored; complete_s, to the last of the test's segments stored.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from tests.reliability.records import read_dead_letters
 pytestmark = pytest.mark.integration
 
 STREAMS = 3
+# How long the stop faults last; longer outages (90 s of Redis, 70 s of broker) are the same tests with these
+# raised (docs/reliability.md gives the command): kept short here for CI.
+REDIS_STOP_S = float(os.environ.get("LIVELENS_FAULT_REDIS_STOP_S", "10"))
+BROKER_STOP_S = float(os.environ.get("LIVELENS_FAULT_BROKER_STOP_S", "12"))
 
 
 def actor_pid(config, name: str) -> int:
@@ -51,13 +56,14 @@ def run_fault(config, segments, name: str, inject: Callable[[], None], *, poison
     wait_for(lambda: stored_count(config, streams) >= STREAMS, 120, "ingest to start")
     inject()
     fault_over, at_fault_end = time.monotonic(), stored_count(config, streams)
-    resumed_at = None
+    resumed_at = complete_at = None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         now_stored = stored_count(config, streams)
         if resumed_at is None and (now_stored > at_fault_end or now_stored == total):
             resumed_at = time.monotonic()
         if now_stored == total:
+            complete_at = time.monotonic()
             break
         time.sleep(0.1)
     generator.join()
@@ -67,6 +73,7 @@ def run_fault(config, segments, name: str, inject: Callable[[], None], *, poison
                lost=sum(len(r.gaps) for r in reports) - len(poison), duplicated=sum(r.duplicates for r in reports),
                reordered=sum(len(r.order_violations) for r in reports),
                resume_s=round(resumed_at - fault_over, 1) if resumed_at else None,
+               complete_s=round(complete_at - fault_over, 1) if complete_at else None,
                dead_letters=sorted({(d.stage, d.code) for d in letters}), dead_letter_count=len(letters))
     if os.environ.get("LIVELENS_FAULT_REPORT"):
         with open(os.environ["LIVELENS_FAULT_REPORT"], "a") as out:
@@ -107,14 +114,16 @@ def test_redis_server_sigkill_with_aof_always(stack, short_segments, fault_redis
     assert_nothing_lost_doubled_or_reordered(run_fault(stack, short_segments, "redis-sigkill", inject))
 
 
-def test_redis_server_stopped_for_10_s(stack, short_segments, fault_redis):
+def test_redis_server_stopped(stack, short_segments, fault_redis):
+    """SIGSTOP: connections stay open and nothing answers (a black hole), past redis.socket_timeout_s (2 s)."""
     def inject() -> None:
         os.kill(fault_redis.pid, signal.SIGSTOP)
         try:
-            time.sleep(10)
+            time.sleep(REDIS_STOP_S)
         finally:
             os.kill(fault_redis.pid, signal.SIGCONT)
-    assert_nothing_lost_doubled_or_reordered(run_fault(stack, short_segments, "redis-sigstop-10s", inject))
+    assert_nothing_lost_doubled_or_reordered(
+        run_fault(stack, short_segments, f"redis-sigstop-{REDIS_STOP_S:.0f}s", inject))
 
 
 def test_broker_unreachable_longer_than_every_kafka_timeout(stack, short_segments, kafka_broker):
@@ -125,10 +134,11 @@ def test_broker_unreachable_longer_than_every_kafka_timeout(stack, short_segment
     def inject() -> None:
         os.killpg(kafka_broker.pid, signal.SIGSTOP)
         try:
-            time.sleep(12)
+            time.sleep(BROKER_STOP_S)
         finally:
             os.killpg(kafka_broker.pid, signal.SIGCONT)
-    assert_nothing_lost_doubled_or_reordered(run_fault(stack, short_segments, "broker-sigstop-12s", inject))
+    assert_nothing_lost_doubled_or_reordered(
+        run_fault(stack, short_segments, f"broker-sigstop-{BROKER_STOP_S:.0f}s", inject))
 
 
 def test_a_second_source_joins_then_leaves(stack, short_segments):
