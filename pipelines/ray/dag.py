@@ -43,7 +43,7 @@ from pipelines.failures import DependencyUnavailable
 from pipelines.ray.placement import actor_options, memory_shard, shard
 from pipelines.ray.runtime import setup_logging
 from pipelines.ray.supervision import require_predecessor, settle, supervised
-from pipelines.redis_io import check_durability, redis_client
+from pipelines.redis_io import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -361,9 +361,7 @@ def _ocr_count(config: LivelensConfig) -> int:
 
 
 def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineHandles:
-    """Create (or find, when already running) the stage actors, named so any process can reach them. First,
-    Redis's persistence is checked (redis.durability_check): the commit protocol relies on it."""
-    check_durability(redis_client(config.redis), config.redis)
+    """Create (or find, when already running) the stage actors, named so any process can reach them."""
     ns, p = config.ray.namespace, config.pipeline
 
     def place(stage):  # the stage's num_cpus / num_gpus / custom resources (pipelines/ray/placement.py)
