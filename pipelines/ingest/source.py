@@ -11,8 +11,10 @@ in effect by idempotent memory writes):
    by the broker, every offset it spanned is marked done.
 4. Only then can the partition's commit point pass it (`OffsetTracker`).
 
-A crash anywhere before 4 replays the segment; the memory writer sees the
-segment marker and changes nothing.
+A crash anywhere before 4 replays the segment: a segment whose clip location was
+recorded (its whole chain finished) is recognised before decode and skipped; one
+that stopped earlier goes through again, and the memory writer sees the segment
+marker and changes nothing.
 
 Failures (pipelines/failures.py): bad input is dead-lettered; a dependency
 that is away (Redis, the broker, a Ray actor) makes the segment wait and retry with
@@ -238,7 +240,21 @@ class KafkaSegmentSource:
                               stream_id=dropped.stream_id, tenant_id=dropped.tenant_id)
         if whole is not None:
             seg, payload, offsets = whole
+            if self._kept_before(seg):
+                # A replay of a segment whose whole chain finished before (read again after a crash or a
+                # rebalance): recognised here, before any decoding, and done.
+                self.stats.segments_replayed += 1
+                metrics.segment_stored(seg)
+                self._tracker.done(tp, offsets)
+                return
             self._lanes.add(Held(tp, offsets, seg, payload))
+
+    def _kept_before(self, segment: messages.VideoSegment) -> bool:
+        try:
+            return self._clips.kept(segment)
+        except Exception as exc:  # Redis away: unknown, so the segment goes through the DAG (and waits there)
+            log.debug("%s: could not ask whether %s was kept: %s", self.source_id, segment.key, exc)
+            return False
 
     def _submit_ready(self) -> None:
         self._lanes.submit_ready(time.monotonic(), self._submit)

@@ -136,3 +136,21 @@ def test_time_paused_for_backpressure_does_not_count_as_a_publisher_gone_quiet(t
         publish_numbered(config, "a", 1, start=1, chunks=3, only_chunks=range(1, 3))
         wait_until(lambda: len(dag.written.get("a", [])) == 2, 30, "both segments")
     assert source.stats.dead_letters == {}
+
+
+def test_a_replay_of_segments_whose_chain_finished_is_recognised_before_the_dag(tmp_path, kafka_broker,
+                                                                                 redis_server):
+    """The records are read again from the start (a source whose group committed nothing, as after a crash
+    before its commit): today's source sent every one through decode and encode again."""
+    config = _config(tmp_path, kafka_broker, redis_server)
+    publish_numbered(config, "a", 4)
+    first = InProcessDag()
+    source = KafkaSegmentSource(config, first)
+    with running(source):
+        wait_until(lambda: len(first.written.get("a", [])) == 4, 30, "the stream")
+    again = InProcessDag()
+    replaying = KafkaSegmentSource(config.model_copy(update={"kafka": config.kafka.model_copy(
+        update={"ingest_group": config.kafka.ingest_group + "-again"})}), again)
+    with running(replaying):
+        wait_until(lambda: replaying.stats.segments_replayed == 4, 30, "the replays recognised")
+    assert sum(again.attempts.values()) == 0
