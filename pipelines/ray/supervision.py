@@ -27,14 +27,22 @@ RAY_AWAY = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.ex
             ray.exceptions.PendingCallsLimitExceeded)
 
 
+# How long a step waits for its predecessors' results to be known. Tasks from one submitter run in order on an
+# actor, but a finished task's result reaches its owner (the source) asynchronously: the next task can start
+# before the owner knows the previous one is done. Milliseconds, normally; the bound only matters if a
+# predecessor has genuinely not run (a threaded actor running out of order): then the step fails with
+# PredecessorFailed and is retried after it, rather than blocking its thread for long.
+PREDECESSOR_WAIT_S = 5.0
+
+
 def require_predecessor(after: list | None, where: str) -> None:
     """Refuse to go on with a segment while an earlier segment of its stream has not passed this step: running
-    now would reorder the stream. Never waits (a writes thread blocked here could be the one a predecessor
-    needs): a predecessor still running or failed raises PredecessorFailed, and the source retries this
-    segment right after it. A predecessor refused as bad input (StageError) is no obstacle."""
+    now would reorder the stream. A predecessor still running after PREDECESSOR_WAIT_S, or failed, raises
+    PredecessorFailed, and the source retries this segment right after it. A predecessor refused as bad
+    input (StageError) is no obstacle."""
     if not after:
         return
-    ready, _ = ray.wait(after, num_returns=len(after), timeout=0, fetch_local=False)
+    ready, _ = ray.wait(after, num_returns=len(after), timeout=PREDECESSOR_WAIT_S, fetch_local=False)
     if len(ready) < len(after):
         raise PredecessorFailed(detail=f"{where}: an earlier segment of the stream is not through yet")
     for ref in after:
