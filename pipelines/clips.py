@@ -128,6 +128,10 @@ class ClipLedger:
             pipe.execute()
         return len(old)
 
+    def holds(self, tenant_id: str, stream_id: str, segment_id: str) -> bool:
+        loc, _, _, _ = keys.clip_keys(tenant_id, stream_id)
+        return bool(self.r.hexists(loc, segment_id))
+
     def covering(self, tenant_id: str, stream_id: str, t_from: float, t_to: float) -> list[SegmentLocation]:
         """Locations of the segments that overlap [t_from, t_to), in stream order."""
         loc, media, _, _ = keys.clip_keys(tenant_id, stream_id)
@@ -214,6 +218,11 @@ class ClipKeeper:
             for segment_id in expired:
                 self.archive.delete(tenant, stream, segment_id)
             self.ledger.unarchive(tenant, stream, expired)
+
+    def kept(self, segment: messages.VideoSegment) -> bool:
+        """Whether the segment was kept already: its whole chain (memory, standing queries, moderation) finished
+        before, since `keep` runs only after it. A replay of it (after a crash or a rebalance) needs nothing."""
+        return self.ledger.holds(segment.tenant_id, segment.stream_id, messages.segment_id(segment.session, segment.seq))
 
     def keep_retained(self) -> int:
         """Keep every whole segment the segments topic still retains, as if the source had just stored it: the

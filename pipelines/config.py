@@ -73,6 +73,13 @@ class KafkaConfig(Section):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_poll_interval_ms: int = 120_000
+    # Explicit deadlines on every broker call (pipelines/kafka/client.py): with the broker away a call fails in
+    # bounded time and its caller waits and retries (pipelines/failures.py), instead of hanging.
+    request_timeout_ms: int = Field(15_000, ge=1000, description="Deadline of one request to the broker (commits, "
+                                    "metadata, produce); above session_timeout_ms.")
+    ack_timeout_s: float = Field(30.0, gt=0, description="Seconds a producer may take to have a send acknowledged "
+                                 "(answers, alerts, dead letters; flushes before a commit) before its caller treats "
+                                 "the broker as away.")
     # Authentication and encryption (docs/security.md): passed to every producer, consumer and admin client
     # by pipelines.kafka.client.client_security().
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -110,6 +117,15 @@ class RedisConfig(Section):
     # `always` makes every acknowledged write survive a crash of redis-server, which is what lets
     # the source commit Kafka offsets right after a write returns. `everysec` can lose ~1 s.
     appendfsync: Literal["always", "everysec"] = "always"
+    durability_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="At start, read the server's persistence settings (CONFIG GET appendonly, "
+        "appendfsync): when they are weaker than `appendfsync` asks, `refuse` stops the deployment, `warn` logs an "
+        "error and goes on (an acknowledged write may then be lost in a crash of redis-server), `off` skips the check "
+        "(e.g. a managed Redis that forbids CONFIG and is known to persist).")
+    socket_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a Redis command may take before it fails as a timeout (a black-holed or "
+        "stopped server): the segment then waits and is retried, instead of a write hanging for ever.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection to Redis.")
     # Credentials live here, never in `url`: a password given in the URL is moved here on load, so the URL
     # can be printed and logged (pipelines/redis_io.py builds every client from both).
     username: str | None = Field(None, description="Redis ACL user (Redis 6+); None: the default user.")
@@ -167,7 +183,24 @@ class PipelineConfig(Section):
     max_inflight_segments: int = Field(
         8, ge=1, description="Segments a source has in the DAG at once; past it, it pauses its partitions."
     )
-    segment_attempts: int = Field(3, ge=1, description="Tries before a segment that keeps failing is dead-lettered.")
+    segment_attempts: int = Field(
+        3, ge=1, description="Tries before a segment on which our code keeps crashing (an error that is neither bad "
+        "input nor infrastructure away) is dead-lettered. Infrastructure failures (Redis, Kafka, a Ray actor) are "
+        "retried without limit and never dead-lettered.")
+    stream_idle_s: float = Field(
+        900.0, gt=0, description="Seconds without a segment after which a live actor forgets a stream's state "
+        "(compressor, boundaries, frame skip, ViT token cache, encoder stats, OCR); it starts afresh if it returns.")
+    max_streams_per_actor: int = Field(
+        1000, ge=1, description="Streams whose state one encode / compress / OCR actor keeps at most; past it the "
+        "least recently seen is forgotten. With the ViT token cache on, each costs about 14.5 MB in the encoder.")
+    chunk_idle_s: float = Field(
+        60.0, gt=0, description="Seconds a half-reassembled chunked segment may go without its next chunk, while its "
+        "partition is being read, before it is dead-lettered as incomplete (its publisher stopped mid-segment). Time "
+        "the source holds the partition paused for backpressure does not count.")
+    retry_initial_s: float = Field(0.5, gt=0, description="First wait before retrying a segment whose dependency "
+                                   "is away; doubled on each failure up to retry_max_s.")
+    retry_max_s: float = Field(10.0, gt=0, description="Longest wait between retries of a waiting segment (and "
+                               "between reconnects of a loop whose broker is away).")
 
 
 class StagePlacement(Section):

@@ -134,7 +134,12 @@ STREAM_LAST_STORED = _define("gauge", "livelens_stream_last_stored_timestamp_sec
                              "Wall-clock end (epoch seconds) of a stream's newest stored segment.",
                              ("tenant", "stream"))
 SEGMENT_RETRIES = _define("counter", "livelens_segment_retries_total",
-                          "Segments resubmitted whole after an actor or node failure.", ("source",))
+                          "Segments resubmitted whole after a failure, by what was away (redis, kafka, ray-actor, "
+                          "network, predecessor: an earlier segment of the stream; crash: our code failed).",
+                          ("source", "dependency"))
+SOURCE_WAITING = _define("gauge", "livelens_source_waiting_segments",
+                         "Segments a source holds waiting for a dependency to come back, by dependency (1 for "
+                         "kafka / redis / crash while its loop itself waits to reconnect).", ("source", "dependency"))
 DEAD_LETTERS = _define("counter", "livelens_dead_letters_total",
                        "Records sent to the dead-letters topic, by the stage that refused them and its reason code.",
                        ("stage", "reason", "tenant"))
@@ -301,8 +306,12 @@ def segment_stored(segment: messages.VideoSegment) -> None:
               tenant=segment.tenant_id, stream=segment.stream_id)
 
 
-def segment_retry(source: str) -> None:
-    inc(SEGMENT_RETRIES, source=source)
+def segment_retry(source: str, dependency: str) -> None:
+    inc(SEGMENT_RETRIES, source=source, dependency=dependency)
+
+
+def source_waiting(source: str, dependency: str, segments: int) -> None:
+    set_gauge(SOURCE_WAITING, segments, source=source, dependency=dependency)
 
 
 def dead_letter(stage: str, reason: str, tenant: str) -> None:

@@ -17,6 +17,7 @@ from pipelines.config import LivelensConfig
 from pipelines.ray.query import start_answerers, start_query_consumer
 from pipelines.ray.dag import start_sources, start_stages
 from pipelines.ray.runtime import connect_ray, effective_config
+from pipelines.redis_io import check_durability, redis_client
 
 
 @dataclass
@@ -35,7 +36,9 @@ class PipelineDeployment:
 
 
 def deploy_pipeline(config: LivelensConfig, *, detached: bool, http: bool = True) -> PipelineDeployment:
-    """Start every actor of the pipeline (or find them running) and, optionally, the HTTP API."""
+    """Start every actor of the pipeline (or find them running) and, optionally, the HTTP API. First, Redis's
+    persistence is checked (redis.durability_check): committing offsets after a write relies on it."""
+    check_durability(redis_client(config.redis), config.redis)
     connect_ray(config)
     stages = start_stages(config, detached=detached)
     # Wait until the stateful stages are up before sources start feeding them.

@@ -51,6 +51,12 @@ class EncodeStep:
         """One forward pass over the frames the skipper lets through (a StageError fails the whole batch)."""
         return encode_skipping(self.encoder.encode, self.skipper, list(batches))
 
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        """Drop the stream's token cache, stats and skip state (pipelines/ingest/idle.py)."""
+        self.encoder.forget((tenant_id, stream_id))
+        if self.skipper is not None:
+            self.skipper.forget(tenant_id, stream_id)
+
 
 @dataclass
 class CompressStep:
@@ -70,6 +76,10 @@ class CompressStep:
         images = frames.images if self.pixel_mode and frames is not None else None
         compressed = tag_stage("compress", self.compressor.compress, features, images)
         return tag_stage("compress", self.boundaries.mark, compressed)
+
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        self.compressor.forget(tenant_id, stream_id)
+        self.boundaries.forget(tenant_id, stream_id)
 
 
 @dataclass
@@ -132,6 +142,12 @@ class FusedEncodeCompress:
     def stateful(self) -> dict[str, Stateful | None]:
         # The names the separate steps' state is stored under: the snapshot formats are the same.
         return {"compressor": self.fused.compressor, "boundaries": self.boundaries}
+
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        """Drop the stream's device tables, encoder stats and boundary state (pipelines/ingest/idle.py)."""
+        self.fused.compressor.forget(tenant_id, stream_id)
+        self.fused.encoder.forget((tenant_id, stream_id))
+        self.boundaries.forget(tenant_id, stream_id)
 
 
 def encode_compress(config: LivelensConfig) -> SeparateEncodeCompress | FusedEncodeCompress:

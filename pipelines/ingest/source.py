@@ -11,12 +11,20 @@ in effect by idempotent memory writes):
    by the broker, every offset it spanned is marked done.
 4. Only then can the partition's commit point pass it (`OffsetTracker`).
 
-A crash anywhere before 4 replays the segment; the memory writer sees the
-segment marker and changes nothing.
+A crash anywhere before 4 replays the segment: a segment whose clip location was
+recorded (its whole chain finished) is recognised before decode and skipped; one
+that stopped earlier goes through again, and the memory writer sees the segment
+marker and changes nothing.
 
-Backpressure: at most `max_inflight_segments` in the DAG; past that the source
-pauses its partitions but keeps calling poll(), so it never misses the group's
-poll deadline and is never kicked out of the group for being slow.
+Failures (pipelines/failures.py): bad input is dead-lettered; a dependency
+that is away (Redis, the broker, a Ray actor) makes the segment wait and retry with
+capped backoff for as long as it takes, never a dead letter. Each stream's segments
+queue in a lane (pipelines/ingest/lanes.py): a waiting segment holds back the rest
+of its stream, so retries never reorder a stream.
+
+Backpressure: at most `max_inflight_segments` held (in the DAG or waiting); past
+that the source pauses its partitions but keeps calling poll(), so it never misses
+the group's poll deadline and is never kicked out of the group for being slow.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener
@@ -37,6 +46,8 @@ from operators.frames import SegmentInfo, StageError
 from pipelines import metrics
 from pipelines.clips import ClipKeeper
 from pipelines.config import LivelensConfig
+from pipelines.failures import Backoff, PredecessorFailed, dependency_of
+from pipelines.ingest.lanes import Held, StreamLanes
 from pipelines.kafka import dead_letters
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.kafka.offsets import OffsetTracker
@@ -49,12 +60,17 @@ log = logging.getLogger(__name__)
 class IngestBackend(Protocol):
     """Where segments go. `pipelines.ray.dag.RayIngest` is the real one; tests may use an in-process one."""
 
-    def submit(self, info: SegmentInfo, payload: bytes) -> Any: ...
+    def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[Any] = ()) -> Any:
+        """Start the segment through the DAG; ``after``: the handles of the earlier segments of its stream still
+        in flight, whose writes must be stored (or refused as bad input) first, else this one fails with
+        PredecessorFailed: the source retries it after them, so a stream is never reordered."""
+        ...
 
     def wait(self, handles: list[Any], timeout_s: float) -> list[Any]: ...
 
     def result(self, handle: Any) -> Any:
-        """The write's result; raises StageError for bad input, anything else for infrastructure failures."""
+        """The write's result; raises StageError for bad input, DependencyUnavailable (or a client library's
+        connection error) when infrastructure is away, anything else for a crash (pipelines/failures.py)."""
         ...
 
 
@@ -78,15 +94,6 @@ def segment_info(segment: messages.VideoSegment, tp: TopicPartition | None = Non
 
 
 @dataclass
-class _InFlight:
-    tp: TopicPartition
-    offsets: list[int]
-    segment: messages.VideoSegment
-    payload: bytes
-    attempt: int = 1
-
-
-@dataclass
 class SourceStats:
     records: int = 0
     segments_submitted: int = 0
@@ -96,6 +103,7 @@ class SourceStats:
     retries: int = 0
     commits: int = 0
     reconnects: int = 0
+    loop_crashes: int = 0  # unexpected errors the loop recovered from by rebuilding its clients
     paused: bool = False
     # Seconds from the publisher's produce to the segment being visible in memory.
     latencies_s: deque = field(default_factory=lambda: deque(maxlen=10_000))
@@ -117,7 +125,11 @@ class KafkaSegmentSource:
         # One assembler per partition: a stream's chunks all arrive on its partition, and a revoked
         # partition's half-assembled segments are dropped with it.
         self._assemblers: dict[TopicPartition, SegmentAssembler] = {}
-        self._inflight: dict[Any, _InFlight] = {}
+        self._lanes = StreamLanes()
+        self._inflight: dict[Any, Held] = {}
+        self._backoff = Backoff(config.pipeline.retry_initial_s, config.pipeline.retry_max_s)
+        self._paused_since: float | None = None
+        self._reported_waiting: set[str] = set()
         self._consumer = None
         self._producer = None
         self._clips = ClipKeeper(config, redis_client(config.redis))
@@ -126,20 +138,33 @@ class KafkaSegmentSource:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until `stop` is set. Survives broker restarts: reconnects, recreates topics, resumes."""
-        backoff = 0.5
+        """Consume until `stop` is set. Supervised: whatever goes wrong (a broker away for any time, topics lost
+        in a broker restart, an unexpected error of our own), the loop drops its clients, waits with capped
+        backoff and starts again from the committed offsets; writes are idempotent, so nothing is lost or
+        doubled. It returns only when `stop` is set."""
+        failures = 0
         while not stop.is_set():
             try:
                 self._connect()
-                backoff = 0.5
+                failures = 0
                 while not stop.is_set():
                     self._step()
-            except KafkaError as exc:
-                self.stats.reconnects += 1
-                log.warning("%s: Kafka error (%s); reconnecting in %.1f s", self.source_id, exc, backoff)
-                self._disconnect(drain=True)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+            except Exception as exc:
+                failures += 1
+                delay = self._backoff.delay(failures)
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    self.stats.loop_crashes += 1
+                    log.exception("%s: unexpected error in the source loop; rebuilding its clients in %.1f s",
+                                  self.source_id, delay)
+                else:
+                    self.stats.reconnects += 1
+                    log.warning("%s: waiting for %s (%s); reconnecting in %.1f s", self.source_id, dependency,
+                                exc, delay)
+                metrics.source_waiting(self.source_id, dependency or "crash", 1)
+                self._disconnect(drain=False)
+                stop.wait(delay)
+                metrics.source_waiting(self.source_id, dependency or "crash", 0)
         self._disconnect(drain=True)
 
     def _connect(self) -> None:
@@ -153,34 +178,46 @@ class KafkaSegmentSource:
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
 
     def _disconnect(self, *, drain: bool) -> None:
+        """Close the clients and forget every held segment: a new connection resumes from the committed
+        offsets. With ``drain``, finish what is in flight and commit it first (best effort: after a failure
+        the broker or a dependency may be away, and the records are then simply read again)."""
         if drain:
-            self._drain(list(self._inflight), timeout_s=30)
             try:
+                self._drain(list(self._inflight), timeout_s=30)
                 self._commit()
-            except KafkaError as exc:
-                log.warning("%s: final commit failed (%s); the records will be replayed", self.source_id, exc)
+            except Exception as exc:
+                log.warning("%s: final drain and commit failed (%s); the records will be replayed", self.source_id,
+                            exc)
         for client in (self._consumer, self._producer):
             if client is not None:
                 try:
-                    client.close()
+                    client.close(timeout=5) if client is self._producer else client.close()
                 except Exception:  # closing a client of a dead broker may raise; nothing left to save
                     log.debug("close failed", exc_info=True)
         self._consumer = self._producer = None
         self._tracker = OffsetTracker()
         self._assemblers = {}
+        self._lanes.clear()
+        self._inflight = {}
+        self._paused_since = None
+        self.stats.paused = False
 
     # -- the loop ----------------------------------------------------------------------------
 
     def _step(self) -> None:
-        room = self.config.pipeline.max_inflight_segments - len(self._inflight)
+        # Held segments count against the limit whether in flight or waiting: a stream waiting for Redis
+        # pauses intake instead of piling up segments.
+        room = self.config.pipeline.max_inflight_segments - len(self._lanes)
         self._set_paused(room <= 0)
         batch = self._consumer.poll(timeout_ms=50, max_records=max(1, room * 4))
         for tp, records in batch.items():
             for record in records:
                 self._accept(tp, record)
+        self._submit_ready()
         self._collect(timeout_s=0.0 if batch else 0.05)
+        self._submit_ready()
         self._commit()
-        self._gauges.maybe_report(self._consumer, self._tracker, inflight=len(self._inflight), paused=self.stats.paused)
+        self._gauges.maybe_report(self._consumer, self._tracker, inflight=len(self._lanes), paused=self.stats.paused)
 
     def _accept(self, tp: TopicPartition, record: Any) -> None:
         self.stats.records += 1
@@ -198,19 +235,38 @@ class KafkaSegmentSource:
             return
         # Superseded or inconsistent partial segments, and ones whose publisher went quiet mid-segment:
         # dead-letter them, or they would hold the partition's commit point forever.
-        for dropped in assembler.expire(max_idle_s=self.config.kafka.session_timeout_ms / 1000 * 10):
+        for dropped in assembler.expire(max_idle_s=self.config.pipeline.chunk_idle_s):
             self._dead_letter(tp, dropped.offsets, segment, "source", dropped.code, dropped.reason, 0,
                               stream_id=dropped.stream_id, tenant_id=dropped.tenant_id)
         if whole is not None:
             seg, payload, offsets = whole
-            self._submit(_InFlight(tp, offsets, seg, payload))
+            if self._kept_before(seg):
+                # A replay of a segment whose whole chain finished before (read again after a crash or a
+                # rebalance): recognised here, before any decoding, and done.
+                self.stats.segments_replayed += 1
+                metrics.segment_stored(seg)
+                self._tracker.done(tp, offsets)
+                return
+            self._lanes.add(Held(tp, offsets, seg, payload))
 
-    def _submit(self, item: _InFlight) -> None:
-        handle = self.backend.submit(segment_info(item.segment, item.tp, max(item.offsets)), item.payload)
+    def _kept_before(self, segment: messages.VideoSegment) -> bool:
+        try:
+            return self._clips.kept(segment)
+        except Exception as exc:  # Redis away: unknown, so the segment goes through the DAG (and waits there)
+            log.debug("%s: could not ask whether %s was kept: %s", self.source_id, segment.key, exc)
+            return False
+
+    def _submit_ready(self) -> None:
+        self._lanes.submit_ready(time.monotonic(), self._submit)
+
+    def _submit(self, item: Held, after: list) -> Any:
+        handle = self.backend.submit(segment_info(item.segment, item.tp, max(item.offsets)), item.payload,
+                                     after=after)
         self._inflight[handle] = item
         self.stats.segments_submitted += 1
-        if item.attempt == 1:
+        if item.attempt == 1 and item.waits == 0:
             metrics.segment_in("source", item.segment)
+        return handle
 
     def _collect(self, timeout_s: float) -> None:
         if not self._inflight:
@@ -220,18 +276,20 @@ class KafkaSegmentSource:
             try:
                 result = self.backend.result(handle)
             except StageError as exc:
+                self._lanes.finished(item)
                 self._dead_letter(item.tp, item.offsets, item.segment, exc.stage or "pipeline", exc.code,
                                   exc.reason, item.segment.payload_bytes, attempts=item.attempt)
                 continue
-            except Exception as exc:  # an actor died or a node went away: the segment is retried whole
-                self._retry(item, exc)
+            except Exception as exc:  # infrastructure away, or a crash: the segment waits and is retried whole
+                self._failed(item, exc)
                 continue
             try:
                 # Durable in memory: now its clip location (and archive copy), before the offsets may commit.
                 self._clips.keep(item.segment, item.payload, item.tp, item.offsets)
             except Exception as exc:  # Redis or the archive's store is in trouble: not the segment's fault
-                self._retry(item, exc)
+                self._failed(item, exc)
                 continue
+            self._lanes.finished(item)
             if result is None:
                 self.stats.segments_replayed += 1
             else:
@@ -239,18 +297,36 @@ class KafkaSegmentSource:
                 self.stats.latencies_s.append(time.time() - item.segment.produced_at.timestamp())
             metrics.segment_stored(item.segment)
             self._tracker.done(item.tp, item.offsets)
+        self._report_waiting()
 
-    def _retry(self, item: _InFlight, exc: Exception) -> None:
-        if item.attempt < self.config.pipeline.segment_attempts:
-            self.stats.retries += 1
-            metrics.segment_retry(self.source_id)
-            log.warning("%s: segment %s failed; retry %d: %s", self.source_id, item.segment.key, item.attempt, exc)
+    def _failed(self, item: Held, exc: Exception) -> None:
+        """Infrastructure failures wait and retry for as long as it takes; a crash of our code on the segment
+        gets `pipeline.segment_attempts` tries, then a dead letter (pipelines/failures.py)."""
+        dependency = dependency_of(exc)
+        if dependency is None:
+            if item.attempt >= self.config.pipeline.segment_attempts:
+                self._lanes.finished(item)
+                self._dead_letter(item.tp, item.offsets, item.segment, "pipeline", "pipeline_error",
+                                  f"{type(exc).__name__}: {exc}", item.segment.payload_bytes, attempts=item.attempt)
+                return
             item.attempt += 1
-            self._submit(item)
+            dependency, delay = "crash", self._backoff.delay(item.attempt - 1)
         else:
-            self._dead_letter(item.tp, item.offsets, item.segment, "pipeline", "pipeline_error",
-                              f"{type(exc).__name__}: {exc}"[:4000], item.segment.payload_bytes,
-                              attempts=item.attempt)
+            item.waits += 1
+            # Behind a failed predecessor: go again right after it (the lane keeps the order), no extra wait.
+            delay = 0.0 if isinstance(exc, PredecessorFailed) else self._backoff.delay(item.waits)
+        self._lanes.wait(item, time.monotonic() + delay, dependency)
+        self.stats.retries += 1
+        metrics.segment_retry(self.source_id, dependency)
+        log_at = log.info if isinstance(exc, PredecessorFailed) else log.warning
+        log_at("%s: segment %s waits for %s, retry in %.1f s (failure %d): %s", self.source_id, item.segment.key,
+               dependency, delay, item.waits + item.attempt - 1, str(exc)[:300])
+
+    def _report_waiting(self) -> None:
+        waiting = self._lanes.waiting_by_dependency()
+        for dependency in set(waiting) | self._reported_waiting:
+            metrics.source_waiting(self.source_id, dependency, waiting.get(dependency, 0))
+        self._reported_waiting = set(waiting)
 
     def _commit(self) -> None:
         offsets = self._tracker.to_commit()
@@ -277,10 +353,20 @@ class KafkaSegmentSource:
         assignment = self._consumer.assignment()
         if paused:
             self._consumer.pause(*assignment)
+            self._paused_since = time.monotonic()
         else:
             self._consumer.resume(*assignment)
+            self._stop_pause_clock()
         self.stats.paused = paused
 
+    def _stop_pause_clock(self) -> None:
+        """The idle clock of half-reassembled segments stands still while we hold their partitions paused: the
+        publisher was not quiet, we were not reading."""
+        if self._paused_since is not None:
+            held_s = time.monotonic() - self._paused_since
+            for assembler in self._assemblers.values():
+                assembler.extend_idle(held_s)
+        self._paused_since = None
     def _dead_letter(self, tp: TopicPartition, offsets: list[int], segment: messages.VideoSegment | None,
                      stage: str, code: str, reason: str, size: int, *, attempts: int = 1,
                      stream_id: str | None = None, tenant_id: str | None = None) -> None:
@@ -304,8 +390,8 @@ class KafkaSegmentSource:
             self._commit()
         except KafkaError as exc:
             log.warning("%s: commit on revoke failed (%s); the new owner replays", self.source_id, exc)
-        for handle in [h for h, item in self._inflight.items() if item.tp in set(revoked)]:
-            self._inflight.pop(handle)  # the new owner replays these; writes are idempotent
+        for item in self._lanes.drop_partitions(revoked):  # the new owner replays these; writes are idempotent
+            self._inflight.pop(item.handle, None)
         self._tracker.forget(revoked)
         self._gauges.revoked(revoked)
         for tp in revoked:
@@ -321,4 +407,5 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned):
         # pause() does not carry over to newly assigned partitions; re-apply on the next step.
+        self.source._stop_pause_clock()
         self.source.stats.paused = False

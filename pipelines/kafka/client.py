@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 TOPIC_NAMES = ("segments", "queries", "answers", "alerts", "dead_letters")
 
 
+class BrokerUnreachable(KafkaError):
+    """The broker did not answer within a call's deadline. A KafkaError (and so a RuntimeError): the loops
+    that consume treat it like any other broker failure, wait and try again."""
+
+
 def require_bootstrap(config: KafkaConfig) -> str:
     if not config.bootstrap:
         raise RuntimeError(
@@ -46,7 +51,7 @@ def client_security(config: KafkaConfig) -> dict:
 
 def admin_client(config: KafkaConfig, **overrides) -> KafkaAdminClient:
     options = dict(bootstrap_servers=require_bootstrap(config), client_id="livelens-admin",
-                   request_timeout_ms=10_000, **client_security(config))
+                   request_timeout_ms=min(10_000, config.request_timeout_ms), **client_security(config))
     options.update(overrides)
     return KafkaAdminClient(**options)
 
@@ -71,7 +76,7 @@ def ensure_topics(config: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
                 admin.close()
         except KafkaError as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"could not reach Kafka at {config.bootstrap} to create topics: {exc}") from exc
+                raise BrokerUnreachable(f"could not reach Kafka at {config.bootstrap} to create topics: {exc}") from exc
             time.sleep(0.5)
 
 
@@ -86,6 +91,11 @@ def make_producer(config: KafkaConfig, **overrides) -> KafkaProducer:
         linger_ms=5,
         retries=2**31 - 1,
         reconnect_backoff_max_ms=2000,
+        # Bounded: a send fails (KafkaTimeoutError) once the broker has been away this long, and send() itself
+        # blocks (metadata, a full buffer) no longer; the caller then waits and retries with a new producer.
+        request_timeout_ms=config.request_timeout_ms,
+        delivery_timeout_ms=int(config.ack_timeout_s * 1000),
+        max_block_ms=int(config.ack_timeout_s * 1000),
         **client_security(config),
     )
     options.update(overrides)
@@ -118,6 +128,7 @@ def make_reader(config: KafkaConfig, **overrides) -> KafkaConsumer:
         group_id=None,
         enable_auto_commit=False,
         reconnect_backoff_max_ms=2000,
+        request_timeout_ms=config.request_timeout_ms,
         **segment_fetch_options(config),
         **client_security(config),
     )
@@ -137,6 +148,7 @@ def make_consumer(config: KafkaConfig, group_id: str, topics: list[str], **overr
         heartbeat_interval_ms=config.heartbeat_interval_ms,
         max_poll_interval_ms=config.max_poll_interval_ms,
         reconnect_backoff_max_ms=2000,
+        request_timeout_ms=config.request_timeout_ms,
         **segment_fetch_options(config),
         **client_security(config),
     )

@@ -34,9 +34,11 @@ def dead_letter(tp: TopicPartition, offsets: Sequence[int], *, stage: str, code:
 
 
 def send(producer: KafkaProducer, kafka: KafkaConfig, letter: messages.DeadLetter, *,
-         wait_s: float | None = None) -> None:
-    """Send the letter, keyed by its stream; with ``wait_s``, return only once the broker acknowledged it."""
+         wait_s: float | None = None):
+    """Send the letter, keyed by its stream; with ``wait_s``, return only once the broker acknowledged it.
+    Returns the send's future (check it before committing the letter's offsets when not waited for)."""
     future = producer.send(kafka.topic("dead_letters"), key=letter.stream_id.encode(), value=messages.encode(letter))
     if wait_s is not None:
         future.get(timeout=wait_s)
     metrics.dead_letter(letter.stage, letter.code, letter.tenant_id)
+    return future

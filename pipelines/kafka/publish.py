@@ -326,6 +326,12 @@ class SegmentAssembler:
         out, self._discarded = self._discarded, []
         return out
 
+    def extend_idle(self, seconds: float) -> None:
+        """Move every pending segment's idle clock back by ``seconds``: time its partition spent paused by the
+        consumer (backpressure), when no chunk could arrive, is not the publisher's silence."""
+        for pending in self._pending.values():
+            pending.last_seen += seconds
+
     def pending_offsets(self) -> list[int]:
         """Offsets held by incomplete segments, ascending: the commit point must not pass the first.
         Discarded records leave this list at once, so take `expire` and dead-letter them before

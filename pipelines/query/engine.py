@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from contracts import messages
@@ -25,6 +24,7 @@ from operators.frames import StageError
 from pipelines import metrics
 from pipelines.clips import with_clip_urls
 from pipelines.config import LivelensConfig
+from pipelines.failures import Backoff, dependency_of
 from pipelines.kafka import dead_letters
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.query.clients import Answering, QueryEncoder
@@ -303,15 +303,22 @@ class QueryEngine:
 
 
 class QueryConsumer:
-    """Queries topic in, answers topic out. An offset is committed after its answer is acknowledged."""
+    """Queries topic in, answers topic out. An offset is committed after its answer is acknowledged.
+
+    Supervised like the ingest source: a broker or a dependency away (memory, the encoder) makes the loop drop
+    its clients, wait with capped backoff and resume from the committed offset; a query that our code fails on
+    (a malformed image that slipped past its checks, a bug) is a dead letter, never a dead consumer."""
 
     def __init__(self, config: LivelensConfig, engine: QueryEngine):
         self.config = config
         self.engine = engine
         self.answered = 0
         self.dead_letters = 0
+        self.reconnects = 0
+        self._backoff = Backoff(config.pipeline.retry_initial_s, config.pipeline.retry_max_s)
 
     def run(self, stop: threading.Event) -> None:
+        failures = 0
         while not stop.is_set():
             consumer = producer = None
             try:
@@ -319,43 +326,60 @@ class QueryConsumer:
                 producer = make_producer(self.config.kafka)
                 consumer = make_consumer(self.config.kafka, self.config.kafka.query_group,
                                          [self.config.kafka.topic("queries")], max_poll_records=16)
+                failures = 0
                 while not stop.is_set():
                     for tp, records in consumer.poll(timeout_ms=100).items():
-                        for record in records:
-                            self._handle(producer, tp, record)
-                        # Answers first, then the offset: a crash in between re-answers, never loses.
-                        producer.flush()
+                        sends = [self._handle(producer, tp, record) for record in records]
+                        # Answers first, then the offset: a crash in between re-answers, never loses. The flush is
+                        # bounded and every send checked, so a send the broker refused is never committed past.
+                        producer.flush(timeout=self.config.kafka.ack_timeout_s)
+                        for future in sends:
+                            future.get(timeout=self.config.kafka.ack_timeout_s)
                         consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)})
-            except KafkaError as exc:
-                log.warning("query consumer: Kafka error (%s); reconnecting", exc)
-                stop.wait(1.0)
+            except Exception as exc:
+                # Producer and consumer are both rebuilt: one that failed is not trusted again.
+                failures += 1
+                self.reconnects += 1
+                delay = self._backoff.delay(failures)
+                dependency = dependency_of(exc)
+                if dependency is None:
+                    log.exception("query consumer: unexpected error; rebuilding its clients in %.1f s", delay)
+                else:
+                    log.warning("query consumer: waiting for %s (%s); reconnecting in %.1f s", dependency, exc, delay)
+                stop.wait(delay)
             finally:
                 for client in (consumer, producer):
                     if client is not None:
                         try:
-                            client.close()
+                            client.close(timeout=5) if client is producer else client.close()
                         except Exception:  # a dead broker's client may fail to close; nothing to save
                             log.debug("close failed", exc_info=True)
 
-    def _handle(self, producer, tp, record) -> None:
+    def _handle(self, producer, tp, record):
+        """Answer one query record; returns the send's future (the answer's, or its dead letter's)."""
         try:
             query, _ = messages.decode(record.value, expect=messages.Query)
         except messages.MessageError as exc:
-            self._dead_letter(producer, tp, record, exc.code, exc.reason)
-            return
+            return self._dead_letter(producer, tp, record, exc.code, exc.reason)
         try:
             answer = self.engine.run(query)
         except QueryError as exc:
             answer = messages.Answer(tenant_id=query.tenant_id, query_id=query.query_id, answer="",
                                      extractive=True, error=f"{exc.code}: {exc.message}")
-        producer.send(self.config.kafka.topic("answers"), key=query.query_id.encode(), value=messages.encode(answer))
+        except Exception as exc:
+            if dependency_of(exc) is not None:
+                raise  # memory, the encoder or Redis away: not the query's fault; the loop waits and re-reads it
+            log.exception("query consumer: query %s failed; dead-lettered", query.query_id)
+            return self._dead_letter(producer, tp, record, "query_failed", f"{type(exc).__name__}: {exc}",
+                                     tenant_id=query.tenant_id)
+        future = producer.send(self.config.kafka.topic("answers"), key=query.query_id.encode(),
+                               value=messages.encode(answer))
         self.answered += 1
+        return future
 
-    def _dead_letter(self, producer, tp, record, code: str, reason: str) -> None:
-        # Not waited for: the consumer flushes the producer before it commits the batch's offsets.
+    def _dead_letter(self, producer, tp, record, code: str, reason: str, tenant_id: str | None = None):
+        # Not waited for here: the consumer checks every send before it commits the batch's offsets.
         letter = dead_letters.dead_letter(tp, [record.offset], stage="query", code=code, reason=reason,
-                                          record_bytes=len(record.value or b""))
-        dead_letters.send(producer, self.config.kafka, letter)
+                                          record_bytes=len(record.value or b""), tenant_id=tenant_id)
         self.dead_letters += 1
-
-
+        return dead_letters.send(producer, self.config.kafka, letter)

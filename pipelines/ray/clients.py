@@ -2,8 +2,9 @@
 
 Callers see the same methods, arguments and errors as in-process: each call goes to the actor that should serve
 it (memory: the shard that owns the tenant, through the one tenant-to-shard function), and bad input raised in
-an actor (`StageError`, `ValueError`) is raised here as itself. Anything else (an actor that died, a lost node)
-stays Ray's error: infrastructure trouble, not bad input.
+an actor (`StageError`, `ValueError`) is raised here as itself. An actor that died, a lost node, or Redis away
+inside the actor is `DependencyUnavailable` (pipelines/ray/supervision.py `settle`): infrastructure trouble,
+not bad input.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import ray
 from memory_store import keys
 from memory_store.client import MemoryClient
 from memory_store.service import MemoryStore
-from operators.frames import StageError
 from pipelines.config import LivelensConfig
 from pipelines.ingest.replay import ReplayError
 from pipelines.ray.placement import memory_shard
 from pipelines.ray.runtime import connect_ray
+from pipelines.ray.supervision import settle
 from pipelines.redis_io import redis_client
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,9 @@ log = logging.getLogger(__name__)
 def result(ref: Any) -> Any:
     """``ray.get(ref)``, with the bad-input errors of the store and the operators raised as themselves."""
     try:
-        return ray.get(ref)
+        return settle(ref)
     except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, StageError | ValueError):
+        if isinstance(exc.cause, ValueError):
             raise exc.cause from None
         raise
 

@@ -23,10 +23,12 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from kafka.errors import KafkaError
 
 from operators.frames import (
     CompressedBatch,
@@ -38,12 +40,21 @@ from operators.frames import (
 )
 from pipelines import metrics
 from pipelines.config import LivelensConfig
+from pipelines.failures import DependencyUnavailable
 from pipelines.ray.placement import actor_options, memory_shard, shard
 from pipelines.ray.runtime import setup_logging
+from pipelines.ray.supervision import require_predecessor, settle, supervised
+from pipelines.redis_io import redis_client
 
 log = logging.getLogger(__name__)
 
 RESTART = dict(max_restarts=-1, max_task_retries=3)
+
+def stream_states(config: LivelensConfig, forget):
+    """The bound on an actor's per-stream state (pipelines/ingest/idle.py)."""
+    from pipelines.ingest.idle import StreamStates
+
+    return StreamStates(forget, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor)
 
 
 @ray.remote(**RESTART)
@@ -77,6 +88,7 @@ class EncodeActor:
         self.step = FusedEncodeCompress.build(config) if self.fused else EncodeStep.build(config)
         self.encoder = self.step.encoder
         self.skipper = None if self.fused else self.step.skipper
+        self.streams = stream_states(config, self.step.forget)
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
@@ -132,6 +144,8 @@ class EncodeActor:
                     future.set_result(result)
 
     def _encode(self, batches: list[FrameBatch]) -> list:
+        for batch in batches:
+            self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
         before, started = self._skipped(), time.perf_counter()
         out = self.step.process(batches) if self.fused else self.step.encode(batches)
         skipped = metrics.frames_skipped(before, self._skipped())
@@ -181,9 +195,11 @@ class CompressActor:
         # Per-stream state (the compressor's, the boundary detector's): streams are sharded here by a stable
         # hash, in order.
         self.step = CompressStep.build(config)
+        self.streams = stream_states(config, self.step.forget)
 
     def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
         call = metrics.StageCall("compress", batch.segment, len(batch))
+        self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
         marked = self.step.compress(batch, frames)
         metrics.tokens(marked)
         return call.done(marked)
@@ -197,9 +213,11 @@ class OcrActor:
         from operators.ocr import ScreenTextReader
 
         self.reader = ScreenTextReader(config.ocr)
+        self.streams = stream_states(config, self.reader.forget)
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("ocr", batch.segment, len(batch))
+        self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
         return call.done(tag_stage("ocr", self.reader.read, batch))
 
 
@@ -210,8 +228,6 @@ class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
 
     def __init__(self, config: LivelensConfig, shard_index: int):
-        from pipelines.redis_io import redis_client
-
         from memory_store.service import MemoryStore
 
         if not config.redis.url:
@@ -235,8 +251,11 @@ class MemoryActor:
                 log.exception("retention sweep failed; next in %.0f s", every_s)
 
     @ray.method(concurrency_group="writes")
-    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False):
-        """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it."""
+    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False, after: list | None = None):
+        """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it.
+        ``after``: the writes of the stream's earlier segments in flight, which must have been stored (or refused
+        as bad input) first."""
+        require_predecessor(after, "memory write")
         call = metrics.StageCall("memory", batch.segment, len(batch))
         result = tag_stage("memory", functools.partial(self.store.write, replace=replace), batch, texts)
         return call.done(result, frames=len(result.ids) if result is not None else 0)  # None: a replay
@@ -260,7 +279,6 @@ class StandingActor:
         from pipelines.moderation.alerts import AlertLog
         from pipelines.query.standing import StandingEvaluator
         from pipelines.query.webhooks import WebhookOutbox
-        from pipelines.redis_io import redis_client
 
         self.config = config
         self.producer = make_producer(config.kafka)
@@ -272,9 +290,12 @@ class StandingActor:
         # tenants' endpoints do (pipelines/query/webhooks.py).
         self.outbox = WebhookOutbox(config.webhooks, self._webhook_failed)
 
-    def evaluate(self, written, batch: CompressedBatch, texts: list | None):
+    def evaluate(self, written, batch: CompressedBatch, texts: list | None, after: list | None = None):
+        """``after``: the evaluations of the stream's earlier segments in flight: standing queries see a stream in
+        order."""
         from pipelines.query.standing import frame_views
 
+        require_predecessor(after, "standing queries")
         self.evaluator.evaluate(batch.segment.tenant_id, batch.segment.stream_id, frame_views(batch, texts))
         return written
 
@@ -302,9 +323,25 @@ class StandingActor:
                                          "entry: unsigned webhooks are not sent")
                 else:
                     self.outbox.submit(delivery)
-        for alert, future in futures:
-            future.get(timeout=30)
-            metrics.record_alert(alert)
+        try:
+            for alert, future in futures:
+                future.get(timeout=30)
+                metrics.record_alert(alert)
+        except KafkaError as exc:
+            # A producer that failed (broker away past its timeout, fenced, closed) is not trusted again: a new
+            # one is built, and the segment fails as waiting for Kafka, so the source retries it.
+            self._rebuild_producer()
+            raise DependencyUnavailable("kafka", f"alerts not acknowledged: {exc}") from exc
+
+    def _rebuild_producer(self) -> None:
+        from pipelines.kafka.client import make_producer
+
+        old, self.producer = self.producer, None
+        try:
+            old.close(timeout=5)
+        except Exception:  # a producer of an unreachable broker may fail to close; it is dropped either way
+            log.debug("closing the failed producer", exc_info=True)
+        self.producer = make_producer(self.config.kafka)
 
     def _webhook_failed(self, delivery, code: str, reason: str) -> None:
         """A webhook that was not delivered: a dead letter (the alert itself is on the alerts topic)."""
@@ -393,6 +430,16 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
     )
 
 
+@dataclass(frozen=True, eq=False)
+class SegmentRefs:
+    """A segment's handle in the DAG: its last step (``done``), and the steps its stream's next segment must
+    wait for (its memory write, its standing-query evaluation)."""
+
+    done: Any
+    written: Any
+    evaluated: Any
+
+
 class RayIngest:
     """The source's view of the DAG: submit a segment, learn when its write is durable."""
 
@@ -401,7 +448,7 @@ class RayIngest:
         self.pixel_mode = pixel_mode
         self._next_decoder = 0
 
-    def submit(self, info: SegmentInfo, payload: bytes):
+    def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[SegmentRefs] = ()) -> SegmentRefs:
         decoder = self.h.decoders[self._next_decoder % len(self.h.decoders)]
         self._next_decoder += 1
         stream = f"{info.tenant_id}/{info.stream_id}"
@@ -415,24 +462,27 @@ class RayIngest:
         else:  # encode.fused: the encoder compresses on its device
             compressed = encoder.encode_compress.remote(frames)
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
-        written = self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
+        # The ordered steps get the earlier segments' steps nested in a list: Ray passes them unresolved, so the
+        # step checks them (require_predecessor) instead of failing with a predecessor's own error.
+        written = self.h.memory_for(info.tenant_id).write.remote(
+            compressed, texts, after=[a.written for a in after] or None)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
-        done = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(written, compressed, texts)
+        evaluated = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(
+            written, compressed, texts, after=[a.evaluated for a in after] or None)
+        done = evaluated
         if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
             done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(done, frames, texts, [compressed])
-        return done
+        return SegmentRefs(done, written, evaluated)
 
-    def wait(self, handles: list, timeout_s: float) -> list:
-        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout_s, fetch_local=False)
-        return ready
+    def wait(self, handles: list[SegmentRefs], timeout_s: float) -> list[SegmentRefs]:
+        by_ref = {h.done: h for h in handles}
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s, fetch_local=False)
+        return [by_ref[r] for r in ready]
 
-    def result(self, handle):
-        try:
-            return ray.get(handle)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, StageError):
-                raise exc.cause from None
-            raise
+    def result(self, handle: SegmentRefs):
+        """The write's result; StageError for bad input, DependencyUnavailable for a dependency away (Redis,
+        Kafka, an actor); anything else is a crash of our code (pipelines/failures.py)."""
+        return settle(handle.done)
 
 
 @ray.remote(max_restarts=-1, max_concurrency=4)
@@ -450,11 +500,7 @@ class SourceActor:
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            self.source.run(self._stop)
-        except Exception:
-            log.exception("source loop died")
-            raise
+        supervised(self.source.run, self._stop, "source loop")
 
     def stats(self) -> dict[str, Any]:
         return {**self.source.stats.as_dict(), "alive": self._thread.is_alive()}

@@ -13,6 +13,7 @@ from pipelines.ray.clients import RayAnswerer, RayMemoryClient, RayQueryEncoder
 from pipelines.ray.dag import find_stages
 from pipelines.ray.placement import actor_options
 from pipelines.ray.runtime import setup_logging
+from pipelines.ray.supervision import supervised
 
 
 def query_engine(config: LivelensConfig) -> QueryEngine:
@@ -51,12 +52,13 @@ class QueryConsumerActor:
         setup_logging()
         self.consumer = QueryConsumer(config, query_engine(config))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.consumer.run, args=(self._stop,), daemon=True)
+        self._thread = threading.Thread(target=supervised, args=(self.consumer.run, self._stop, "query consumer"),
+                                        daemon=True, name="query-consumer")
         self._thread.start()
 
     def stats(self) -> dict[str, Any]:
         return {"answered": self.consumer.answered, "dead_letters": self.consumer.dead_letters,
-                "alive": self._thread.is_alive()}
+                "reconnects": self.consumer.reconnects, "alive": self._thread.is_alive()}
 
     def stop(self) -> None:
         self._stop.set()
