@@ -49,7 +49,9 @@ def live_segments(url: str, *, target_s: float = 2.0, reconnect: Backoff | None 
                 seq += 1
             reason = "the source ended the stream"
         except SourceError as exc:
-            if not exc.retryable or reconnect is None:
+            # A source with an end (a progressive file) that dropped would start over from its beginning:
+            # FFmpeg's own HTTP reconnects resume it, and past those it is an error, not an outage.
+            if not exc.retryable or reconnect is None or not live:
                 raise
             reason = str(exc)
         if reconnect is None or not live:

@@ -57,6 +57,17 @@ class PublishStats:
     gap_seconds: float = 0.0
     timestamp_repairs: dict[str, int] = field(default_factory=dict)  # packets repaired, by kind
 
+    def count(self, media: MediaSegment, records: int) -> None:
+        """One more segment sent, in ``records`` records."""
+        self.segments += 1
+        self.records += records
+        self.chunked_segments += records > 1
+        self.media_seconds += media.duration_s
+        self.gaps += media.gap_before_s > 0
+        self.gap_seconds += media.gap_before_s
+        for kind, n in media.repairs.items():
+            self.timestamp_repairs[kind] = self.timestamp_repairs.get(kind, 0) + n
+
 
 class SegmentPublisher:
     """Publishes a video source to ``kafka.topic("segments")``.
@@ -149,14 +160,7 @@ class SegmentPublisher:
                                   self._send(topic, key, value, headers)))
                 records += 1
                 stats.bytes += len(value) + sum(len(k) + len(v) for k, v in headers)
-            stats.segments += 1
-            stats.records += records
-            stats.chunked_segments += records > 1
-            stats.media_seconds += media.duration_s
-            stats.gaps += media.gap_before_s > 0
-            stats.gap_seconds += media.gap_before_s
-            for kind, n in media.repairs.items():
-                stats.timestamp_repairs[kind] = stats.timestamp_repairs.get(kind, 0) + n
+            stats.count(media, records)
             _raise_failed(in_flight, wait=False)  # fail early; also keeps the deque to unacknowledged sends
             if on_segment is not None:
                 on_segment(segment.model_copy(update={"chunk_count": records}))
