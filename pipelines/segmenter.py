@@ -41,6 +41,7 @@ Timestamps:
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,9 @@ WallclockSource = Literal["publisher", "rtcp", "arrival"]
 # only some protocols know (HTTP reconnects for HLS, TCP for RTSP because UDP is
 # often blocked and loses packets). A caller's options (`livelens publish -o`) go on top.
 NETWORK_TIMEOUT_S = (15.0, 15.0)  # (open, read)
+# A read that waits longer than this is at the live edge: FFmpeg had nothing buffered (frames of a live
+# source come 17-40 ms apart; buffered ones are handed out in microseconds).
+LIVE_EDGE_WAIT_S = 0.005
 _URL_OPTIONS: dict[str, dict[str, str]] = {
     "http": {"reconnect": "1", "reconnect_streamed": "1", "reconnect_delay_max": "5", "rw_timeout": "15000000"},
     "rtsp": {"rtsp_transport": "tcp", "timeout": "15000000"},
@@ -209,7 +213,6 @@ class _SegmentWriter:
         self.start_ticks = start_ticks
         self.wallclock_s: float | None = None  # by the sender's clock (None: it has none, or a file)
         self.clock: WallclockSource = "publisher"
-        self.first_frame_at = float("inf")  # monotonic seconds
         self.end_ticks = start_ticks  # presentation end of the latest frame added
         self._buffer = io.BytesIO()
         self._output = av.open(self._buffer, "w", format=container)
@@ -217,12 +220,7 @@ class _SegmentWriter:
         # none for decoder-only names such as libdav1d, and a remux needs none).
         self._stream = self._output.add_stream_from_template(template, opaque=True)
 
-    def add(self, packet: av.Packet, pts: int, dts: int, duration: int, arrival: float) -> None:
-        """Mux one packet (times in stream ticks; ``arrival``: monotonic seconds when it was read)."""
-        # A live source's frames come no earlier than their place in the segment allows; those read in a
-        # burst (FFmpeg probing the stream on connect, a playlist's backlog) came later: the earliest
-        # estimate is when the segment's first frame was really sent.
-        self.first_frame_at = min(self.first_frame_at, arrival - (pts - self.start_ticks) / CLOCK_HZ)
+    def add(self, packet: av.Packet, pts: int, dts: int, duration: int) -> None:
         packet.pts = pts - self.start_ticks + _OFFSET_TICKS
         packet.dts = dts - self.start_ticks + _OFFSET_TICKS
         packet.duration = duration
@@ -266,41 +264,62 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
         base: int | None = None  # repaired pts (ticks) that maps to `origin`
         origin = timeline.end_ticks
         # After a reconnect: when the source went silent. The first segment then starts as much later as
-        # the source was away, measured when that segment is whole (`_SegmentWriter.first_frame_at`).
+        # the source was away, measured when that segment is whole.
         silent_since = timeline.last_arrival if timeline.silence_passes else None
         timeline.silence_passes = False
+        # Monotonic seconds at which stream time 0 was sent, by the packets that arrived soonest: frames read
+        # in a burst (FFmpeg probing the stream on connect, a playlist's backlog) arrived late, frames read as
+        # they come tell the real pace. The arrival clock of every segment of the connection hangs off it, so
+        # a live segment is held until a read waits for the network (the burst is over, the estimate good).
+        sent_zero = math.inf
+        held: list[MediaSegment] = []
+        read_started = time.monotonic()
+
+        def emit(media: MediaSegment) -> Iterator[MediaSegment]:
+            held.append(media)
+            if not live:
+                yield from release()
+
+        def release() -> Iterator[MediaSegment]:
+            for media in held:
+                if media.clock == "arrival":
+                    sent = sent_zero + media.media_start_s
+                    media = replace(media, wallclock_s=time.time() - (time.monotonic() - sent))
+                yield media
+            held.clear()
 
         def finish(seg: _SegmentWriter, end_ticks: int) -> MediaSegment:
-            nonlocal origin, silent_since
+            nonlocal origin, silent_since, sent_zero
             try:
                 payload = seg.close()
             except av.FFmpegError as exc:
                 raise SourceError(f"{name}: cannot write {codec} into {container_format}: {exc}") from exc
             if silent_since is not None:
-                away = max(0, round((seg.first_frame_at - silent_since) * CLOCK_HZ) - frame_ticks)
+                first_frame_at = sent_zero + seg.start_ticks / CLOCK_HZ
+                away = max(0, round((first_frame_at - silent_since) * CLOCK_HZ) - frame_ticks)
                 origin, seg.start_ticks, end_ticks = origin + away, seg.start_ticks + away, end_ticks + away
+                sent_zero -= away / CLOCK_HZ
                 silent_since = None
             gap = max(0, seg.start_ticks - timeline.end_ticks)
             timeline.end_ticks = end_ticks
-            wallclock, clock = seg.wallclock_s, seg.clock
-            if live and wallclock is None:
-                wallclock, clock = time.time() - (time.monotonic() - seg.first_frame_at), "arrival"
             return MediaSegment(
                 seq=0, media_start_s=seg.start_ticks / CLOCK_HZ, duration_s=(end_ticks - seg.start_ticks) / CLOCK_HZ,
                 codec=codec, width=width, height=height, payload=payload, source=name, container=container_format,
-                wallclock_s=wallclock, clock=clock, gap_before_s=gap / CLOCK_HZ, repairs=repair.take_repairs(),
-                live=live)
+                wallclock_s=seg.wallclock_s, clock=seg.clock, gap_before_s=gap / CLOCK_HZ,
+                repairs=repair.take_repairs(), live=live)
 
         want_keyframe = True  # at the start, and after a timestamp reset: frames before a keyframe are dropped
         seg: _SegmentWriter | None = None
         try:
             for packet in _demux(container, stream, name):
                 arrival = timeline.last_arrival = time.monotonic()
+                if held and arrival - read_started > LIVE_EDGE_WAIT_S:
+                    yield from release()
                 stamp = repair.stamp(packet.pts, packet.dts, packet.duration, arrival)
                 if stamp.discontinuity:
                     # Frames either side of a clock reset are not one timeline: close what we have.
                     if seg is not None:
-                        yield finish(seg, seg.end_ticks)
+                        yield from emit(finish(seg, seg.end_ticks))
                         seg = None
                     want_keyframe = True
                 if want_keyframe:
@@ -313,26 +332,30 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
                 if packet.is_keyframe and (seg is None or pts - seg.start_ticks >= target_ticks):
                     if seg is not None:
                         # Closed GOP: every frame of the segment is presented before this keyframe.
-                        yield finish(seg, pts)
+                        yield from emit(finish(seg, pts))
                         pts, dts = origin + stamp.pts - base, origin + stamp.dts - base  # finish may move origin
                     seg = _SegmentWriter(stream, pts, container_format)
                     if live:
                         seg.wallclock_s = _sender_wallclock(container, packet, tb)
                         seg.clock = "rtcp" if seg.wallclock_s is not None else "arrival"
+                sent_zero = min(sent_zero, arrival - pts / CLOCK_HZ)
                 try:
-                    seg.add(packet, pts, dts, stamp.duration, arrival)
+                    seg.add(packet, pts, dts, stamp.duration)
                 except av.FFmpegError as exc:
                     # The muxer's Annex-B filter parses every H.264/HEVC packet: a truncated or
                     # corrupt one fails here, as does a codec the container has no mapping for.
                     raise SourceError(f"{name}: {codec} packet at {pts / CLOCK_HZ:.3f} s cannot go into "
                                       f"{container_format} (truncated or corrupt source, or a codec "
                                       f"{container_format} cannot carry): {exc}") from exc
+                read_started = time.monotonic()
         except SourceError as exc:
             if seg is not None and exc.retryable:  # what arrived before the connection dropped is whole
-                yield finish(seg, seg.end_ticks)
+                held.append(finish(seg, seg.end_ticks))
+            yield from release()
             raise
         if seg is not None:
-            yield finish(seg, seg.end_ticks)
+            held.append(finish(seg, seg.end_ticks))
+        yield from release()
     finally:
         container.close()
 
