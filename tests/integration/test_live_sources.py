@@ -31,7 +31,9 @@ from tests.integration.conftest import _kill_namespace, make_config, redis_clien
 from tests.integration.test_pipeline import segment_ids, stored_segments
 from tests.live_servers import push_rtmp, start_nginx, start_rtsp
 
-pytestmark = pytest.mark.integration
+# The scenario (deploy, four live sources at once, a restart, ingest) runs in the first test's setup:
+# 4.5 min measured on a shared 2-core machine with a load average of ~30 (not measured quiet).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 CLIP_S = 6.166  # friday.mp4's video: 185 frames at 30 fps, keyframes every 2.33 s
 RESTART_AFTER_S = 1.5
@@ -83,16 +85,16 @@ def scenario(ray_runtime, kafka_broker, tiny_models, tmp_path_factory, real_vide
     config = make_config(work, kafka_broker, redis, tiny_models)
     handle = deploy_pipeline(config, detached=False, http=False)
     clip = real_video_dir / "friday.mp4"
-    # The restarted camera plays friday three times over (18.5 s): long enough to kill it mid-stream.
-    long_clip = work / "friday3.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "2", "-i", str(clip), "-map",
+    # The restarted camera plays friday twice over (12.3 s): long enough to kill it mid-stream.
+    long_clip = work / "friday2.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-stream_loop", "1", "-i", str(clip), "-map",
                     "0:v:0", "-c", "copy", str(long_clip)], check=True)
     servers = {"tcp": start_rtsp(long_clip, work / "tcp"), "udp": start_rtsp(clip, work / "udp")}
     nginx = start_nginx(work)
     pushers = []
     started = time.time()
     published = {
-        "rtsp-tcp": Published(servers["tcp"].address, 3 * CLIP_S),
+        "rtsp-tcp": Published(servers["tcp"].address, 2 * CLIP_S),
         "rtsp-udp": Published(servers["udp"].address, CLIP_S),
         "rtmp": Published(nginx.rtmp("cam"), CLIP_S),
         "hls": Published(nginx.hls("cam"), CLIP_S),
@@ -218,7 +220,7 @@ def test_a_restarted_source_resumes_by_itself_with_the_gap_recorded_and_nothing_
     assert RESTART_AFTER_S - 0.2 <= gap.gap_before_s <= 15
     # Everything the restarted camera sent is there: its whole clip, from its first keyframe on.
     after = published["rtsp-tcp"].after_last_gap()
-    assert sum(h.duration_s for h in after) == pytest.approx(3 * CLIP_S, abs=0.1)
+    assert sum(h.duration_s for h in after) == pytest.approx(2 * CLIP_S, abs=0.1)
 
     info = RedisTier(redis_client(config), config.memory).stream_info("default", "rtsp-tcp")
     assert info is not None and len(info.gaps) == 1
