@@ -120,7 +120,8 @@ class SegmentPublisher:
         A URL reconnects with ``reconnect`` (None: the first drop raises SourceError) and takes FFmpeg
         ``options`` (e.g. ``{"rtsp_transport": "udp"}``); ``loop`` is for files.
         ``wallclock_start`` is the wall-clock time of the stream's first frame (default: now).
-        ``stop`` ends publishing after the segment in progress (and interrupts pacing waits).
+        ``stop`` ends publishing after the segment in progress (a live source's is sent once complete; a
+        file's pacing wait is interrupted) and ends a wait for a live source.
         ``on_segment`` sees each segment's header once all its records are handed to the producer.
         Each call is a new publishing session (a fresh ``session`` id, seq from 0), so publishing a stream id
         again stores again; ``media_offset_s`` is the stream time it starts at, where an earlier session of
@@ -146,8 +147,6 @@ class SegmentPublisher:
         else:
             segments = iter_segments(source, target_s=target_s, loop=loop)
         for media in segments:
-            if stop is not None and stop.is_set():
-                break
             if (pace == "realtime" and not media.live
                     and not _wait_until(anchor + media.media_start_s + media.duration_s, stop)):
                 break
@@ -164,6 +163,8 @@ class SegmentPublisher:
             _raise_failed(in_flight, wait=False)  # fail early; also keeps the deque to unacknowledged sends
             if on_segment is not None:
                 on_segment(segment.model_copy(update={"chunk_count": records}))
+            if stop is not None and stop.is_set():
+                break  # after sending: a live segment that completed after the stop is whole, so it goes out
 
         try:
             self._producer.flush(timeout=FLUSH_TIMEOUT_S)
