@@ -27,8 +27,11 @@ Cutting rules:
 Timestamps:
 - ``MediaSegment.media_start_s`` is stream time: seconds from the first frame
   of the stream, continuing across the files of a directory, across loops and
-  across timestamp discontinuities of a live source (a backward jump starts a
-  new timeline where the previous one ended).
+  across timestamp discontinuities of a live source. Packet times are repaired
+  first (`pipelines.timestamps`: missing, DTS-only, wrapped, reset or jumping
+  clocks), so any stream FFmpeg plays is cut, and each segment says what was
+  repaired; after a reset or jump a new segment starts at the next keyframe,
+  where presentation had ended (plus however long the source was silent).
 - Inside a payload, times are segment-relative: the segment's first frame is at
   ``SEGMENT_TS_OFFSET_S`` on the 90 kHz MPEG-TS clock, later frames keep their
   exact spacing. So a decoded frame's stream time is
