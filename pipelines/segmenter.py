@@ -86,8 +86,8 @@ WallclockSource = Literal["publisher", "rtcp", "arrival"]
 # only some protocols know (HTTP reconnects for HLS, TCP for RTSP because UDP is
 # often blocked and loses packets). A caller's options (`livelens publish -o`) go on top.
 NETWORK_TIMEOUT_S = (15.0, 15.0)  # (open, read)
-# A read that waits longer than this is at the live edge: FFmpeg had nothing buffered (frames of a live
-# source come 17-40 ms apart; buffered ones are handed out in microseconds).
+# A read that waits longer than this (or half a frame period, if longer) is at the live edge: FFmpeg had
+# nothing buffered (frames of a live source come 17-80 ms apart; buffered ones are handed out in microseconds).
 LIVE_EDGE_WAIT_S = 0.005
 _URL_OPTIONS: dict[str, dict[str, str]] = {
     "http": {"reconnect": "1", "reconnect_streamed": "1", "reconnect_delay_max": "5", "rw_timeout": "15000000"},
@@ -277,6 +277,9 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
         sent_zero = math.inf
         held: list[MediaSegment] = []
         read_started = time.monotonic()
+        # A read waiting half a frame period (at least LIVE_EDGE_WAIT_S) found nothing buffered.
+        live_edge_wait = max(LIVE_EDGE_WAIT_S, frame_ticks / CLOCK_HZ / 2)
+        wall_end = -math.inf  # epoch seconds where the last released segment ended on the arrival clock
 
         def emit(media: MediaSegment) -> Iterator[MediaSegment]:
             held.append(media)
@@ -284,10 +287,14 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
                 yield from release()
 
         def release() -> Iterator[MediaSegment]:
+            nonlocal wall_end
             for media in held:
                 if media.clock == "arrival":
-                    sent = sent_zero + media.media_start_s
-                    media = replace(media, wallclock_s=time.time() - (time.monotonic() - sent))
+                    # The estimate only improves (goes earlier) as packets come; a segment already out keeps
+                    # its time, so the next never starts before it ended: wall clock stays monotonic.
+                    sent = time.time() - (time.monotonic() - (sent_zero + media.media_start_s))
+                    media = replace(media, wallclock_s=max(sent, wall_end))
+                    wall_end = media.wallclock_s + media.duration_s
                 yield media
             held.clear()
 
@@ -316,7 +323,7 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
         try:
             for packet in _demux(container, stream, name):
                 arrival = timeline.last_arrival = time.monotonic()
-                if held and arrival - read_started > LIVE_EDGE_WAIT_S:
+                if held and arrival - read_started > live_edge_wait:
                     yield from release()
                 stamp = repair.stamp(packet.pts, packet.dts, packet.duration, arrival)
                 if stamp.discontinuity:
