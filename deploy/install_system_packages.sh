@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The Debian packages the tests run for real: redis-server (memory store), prometheus (scrapes the
-# pipeline's metrics in a test), chromium (loads the ops dashboard in a test) and kcat (the tests ask
-# and ingest with a Kafka tool that knows nothing of livelens). The live-source tests
+# pipeline's metrics in a test), chromium (loads the ops dashboard in a test), kcat (the tests ask
+# and ingest with a Kafka tool that knows nothing of livelens), espeak-ng (the voice of the sample broadcast)
+# and pocketsphinx-testdata (real read speech with transcripts: LibriVox recordings that the speech
+# recognition test measures its word error rate on; data only, nothing of it is run). The live-source tests
 # (tests/integration/test_live_sources.py) serve real clips from real servers: GStreamer's RTSP server
 # (run by the system python3 through python3-gi), nginx with its RTMP module (RTMP and HLS out), fed by
 # the ffmpeg CLI. Installed only where missing, so a machine that has them (or is not Debian) is left alone.
 set -euo pipefail
 declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium [kcat]=kcat
-                       [ffmpeg]=ffmpeg [nginx]=nginx)
+                       [espeak-ng]=espeak-ng [ffmpeg]=ffmpeg [nginx]=nginx)
 # Packages without a command of their own: a file each installs.
-declare -A package_of_file=(
+declare -A data_package_of=(
+  [/usr/share/pocketsphinx/test/data/librivox/transcription]=pocketsphinx-testdata
   [/usr/lib/nginx/modules/ngx_rtmp_module.so]=libnginx-mod-rtmp
   [/usr/lib/x86_64-linux-gnu/girepository-1.0/GstRtspServer-1.0.typelib]=gir1.2-gst-rtsp-server-1.0
   [/usr/lib/python3/dist-packages/gi/__init__.py]=python3-gi
@@ -20,8 +23,8 @@ missing=()
 for cmd in "${!package_of[@]}"; do
   command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")
 done
-for file in "${!package_of_file[@]}"; do
-  [ -e "$file" ] || missing+=("${package_of_file[$file]}")
+for file in "${!data_package_of[@]}"; do
+  [ -e "$file" ] || missing+=("${data_package_of[$file]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${missing[*]}"
