@@ -32,7 +32,7 @@ from tests.integration.test_pipeline import segment_ids, stored_segments
 from tests.live_servers import push_rtmp, start_nginx, start_rtsp
 
 # The scenario (deploy, four live sources at once, a restart, ingest) runs in the first test's setup:
-# 4.5 min measured on a shared 2-core machine with a load average of ~30 (not measured quiet).
+# measured on the shared 2-core machine: 2.0 min at a load average of ~12, 4.5 min at ~30 (never quiet).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 CLIP_S = 6.166  # friday.mp4's video: 185 frames at 30 fps, keyframes every 2.33 s
