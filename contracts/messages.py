@@ -68,12 +68,14 @@ class VideoSegment(Message):
 
     Large segments travel as several records with the same ``seq`` and
     ``chunk_index`` 0..``chunk_count``-1, on the same partition, in order.
+    v3 added ``wallclock_source``, ``gap_before_s`` and ``timestamp_repairs``, all with defaults
+    (UPGRADES[("video_segment", 2)]).
     """
 
     SCHEMA: ClassVar[str] = "video_segment"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     schema_: Literal["video_segment"] = Field("video_segment", alias="schema")
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     stream_id: Id
     session: str = Field(
         "", max_length=64, pattern=r"^[A-Za-z0-9_.]*$",
@@ -92,6 +94,16 @@ class VideoSegment(Message):
     chunk_index: int = Field(0, ge=0)
     chunk_count: int = Field(1, ge=1)
     source: str = Field("", max_length=2048, description="Where the publisher read it (file, URL), for humans.")
+    wallclock_source: Literal["publisher", "rtcp", "arrival"] = Field(
+        "publisher", description="Which clock wallclock_start comes from: publisher (a file: the session's start "
+        "plus stream time), rtcp (an RTSP sender's own clock, from its RTCP sender reports), arrival (a live "
+        "source without a clock of its own: when the segment's first frame reached the publisher). v3.")
+    gap_before_s: float = Field(0.0, ge=0, description="Stream seconds before this segment with no video: the "
+                                "live source dropped, stalled or restarted and the publisher reconnected. v3.")
+    timestamp_repairs: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, max_length=16, description="Packets of this segment whose timestamps the publisher "
+        "repaired, by kind: missing, pts_from_dts, dts_from_pts, wrap, reset, jump, non_monotonic, pts_before_dts "
+        "(pipelines/timestamps.py). v3.")
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -271,6 +283,8 @@ UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("alert", 1): dict,
     # VideoSegment v2 added the publishing session; v1 publishers had none (their segments keep their keys).
     ("video_segment", 1): lambda header: {**header, "session": ""},
+    # VideoSegment v3 only added fields with defaults (a v2 publisher's clock was always its own).
+    ("video_segment", 2): dict,
 }
 _CURRENT: dict[str, type[Message]] = {m.SCHEMA: m for m in MESSAGE_TYPES}
 

@@ -3,12 +3,22 @@
 # pipeline's metrics in a test), chromium (loads the ops dashboard in a test), kcat (the tests ask
 # and ingest with a Kafka tool that knows nothing of livelens), espeak-ng (the voice of the sample broadcast)
 # and pocketsphinx-testdata (real read speech with transcripts: LibriVox recordings that the speech
-# recognition test measures its word error rate on; data only, nothing of it is run). Installed only
-# where missing, so a machine that has them (or is not Debian) is left alone.
+# recognition test measures its word error rate on; data only, nothing of it is run). The live-source tests
+# (tests/integration/test_live_sources.py) serve real clips from real servers: GStreamer's RTSP server
+# (run by the system python3 through python3-gi), nginx with its RTMP module (RTMP and HLS out), fed by
+# the ffmpeg CLI. Installed only where missing, so a machine that has them (or is not Debian) is left alone.
 set -euo pipefail
 declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium [kcat]=kcat
-                       [espeak-ng]=espeak-ng)
-declare -A data_package_of=([/usr/share/pocketsphinx/test/data/librivox/transcription]=pocketsphinx-testdata)
+                       [espeak-ng]=espeak-ng [ffmpeg]=ffmpeg [nginx]=nginx)
+# Packages without a command of their own: a file each installs.
+declare -A data_package_of=(
+  [/usr/share/pocketsphinx/test/data/librivox/transcription]=pocketsphinx-testdata
+  [/usr/lib/nginx/modules/ngx_rtmp_module.so]=libnginx-mod-rtmp
+  [/usr/lib/x86_64-linux-gnu/girepository-1.0/GstRtspServer-1.0.typelib]=gir1.2-gst-rtsp-server-1.0
+  [/usr/lib/python3/dist-packages/gi/__init__.py]=python3-gi
+  [/usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstisomp4.so]=gstreamer1.0-plugins-good
+  [/usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstvideoparsersbad.so]=gstreamer1.0-plugins-bad
+)
 missing=()
 for cmd in "${!package_of[@]}"; do
   command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")

@@ -20,6 +20,8 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:long:<stream>               zset    score = wallclock, member = entry key: every index entry of the stream
     ll:{t}:boundaries:<stream>         zset    score = wallclock, member = frame key of a frame that began an event
     ll:{t}:segments:<stream>           zset    score = wallclock end, member = <segment>: markers, for retention
+    ll:{t}:gaps:<stream>               zset    score = wallclock where video resumed, member = JSON of a `StreamGap`:
+                                               stretches without video (a live source away, the publisher waiting)
     ll:{t}:offsets                     hash    "topic:partition" -> highest Kafka offset of a stored segment
     ll:{t}:epoch                       string  random, set by the tenant's first write: names this Redis's data
     ll:{t}:clip:loc:<stream>           hash    <segment> -> where a durable segment's records are (pipelines.clips)
@@ -145,6 +147,10 @@ def long_tier(tenant_id: str, stream_id: str) -> str:
 
 def boundaries(tenant_id: str, stream_id: str) -> str:
     return f"{_tenant(tenant_id)}:boundaries:{check_id('stream', stream_id)}"
+
+
+def gaps(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:gaps:{check_id('stream', stream_id)}"
 
 
 def segments(tenant_id: str, stream_id: str) -> str:

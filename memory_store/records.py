@@ -8,6 +8,7 @@ RedisTier decides when it is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -60,8 +61,24 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class StreamGap:
+    """A stretch of a stream without video: its live source dropped, stalled or restarted and the publisher
+    waited (VideoSegment.gap_before_s). Stream seconds [start_s, end_s); video resumed at ``resumed_at``
+    (epoch s) with segment ``segment``."""
+
+    start_s: float
+    end_s: float
+    resumed_at: float
+    segment: str
+
+    def member(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)  # the same gap is the same member: idempotent
+
+
+@dataclass(frozen=True)
 class StreamInfo:
-    """What a tenant's stream has stored: wallclock (epoch s) and media (s from stream start) ranges covered."""
+    """What a tenant's stream has stored: wallclock (epoch s) and media (s from stream start) ranges covered,
+    and ``gaps``: the newest stretches without video inside them (at most `MAX_GAPS_LISTED`), oldest first."""
 
     stream_id: str
     first_wallclock: float
@@ -72,6 +89,7 @@ class StreamInfo:
     segments: int
     last_seq: int
     updated_at: float
+    gaps: tuple[StreamGap, ...] = ()
 
 
 @dataclass
@@ -216,7 +234,10 @@ def merged_stats(old: list[float | None], batch: CompressedBatch,
     }
 
 
-def stream_info(stream_id: str, h: dict[bytes, bytes]) -> StreamInfo:
+MAX_GAPS_LISTED = 100
+
+
+def stream_info(stream_id: str, h: dict[bytes, bytes], gaps: Sequence[bytes] = ()) -> StreamInfo:
     return StreamInfo(
         stream_id=stream_id,
         first_wallclock=float(h[b"first_wallclock"]),
@@ -227,6 +248,7 @@ def stream_info(stream_id: str, h: dict[bytes, bytes]) -> StreamInfo:
         segments=int(h[b"segments"]),
         last_seq=int(h[b"last_seq"]),
         updated_at=float(h[b"updated_at"]),
+        gaps=tuple(StreamGap(**json.loads(g)) for g in gaps),
     )
 
 

@@ -38,12 +38,14 @@ from memory_store import keys
 from memory_store.config import MemoryConfig
 from memory_store.events import Reference, read_blob
 from memory_store.records import (
+    MAX_GAPS_LISTED,
     META_FIELDS,
     TOKEN_FIELDS,
     VECTOR_FIELD,
     FrameRecord,
     IndexEntry,
     IndexKind,
+    StreamGap,
     StreamInfo,
     WriteResult,
     encode_frames,
@@ -150,6 +152,10 @@ class RedisTier:
             if source is not None and seg.offset > old_offset:
                 pipe.hset(keys.offsets(tenant), source, seg.offset)
             pipe.zadd(keys.segments(tenant, stream), {seg.segment_id: new_stats["last_wallclock"]})
+            if seg.gap_before_s > 0:
+                gap = StreamGap(seg.media_start_s - seg.gap_before_s, seg.media_start_s, seg.wallclock_start,
+                                seg.segment_id)
+                pipe.zadd(keys.gaps(tenant, stream), {gap.member(): seg.wallclock_start})
             pipe.sadd(marker, *(f.key for f in frames))
             result = WriteResult(tenant, stream, seg.seq, tuple(f.key for f in frames), tuple(ids),
                                  tuple(f.wallclock for f in frames), txn.evicted_short,
@@ -229,11 +235,16 @@ class RedisTier:
         pipe = self.r.pipeline(transaction=False)
         for stream in stream_ids:
             pipe.hgetall(keys.stream_stats(tenant_id, stream))
-        return [stream_info(s, h) for s, h in zip(stream_ids, pipe.execute())]
+            pipe.zrange(keys.gaps(tenant_id, stream), -MAX_GAPS_LISTED, -1)
+        found = pipe.execute()
+        return [stream_info(s, h, g) for s, h, g in zip(stream_ids, found[::2], found[1::2])]
 
     def stream_info(self, tenant_id: str, stream_id: str) -> StreamInfo | None:
-        found = self.r.hgetall(keys.stream_stats(tenant_id, stream_id))
-        return stream_info(stream_id, found) if found else None
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.stream_stats(tenant_id, stream_id))
+        pipe.zrange(keys.gaps(tenant_id, stream_id), -MAX_GAPS_LISTED, -1)
+        found, gaps = pipe.execute()
+        return stream_info(stream_id, found, gaps) if found else None
 
     def frames(self, tenant_id: str, frame_keys: Sequence[str], *, tokens: bool = True) -> list[FrameRecord | None]:
         """The frames in the order asked; None for a key not stored. ``tokens=False`` skips the token fields."""

@@ -63,6 +63,8 @@ class SegmentInfo:
     offset: int = -1
     # The publishing session (VideoSegment v2); "" for segments without one (v1 records, backfill).
     session: str = ""
+    # Stream seconds without video before this segment (VideoSegment v3: a live source was away).
+    gap_before_s: float = 0.0
 
     @property
     def segment_id(self) -> str:

@@ -178,6 +178,16 @@ KAFKA_FAST_CHECKSUM = _define("gauge", "livelens_kafka_fast_checksum",
                               "about 8 MB/s per process (install kafka-python's crc32c extra).", ("role",))
 WEBHOOK_FAILURES = _define("counter", "livelens_alert_webhook_failures_total",
                            "Alert webhooks that failed (the alerts topic still has the alert).", ("kind",))
+# What publishers of live sources met, as their segments' headers say (VideoSegment v3): counted when a segment
+# is durable, replays included (like segments_out), because the publisher's own process exports no metrics.
+TIMESTAMP_REPAIRS = _define("counter", "livelens_timestamp_repairs_total",
+                            "Packets whose timestamps the publisher repaired (pipelines/timestamps.py), by kind.",
+                            ("tenant", "stream", "kind"))
+SOURCE_GAPS = _define("counter", "livelens_source_gaps_total",
+                      "Stretches without video before a stored segment: the live source dropped or restarted.",
+                      ("tenant", "stream"))
+SOURCE_GAP_SECONDS = _define("counter", "livelens_source_gap_seconds_total",
+                             "Stream seconds without video: the live source was away.", ("tenant", "stream"))
 
 
 # -- recording -----------------------------------------------------------------------------------
@@ -304,6 +314,11 @@ def segment_stored(segment: messages.VideoSegment) -> None:
     observe(INGEST_SECONDS, max(0.0, time.time() - segment.produced_at.timestamp()), tenant=segment.tenant_id)
     set_gauge(STREAM_LAST_STORED, segment.wallclock_start.timestamp() + segment.duration_s,
               tenant=segment.tenant_id, stream=segment.stream_id)
+    for kind, packets in segment.timestamp_repairs.items():
+        inc(TIMESTAMP_REPAIRS, packets, tenant=segment.tenant_id, stream=segment.stream_id, kind=kind)
+    if segment.gap_before_s > 0:
+        inc(SOURCE_GAPS, tenant=segment.tenant_id, stream=segment.stream_id)
+        inc(SOURCE_GAP_SECONDS, segment.gap_before_s, tenant=segment.tenant_id, stream=segment.stream_id)
 
 
 def segment_retry(source: str, dependency: str) -> None:

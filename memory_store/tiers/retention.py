@@ -40,7 +40,7 @@ class RetentionSteps:
             self.log.append(
                 f"retention of {self.t}/{self.s}: deleted {len(doomed)} entries that ended before {horizon:.0f}"
             )
-        for name in (keys.boundaries(self.t, self.s), keys.timeline(self.t, self.s)):
+        for name in (keys.boundaries(self.t, self.s), keys.timeline(self.t, self.s), keys.gaps(self.t, self.s)):
             self.writes.append(lambda p, n=name: p.zremrangebyscore(n, "-inf", f"({horizon}"))
         segments = keys.segments(self.t, self.s)
         old = [m.decode() for m in self.pipe.zrangebyscore(segments, "-inf", f"({horizon}")]

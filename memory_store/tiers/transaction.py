@@ -201,6 +201,7 @@ class StreamTxn(EventSteps, BudgetSteps, MergeSteps, RetentionSteps):
             keys.mid_tier(t, s),
             keys.long_tier(t, s),
             keys.boundaries(t, s),
+            keys.gaps(t, s),
             keys.segments(t, s),
             keys.timeline(t, s),
         )

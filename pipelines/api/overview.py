@@ -18,6 +18,8 @@ memory        frames and segments stored; where memory counts tokens and bytes p
               long) in the stream's stats hash, those counters (``tiers``) and their byte total; the
               memory shards' own stats are in ``actors``.
 last alert    the newest alert of the stream among its tenant's newest ``alerts_scanned`` (the alert log).
+gaps          stretches of the stream without video (its live source dropped or restarted and the publisher
+              reconnected: `memory_store.records.StreamGap`), the newest ones, oldest first.
 
 Everything per stream is read from Redis directly, so the overview still answers when a memory actor is
 down; actor stats come from the actors, and an actor that does not answer is listed with its error.
@@ -40,7 +42,7 @@ from rich.table import Table
 
 from contracts import messages
 from memory_store import keys
-from memory_store.records import FrameRecord, StreamInfo
+from memory_store.records import FrameRecord, StreamGap, StreamInfo
 from memory_store.redis_tier import RedisTier
 from operators.config import BoundaryConfig
 from pipelines.config import DashboardConfig, LivelensConfig
@@ -140,6 +142,7 @@ class StreamRow(BaseModel):
     tiers: dict[str, dict[str, int]]
     memory_bytes: int | None
     last_alert: LastAlert | None
+    gaps: list[StreamGap] = []
 
 
 class OverviewReport(BaseModel):
@@ -240,7 +243,7 @@ def build_row(info: StreamInfo, tenant_id: str, *, now: float, fps: float | None
         tokens_kept=tokens.tokens, token_bytes=tokens.bytes,
         kept_share=None if tokens.kept_share is None else round(tokens.kept_share, 4),
         tiers=tiers, memory_bytes=sum(t.get("bytes", 0) for t in tiers.values()) if tiers else None,
-        last_alert=LastAlert.of(alert) if alert else None,
+        last_alert=LastAlert.of(alert) if alert else None, gaps=list(info.gaps),
     )
 
 

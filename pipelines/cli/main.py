@@ -200,24 +200,60 @@ def publish(
     source: str,
     stream: Annotated[str, typer.Option("--stream", help="Stream id.")],
     tenant: Annotated[str, typer.Option("--tenant")] = "default",
-    realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Pace like a live source, or as fast as possible.")] = True,
-    loop: Annotated[bool, typer.Option("--loop", help="Start over at the end, forever.")] = False,
+    realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Pace a file like a live source, or as fast "
+                                           "as possible (a live URL is never re-paced).")] = True,
+    loop: Annotated[bool, typer.Option("--loop", help="A file or directory: start over at the end, forever.")] = False,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", "-o", help="An FFmpeg option for opening a URL, KEY=VALUE (repeatable), e.g. "
+        "rtsp_transport=udp.")] = None,
+    reconnect: Annotated[bool, typer.Option("--reconnect/--no-reconnect", help="A URL: wait for the source and "
+                                            "reconnect when it drops or is not up yet (the default), or exit.")] = True,
+    reconnect_max: Annotated[float, typer.Option("--reconnect-max", help="Longest wait between tries, seconds.")] = 10.0,
+    give_up_after: Annotated[float | None, typer.Option(
+        "--give-up-after", help="Exit (status 3) once the source has been away this many seconds; "
+        "default: never.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (docs/operations.md).")] = False,
 ) -> None:
-    """Publish a file, directory or URL as video segments to the segments topic."""
-    from pipelines.kafka.publish import SegmentPublisher
-    from pipelines.segmenter import SourceError
-    from pipelines.kafka.sessions import continuing_offset_s
+    """Publish a file, directory or URL (RTSP, RTMP, HLS, HTTP, UDP, ...) as video segments to the segments topic.
 
+    A URL is a live source: publish runs until stopped (SIGTERM / Ctrl-C end it after the segment in
+    progress), reconnecting with capped backoff whenever the source drops (docs/operations.md)."""
+    import signal
+    import threading
+
+    from pipelines.kafka.publish import SegmentPublisher
+    from pipelines.kafka.sessions import continuing_offset_s
+    from pipelines.reconnect import Backoff, SourceGone
+    from pipelines.segmenter import SourceError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = dict(_key_value(o) for o in option or ())
+    backoff = Backoff(max_s=reconnect_max, give_up_after_s=give_up_after) if reconnect else None
     config = effective_config()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a supervisor's stop: finish the segment, flush, exit 0
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        stats = SegmentPublisher(kafka=config.kafka).publish(
-            source, stream_id=stream, tenant_id=tenant, pace="realtime" if realtime else "fast", loop=loop,
-            media_offset_s=continuing_offset_s(config, tenant, stream))
+        # Closing flushes what was sent before an error, so the segments before it are not lost.
+        with SegmentPublisher(kafka=config.kafka) as publisher:
+            stats = publisher.publish(
+                source, stream_id=stream, tenant_id=tenant, pace="realtime" if realtime else "fast", loop=loop,
+                media_offset_s=continuing_offset_s(config, tenant, stream), reconnect=backoff, options=options,
+                stop=stop)
     except SourceError as exc:  # bad input the user can act on: the reason, not a traceback
         console.print(f"[red]cannot publish:[/red] {exc}")
         raise typer.Exit(2) from None
+    except SourceGone as exc:
+        console.print(f"[red]gave up:[/red] {exc}")
+        raise typer.Exit(3) from None
     _print_summary("published", stats, as_json=as_json)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r}: expected KEY=VALUE")
+    return key, value
 
 
 @app.command()

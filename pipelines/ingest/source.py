@@ -90,6 +90,7 @@ def segment_info(segment: messages.VideoSegment, tp: TopicPartition | None = Non
         partition=tp.partition if tp is not None else -1,
         offset=offset,
         session=segment.session,
+        gap_before_s=segment.gap_before_s,
     )
 
 

@@ -30,7 +30,9 @@ from contracts import messages
 from contracts.messages import VideoSegment
 from pipelines.config import KafkaConfig
 from pipelines.kafka.client import ensure_topics, make_producer
-from pipelines.segmenter import MediaSegment, iter_segments
+from pipelines.live import live_segments
+from pipelines.reconnect import Backoff
+from pipelines.segmenter import MediaSegment, is_url, iter_segments
 
 Pace = Literal["realtime", "fast"]
 
@@ -51,6 +53,20 @@ class PublishStats:
     chunked_segments: int = 0  # segments that needed more than one record
     media_seconds: float = 0.0
     wall_seconds: float = 0.0  # from after topic creation to the last acknowledgement
+    gaps: int = 0  # segments after a stretch without video (a live source away, stalled or restarted)
+    gap_seconds: float = 0.0
+    timestamp_repairs: dict[str, int] = field(default_factory=dict)  # packets repaired, by kind
+
+    def count(self, media: MediaSegment, records: int) -> None:
+        """One more segment sent, in ``records`` records."""
+        self.segments += 1
+        self.records += records
+        self.chunked_segments += records > 1
+        self.media_seconds += media.duration_s
+        self.gaps += media.gap_before_s > 0
+        self.gap_seconds += media.gap_before_s
+        for kind, n in media.repairs.items():
+            self.timestamp_repairs[kind] = self.timestamp_repairs.get(kind, 0) + n
 
 
 class SegmentPublisher:
@@ -93,13 +109,19 @@ class SegmentPublisher:
         stop: threading.Event | None = None,
         on_segment: Callable[[VideoSegment], None] | None = None,
         media_offset_s: float = 0.0,
+        reconnect: Backoff | None = Backoff(),
+        options: dict[str, str] | None = None,
     ) -> PublishStats:
         """Send every segment of ``source`` (see `iter_segments`) and return what was sent.
 
         pace="realtime" behaves like a live encoder: a segment goes out once it is complete,
-        at ``wallclock_start + media_start_s + duration_s``; "fast" sends as fast as Kafka takes it.
+        at ``wallclock_start + media_start_s + duration_s``; "fast" sends as fast as Kafka takes it. A live
+        source (a URL, `pipelines.live`) is never re-paced: each segment goes out as soon as it has arrived.
+        A URL reconnects with ``reconnect`` (None: the first drop raises SourceError) and takes FFmpeg
+        ``options`` (e.g. ``{"rtsp_transport": "udp"}``); ``loop`` is for files.
         ``wallclock_start`` is the wall-clock time of the stream's first frame (default: now).
-        ``stop`` ends publishing after the segment in progress (and interrupts pacing waits).
+        ``stop`` ends publishing after the segment in progress (a live source's is sent once complete; a
+        file's pacing wait is interrupted) and ends a wait for a live source.
         ``on_segment`` sees each segment's header once all its records are handed to the producer.
         Each call is a new publishing session (a fresh ``session`` id, seq from 0), so publishing a stream id
         again stores again; ``media_offset_s`` is the stream time it starts at, where an earlier session of
@@ -120,10 +142,13 @@ class SegmentPublisher:
         session = new_session_id()
         in_flight: deque[tuple[str, FutureRecordMetadata]] = deque()
 
-        for media in iter_segments(source, target_s=target_s, loop=loop):
-            if stop is not None and stop.is_set():
-                break
-            if pace == "realtime" and not _wait_until(anchor + media.media_start_s + media.duration_s, stop):
+        if is_url(source):
+            segments = live_segments(source, target_s=target_s, reconnect=reconnect, options=options, stop=stop)
+        else:
+            segments = iter_segments(source, target_s=target_s, loop=loop)
+        for media in segments:
+            if (pace == "realtime" and not media.live
+                    and not _wait_until(anchor + media.media_start_s + media.duration_s, stop)):
                 break
             segment = segment_header(media, stream_id=stream_id, tenant_id=tenant_id, start=start, session=session,
                                      media_offset_s=media_offset_s)
@@ -134,13 +159,12 @@ class SegmentPublisher:
                                   self._send(topic, key, value, headers)))
                 records += 1
                 stats.bytes += len(value) + sum(len(k) + len(v) for k, v in headers)
-            stats.segments += 1
-            stats.records += records
-            stats.chunked_segments += records > 1
-            stats.media_seconds += media.duration_s
+            stats.count(media, records)
             _raise_failed(in_flight, wait=False)  # fail early; also keeps the deque to unacknowledged sends
             if on_segment is not None:
                 on_segment(segment.model_copy(update={"chunk_count": records}))
+            if stop is not None and stop.is_set():
+                break  # after sending: a live segment that completed after the stop is whole, so it goes out
 
         try:
             self._producer.flush(timeout=FLUSH_TIMEOUT_S)
@@ -165,8 +189,13 @@ def new_session_id() -> str:
 
 def segment_header(media: MediaSegment, *, stream_id: str, tenant_id: str, start: datetime, session: str = "",
                    media_offset_s: float = 0.0) -> VideoSegment:
-    """The contract header of one segment. ``start``: wall-clock time of the session's first frame;
-    ``media_offset_s``: stream time at which this session begins (0 for a new stream)."""
+    """The contract header of one segment. ``start``: wall-clock time of the session's first frame (used
+    when the segment brings no clock of its own: a file); ``media_offset_s``: stream time at which this
+    session begins (0 for a new stream)."""
+    if media.wallclock_s is not None:
+        wallclock = datetime.fromtimestamp(media.wallclock_s, UTC)
+    else:
+        wallclock = start + timedelta(seconds=media.media_start_s)
     return VideoSegment(
         tenant_id=tenant_id,
         stream_id=stream_id,
@@ -174,7 +203,10 @@ def segment_header(media: MediaSegment, *, stream_id: str, tenant_id: str, start
         seq=media.seq,
         codec=media.codec,
         container=media.container,
-        wallclock_start=start + timedelta(seconds=media.media_start_s),
+        wallclock_start=wallclock,
+        wallclock_source=media.clock,
+        gap_before_s=round(media.gap_before_s, 6),
+        timestamp_repairs=dict(media.repairs),
         media_start_s=media_offset_s + media.media_start_s,
         duration_s=media.duration_s,
         width=media.width,

@@ -220,3 +220,19 @@ def test_acknowledged_segments_survive_redis_sigkill(redis_server: ProcessRecord
         assert [e.id for e in tier.frames_since("acme", 0)] == list(range(1, 41))
     finally:
         restarted.stop()
+
+
+def test_a_gap_before_a_segment_is_recorded_once_and_listed_with_the_stream(tier: RedisTier) -> None:
+    """A live source was away 5 s before segment 2 (VideoSegment.gap_before_s): memory lists the gap."""
+    import dataclasses
+
+    from memory_store.records import StreamGap
+
+    tier.write_segment(make_batch(seq=0))
+    gapped = make_batch(seq=2)
+    gapped = dataclasses.replace(gapped, segment=dataclasses.replace(gapped.segment, gap_before_s=2.0))
+    tier.write_segment(gapped)
+    tier.write_segment(gapped)  # a replay of the same record: the same gap, once
+    info = tier.stream_info("acme", "cam-1")
+    assert info.gaps == (StreamGap(start_s=2.0, end_s=4.0, resumed_at=WALL0 + 4.0, segment="2"),)
+    assert [s.gaps for s in tier.streams("acme")] == [info.gaps]

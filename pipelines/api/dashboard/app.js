@@ -113,6 +113,12 @@ function memory(row) {
   return `${row.frames.toLocaleString()} frames · ${bytes}`;
 }
 function tiers(row) { return Object.entries(row.tiers).map(([t, c]) => `${t}: ${Object.entries(c).map(([k, v]) => `${v.toLocaleString()} ${k}`).join(", ")}`).join("; "); }
+// Stretches without video (the live source was away): how many memory lists, and the newest.
+function gaps(row) {
+  if (!row.gaps.length) return "none";
+  const last = row.gaps[row.gaps.length - 1];
+  return `${row.gaps.length}, last ${seconds(last.end_s - last.start_s)} at ${seconds(last.start_s)}`;
+}
 function lastAlert(a) { return a ? `${a.state} ${a.reason}` + (a.acked ? " (acked)" : "") : "–"; }
 function clock(iso) { return new Date(iso).toLocaleTimeString(); }
 
@@ -188,6 +194,7 @@ async function streamPage() {
     numbers.querySelector(".memory").textContent = memory(row);
     numbers.querySelector(".memory").title = tiers(row);
     numbers.querySelector(".alert").textContent = lastAlert(row.last_alert);
+    numbers.querySelector(".gaps").textContent = gaps(row);
     drawTimeline(detail, tenant);
   });
   document.getElementById("query-form").addEventListener("submit", (event) => { event.preventDefault(); ask(streamId, tenant); });
