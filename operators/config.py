@@ -42,6 +42,9 @@ class DecodeConfig(Section):
     frame_px: int = Field(
         640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
         "text reading needs more pixels than a ViT does (ocr.max_side), so this follows OCR, not the encoder.")
+    audio: bool = Field(
+        False, description="Also decode the segment's audio track to float32 mono 16 kHz (PyAV's resampler) for "
+        "speech recognition. Needed by transcript.asr; off otherwise (it costs a decode of the audio).")
 
 
 class EncodeConfig(Section):
@@ -99,6 +102,21 @@ class OcrConfig(Section):
     min_text_chars: int = Field(
         3, ge=1, description="Lines with fewer non-space characters are dropped: lone letters are mostly misreads."
     )
+
+
+class TranscriptConfig(Section):
+    """What was said (operators/transcribe.py): closed captions, subtitle tracks and speech recognition, as
+    transcript lines stored and searched beside on-screen text."""
+
+    enabled: bool = Field(True, description="Run the transcript stage. Off: no caption, subtitle or speech lines.")
+    captions: bool = Field(True, description="Read CEA-608 closed captions (channel CC1) from the video's A53 data.")
+    subtitles: bool = Field(True, description="Keep the cues of text subtitle tracks the segments carry.")
+    asr: bool = Field(
+        False, description="Recognise speech in the audio where no caption or subtitle covers it. Needs "
+        "decode.audio and a speech recogniser (operators/speech); off by default, on the CPU profile in particular.")
+    max_caption_s: float = Field(
+        20.0, gt=0, description="A caption row on screen longer than this is stored as a line of its own and "
+        "starts again: a caption left up for minutes still becomes searchable within this many seconds.")
 
 
 class PruneConfig(Section):

@@ -41,6 +41,7 @@ from operators.config import (
     OcrConfig,
     PruneConfig,
     Section,
+    TranscriptConfig,
 )
 from operators.moderation.policy import ModerationConfig
 from pipelines.secrets import REDACTED, split_url_credentials
@@ -380,6 +381,7 @@ class LivelensConfig(BaseSettings):
     compress: CompressConfig = CompressConfig()
     memory: MemoryConfig = MemoryConfig()
     ocr: OcrConfig = OcrConfig()
+    transcript: TranscriptConfig = TranscriptConfig()
     cache: CacheConfig = CacheConfig()
     drop: DropConfig = DropConfig()
     prune: PruneConfig | None = Field(None, description="Distinctive-token pruning to a per-frame budget; None: off.")
@@ -412,6 +414,12 @@ class LivelensConfig(BaseSettings):
                 merged.setdefault(field, os.environ[env_name])
                 data[section] = merged
         return data
+
+    @model_validator(mode="after")
+    def _asr_hears_audio(self) -> LivelensConfig:
+        if self.transcript.enabled and self.transcript.asr and not self.decode.audio:
+            raise ValueError("transcript.asr recognises the decoded audio: set decode.audio too")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -19,8 +19,12 @@ Cutting rules:
   source's GOP structure allows: a source with a keyframe every 8 s gives 8 s
   segments whatever ``target_s`` says. Packets before a source's first keyframe
   cannot be decoded alone and are dropped.
-- Only the first video track is carried. Audio and every other track are
-  dropped: livelens watches pictures, and a video-only segment is smaller.
+- The first video track is carried, and beside it the audio track and the text
+  subtitle tracks (``pipelines.segment_tracks``: which, and the container they
+  need); closed captions ride inside the video packets. Every other track is
+  dropped. Packets of the other tracks go into the segment open when they are
+  read, so each travels exactly once, its own timestamps kept on the segment's
+  clock (a few packets around a cut may sit in the neighbouring segment).
 - Closed GOPs are assumed (x264's default): frames after a keyframe in decode
   order do not reference frames before it.
 
@@ -48,6 +52,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import av
+
+from pipelines.segment_tracks import CarriedTracks, TrackMuxer, select_tracks
 
 CLOCK_HZ = 90_000  # the MPEG-TS clock; all bookkeeping is in these integer ticks, so nothing drifts
 SEGMENT_TS_OFFSET_S = 10.0
@@ -85,7 +91,8 @@ class SourceError(Exception):
 
 @dataclass(frozen=True)
 class MediaSegment:
-    """One self-contained segment of the video track (no audio), in ``container`` (an FFmpeg format name)."""
+    """One self-contained segment of the video track and its ``tracks`` (``video``, ``audio``, ``subtitle``:
+    what the segment contract's ``VideoSegment.tracks`` lists), in ``container`` (an FFmpeg format name)."""
 
     seq: int
     media_start_s: float
@@ -96,12 +103,15 @@ class MediaSegment:
     payload: bytes
     source: str
     container: str = MPEGTS
+    tracks: tuple[str, ...] = ("video",)
 
 
-def iter_segments(source: str, *, target_s: float = 2.0, loop: bool = False) -> Iterator[MediaSegment]:
+def iter_segments(source: str, *, target_s: float = 2.0, loop: bool = False, audio: bool = True,
+                  subtitles: bool = True) -> Iterator[MediaSegment]:
     """Segments of ``source``: a file, a directory (its video files in name order, played as
     one stream) or an http(s)/HLS/rtsp/rtmp URL. ``loop`` plays it again from the start when
-    it ends (for a URL: reconnects), forever; media time keeps counting up.
+    it ends (for a URL: reconnects), forever; media time keeps counting up. ``audio`` /
+    ``subtitles``: carry the audio track / the text subtitle tracks (``pipelines.segment_tracks``).
     """
     if target_s <= 0:
         raise ValueError(f"target_s must be positive, got {target_s}")
@@ -112,7 +122,7 @@ def iter_segments(source: str, *, target_s: float = 2.0, loop: bool = False) -> 
     while True:
         for name in inputs:
             produced = 0
-            for media in _segments_of(name, target_ticks, timeline_start):
+            for media in _segments_of(name, target_ticks, timeline_start, audio, subtitles):
                 yield MediaSegment(seq=seq, **media)
                 seq += 1
                 produced += 1
@@ -155,7 +165,7 @@ def _open(name: str) -> av.container.InputContainer:
 class _SegmentWriter:
     """Muxes the packets of one segment into an in-memory container as they arrive."""
 
-    def __init__(self, template: av.VideoStream, start_ticks: int, container: str):
+    def __init__(self, template: av.VideoStream, start_ticks: int, container: str, tracks: CarriedTracks):
         self.start_ticks = start_ticks
         self.end_ticks = start_ticks  # presentation end of the latest frame added
         self._buffer = io.BytesIO()
@@ -163,6 +173,7 @@ class _SegmentWriter:
         # opaque: copy the codec parameters without looking up an encoder of the source's codec (there is
         # none for decoder-only names such as libdav1d, and a remux needs none).
         self._stream = self._output.add_stream_from_template(template, opaque=True)
+        self._tracks = TrackMuxer(self._output, tracks)
 
     def add(self, packet: av.Packet, pts: int, dts: int, duration: int) -> None:
         packet.pts = pts - self.start_ticks + _OFFSET_TICKS
@@ -173,12 +184,24 @@ class _SegmentWriter:
         self._output.mux(packet)
         self.end_ticks = max(self.end_ticks, pts + duration)
 
+    def add_other(self, packet: av.Packet, pts: int, duration: int) -> None:
+        """A packet of a carried audio or subtitle track, ``pts`` in stream ticks on the video's timeline."""
+        relative = pts - self.start_ticks + _OFFSET_TICKS
+        mapped = self._tracks.map(packet) if relative >= 0 else None  # negative: before the stream's clock starts
+        if mapped is None:
+            return
+        mapped.pts = mapped.dts = relative
+        mapped.duration = duration
+        mapped.time_base = _TICK
+        self._output.mux(mapped)
+
     def close(self) -> bytes:
         self._output.close()
         return self._buffer.getvalue()
 
 
-def _segments_of(name: str, target_ticks: int, timeline_start: int) -> Iterator[dict]:
+def _segments_of(name: str, target_ticks: int, timeline_start: int, audio: bool,
+                 subtitles: bool) -> Iterator[dict]:
     """Segments of one input as MediaSegment fields (all but seq), stream time from ``timeline_start``."""
     container = _open(name)
     try:
@@ -190,7 +213,8 @@ def _segments_of(name: str, target_ticks: int, timeline_start: int) -> Iterator[
             raise SourceError(f"{name}: video track has a codec FFmpeg does not know")
         # The codec's own name (av1), not this build's decoder for it (libdav1d): the consumer may decode with another.
         codec, width, height = ctx.codec.canonical_name, ctx.width, ctx.height
-        container_format = segment_container(codec)
+        tracks = select_tracks(container, audio=audio, subtitles=subtitles)
+        container_format = tracks.container(codec in TS_CODECS)
         tb = stream.time_base
         # A packet without a duration (some live protocols) lasts one frame period.
         frame_ticks = round(CLOCK_HZ / stream.average_rate) if stream.average_rate else 0
@@ -202,13 +226,29 @@ def _segments_of(name: str, target_ticks: int, timeline_start: int) -> Iterator[
                 raise SourceError(f"{name}: cannot write {codec} into {container_format}: {exc}") from exc
             return dict(media_start_s=seg.start_ticks / CLOCK_HZ, duration_s=(end_ticks - seg.start_ticks) / CLOCK_HZ,
                         codec=codec, width=width, height=height, payload=payload, source=name,
-                        container=container_format)
+                        container=container_format, tracks=tracks.names)
 
         base: int | None = None  # source pts (in tb) that maps to `origin`; None: waiting for a keyframe
         origin = timeline_start
         last_dts: int | None = None
         seg: _SegmentWriter | None = None
-        for packet in _demux(container, stream, name):
+        early: list[av.Packet] = []  # other tracks' packets read before the first segment opened
+        for packet in _demux(container, [stream, *([tracks.audio] if tracks.audio else []), *tracks.subtitles], name):
+            if packet.stream.index != stream.index:
+                if packet.pts is None:
+                    continue
+                if seg is None:
+                    # Files interleave tracks in chunks: audio of the first second may precede the first keyframe.
+                    early.append(packet)
+                    continue
+                for other in [*early, packet]:
+                    at = origin + round((other.pts * other.stream.time_base - base * tb) * CLOCK_HZ)
+                    if other is not packet and at < seg.start_ticks:
+                        continue  # before the stream's first frame
+                    length = round(other.duration * other.stream.time_base * CLOCK_HZ) if other.duration else 0
+                    _mux_or_fail(name, container_format, lambda: seg.add_other(other, at, length))
+                early = []
+                continue
             # Streams without B-frames may carry only one of the two (AVI, some RTP); they are equal then.
             raw_pts = packet.pts if packet.pts is not None else packet.dts
             raw_dts = packet.dts if packet.dts is not None else packet.pts
@@ -234,7 +274,7 @@ def _segments_of(name: str, target_ticks: int, timeline_start: int) -> Iterator[
                 if seg is not None:
                     # Closed GOP: every frame of the segment is presented before this keyframe.
                     yield finish(seg, pts)
-                seg = _SegmentWriter(stream, pts, container_format)
+                seg = _SegmentWriter(stream, pts, container_format, tracks)
             try:
                 seg.add(packet, pts, dts, duration)
             except av.FFmpegError as exc:
@@ -249,9 +289,17 @@ def _segments_of(name: str, target_ticks: int, timeline_start: int) -> Iterator[
         container.close()
 
 
-def _demux(container: av.container.InputContainer, stream: av.VideoStream, name: str) -> Iterator[av.Packet]:
-    """The video track's packets; read errors (a truncated or corrupt file, a dropped connection) raise SourceError."""
-    packets = container.demux(stream)
+def _mux_or_fail(name: str, container_format: str, mux) -> None:
+    try:
+        mux()
+    except av.FFmpegError as exc:
+        raise SourceError(f"{name}: an audio or subtitle packet cannot go into {container_format}: {exc}") from exc
+
+
+def _demux(container: av.container.InputContainer, streams: list, name: str) -> Iterator[av.Packet]:
+    """The packets of ``streams`` in file order; read errors (a truncated or corrupt file, a dropped connection)
+    raise SourceError."""
+    packets = container.demux(streams)
     while True:
         try:
             packet = next(packets)

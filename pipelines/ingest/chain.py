@@ -20,6 +20,7 @@ from operators.frame_skip import FrameSkipper, encode_skipping
 from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, tag_stage
 from operators.ocr import ScreenTextReader
 from operators.state import Stateful
+from operators.transcribe import SpeechRecognizer, Transcriber
 from pipelines.config import LivelensConfig
 from pipelines.models import vision_encoder
 
@@ -65,6 +66,15 @@ def text_reader(config: LivelensConfig) -> ScreenTextReader | None:
     return ScreenTextReader(config.ocr) if config.ocr.enabled else None
 
 
+def transcriber(config: LivelensConfig, recognizer: SpeechRecognizer | None = None,
+                reader: ScreenTextReader | None = None) -> Transcriber | None:
+    """The transcript stage (captions, subtitles and, with ``transcript.asr``, ``recognizer``'s speech); None when
+    ``transcript.enabled`` is off. It embeds with the OCR reader's MiniLM when there is one (loaded once)."""
+    if not config.transcript.enabled:
+        return None
+    return Transcriber(config.transcript, reader.embedder if reader is not None else None, recognizer)
+
+
 @dataclass
 class OperatorChain:
     """Every step between decode and memory, in one process (backfill, replay)."""
@@ -72,16 +82,22 @@ class OperatorChain:
     encode: EncodeStep
     compress: CompressStep
     reader: ScreenTextReader | None
+    transcriber: Transcriber | None = None
 
     @classmethod
-    def build(cls, config: LivelensConfig) -> OperatorChain:
-        return cls(EncodeStep.build(config), CompressStep.build(config), text_reader(config))
+    def build(cls, config: LivelensConfig, recognizer: SpeechRecognizer | None = None) -> OperatorChain:
+        """``recognizer``: the speech recogniser ``transcript.asr`` needs (anything with `SpeechRecognizer`'s
+        ``transcribe``); ValueError when asr is on without one."""
+        reader = text_reader(config)
+        return cls(EncodeStep.build(config), CompressStep.build(config), reader,
+                   transcriber(config, recognizer, reader))
 
     def stateful(self) -> dict[str, Stateful]:
         """The steps that keep per-stream state, by the name their snapshot is stored under."""
         steps: dict[str, Stateful | None] = {"compressor": self.compress.compressor,
                                              "boundaries": self.compress.boundaries,
-                                             "ocr": self.reader, "skipper": self.encode.skipper}
+                                             "ocr": self.reader, "skipper": self.encode.skipper,
+                                             "transcript": self.transcriber}
         return {name: step for name, step in steps.items() if step is not None}
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
