@@ -71,9 +71,9 @@ class VideoSegment(Message):
     """
 
     SCHEMA: ClassVar[str] = "video_segment"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     schema_: Literal["video_segment"] = Field("video_segment", alias="schema")
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     stream_id: Id
     session: str = Field(
         "", max_length=64, pattern=r"^[A-Za-z0-9_.]*$",
@@ -92,6 +92,12 @@ class VideoSegment(Message):
     chunk_index: int = Field(0, ge=0)
     chunk_count: int = Field(1, ge=1)
     source: str = Field("", max_length=2048, description="Where the publisher read it (file, URL), for humans.")
+    tracks: list[Literal["video", "audio", "subtitle"]] = Field(
+        default_factory=lambda: ["video"], min_length=1,
+        description="The kinds of track the payload holds (v3): always the video track; the source's audio track, "
+        "copied as it is; its text subtitle tracks (SubRip, ASS, WebVTT; MP4 mov_text as SubRip). Closed captions "
+        "ride inside the video. With subtitles, or audio MPEG-TS cannot hold, the container is matroska "
+        "(pipelines/segment_tracks.py). Upgraded v1 / v2 records list only video, which is what they carried.")
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -159,6 +165,13 @@ class Evidence(BaseModel):
     text: str = Field("", description="On-screen text recognised there, when the evidence is a text match.")
     lines: list[dict] = Field(default_factory=list, description="Recognised lines: text, confidence, box "
                               "(4 corners, normalised 0..1).")
+    source: Literal["ocr", "caption", "subtitle", "asr"] | None = Field(
+        None, description="Where ``text`` came from: on-screen text (ocr), closed captions, a subtitle track or "
+        "sidecar, or speech recognition (asr); None for visual evidence. Answer v2 / Alert v3.")
+    confidence: float | None = Field(None, description="For transcript evidence: the line's confidence (1 for "
+                                     "captions and subtitles).")
+    words: list[dict] = Field(default_factory=list, description="For recognised speech with word timings: text, "
+                              "start_s, end_s, confidence per word.")
     clip_url: str | None = Field(None, description="API path of a playable MP4 of the span (padded by "
                                  "clips.margin_s): GET it with the same credentials as the query.")
 
@@ -167,9 +180,9 @@ class Answer(Message):
     """The reply to a Query (topic: answers, key: query_id)."""
 
     SCHEMA: ClassVar[str] = "answer"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     schema_: Literal["answer"] = Field("answer", alias="schema")
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     query_id: Id
     answer: str
     extractive: bool = Field(description="True when no generative model wrote the answer.")
@@ -210,9 +223,9 @@ class Alert(Message):
     """
 
     SCHEMA: ClassVar[str] = "alert"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     schema_: Literal["alert"] = Field("alert", alias="schema")
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     stream_id: Id
     alert_id: Id = Field(default_factory=new_id)
     kind: Literal["moderation", "standing_query"] = "moderation"
@@ -271,6 +284,11 @@ UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("alert", 1): dict,
     # VideoSegment v2 added the publishing session; v1 publishers had none (their segments keep their keys).
     ("video_segment", 1): lambda header: {**header, "session": ""},
+    # VideoSegment v3 lists the tracks; v2 segments carried the video alone.
+    ("video_segment", 2): lambda header: {**header, "tracks": ["video"]},
+    # Answer v2 / Alert v3: evidence says where its words came from (source, confidence, words), all defaulted.
+    ("answer", 1): dict,
+    ("alert", 2): dict,
 }
 _CURRENT: dict[str, type[Message]] = {m.SCHEMA: m for m in MESSAGE_TYPES}
 

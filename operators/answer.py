@@ -61,6 +61,7 @@ class EvidenceItem:
         (older frames keep only their index embedding and metadata).
     positions: original token positions of ``tokens`` [K].
     text: on-screen text recognised in the frame, if any.
+    said: what was said around it (captions, subtitles, recognised speech of the evidence window), if any.
     """
 
     stream_id: str
@@ -71,6 +72,7 @@ class EvidenceItem:
     tokens: np.ndarray | None
     positions: np.ndarray | None
     text: str = ""
+    said: str = ""
 
     def __post_init__(self) -> None:
         if self.t_end < self.t_start:
@@ -229,7 +231,8 @@ class Answerer:
 
     def _evidence_piece(self, item: EvidenceItem) -> tuple[list[int], torch.Tensor | None]:
         """One frame's text ids and, for a VLM, its visual tokens as embeddings of the model's dtype."""
-        on_screen = f', on-screen text: "{item.text}"' if item.text else ""
+        on_screen = (f', on-screen text: "{item.text}"' if item.text else "") + (
+            f', said: "{item.said}"' if item.said else "")
         if self.kind == "llm":
             line = f"- {item.label()} ({item.wallclock_start}), score {item.score:.2f}{on_screen}\n"
             return self.tokenizer.encode(line, add_special_tokens=False), None
@@ -259,7 +262,8 @@ class Answerer:
         used = sorted(_by_score(evidence)[: self.config.max_evidence_frames], key=_chronological)
         matches = []
         for item in used:
-            on_screen = f', on-screen text "{item.text}"' if item.text else ""
+            on_screen = (f', on-screen text "{item.text}"' if item.text else "") + (
+                f', said "{item.said}"' if item.said else "")
             matches.append(f"{item.label()} ({item.wallclock_start}, score {item.score:.2f}{on_screen})")
         text = f"{lead}Best matches for {asked}, in time order: " + "; ".join(matches) + "."
         if len(evidence) > len(used):

@@ -162,6 +162,8 @@ class PipelineConfig(Section):
     encoders: int = Field(1, ge=1)
     compressors: int = Field(1, ge=1)
     ocr_readers: int = Field(1, ge=1, description="On-screen text actors (when ocr.enabled).")
+    transcript_readers: int = Field(1, ge=1, description="Transcript actors: captions, subtitles, speech (when "
+                                    "transcript.enabled).")
     standing_evaluators: int = Field(1, ge=1, description="Actors evaluating standing queries on new segments.")
     answerers: int = Field(1, ge=1)
     max_inflight_segments: int = Field(
@@ -195,6 +197,7 @@ class PlacementConfig(Section):
     encode: StagePlacement = StagePlacement()
     compress: StagePlacement = StagePlacement()
     ocr: StagePlacement = StagePlacement()
+    transcript: StagePlacement = StagePlacement()
     memory: StagePlacement = StagePlacement()
     standing: StagePlacement = StagePlacement()
     answer: StagePlacement = StagePlacement()
@@ -500,6 +503,7 @@ PROFILE_DEFAULTS["cluster"] = {
         "decode": {"num_cpus": 1, "resources": _CPU_NODE},
         "compress": {"num_cpus": 0.5, "resources": _CPU_NODE},
         "ocr": {"num_cpus": 1, "resources": _CPU_NODE},
+        "transcript": {"num_cpus": 0.5, "resources": _CPU_NODE},
         "memory": {"num_cpus": 1, "resources": _CPU_NODE},
         "standing": {"num_cpus": 0.5, "resources": _CPU_NODE},
         "query": {"num_cpus": 0.5, "resources": _CPU_NODE},

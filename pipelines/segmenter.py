@@ -174,6 +174,7 @@ class _SegmentWriter:
         # none for decoder-only names such as libdav1d, and a remux needs none).
         self._stream = self._output.add_stream_from_template(template, opaque=True)
         self._tracks = TrackMuxer(self._output, tracks)
+        self._last_other: dict[int, int] = {}  # input track -> its last muxed timestamp (ticks in the segment)
 
     def add(self, packet: av.Packet, pts: int, dts: int, duration: int) -> None:
         packet.pts = pts - self.start_ticks + _OFFSET_TICKS
@@ -187,9 +188,15 @@ class _SegmentWriter:
     def add_other(self, packet: av.Packet, pts: int, duration: int) -> None:
         """A packet of a carried audio or subtitle track, ``pts`` in stream ticks on the video's timeline."""
         relative = pts - self.start_ticks + _OFFSET_TICKS
-        mapped = self._tracks.map(packet) if relative >= 0 else None  # negative: before the stream's clock starts
+        track = packet.stream.index
+        # Negative: before the stream's clock starts. Not after the track's previous packet: the source's
+        # clock jumped (a live encoder restarting) and the video has not shown it yet; the muxer would refuse it.
+        if relative < 0 or relative <= self._last_other.get(track, -1):
+            return
+        mapped = self._tracks.map(packet)
         if mapped is None:
             return
+        self._last_other[track] = relative
         mapped.pts = mapped.dts = relative
         mapped.duration = duration
         mapped.time_base = _TICK

@@ -223,7 +223,8 @@ def test_a_v1_segment_is_read_as_v2_without_a_session_and_keeps_its_memory_keys(
     v1 = {k: v for k, v in SEG.model_dump(mode="json", by_alias=True).items() if k != "session"}
     v1["version"] = 1
     decoded, payload = messages.decode(_raw(json.dumps(v1).encode()) + b"data")
-    assert isinstance(decoded, messages.VideoSegment) and decoded.version == 2 and payload == b"data"
+    assert isinstance(decoded, messages.VideoSegment) and decoded.version == 3 and payload == b"data"
+    assert decoded.tracks == ["video"]  # what a v1 segment carried
     assert decoded.session == "" and decoded.key == "t/s/3"
     from pipelines.ingest.source import segment_info
 

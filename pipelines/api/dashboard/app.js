@@ -52,7 +52,8 @@ function thumbnail(img, key, tenant) {
 
 // -- clips: the video of a hit or an alert, played in the page -------------------------------------------
 // A <video src> cannot send the key either: the clip (an MP4 of a few seconds) is fetched once as a blob.
-// Beside it, the on-screen text recognised in the clip's span (livelens carries no audio, so no transcript).
+// Beside it, the on-screen text recognised in the clip's span and what was said in it (captions, subtitles,
+// recognised speech), each line tagged with where its words came from.
 async function playClip(evidence, tenant, title) {
   const panel = document.getElementById("player");
   const video = el("video", { controls: "", muted: "", autoplay: "", playsinline: "", class: "clip" });
@@ -81,7 +82,11 @@ async function playClip(evidence, tenant, title) {
       if (f.text && f.text !== previous) texts.append(el("li", {}, el("span", { class: "muted", text: `${f.t_start.toFixed(1)} s  ` }), f.text.replace(/\n/g, " / ")));
       previous = f.text;
     }
-    if (!texts.children.length) texts.append(el("li", { class: "muted", text: "no on-screen text in this span" }));
+    const said = await api(`/v1/streams/${encodeURIComponent(evidence.stream_id)}/transcript?tenant_id=${encodeURIComponent(tenant)}&${span}`);
+    for (const line of said) {
+      texts.append(el("li", { class: "said" }, el("span", { class: "muted", text: `${line.t_start.toFixed(1)} s ${line.source}  ` }), line.text));
+    }
+    if (!texts.children.length) texts.append(el("li", { class: "muted", text: "no on-screen text or transcript in this span" }));
   } catch (error) {
     status.textContent = `no clip: ${error.message}`;
   }
