@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The Debian packages the tests run for real: redis-server (memory store), prometheus (scrapes the
 # pipeline's metrics in a test), chromium (loads the ops dashboard in a test) and kcat (the tests ask
-# and ingest with a Kafka tool that knows nothing of livelens). Installed only
+# and ingest with a Kafka tool that knows nothing of livelens), node and npm (caption tests fetch mux.js, its
+# CEA-608 test streams and its decoder, from npm at test time). Installed only
 # where missing, so a machine that has them (or is not Debian) is left alone.
 set -euo pipefail
-declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium [kcat]=kcat)
+declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium [kcat]=kcat [node]=nodejs [npm]=npm)
 missing=()
 for cmd in "${!package_of[@]}"; do
   command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")

@@ -1,12 +1,14 @@
 """Closed captions: CEA-608 (CC1) from the cc_data the decoder found on each frame, as transcript lines.
 
 The caption bytes are decoded by FFmpeg's ``cc_dec`` (its EIA-608 decoder, reached through PyAV), fed the
-cc_data triplets of every frame in presentation order (`operators.frames.CaptionData`). It answers with the
-caption screen whenever it changes: pop-on captions when they flip on, roll-up and paint-on as rows appear
-and grow. A screen row becomes one line: it starts when the row first shows, keeps its start while it grows
+cc_data triplets of every frame in presentation order (`operators.frames.CaptionData`). Whenever the caption
+screen changes (a pop-on caption flips, a roll-up row is completed), it answers with the screen as it was
+up to then, stamped with when it was shown (packets carry stream time in microseconds, and ``pkt_timebase``
+says so). A screen row becomes one line: it starts when the row first shows, keeps its start while it grows
 (roll-up typing extends a row: the new text starts with the old), moves up without ending (roll-up scrolls
-rows), and ends when it leaves the screen. So a line's span is when its words were on screen, which for
-broadcast captions trails the speech by a second or two.
+rows), and ends where the last screen showing it ended. So a line's span is when its words were on screen,
+which for broadcast captions trails the speech by a second or two; it is stored once a screen without it has
+been reported.
 
 Caption state crosses segments (a pop-on caption is loaded in one and shown in the next; a row outlives many),
 so the reader is stateful per stream (`operators.state.Stateful`). cc_dec's own buffers cannot be copied out,
@@ -21,6 +23,7 @@ CEA-708 services are not yet (cc_dec decodes CEA-608 only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import av
 
@@ -41,6 +44,7 @@ _MAX_TAIL = 900
 class _Row:
     text: str
     start_s: float
+    end_s: float
 
 
 @dataclass
@@ -48,12 +52,24 @@ class _Stream:
     decoder: av.codec.context.CodecContext
     rows: list[_Row] = field(default_factory=list)
     tail: list[CaptionData] = field(default_factory=list)  # fed since the screen last changed
+    first_s: float | None = None  # the first caption data's time: nothing was shown before it
+
+
+_US = 1_000_000  # packets carry stream time in microseconds, cc_dec's own output unit
 
 
 def _new_decoder() -> av.codec.context.CodecContext:
     decoder = av.CodecContext.create("cc_dec", "r")
+    decoder.options = {"pkt_timebase": f"1/{_US}"}
     decoder.open()
     return decoder
+
+
+def _packet(data: CaptionData) -> av.Packet:
+    packet = av.Packet(data.data)
+    packet.pts = packet.dts = round(data.pts_s * _US)
+    packet.time_base = Fraction(1, _US)
+    return packet
 
 
 class CaptionReader:
@@ -74,19 +90,19 @@ class CaptionReader:
             state = self._streams[key] = _Stream(_new_decoder())
         lines: list[TranscriptLine] = []
         for data in batch.captions:
-            screen = self._feed(state, data)
-            if screen is not None:
-                lines += self._show(state, screen, data.pts_s)
+            if state.first_s is None:
+                state.first_s = data.pts_s
+            shown = self._feed(state, data)
+            if shown is not None:
+                lines += self._show(state, *shown)
                 state.tail = []
             else:
                 state.tail = (state.tail + [data])[-_MAX_TAIL:]
-            lines += self._expire(state, data.pts_s)
         return sorted(lines, key=lambda line: line.start_s)
 
-    def _feed(self, state: _Stream, data: CaptionData) -> list[str] | None:
-        """The caption screen's rows when this frame's bytes changed it, else None."""
-        packet = av.Packet(data.data)
-        subtitle = state.decoder.decode2(packet)
+    def _feed(self, state: _Stream, data: CaptionData) -> tuple[list[str], float, float] | None:
+        """(rows, shown from, shown until) of the caption screen this frame's bytes ended, else None."""
+        subtitle = state.decoder.decode2(_packet(data))
         if subtitle is None:
             return None
         rows: list[str] = []
@@ -95,52 +111,54 @@ class CaptionReader:
                 words = ass_words(row)
                 if words:
                     rows.append(words)
-        return rows
+        # A screen up when the decoder started is stamped 0: it was shown from the first data seen at most.
+        stamped = subtitle.pts / _US if subtitle.pts is not None and subtitle.pts >= 0 else data.pts_s
+        start = max(stamped, state.first_s)
+        return rows, start, max(stamped + subtitle.end_display_time / 1000, start)
 
-    def _show(self, state: _Stream, screen: list[str], t: float) -> list[TranscriptLine]:
-        """Match the new screen's rows with the open ones: kept and grown rows keep their start, the rest end."""
-        ended, still = [], []
+    def _show(self, state: _Stream, screen: list[str], start: float, end: float) -> list[TranscriptLine]:
+        """Match the screen's rows with the open ones: kept and grown rows keep their start, new ones start with
+        the screen, and open rows it lacks have ended (where the last screen showing them did)."""
+        still = []
         unmatched = list(state.rows)
         for text in screen:
             match = next((row for row in unmatched if text == row.text or text.startswith(row.text)), None)
             if match is not None:
                 unmatched.remove(match)
-                still.append(_Row(text, match.start_s))
+                still.append(_Row(text, match.start_s, end))
             else:
-                still.append(_Row(text, t))
-        ended = [self._line(row, t) for row in unmatched]
+                still.append(_Row(text, start, end))
+        ended = [self._line(row) for row in unmatched]
+        # Rows up longer than max_caption_s are stored now and start again: a caption left up stays findable.
+        for row in still:
+            if row.end_s - row.start_s >= self.max_row_s:
+                ended.append(self._line(row))
+                row.start_s = row.end_s
         state.rows = still
         return ended
 
-    def _expire(self, state: _Stream, t: float) -> list[TranscriptLine]:
-        """Rows up longer than max_row_s: stored now, and start again (a caption left up stays findable)."""
-        out = []
-        for row in state.rows:
-            if t - row.start_s >= self.max_row_s:
-                out.append(self._line(row, t))
-                row.start_s = t
-        return out
-
-    def _line(self, row: _Row, end_s: float) -> TranscriptLine:
-        return TranscriptLine(row.start_s, max(end_s, row.start_s), row.text, "caption", self.language, 1.0, CHANNEL)
+    def _line(self, row: _Row) -> TranscriptLine:
+        return TranscriptLine(row.start_s, max(row.end_s, row.start_s), row.text, "caption", self.language, 1.0,
+                              CHANNEL)
 
     def on_screen(self, tenant_id: str, stream_id: str) -> bool:
         """Whether the stream has a caption row showing (as of the last batch read)."""
         state = self._streams.get((tenant_id, stream_id))
         return state is not None and bool(state.rows)
 
-    def flush(self, tenant_id: str, stream_id: str, end_s: float) -> list[TranscriptLine]:
-        """The rows still on screen, ended at ``end_s`` (the stream ended); the stream's state is dropped."""
+    def flush(self, tenant_id: str, stream_id: str) -> list[TranscriptLine]:
+        """The rows of the last screen reported, as lines (the stream ended); the stream's state is dropped."""
         state = self._streams.pop((tenant_id, stream_id), None)
-        return [self._line(row, end_s) for row in state.rows] if state is not None else []
+        return [self._line(row) for row in state.rows] if state is not None else []
 
     def forget(self, tenant_id: str, stream_id: str) -> None:
         self._streams.pop((tenant_id, stream_id), None)
 
     def snapshot(self) -> dict:
         return {"version": _SNAPSHOT_VERSION, "streams": [
-            {"tenant_id": tenant, "stream_id": stream, "rows": [(row.text, row.start_s) for row in state.rows],
-             "tail": [(data.pts_s, data.data) for data in state.tail]}
+            {"tenant_id": tenant, "stream_id": stream,
+             "rows": [(row.text, row.start_s, row.end_s) for row in state.rows],
+             "tail": [(data.pts_s, data.data) for data in state.tail], "first_s": state.first_s}
             for (tenant, stream), state in self._streams.items()]}
 
     def restore(self, state: dict) -> None:
@@ -148,8 +166,8 @@ class CaptionReader:
             raise ValueError(f"caption snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
         self._streams = {}
         for s in state["streams"]:
-            stream = _Stream(_new_decoder(), [_Row(text, float(start)) for text, start in s["rows"]],
-                             [CaptionData(float(pts), bytes(data)) for pts, data in s["tail"]])
+            stream = _Stream(_new_decoder(), [_Row(text, float(start), float(end)) for text, start, end in s["rows"]],
+                             [CaptionData(float(pts), bytes(data)) for pts, data in s["tail"]], s["first_s"])
             for data in stream.tail:  # back to the decoder's state: what it saw since the screen last changed
-                stream.decoder.decode2(av.Packet(data.data))
+                stream.decoder.decode2(_packet(data))
             self._streams[(s["tenant_id"], s["stream_id"])] = stream

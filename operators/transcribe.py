@@ -113,9 +113,9 @@ class Transcriber:
 
     # -- state: the caption reader's ----------------------------------------------------------------
 
-    def flush(self, tenant_id: str, stream_id: str, end_s: float) -> Transcript:
-        """The caption rows still on screen when a stream ends, as lines ending at ``end_s``."""
-        return self.embed(self.captions.flush(tenant_id, stream_id, end_s) if self.captions is not None else [])
+    def flush(self, tenant_id: str, stream_id: str) -> Transcript:
+        """The caption rows still on screen when a stream ends, as lines (`CaptionReader.flush`)."""
+        return self.embed(self.captions.flush(tenant_id, stream_id) if self.captions is not None else [])
 
     def forget(self, tenant_id: str, stream_id: str) -> None:
         if self.captions is not None:
