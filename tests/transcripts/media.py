@@ -70,8 +70,10 @@ def write_subtitled_video(path: Path, fmt: str, codec: str, duration_s: float = 
             while cues and cues[0][0] <= i / 25:  # interleaved, as a muxer writes them
                 start, end, words = cues.pop(0)
                 data = words.encode()
-                if codec == "mov_text":
+                if codec == "mov_text":  # 3GPP timed text: a 16-bit length, then the text
                     data = struct.pack(">H", len(data)) + data
+                elif codec == "ass":  # Matroska's ASS event: ReadOrder, Layer, Style, Name, margins, Effect, Text
+                    data = f"{len(cues)},0,Default,,0,0,0,,{{\\i1}}{words}".encode()
                 packet = av.Packet(data)
                 packet.pts = packet.dts = round(start * 1000)
                 packet.duration = round((end - start) * 1000)
