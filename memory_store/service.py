@@ -154,6 +154,11 @@ class MemoryStore:
                 applied[source] = max(applied.get(source, -1), seg.offset)
         return result
 
+    def write_transcript(self, seg: SegmentInfo, transcript: Transcript) -> int:
+        """Transcript lines without frames of their own: a stream's captions still on screen when it ended,
+        written with its last segment (``seg``). Idempotent like `write`; returns the lines that were new."""
+        return self.transcripts.write(seg, transcript)
+
     def _repair(self, seg: SegmentInfo) -> None:
         """Reconcile the tenant's indexes with Redis when a segment it already holds is written again.
 

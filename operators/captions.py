@@ -155,10 +155,11 @@ class CaptionReader:
         self._streams.pop((tenant_id, stream_id), None)
 
     def snapshot(self) -> dict:
+        """Plain values only (the backfill manifest stores it as JSON): caption bytes as hex."""
         return {"version": _SNAPSHOT_VERSION, "streams": [
             {"tenant_id": tenant, "stream_id": stream,
              "rows": [(row.text, row.start_s, row.end_s) for row in state.rows],
-             "tail": [(data.pts_s, data.data) for data in state.tail], "first_s": state.first_s}
+             "tail": [(data.pts_s, data.data.hex()) for data in state.tail], "first_s": state.first_s}
             for (tenant, stream), state in self._streams.items()]}
 
     def restore(self, state: dict) -> None:
@@ -167,7 +168,7 @@ class CaptionReader:
         self._streams = {}
         for s in state["streams"]:
             stream = _Stream(_new_decoder(), [_Row(text, float(start), float(end)) for text, start, end in s["rows"]],
-                             [CaptionData(float(pts), bytes(data)) for pts, data in s["tail"]], s["first_s"])
+                             [CaptionData(float(pts), bytes.fromhex(data)) for pts, data in s["tail"]], s["first_s"])
             for data in stream.tail:  # back to the decoder's state: what it saw since the screen last changed
                 stream.decoder.decode2(_packet(data))
             self._streams[(s["tenant_id"], s["stream_id"])] = stream

@@ -393,7 +393,10 @@ class Backfill:
                     continue
                 yield _info(media, job, start), media.payload
 
+        last: list[SegmentInfo] = []
+
         def done(info: SegmentInfo) -> None:
+            last[:] = [info]
             manifest.complete(info, self._chain.snapshot())
             summary.stream_seconds += info.duration_s
             progress.advance(task, info.duration_s)
@@ -401,6 +404,10 @@ class Backfill:
 
         try:
             self.process(decoder.decode(pending()), summary, done)
+            if last and self._chain.transcriber is not None:
+                # The recording ended: captions still on screen end with it (live ingest stores them when
+                # they leave the screen or run past transcript.max_caption_s).
+                self.store.write_transcript(last[0], self._chain.transcriber.flush(*key))
         finally:
             self._forget(key)
         progress.update(task, visible=False)

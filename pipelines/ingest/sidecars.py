@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlparse
 
 from operators.frames import SegmentInfo
 from operators.side_tracks import sidecar_lines
@@ -22,8 +23,9 @@ SIDECAR_SUFFIXES = (".vtt", ".srt", ".ass", ".ssa")
 
 def sidecar_files(source: Path | str) -> list[Path]:
     """The subtitle files beside a local recording (none for a URL), in name order."""
-    if not isinstance(source, Path):
+    if len(urlparse(str(source)).scheme) > 1:  # a URL (one letter is a Windows drive)
         return []
+    source = Path(source)
     stem = source.stem
     return sorted(p for p in source.parent.iterdir()
                   if p.is_file() and p.suffix.lower() in SIDECAR_SUFFIXES

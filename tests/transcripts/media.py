@@ -52,16 +52,18 @@ def muxjs_cues(package: Path, ts_file: Path) -> list[dict]:
     return json.loads(out.stdout)
 
 
-def write_subtitled_video(path: Path, fmt: str, codec: str, duration_s: float = 4.0) -> Path:
-    """``duration_s`` of 25 fps H.264 (a keyframe a second, no B-frames) with one subtitle track of `CUES`."""
+def write_subtitled_video(path: Path, fmt: str, codec: str | None, duration_s: float = 4.0, cues=CUES) -> Path:
+    """``duration_s`` of 25 fps H.264 (a keyframe a second, no B-frames) with one subtitle track of ``cues``
+    (``codec`` None: no subtitle track)."""
     with av.open(str(path), "w", format=fmt) as out:
         video = out.add_stream("libx264", rate=25, options={"g": "25", "bf": "0", "preset": "ultrafast"})
         video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
-        sub = out.add_stream(codec)
-        sub.codec_context.time_base = Fraction(1, 1000)
-        sub.codec_context.subtitle_header = _ASS_HEADER
-        sub.metadata["language"] = "eng"
-        cues = list(CUES)
+        cues = list(cues) if codec else []
+        if codec:
+            sub = out.add_stream(codec)
+            sub.codec_context.time_base = Fraction(1, 1000)
+            sub.codec_context.subtitle_header = _ASS_HEADER
+            sub.metadata["language"] = "eng"
         for i in range(round(duration_s * 25)):
             frame = av.VideoFrame.from_ndarray(np.full((96, 160, 3), (i * 7) % 255, np.uint8), format="rgb24")
             frame.pts = i
