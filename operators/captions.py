@@ -53,6 +53,7 @@ class _Stream:
     rows: list[_Row] = field(default_factory=list)
     tail: list[CaptionData] = field(default_factory=list)  # fed since the screen last changed
     first_s: float | None = None  # the first caption data's time: nothing was shown before it
+    last_words_s: float | None = None  # the end of the last reported screen with words
 
 
 _US = 1_000_000  # packets carry stream time in microseconds, cc_dec's own output unit
@@ -128,6 +129,8 @@ class CaptionReader:
                 still.append(_Row(text, match.start_s, end))
             else:
                 still.append(_Row(text, start, end))
+        if screen:
+            state.last_words_s = end
         ended = [self._line(row) for row in unmatched]
         # Rows up longer than max_caption_s are stored now and start again: a caption left up stays findable.
         for row in still:
@@ -141,10 +144,13 @@ class CaptionReader:
         return TranscriptLine(row.start_s, max(row.end_s, row.start_s), row.text, "caption", self.language, 1.0,
                               CHANNEL)
 
-    def on_screen(self, tenant_id: str, stream_id: str) -> bool:
-        """Whether the stream has a caption row showing (as of the last batch read)."""
+    def words_since(self, tenant_id: str, stream_id: str) -> float | None:
+        """Until when the stream's captions last showed words (None: never, as far as reported); a row still
+        up counts as showing now (+inf)."""
         state = self._streams.get((tenant_id, stream_id))
-        return state is not None and bool(state.rows)
+        if state is None:
+            return None
+        return float("inf") if state.rows else state.last_words_s
 
     def flush(self, tenant_id: str, stream_id: str) -> list[TranscriptLine]:
         """The rows of the last screen reported, as lines (the stream ended); the stream's state is dropped."""
@@ -159,7 +165,8 @@ class CaptionReader:
         return {"version": _SNAPSHOT_VERSION, "streams": [
             {"tenant_id": tenant, "stream_id": stream,
              "rows": [(row.text, row.start_s, row.end_s) for row in state.rows],
-             "tail": [(data.pts_s, data.data.hex()) for data in state.tail], "first_s": state.first_s}
+             "tail": [(data.pts_s, data.data.hex()) for data in state.tail], "first_s": state.first_s,
+             "last_words_s": state.last_words_s}
             for (tenant, stream), state in self._streams.items()]}
 
     def restore(self, state: dict) -> None:
@@ -168,7 +175,8 @@ class CaptionReader:
         self._streams = {}
         for s in state["streams"]:
             stream = _Stream(_new_decoder(), [_Row(text, float(start), float(end)) for text, start, end in s["rows"]],
-                             [CaptionData(float(pts), bytes.fromhex(data)) for pts, data in s["tail"]], s["first_s"])
+                             [CaptionData(float(pts), bytes.fromhex(data)) for pts, data in s["tail"]], s["first_s"],
+                             s["last_words_s"])
             for data in stream.tail:  # back to the decoder's state: what it saw since the screen last changed
                 stream.decoder.decode2(_packet(data))
             self._streams[(s["tenant_id"], s["stream_id"])] = stream

@@ -114,6 +114,10 @@ class TranscriptConfig(Section):
     asr: bool = Field(
         False, description="Recognise speech in the audio where no caption or subtitle covers it. Needs "
         "decode.audio and a speech recogniser (operators/speech); off by default, on the CPU profile in particular.")
+    asr_pause_s: float = Field(
+        30.0, ge=0, description="Recognition pauses on a stream while its captions showed words within this many "
+        "seconds (captions are the broadcaster's own words). A caption is known once it leaves the screen, so "
+        "the segments before a stream's first caption is reported are still recognised.")
     max_caption_s: float = Field(
         20.0, gt=0, description="A caption row on screen longer than this is stored as a line of its own and "
         "starts again: a caption left up for minutes still becomes searchable within this many seconds.")

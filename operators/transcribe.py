@@ -10,7 +10,9 @@ Per segment it gathers three sources into `TranscriptLine`s (operators/transcrip
    (operators/speech builds them: voice activity detection, then the engine).
 
 Authored words win: captions and subtitles are what a broadcaster wrote, recognition is a guess. Recognition
-runs only on segments with no caption on screen, no caption line ending and no subtitle cue. Every kept line is embedded with the same MiniLM model as on-screen text
+runs only on segments with no caption line ending and no subtitle cue in them, and pauses on a stream while
+its captions showed words within ``transcript.asr_pause_s`` (a caption is reported when it leaves the
+screen, so the first segments of a captioned stream are still recognised). Every kept line is embedded with the same MiniLM model as on-screen text
 (`operators.ocr.TextEmbedder`), so memory searches both with one query vector.
 """
 
@@ -93,10 +95,12 @@ class Transcriber:
         return list(recognised)
 
     def _captioned(self, batch: FrameBatch) -> bool:
-        """Whether a caption is on screen at the end of the segment."""
-        if self.captions is None or not batch.captions:
+        """Whether the stream's captions showed words within asr_pause_s of the segment's end."""
+        if self.captions is None:
             return False
-        return self.captions.on_screen(batch.segment.tenant_id, batch.segment.stream_id)
+        shown = self.captions.words_since(batch.segment.tenant_id, batch.segment.stream_id)
+        end = batch.segment.media_start_s + batch.segment.duration_s
+        return shown is not None and end - shown <= self.config.asr_pause_s
 
     @property
     def embedder(self) -> TextEmbedder:
