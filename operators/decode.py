@@ -1,4 +1,9 @@
-"""Decode one container segment into sampled RGB frames and JPEG thumbnails.
+"""Decode one container segment into sampled RGB frames and JPEG thumbnails, and what travelled with them.
+
+Beside the frames a batch carries what speaks: every decoded frame's closed-caption bytes (A53 side data,
+read by operators/captions.py), the cues of the segment's subtitle tracks as transcript lines, and with
+``decode.audio`` its audio track as float32 mono 16 kHz for speech recognition (operators/side_tracks.py).
+A video-only segment (every segment before tracks travelled) gives none of them.
 
 A segment is a short chunk (normally MPEG-TS) that starts at a keyframe. The
 decoder is stateless: any actor can decode any segment, and replaying a segment

@@ -221,9 +221,19 @@ function drawTimeline(detail, tenant) {
     previous = f.text;
   }
   document.getElementById("texts").replaceChildren(...texts.reverse());
+  drawTranscript(detail, tenant);
   document.getElementById("stream-alerts").replaceChildren(...detail.alerts.map((a) => el("li", {},
     el("span", { class: `alert-state ${a.state}`, text: a.state }), ` ${clock(a.produced_at)} ${a.reason}` + (a.ack ? ` (acked by ${a.ack.by})` : "") + " ",
     clipButton(a.evidence[0], tenant, `${a.state} alert at ${clock(a.produced_at)}`))));
+}
+
+// What was said over the timeline's span: caption, subtitle and speech lines, newest first, each with its source.
+async function drawTranscript(detail, tenant) {
+  if (!detail.frames.length) return;
+  const since = encodeURIComponent(detail.frames[0].wallclock_start);
+  const said = await api(`/v1/streams/${encodeURIComponent(detail.stream.stream_id)}/transcript?tenant_id=${encodeURIComponent(tenant)}&start=${since}`);
+  document.getElementById("said").replaceChildren(...said.reverse().map((line) => el("li", {},
+    el("span", { class: "muted", text: `${line.t_start.toFixed(1)} s ${line.source}  ` }), line.text)));
 }
 
 async function ask(streamId, tenant) {
@@ -243,7 +253,7 @@ async function ask(streamId, tenant) {
       return el("li", { class: "evidence" }, img, el("div", {},
         el("div", { text: `${e.t_start.toFixed(1)}–${e.t_end.toFixed(1)} s · ${clock(e.wallclock_start)} · score ${e.score.toFixed(3)} ` },
           clipButton(e, tenant, `Evidence at ${e.t_start.toFixed(1)} s`)),
-        el("div", { class: "muted", text: (e.text || "").replace(/\n/g, " / ") })));
+        el("div", { class: "muted", text: (e.source ? `${e.source}: ` : "") + (e.text || "").replace(/\n/g, " / ") })));
     }));
   } catch (error) {
     meta.textContent = `failed: ${error.message}`;
