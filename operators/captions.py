@@ -22,6 +22,7 @@ CEA-708 services are not yet (cc_dec decodes CEA-608 only).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -51,7 +52,7 @@ class _Row:
 class _Stream:
     decoder: av.codec.context.CodecContext
     rows: list[_Row] = field(default_factory=list)
-    tail: list[CaptionData] = field(default_factory=list)  # fed since the screen last changed
+    tail: deque[CaptionData] = field(default_factory=lambda: deque(maxlen=_MAX_TAIL))  # since the last report
     first_s: float | None = None  # the first caption data's time: nothing was shown before it
     last_words_s: float | None = None  # the end of the last reported screen with words
 
@@ -96,9 +97,9 @@ class CaptionReader:
             shown = self._feed(state, data)
             if shown is not None:
                 lines += self._show(state, *shown)
-                state.tail = []
+                state.tail.clear()
             else:
-                state.tail = (state.tail + [data])[-_MAX_TAIL:]
+                state.tail.append(data)
         return sorted(lines, key=lambda line: line.start_s)
 
     def _feed(self, state: _Stream, data: CaptionData) -> tuple[list[str], float, float] | None:
@@ -132,7 +133,8 @@ class CaptionReader:
         if screen:
             state.last_words_s = end
         ended = [self._line(row) for row in unmatched]
-        # Rows up longer than max_caption_s are stored now and start again: a caption left up stays findable.
+        # Rows that stayed up past max_caption_s are stored now and start again (roll-up rows that stay while
+        # others scroll, a caption re-sent unchanged): a long-lived row is searchable before it leaves.
         for row in still:
             if row.end_s - row.start_s >= self.max_row_s:
                 ended.append(self._line(row))
@@ -175,7 +177,8 @@ class CaptionReader:
         self._streams = {}
         for s in state["streams"]:
             stream = _Stream(_new_decoder(), [_Row(text, float(start), float(end)) for text, start, end in s["rows"]],
-                             [CaptionData(float(pts), bytes.fromhex(data)) for pts, data in s["tail"]], s["first_s"],
+                             deque((CaptionData(float(pts), bytes.fromhex(data)) for pts, data in s["tail"]),
+                                   maxlen=_MAX_TAIL), s["first_s"],
                              s["last_words_s"])
             for data in stream.tail:  # back to the decoder's state: what it saw since the screen last changed
                 stream.decoder.decode2(_packet(data))

@@ -119,8 +119,9 @@ class TranscriptConfig(Section):
         "seconds (captions are the broadcaster's own words). A caption is known once it leaves the screen, so "
         "the segments before a stream's first caption is reported are still recognised.")
     max_caption_s: float = Field(
-        20.0, gt=0, description="A caption row on screen longer than this is stored as a line of its own and "
-        "starts again: a caption left up for minutes still becomes searchable within this many seconds.")
+        20.0, gt=0, description="A caption row seen on screen longer than this (it stays while the screen "
+        "changes around it) is stored as a line at the next change and starts again, so it is searchable before it "
+        "leaves the screen.")
 
 
 class PruneConfig(Section):
