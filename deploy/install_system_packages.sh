@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The Debian packages the tests run for real: redis-server (memory store), prometheus (scrapes the
-# pipeline's metrics in a test), chromium (loads the ops dashboard in a test) and kcat (the tests ask
-# and ingest with a Kafka tool that knows nothing of livelens), node and npm (caption tests fetch mux.js, its
-# CEA-608 test streams and its decoder, from npm at test time). Installed only
+# pipeline's metrics in a test), chromium (loads the ops dashboard in a test), kcat (the tests ask
+# and ingest with a Kafka tool that knows nothing of livelens), espeak-ng (the voice of the sample broadcast),
+# node and npm (caption tests fetch mux.js, its CEA-608 test streams and its decoder, from npm at test time)
+# and pocketsphinx-testdata (real read speech with transcripts: LibriVox recordings that the speech
+# recognition test measures its word error rate on; data only, nothing of it is run). Installed only
 # where missing, so a machine that has them (or is not Debian) is left alone.
 set -euo pipefail
-declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium [kcat]=kcat [node]=nodejs [npm]=npm)
+declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium [kcat]=kcat
+                       [espeak-ng]=espeak-ng [node]=nodejs [npm]=npm)
+declare -A data_package_of=([/usr/share/pocketsphinx/test/data/librivox/transcription]=pocketsphinx-testdata)
 missing=()
 for cmd in "${!package_of[@]}"; do
   command -v "$cmd" >/dev/null || missing+=("${package_of[$cmd]}")
+done
+for file in "${!data_package_of[@]}"; do
+  [ -e "$file" ] || missing+=("${data_package_of[$file]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${missing[*]}"

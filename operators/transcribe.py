@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from operators.ocr import TextEmbedder
 
 
-class SpeechRecognizer(Protocol):
-    """What the transcript stage asks of a speech recogniser: float32 mono 16 kHz in, lines on the stream's clock out."""
+class Recognizer(Protocol):
+    """What the transcript stage asks of a speech recogniser (operators.speech.recognizer.SpeechRecognizer):
+    float32 mono 16 kHz in, lines on the stream's clock out."""
 
     def transcribe(self, audio: np.ndarray, start_s: float, channel: str) -> list[TranscriptLine]: ...
 
@@ -60,7 +61,7 @@ class Transcriber:
     """
 
     def __init__(self, config: TranscriptConfig, embedder: TextEmbedder | None = None,
-                 recognizer: SpeechRecognizer | None = None):
+                 recognizer: Recognizer | None = None):
         if not config.enabled:
             raise ValueError("TranscriptConfig.enabled is False: the pipeline must not build a Transcriber")
         if config.asr and recognizer is None:

@@ -41,6 +41,7 @@ from operators.config import (
     OcrConfig,
     PruneConfig,
     Section,
+    SpeechConfig,
     TranscriptConfig,
 )
 from operators.moderation.policy import ModerationConfig
@@ -385,6 +386,8 @@ class LivelensConfig(BaseSettings):
     memory: MemoryConfig = MemoryConfig()
     ocr: OcrConfig = OcrConfig()
     transcript: TranscriptConfig = TranscriptConfig()
+    speech: SpeechConfig = Field(SpeechConfig(), description="The speech recogniser transcript.asr runs "
+                                 "(operators/speech).")
     cache: CacheConfig = CacheConfig()
     drop: DropConfig = DropConfig()
     prune: PruneConfig | None = Field(None, description="Distinctive-token pruning to a per-frame budget; None: off.")
@@ -420,8 +423,11 @@ class LivelensConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _asr_hears_audio(self) -> LivelensConfig:
-        if self.transcript.enabled and self.transcript.asr and not self.decode.audio:
-            raise ValueError("transcript.asr recognises the decoded audio: set decode.audio too")
+        if self.transcript.enabled and self.transcript.asr:
+            if not self.decode.audio:
+                raise ValueError("transcript.asr recognises the decoded audio: set decode.audio too")
+            if self.speech.engine == "none":
+                raise ValueError("transcript.asr needs a speech engine: set speech.engine (pocketsphinx, whisper)")
         return self
 
     @classmethod

@@ -20,7 +20,7 @@ from operators.frame_skip import FrameSkipper, encode_skipping
 from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, tag_stage
 from operators.ocr import ScreenTextReader
 from operators.state import Stateful
-from operators.transcribe import SpeechRecognizer, Transcriber
+from operators.transcribe import Recognizer, Transcriber
 from pipelines.config import LivelensConfig
 from pipelines.models import vision_encoder
 
@@ -66,12 +66,23 @@ def text_reader(config: LivelensConfig) -> ScreenTextReader | None:
     return ScreenTextReader(config.ocr) if config.ocr.enabled else None
 
 
-def transcriber(config: LivelensConfig, recognizer: SpeechRecognizer | None = None,
+def speech_recognizer(config: LivelensConfig) -> Recognizer | None:
+    """The recogniser ``transcript.asr`` uses: voice activity detection, then ``speech.engine``
+    (operators/speech); None while asr is off."""
+    if not (config.transcript.enabled and config.transcript.asr):
+        return None
+    from operators.speech.recognizer import SpeechRecognizer
+
+    return SpeechRecognizer(config.speech)
+
+
+def transcriber(config: LivelensConfig, recognizer: Recognizer | None = None,
                 reader: ScreenTextReader | None = None) -> Transcriber | None:
     """The transcript stage (captions, subtitles and, with ``transcript.asr``, ``recognizer``'s speech); None when
     ``transcript.enabled`` is off. It embeds with the OCR reader's MiniLM when there is one (loaded once)."""
     if not config.transcript.enabled:
         return None
+    recognizer = recognizer if recognizer is not None else speech_recognizer(config)
     return Transcriber(config.transcript, reader.embedder if reader is not None else None, recognizer)
 
 
@@ -85,9 +96,9 @@ class OperatorChain:
     transcriber: Transcriber | None = None
 
     @classmethod
-    def build(cls, config: LivelensConfig, recognizer: SpeechRecognizer | None = None) -> OperatorChain:
-        """``recognizer``: the speech recogniser ``transcript.asr`` needs (anything with `SpeechRecognizer`'s
-        ``transcribe``); ValueError when asr is on without one."""
+    def build(cls, config: LivelensConfig, recognizer: Recognizer | None = None) -> OperatorChain:
+        """``recognizer``: the speech recogniser for ``transcript.asr`` (anything with `Recognizer`'s ``transcribe``);
+        None builds the configured one (`speech_recognizer`)."""
         reader = text_reader(config)
         return cls(EncodeStep.build(config), CompressStep.build(config), reader,
                    transcriber(config, recognizer, reader))

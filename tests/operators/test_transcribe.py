@@ -82,6 +82,27 @@ def test_asr_is_off_unless_configured(real_video_dir: Path, embedder) -> None:
         Transcriber(TranscriptConfig(asr=True), embedder)
     with pytest.raises(pydantic.ValidationError, match="decode.audio"):
         LivelensConfig(transcript=dict(asr=True))
+    with pytest.raises(pydantic.ValidationError, match="speech.engine"):
+        LivelensConfig(transcript=dict(asr=True), decode=dict(audio=True))
+
+
+def test_the_configured_engine_hears_real_speech_through_the_stage(real_video_dir: Path, embedder) -> None:
+    """transcript.asr with speech.engine pocketsphinx: the chain builds operators/speech's recogniser (VAD, then
+    pocketsphinx) and the stage hands it each segment's audio."""
+    from operators.speech.recognizer import SpeechRecognizer
+    from pipelines.ingest.chain import speech_recognizer
+
+    config = LivelensConfig(ocr=dict(enabled=False), decode=dict(audio=True), transcript=dict(asr=True),
+                            speech=dict(engine="pocketsphinx"))
+    recognizer = speech_recognizer(config)
+    assert isinstance(recognizer, SpeechRecognizer)
+    stage = Transcriber(config.transcript, embedder, recognizer)
+    batches = decoded(real_video_dir / "friday.mp4")
+    # The film's dialogue is speech to the VAD (pocketsphinx reads few of its words: BENCHMARKS.md).
+    assert any(recognizer.regions(batch.audio.samples) for batch in batches)
+    lines = [line for batch in batches for line in stage.read(batch).lines]
+    assert {line.source for line in lines} <= {"asr"}
+    assert all(0.0 <= line.start_s <= line.end_s <= 6.5 and 0.0 <= line.confidence <= 1.0 for line in lines)
 
 
 def test_an_engine_failure_is_a_stage_error(real_video_dir: Path, embedder) -> None:
