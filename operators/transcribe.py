@@ -10,9 +10,9 @@ Per segment it gathers three sources into `TranscriptLine`s (operators/transcrip
    (operators/speech builds them: voice activity detection, then the engine).
 
 Authored words win: captions and subtitles are what a broadcaster wrote, recognition is a guess. Recognition
-runs only on segments with no caption line ending and no subtitle cue in them, and pauses on a stream while
-its captions showed words within ``transcript.asr_pause_s`` (a caption is reported when it leaves the
-screen, so the first segments of a captioned stream are still recognised). Every kept line is embedded with the same MiniLM model as on-screen text
+pauses on a stream while its captions showed words within ``transcript.asr_pause_s`` (a caption is reported
+when it leaves the screen, so the first segments of a captioned stream are still recognised), and a
+recognised line that overlaps a subtitle cue or caption line of its segment is dropped. Every kept line is embedded with the same MiniLM model as on-screen text
 (`operators.ocr.TextEmbedder`), so memory searches both with one query vector.
 """
 
@@ -85,15 +85,17 @@ class Transcriber:
     def _recognised(self, batch: FrameBatch, authored: list[TranscriptLine]) -> list[TranscriptLine]:
         if self.recognizer is None or batch.audio is None or len(batch.audio.samples) == 0:
             return []
-        if authored or self._captioned(batch):
-            return []  # the broadcaster's words cover this segment
+        if self._captioned(batch):
+            return []  # the broadcaster's captions cover this stream now
         try:
             recognised = self.recognizer.transcribe(batch.audio.samples, batch.audio.start_s, batch.audio.channel)
         except StageError:
             raise
         except Exception as exc:  # an engine's own error on this audio: bad input for this stage
             raise StageError("asr_error", f"{type(exc).__name__}: {exc}", stage="transcript") from exc
-        return list(recognised)
+        spans = [(line.start_s, line.end_s) for line in authored]
+        return [line for line in recognised if not any(line.start_s < end and start < line.end_s
+                                                       for start, end in spans)]
 
     def _captioned(self, batch: FrameBatch) -> bool:
         """Whether the stream's captions showed words within asr_pause_s of the segment's end."""

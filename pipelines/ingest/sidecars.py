@@ -4,6 +4,8 @@ segments, as if the file had carried them as a track (`operators.side_tracks.sid
 
 Cue times are the recording's own, and a backfilled file's segments start at stream time 0, so a cue belongs
 to the segment whose span holds its start (cues starting after the video's end have no segment and are left).
+A recording that carries a text subtitle track of its own is read from that track alone: a sidecar beside it
+is usually the same cues (the sample broadcast writes both), and reading both would store every cue twice.
 """
 
 from __future__ import annotations
@@ -12,13 +14,25 @@ import logging
 from pathlib import Path
 from urllib.parse import urlparse
 
+import av
+
 from operators.frames import SegmentInfo
 from operators.side_tracks import sidecar_lines
 from operators.transcript import TranscriptLine
+from pipelines.segment_tracks import TEXT_SUBTITLE_CODECS
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIXES = (".vtt", ".srt", ".ass", ".ssa")
+
+
+def _has_text_subtitles(recording: Path) -> bool:
+    try:
+        with av.open(str(recording)) as container:
+            return any(s.codec_context is not None and s.codec_context.name in TEXT_SUBTITLE_CODECS
+                       for s in container.streams.subtitles)
+    except av.FFmpegError:
+        return False  # the segmenter says what is wrong with it
 
 
 def sidecar_files(source: Path | str) -> list[Path]:
@@ -40,7 +54,11 @@ class Sidecars:
 
     def load(self, tenant_id: str, stream_id: str, source: Path | str) -> None:
         lines: list[TranscriptLine] = []
-        for path in sidecar_files(source):
+        files = sidecar_files(source)
+        if files and _has_text_subtitles(Path(source)):
+            log.info("%s carries a subtitle track: sidecar %s not read", source, ", ".join(p.name for p in files))
+            files = []
+        for path in files:
             try:
                 lines += sidecar_lines(path)
             except ValueError as exc:  # a broken sidecar costs its cues, not the recording

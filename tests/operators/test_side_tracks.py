@@ -85,3 +85,18 @@ def test_decoding_audio_is_off_by_default_and_old_segments_still_read(real_video
     decoder = SegmentDecoder(DecodeConfig(audio=True))
     batch = decoder.decode(SegmentInfo("t", "s", 0, 1e9, 0.0, old[0].duration_s), old[0].payload)
     assert batch.audio is None and batch.subtitles == [] and len(batch) > 0
+
+
+def test_a_sidecar_is_read_only_for_a_recording_without_a_subtitle_track(tmp_path: Path) -> None:
+    from pipelines.ingest.sidecars import Sidecars
+
+    tracked = write_subtitled_video(tmp_path / "tracked.mkv", "matroska", "subrip")
+    plain = write_subtitled_video(tmp_path / "plain.mp4", "mp4", None)
+    for video in (tracked, plain):
+        video.with_suffix(".srt").write_text(srt())
+    sidecars = Sidecars()
+    everything = SegmentInfo("t", "s", 0, 1e9, 0.0, 10.0)
+    sidecars.load("t", "s", tracked)  # its track already carries the cues: read twice, they would be stored twice
+    assert sidecars.lines_of(everything) == []
+    sidecars.load("t", "s", plain)
+    assert [line.text for line in sidecars.lines_of(everything)] == [words for _, _, words in CUES]
