@@ -104,6 +104,12 @@ class VideoSegment(Message):
         default_factory=dict, max_length=16, description="Packets of this segment whose timestamps the publisher "
         "repaired, by kind: missing, pts_from_dts, dts_from_pts, wrap, reset, jump, non_monotonic, pts_before_dts "
         "(pipelines/timestamps.py). v3.")
+    tracks: list[Literal["video", "audio", "subtitle"]] = Field(
+        default_factory=lambda: ["video"], min_length=1,
+        description="The kinds of track the payload holds (v3): always the video track; the source's audio track, "
+        "copied as it is; its text subtitle tracks (SubRip, ASS, WebVTT; MP4 mov_text as SubRip). Closed captions "
+        "ride inside the video. With subtitles, or audio MPEG-TS cannot hold, the container is matroska "
+        "(pipelines/segment_tracks.py). Upgraded v1 / v2 records list only video, which is what they carried.")
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -171,6 +177,13 @@ class Evidence(BaseModel):
     text: str = Field("", description="On-screen text recognised there, when the evidence is a text match.")
     lines: list[dict] = Field(default_factory=list, description="Recognised lines: text, confidence, box "
                               "(4 corners, normalised 0..1).")
+    source: Literal["ocr", "caption", "subtitle", "asr"] | None = Field(
+        None, description="Where ``text`` came from: on-screen text (ocr), closed captions, a subtitle track or "
+        "sidecar, or speech recognition (asr); None for visual evidence. Answer v2 / Alert v3.")
+    confidence: float | None = Field(None, description="For transcript evidence: the line's confidence (1 for "
+                                     "captions and subtitles).")
+    words: list[dict] = Field(default_factory=list, description="For recognised speech with word timings: text, "
+                              "start_s, end_s, confidence per word.")
     clip_url: str | None = Field(None, description="API path of a playable MP4 of the span (padded by "
                                  "clips.margin_s): GET it with the same credentials as the query.")
 
@@ -179,9 +192,9 @@ class Answer(Message):
     """The reply to a Query (topic: answers, key: query_id)."""
 
     SCHEMA: ClassVar[str] = "answer"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     schema_: Literal["answer"] = Field("answer", alias="schema")
-    version: Literal[1] = 1
+    version: Literal[2] = 2
     query_id: Id
     answer: str
     extractive: bool = Field(description="True when no generative model wrote the answer.")
@@ -222,9 +235,9 @@ class Alert(Message):
     """
 
     SCHEMA: ClassVar[str] = "alert"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     schema_: Literal["alert"] = Field("alert", alias="schema")
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     stream_id: Id
     alert_id: Id = Field(default_factory=new_id)
     kind: Literal["moderation", "standing_query"] = "moderation"
@@ -283,8 +296,12 @@ UPGRADES: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("alert", 1): dict,
     # VideoSegment v2 added the publishing session; v1 publishers had none (their segments keep their keys).
     ("video_segment", 1): lambda header: {**header, "session": ""},
-    # VideoSegment v3 only added fields with defaults (a v2 publisher's clock was always its own).
-    ("video_segment", 2): dict,
+    # VideoSegment v3 added the live source's clock, gaps and timestamp repairs (defaulted: a v2 publisher's clock
+    # was always its own) and lists the tracks (v2 segments carried the video alone).
+    ("video_segment", 2): lambda header: {**header, "tracks": ["video"]},
+    # Answer v2 / Alert v3: evidence says where its words came from (source, confidence, words), all defaulted.
+    ("answer", 1): dict,
+    ("alert", 2): dict,
 }
 _CURRENT: dict[str, type[Message]] = {m.SCHEMA: m for m in MESSAGE_TYPES}
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Debian packages the tests run for real: redis-server (memory store), prometheus (scrapes the
 # pipeline's metrics in a test), chromium (loads the ops dashboard in a test), kcat (the tests ask
-# and ingest with a Kafka tool that knows nothing of livelens), espeak-ng (the voice of the sample broadcast)
+# and ingest with a Kafka tool that knows nothing of livelens), espeak-ng (the voice of the sample broadcast),
+# node and npm (caption tests fetch mux.js, its CEA-608 test streams and its decoder, from npm at test time)
 # and pocketsphinx-testdata (real read speech with transcripts: LibriVox recordings that the speech
 # recognition test measures its word error rate on; data only, nothing of it is run). The live-source tests
 # (tests/integration/test_live_sources.py) serve real clips from real servers: GStreamer's RTSP server
@@ -9,7 +10,7 @@
 # the ffmpeg CLI. Installed only where missing, so a machine that has them (or is not Debian) is left alone.
 set -euo pipefail
 declare -A package_of=([redis-server]=redis-server [prometheus]=prometheus [chromium]=chromium [kcat]=kcat
-                       [espeak-ng]=espeak-ng [ffmpeg]=ffmpeg [nginx]=nginx)
+                       [espeak-ng]=espeak-ng [ffmpeg]=ffmpeg [nginx]=nginx [node]=nodejs [npm]=npm)
 # Packages without a command of their own: a file each installs.
 declare -A data_package_of=(
   [/usr/share/pocketsphinx/test/data/librivox/transcription]=pocketsphinx-testdata

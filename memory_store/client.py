@@ -17,19 +17,27 @@ if TYPE_CHECKING:
 
     from memory_store.hits import Hit, TextHit
     from memory_store.records import FrameRecord, StreamInfo, WriteResult
+    from memory_store.transcripts import LineRecord, TranscriptHit
     from operators.frames import CompressedBatch
     from operators.ocr import FrameText
+    from operators.transcribe import Transcript
 
 
 class MemoryClient(Protocol):
     def write(self, batch: CompressedBatch, texts: Sequence[FrameText] | None = None, *,
-              replace: bool = False) -> WriteResult | None: ...
+              replace: bool = False, transcript: Transcript | None = None) -> WriteResult | None: ...
 
     def search(self, tenant_id: str, vector: np.ndarray, *, stream_ids: Sequence[str] | None = None,
                t_from: float | None = None, t_to: float | None = None, k: int = 5) -> list[Hit]: ...
 
     def search_text(self, tenant_id: str, vector: np.ndarray, *, stream_ids: Sequence[str] | None = None,
                     t_from: float | None = None, t_to: float | None = None, k: int = 5) -> list[TextHit]: ...
+
+    def search_transcript(self, tenant_id: str, vector: np.ndarray, *, stream_ids: Sequence[str] | None = None,
+                          t_from: float | None = None, t_to: float | None = None, k: int = 5) -> list[TranscriptHit]: ...
+
+    def transcript(self, tenant_id: str, stream_id: str, t_from: float | None = None, t_to: float | None = None,
+                   limit: int = 1000) -> list[LineRecord]: ...
 
     def recent(self, tenant_id: str, stream_ids: Sequence[str] | None = None, n: int = 8, *,
                t_from: float | None = None, t_to: float | None = None) -> list[FrameRecord]: ...

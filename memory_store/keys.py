@@ -22,6 +22,12 @@ Layout (``{t}`` is the tenant id, inside braces on purpose):
     ll:{t}:segments:<stream>           zset    score = wallclock end, member = <segment>: markers, for retention
     ll:{t}:gaps:<stream>               zset    score = wallclock where video resumed, member = JSON of a `StreamGap`:
                                                stretches without video (a live source away, the publisher waiting)
+    ll:{t}:line:<line key>             hash    one transcript line (caption, subtitle, recognised speech): span, text,
+                                               source, language, confidence, channel, words, embedding, id
+    ll:{t}:lines:<stream>              zset    score = wallclock of the line's start, member = line key (timeline,
+                                               retention)
+    ll:{t}:line_ids                    zset    score = index id, member = line key (the transcript index's ids)
+    ll:{t}:line_next_id                string  the last transcript index id handed out
     ll:{t}:offsets                     hash    "topic:partition" -> highest Kafka offset of a stored segment
     ll:{t}:epoch                       string  random, set by the tenant's first write: names this Redis's data
     ll:{t}:clip:loc:<stream>           hash    <segment> -> where a durable segment's records are (pipelines.clips)
@@ -52,7 +58,8 @@ The braces are a Redis Cluster hash tag: every key of one tenant lands in one
 slot, which MULTI/EXEC requires of the keys it touches. ``ll:tenants`` is the one
 key outside any tenant, so it is written outside the segment transaction.
 
-Frame keys are ``SegmentInfo.frame_key(pts)``: ``tenant/stream/<segment>/ms``.
+Frame keys are ``SegmentInfo.frame_key(pts)``: ``tenant/stream/<segment>/ms``. Line keys are
+``tenant/stream/<source>/<channel>/<start ms>`` (`line_key`): a line written again (a replay) finds itself.
 """
 
 from __future__ import annotations
@@ -222,3 +229,24 @@ def merged_key(tenant_id: str, stream_id: str, entry_id: int) -> str:
 
 def is_merged_key(entry_key: str) -> bool:
     return entry_key.rsplit("/", 2)[-2] == "m"
+
+
+def line(tenant_id: str, line_key: str) -> str:
+    return f"{_tenant(tenant_id)}:line:{line_key}"
+
+
+def lines(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:lines:{check_id('stream', stream_id)}"
+
+
+def line_ids(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:line_ids"
+
+
+def line_next_id(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:line_next_id"
+
+
+def line_key(tenant_id: str, stream_id: str, source: str, channel: str, start_s: float) -> str:
+    """A transcript line's identity: one source's channel says one thing starting at one millisecond."""
+    return f"{tenant_id}/{stream_id}/{source}/{channel}/{round(start_s * 1000)}"

@@ -50,11 +50,13 @@ from memory_store.records import FrameRecord, IndexKind, StreamInfo, WriteResult
 from memory_store.redis_tier import RedisTier
 from memory_store.report import TIERS, stream_tiers
 from memory_store.text import check_texts
+from memory_store.transcripts import TranscriptHit, TranscriptMemory
 from memory_store.vector_index import VectorIndex
 from operators.frames import CompressedBatch, SegmentInfo, StageError
 
 if TYPE_CHECKING:
     from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text
+    from operators.transcribe import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +92,22 @@ class MemoryStore:
         # what a snapshot's manifest says it covers.
         self._offsets: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
+        # What was said: lines with their own records and index (memory_store.transcripts).
+        self.transcripts = TranscriptMemory(client, config, self._tenants)
         self.rebuild()
 
     # -- writing -------------------------------------------------------------------------------
 
     def write(self, batch: CompressedBatch, texts: Sequence[FrameText] | None = None, *,
-              replace: bool = False) -> WriteResult | None:
+              replace: bool = False, transcript: Transcript | None = None) -> WriteResult | None:
         """Store a segment, and with it the on-screen text of its frames; None when it was already stored (a replay).
 
         texts: one FrameText per frame of the batch, in pts order (StageError ``text_mismatch``
             otherwise), or None when the segment was not read for text.
         replace: a rebuild (`livelens replay`): a stored version of the segment is replaced, in Redis
             atomically (`memory_store.replace`), then its old ids leave the indexes. Never None then.
+        transcript: the segment's transcript lines (operators.transcribe), stored after its frames
+            (`memory_store.transcripts`); lines already stored are left as they are, so a replay adds nothing.
         """
         seg = batch.segment
         if not self._owns(seg.tenant_id):
@@ -116,6 +122,10 @@ class MemoryStore:
         index = self._index_for(seg.tenant_id, "visual", batch.embedding.shape[1])
         text_index = self._index_for(seg.tenant_id, "text", text_vectors.shape[1]) if with_text else None
         result = self.tier.write_segment(batch, texts, replace=replace)
+        # Before returning either way: a replay after a failure between the two writes stores the lines then.
+        self.transcripts.write(seg, transcript)
+        self.transcripts.expire(seg.tenant_id, seg.stream_id,
+                                seg.wallclock_start + seg.duration_s - self.config.retention_s)
         if result is None:
             self._repair(seg)
             return None
@@ -143,6 +153,11 @@ class MemoryStore:
                 source = f"{seg.topic}:{seg.partition}"
                 applied[source] = max(applied.get(source, -1), seg.offset)
         return result
+
+    def write_transcript(self, seg: SegmentInfo, transcript: Transcript) -> int:
+        """Transcript lines without frames of their own: a stream's captions still on screen when it ended,
+        written with its last segment (``seg``). Idempotent like `write`; returns the lines that were new."""
+        return self.transcripts.write(seg, transcript)
 
     def _repair(self, seg: SegmentInfo) -> None:
         """Reconcile the tenant's indexes with Redis when a segment it already holds is written again.
@@ -255,6 +270,18 @@ class MemoryStore:
                 return episodes[:k]
             depth = min(depth * _TEXT_DEPTH_GROWTH, _TEXT_DEPTH_MAX * k)
 
+    def search_transcript(self, tenant_id: str, vector: np.ndarray, *, stream_ids: Sequence[str] | None = None,
+                          t_from: float | None = None, t_to: float | None = None, k: int = 5) -> list[TranscriptHit]:
+        """The k transcript lines (captions, subtitles, recognised speech) most similar to ``vector`` (a
+        `TextEmbedder` vector, as for `search_text`), best first; scope as in `search`."""
+        return self.transcripts.search(tenant_id, vector, stream_ids=stream_ids, t_from=t_from, t_to=t_to, k=k)
+
+    def transcript(self, tenant_id: str, stream_id: str, t_from: float | None = None, t_to: float | None = None,
+                   limit: int = 1000) -> list:
+        """The stream's transcript lines (`memory_store.transcripts.LineRecord`) starting in [t_from, t_to]
+        (epoch s), oldest first."""
+        return self.transcripts.lines(tenant_id, stream_id, t_from, t_to, limit)
+
     def _records(self, tenant_id: str, found: list[tuple[int, float]]) -> list[FrameRecord]:
         """The frames of search results, in their order (without tokens)."""
         frame_keys = self.tier.frame_keys_for_ids(tenant_id, [frame_id for frame_id, _ in found])
@@ -313,6 +340,7 @@ class MemoryStore:
             "text_indexed": sum(sizes["text"].values()),
             "text_index_sizes": sizes["text"],
             "index_types": types,
+            "transcript_indexed": sum(self.transcripts.size(t) for t in tenants),
             **self._tier_totals(tenants),
         }
 
@@ -360,6 +388,7 @@ class MemoryStore:
         replay`) then stores exactly what a fresh ingest would, events included. Returns entries deleted."""
         result = self.tier.expire_stream(tenant_id, stream_id, float("inf"))
         self._drop_ids(tenant_id, result.removed_ids)
+        self.transcripts.expire(tenant_id, stream_id, float("inf"))
         log.info("purged %s/%s: %d entries", tenant_id, stream_id, result.deleted)
         return result.deleted
 
@@ -380,6 +409,7 @@ class MemoryStore:
         deleted = 0
         for tenant in self._tenants():
             for stream in self.tier.streams(tenant):
+                self.transcripts.expire(tenant, stream.stream_id, horizon)
                 if stream.first_wallclock >= horizon:
                     continue
                 result = self.tier.expire_stream(tenant, stream.stream_id, horizon)
@@ -409,6 +439,7 @@ class MemoryStore:
                 log.info("tenant %s%s: %d entries from snapshot (%d of its removed since), %d from Redis in %.2f s",
                          tenant, "" if kind == "visual" else f" {kind}", rebuilt.from_snapshot, rebuilt.removed,
                          rebuilt.from_redis, time.monotonic() - index_started)
+        self.transcripts.rebuild()
         with self._lock:
             self._indexes = indexes
             self._unsnapshotted = {}

@@ -61,6 +61,7 @@ class EvidenceItem:
         (older frames keep only their index embedding and metadata).
     positions: original token positions of ``tokens`` [K].
     text: on-screen text recognised in the frame, if any.
+    said: what was said around it (captions, subtitles, recognised speech of the evidence window), if any.
     """
 
     stream_id: str
@@ -71,6 +72,7 @@ class EvidenceItem:
     tokens: np.ndarray | None
     positions: np.ndarray | None
     text: str = ""
+    said: str = ""
 
     def __post_init__(self) -> None:
         if self.t_end < self.t_start:
@@ -266,7 +268,8 @@ class Answerer:
 
     def _evidence_piece(self, item: EvidenceItem) -> tuple[list[int], np.ndarray | None]:
         """One frame's text ids and, for a VLM, its stored visual tokens (host array, checked against the model)."""
-        on_screen = f', on-screen text: "{item.text}"' if item.text else ""
+        on_screen = (f', on-screen text: "{item.text}"' if item.text else "") + (
+            f', said: "{item.said}"' if item.said else "")
         if self.kind == "llm":
             line = f"- {item.label()} ({item.wallclock_start}), score {item.score:.2f}{on_screen}\n"
             return self.tokenizer.encode(line, add_special_tokens=False), None
@@ -298,7 +301,8 @@ class Answerer:
         used = sorted(_by_score(evidence)[: self.config.max_evidence_frames], key=_chronological)
         matches = []
         for item in used:
-            on_screen = f', on-screen text "{item.text}"' if item.text else ""
+            on_screen = (f', on-screen text "{item.text}"' if item.text else "") + (
+                f', said "{item.said}"' if item.said else "")
             matches.append(f"{item.label()} ({item.wallclock_start}, score {item.score:.2f}{on_screen})")
         text = f"{lead}Best matches for {asked}, in time order: " + "; ".join(matches) + "."
         if len(evidence) > len(used):

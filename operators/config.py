@@ -42,6 +42,9 @@ class DecodeConfig(Section):
     frame_px: int = Field(
         640, ge=32, description="Longest side of decoded frames. The encoder resizes to its own input; on-screen "
         "text reading needs more pixels than a ViT does (ocr.max_side), so this follows OCR, not the encoder.")
+    audio: bool = Field(
+        False, description="Also decode the segment's audio track to float32 mono 16 kHz (PyAV's resampler) for "
+        "speech recognition. Needed by transcript.asr; off otherwise (it costs a decode of the audio).")
 
 
 class EncodeConfig(Section):
@@ -116,6 +119,26 @@ class OcrConfig(Section):
     max_changed_fraction: float = Field(
         0.35, gt=0.0, le=1.0, description="Incremental reads: when the changed regions cover more than this share "
         "of the frame (a cut, a camera move) the whole frame is read, which then costs less than the regions.")
+
+
+class TranscriptConfig(Section):
+    """What was said (operators/transcribe.py): closed captions, subtitle tracks and speech recognition, as
+    transcript lines stored and searched beside on-screen text."""
+
+    enabled: bool = Field(True, description="Run the transcript stage. Off: no caption, subtitle or speech lines.")
+    captions: bool = Field(True, description="Read CEA-608 closed captions (channel CC1) from the video's A53 data.")
+    subtitles: bool = Field(True, description="Keep the cues of text subtitle tracks the segments carry.")
+    asr: bool = Field(
+        False, description="Recognise speech in the audio where no caption or subtitle covers it. Needs "
+        "decode.audio and a speech recogniser (operators/speech); off by default, on the CPU profile in particular.")
+    asr_pause_s: float = Field(
+        30.0, ge=0, description="Recognition pauses on a stream while its captions showed words within this many "
+        "seconds (captions are the broadcaster's own words). A caption is known once it leaves the screen, so "
+        "the segments before a stream's first caption is reported are still recognised.")
+    max_caption_s: float = Field(
+        20.0, gt=0, description="A caption row seen on screen longer than this (it stays while the screen "
+        "changes around it) is stored as a line at the next change and starts again, so it is searchable before it "
+        "leaves the screen.")
 
 
 class PruneConfig(Section):

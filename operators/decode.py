@@ -1,4 +1,9 @@
-"""Decode one container segment into sampled RGB frames and JPEG thumbnails.
+"""Decode one container segment into sampled RGB frames and JPEG thumbnails, and what travelled with them.
+
+Beside the frames a batch carries what speaks: every decoded frame's closed-caption bytes (A53 side data,
+read by operators/captions.py), the cues of the segment's subtitle tracks as transcript lines, and with
+``decode.audio`` its audio track as float32 mono 16 kHz for speech recognition (operators/side_tracks.py).
+A video-only segment (every segment before tracks travelled) gives none of them.
 
 A segment is a short chunk (normally MPEG-TS) that starts at a keyframe. The
 decoder is stateless: any actor can decode any segment, and replaying a segment
@@ -42,7 +47,8 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from operators.config import DecodeConfig
-from operators.frames import FrameBatch, SegmentInfo, StageError
+from operators.frames import CaptionData, FrameBatch, SegmentInfo, StageError
+from operators.side_tracks import audio_clip, subtitle_lines
 
 # A frame this many grid steps before a grid point counts as on it: stream times are
 # sums of floats, and 6.0 must not come out as 5.999999999999999 and miss grid point 6.
@@ -58,6 +64,8 @@ _JPEG_QUALITY = 80
 # The payload is read from memory, never from a URL or a file: no demuxer may open anything else. FFmpeg
 # checks nested opens against this list, and no protocol has this name.
 _NO_NESTED_IO = {"protocol_whitelist": "none"}
+# Closed captions (CEA-608/708 cc_data) that H.264 / HEVC / MPEG-2 decoders attach to the frames they carry.
+_A53_CC = av.sidedata.sidedata.Type.A53_CC
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +142,15 @@ class SegmentDecoder:
             decoder = self._nvdec(context) or context
 
         # Demux everything first: the payload is already in memory, and the packet timestamps
-        # give coverage and candidate period before a single frame is decoded.
+        # give coverage and candidate period before a single frame is decoded. The other tracks' packets
+        # (audio, subtitles: pipelines/segment_tracks.py) are set aside for after the frames.
         packets = []
-        for packet in container.demux(stream):
+        others: dict[int, list[av.Packet]] = {}
+        for packet in container.demux():
             self._check_deadline(deadline)
-            if packet.size and packet.pts is not None:
+            if packet.stream.index != stream.index:
+                others.setdefault(packet.stream.index, []).append(packet)
+            elif packet.size and packet.pts is not None:
                 packets.append(packet)
         if not packets:
             raise StageError("empty_segment", "the video track holds no frames")
@@ -162,10 +174,28 @@ class SegmentDecoder:
         else:
             period_ticks = frame_ticks
         try:
-            return self._sample(info, stream, decoder, packets, period_ticks * tb, deadline)
+            batch = self._sample(info, stream, decoder, packets, period_ticks * tb, deadline)
         finally:
             if decoder is not context:
                 decoder.flush_buffers()  # the NVDEC decoder serves the next segment
+        self._side_tracks(batch, container, others, float(all_pts[0] * tb))
+        return batch
+
+    def _side_tracks(self, batch: FrameBatch, container: av.container.InputContainer,
+                     others: dict[int, list[av.Packet]], anchor_s: float) -> None:
+        """The subtitle cues, and with ``audio`` on the sound, of the tracks beside the video."""
+        info = batch.segment
+
+        def to_stream_s(payload_s: float) -> float:  # the clock _sample puts frames on
+            return max(0.0, info.media_start_s + payload_s - anchor_s)
+
+        for track in container.streams.subtitles:
+            batch.subtitles.extend(subtitle_lines(track, others.get(track.index, []), to_stream_s,
+                                                  f"subtitle:{track.index}"))
+        batch.subtitles.sort(key=lambda line: (line.start_s, line.channel))
+        if self.config.audio and container.streams.audio:
+            track = container.streams.audio[0]
+            batch.audio = audio_clip(track, others.get(track.index, []), to_stream_s)
 
     def _nvdec(self, context: av.codec.context.CodecContext) -> av.codec.context.CodecContext | None:
         """The stream's NVDEC decoder (FFmpeg's <codec>_cuvid), or None, loudly, when it cannot be opened."""
@@ -200,6 +230,7 @@ class SegmentDecoder:
         previous_time = -math.inf
         corrupt_at: float | None = None
         pts_s: list[float] = []
+        captions: list[CaptionData] = []
         images: list[np.ndarray] = []
         thumbnails: list[bytes] = []
         size: tuple[int, int] | None = None
@@ -220,6 +251,9 @@ class SegmentDecoder:
             if t <= previous_time:
                 raise StageError("decode_error", f"frame timestamps go backwards at {t:.3f} s")
             previous_time = t
+            cc = frame.side_data.get(_A53_CC)
+            if cc is not None:
+                captions.append(CaptionData(t, bytes(cc)))
             if frame.is_corrupt:
                 corrupt_at = t  # an error unless it turns out to be the last frame
                 continue
@@ -241,8 +275,8 @@ class SegmentDecoder:
             raise StageError("truncated_segment", f"the last frame ({corrupt_at:.3f} s) is incomplete")
         if not images:
             width, height = _fit(stream.codec_context.width, stream.codec_context.height, self.frame_px)
-            return FrameBatch(info, np.zeros(0), np.zeros((0, height, width, 3), np.uint8), [])
-        return FrameBatch(info, np.array(pts_s), np.stack(images), thumbnails)
+            return FrameBatch(info, np.zeros(0), np.zeros((0, height, width, 3), np.uint8), [], captions)
+        return FrameBatch(info, np.array(pts_s), np.stack(images), thumbnails, captions)
 
     def _check_size(self, width: int, height: int) -> None:
         if width * height > self.config.max_pixels:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contracts.messages import segment_id
+from operators.transcript import TranscriptLine
 
 
 class StageError(Exception):
@@ -81,19 +82,50 @@ def seq_of_frame_key(frame_key: str) -> int:
     return int(frame_key.rsplit("/", 2)[-2].rsplit("-", 1)[-1])
 
 
+@dataclass(frozen=True)
+class CaptionData:
+    """The closed-caption bytes one video frame carried: CEA-708 ``cc_data`` triplets (CEA-608 inside them), as
+    A53 side data, at the frame's stream time. Every decoded frame's, in presentation order, not only sampled ones."""
+
+    pts_s: float
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    """A segment's audio track for speech recognition: float32 mono 16 kHz, its first sample at ``start_s``
+    (stream seconds, the clock of ``FrameBatch.pts_s``)."""
+
+    SAMPLE_RATE = 16_000
+
+    start_s: float
+    samples: np.ndarray
+    channel: str = "audio"
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.SAMPLE_RATE
+
+
 @dataclass
 class FrameBatch:
-    """Decoded, sampled frames of one segment.
+    """Decoded, sampled frames of one segment, and the words and sound that travelled with them.
 
     pts_s: seconds from the stream's start, shape [N], increasing.
     images: RGB uint8, shape [N, H, W, 3].
     thumbnails: one JPEG per frame.
+    captions: the closed-caption data of every decoded frame (operators.captions turns it into lines).
+    subtitles: the cues of the segment's text subtitle tracks, as transcript lines.
+    audio: the audio track as 16 kHz mono, when decoding audio is on (``decode.audio``) and the segment has one.
     """
 
     segment: SegmentInfo
     pts_s: np.ndarray
     images: np.ndarray
     thumbnails: list[bytes] = field(default_factory=list)
+    captions: list[CaptionData] = field(default_factory=list)
+    subtitles: list[TranscriptLine] = field(default_factory=list)
+    audio: AudioClip | None = None
 
     def __post_init__(self) -> None:
         self.pts_s = np.asarray(self.pts_s, dtype=np.float64)

@@ -41,6 +41,8 @@ from operators.config import (
     OcrConfig,
     PruneConfig,
     Section,
+    SpeechConfig,
+    TranscriptConfig,
 )
 from operators.moderation.policy import ModerationConfig
 from pipelines.secrets import REDACTED, split_url_credentials
@@ -178,6 +180,8 @@ class PipelineConfig(Section):
     compressors: int = Field(1, ge=1, description="Compress actors; none are started with encode.fused (the encoders "
                              "compress).")
     ocr_readers: int = Field(1, ge=1, description="On-screen text actors (when ocr.enabled).")
+    transcript_readers: int = Field(1, ge=1, description="Transcript actors: captions, subtitles, speech (when "
+                                    "transcript.enabled).")
     standing_evaluators: int = Field(1, ge=1, description="Actors evaluating standing queries on new segments.")
     answerers: int = Field(1, ge=1)
     max_inflight_segments: int = Field(
@@ -228,6 +232,7 @@ class PlacementConfig(Section):
     encode: StagePlacement = StagePlacement()
     compress: StagePlacement = StagePlacement()
     ocr: StagePlacement = StagePlacement()
+    transcript: StagePlacement = StagePlacement()
     memory: StagePlacement = StagePlacement()
     standing: StagePlacement = StagePlacement()
     answer: StagePlacement = StagePlacement()
@@ -414,6 +419,9 @@ class LivelensConfig(BaseSettings):
     compress: CompressConfig = CompressConfig()
     memory: MemoryConfig = MemoryConfig()
     ocr: OcrConfig = OcrConfig()
+    transcript: TranscriptConfig = TranscriptConfig()
+    speech: SpeechConfig = Field(SpeechConfig(), description="The speech recogniser transcript.asr runs "
+                                 "(operators/speech).")
     cache: CacheConfig = CacheConfig()
     drop: DropConfig = DropConfig()
     prune: PruneConfig | None = Field(None, description="Distinctive-token pruning to a per-frame budget; None: off.")
@@ -446,6 +454,15 @@ class LivelensConfig(BaseSettings):
                 merged.setdefault(field, os.environ[env_name])
                 data[section] = merged
         return data
+
+    @model_validator(mode="after")
+    def _asr_hears_audio(self) -> LivelensConfig:
+        if self.transcript.enabled and self.transcript.asr:
+            if not self.decode.audio:
+                raise ValueError("transcript.asr recognises the decoded audio: set decode.audio too")
+            if self.speech.engine == "none":
+                raise ValueError("transcript.asr needs a speech engine: set speech.engine (pocketsphinx, whisper)")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -544,6 +561,7 @@ PROFILE_DEFAULTS["cluster"] = {
         "decode": {"num_cpus": 1, "resources": _CPU_NODE},
         "compress": {"num_cpus": 0.5, "resources": _CPU_NODE},
         "ocr": {"num_cpus": 1, "resources": _CPU_NODE},
+        "transcript": {"num_cpus": 0.5, "resources": _CPU_NODE},
         "memory": {"num_cpus": 1, "resources": _CPU_NODE},
         "standing": {"num_cpus": 0.5, "resources": _CPU_NODE},
         "query": {"num_cpus": 0.5, "resources": _CPU_NODE},

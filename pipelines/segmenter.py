@@ -19,8 +19,13 @@ Cutting rules:
   source's GOP structure allows: a source with a keyframe every 8 s gives 8 s
   segments whatever ``target_s`` says. Packets before a source's first keyframe
   cannot be decoded alone and are dropped.
-- Only the first video track is carried. Audio and every other track are
-  dropped: livelens watches pictures, and a video-only segment is smaller.
+- The first video track is carried, and beside it the audio track and the text
+  subtitle tracks (``pipelines.segment_tracks``: which, and the container they
+  need); closed captions ride inside the video packets. Every other track is
+  dropped. Packets of the other tracks go into the segment open when they are
+  read, so each travels exactly once, its own timestamps kept on the segment's
+  clock (mapped through the video's timestamp repair; a few packets around a cut
+  may sit in the neighbouring segment).
 - Closed GOPs are assumed (x264's default): frames after a keyframe in decode
   order do not reference frames before it.
 
@@ -55,6 +60,7 @@ from urllib.parse import urlparse
 
 import av
 
+from pipelines.segment_tracks import CarriedTracks, TrackMuxer, select_tracks
 # CLOCK_HZ: the MPEG-TS clock; all bookkeeping is in its integer ticks, so nothing drifts.
 from pipelines.timestamps import CLOCK_HZ, TimestampRepair
 
@@ -113,7 +119,8 @@ class SourceError(Exception):
 
 @dataclass(frozen=True)
 class MediaSegment:
-    """One self-contained segment of the video track (no audio), in ``container`` (an FFmpeg format name)."""
+    """One self-contained segment of the video track and its ``tracks`` (``video``, ``audio``, ``subtitle``:
+    what the segment contract's ``VideoSegment.tracks`` lists), in ``container`` (an FFmpeg format name)."""
 
     seq: int
     media_start_s: float
@@ -124,6 +131,7 @@ class MediaSegment:
     payload: bytes
     source: str
     container: str = MPEGTS
+    tracks: tuple[str, ...] = ("video",)
     # Live sources only (files leave the defaults): epoch seconds of the first frame and which clock said
     # so (`WallclockSource`); seconds of stream time before this segment with no video (the source
     # dropped, stalled or restarted); what `TimestampRepair` repaired in its packets, by kind.
@@ -148,11 +156,13 @@ class Timeline:
     silence_passes: bool = False
 
 
-def iter_segments(source: str, *, target_s: float = 2.0, loop: bool = False) -> Iterator[MediaSegment]:
+def iter_segments(source: str, *, target_s: float = 2.0, loop: bool = False, audio: bool = True,
+                  subtitles: bool = True) -> Iterator[MediaSegment]:
     """Segments of ``source``: a file, a directory (its video files in name order, played as
     one stream) or a URL of any protocol FFmpeg opens (`URL_SCHEMES`), read once. ``loop`` plays
     it again from the start when it ends, forever; media time keeps counting up. A live source
     that should survive drops and restarts goes through `pipelines.live.live_segments` instead.
+    ``audio`` / ``subtitles``: carry the audio track / the text subtitle tracks (``pipelines.segment_tracks``).
     """
     if target_s <= 0:
         raise ValueError(f"target_s must be positive, got {target_s}")
@@ -163,7 +173,7 @@ def iter_segments(source: str, *, target_s: float = 2.0, loop: bool = False) -> 
     while True:
         for name in inputs:
             produced = 0
-            for media in segments_of(name, target_ticks, timeline):
+            for media in segments_of(name, target_ticks, timeline, audio=audio, subtitles=subtitles):
                 yield media.numbered(seq)
                 seq += 1
                 produced += 1
@@ -212,7 +222,7 @@ def _open(name: str, options: Mapping[str, str] | None = None) -> av.container.I
 class _SegmentWriter:
     """Muxes the packets of one segment into an in-memory container as they arrive."""
 
-    def __init__(self, template: av.VideoStream, start_ticks: int, container: str):
+    def __init__(self, template: av.VideoStream, start_ticks: int, container: str, tracks: CarriedTracks):
         self.start_ticks = start_ticks
         self.wallclock_s: float | None = None  # by the sender's clock (None: it has none, or a file)
         self.clock: WallclockSource = "publisher"
@@ -222,6 +232,8 @@ class _SegmentWriter:
         # opaque: copy the codec parameters without looking up an encoder of the source's codec (there is
         # none for decoder-only names such as libdav1d, and a remux needs none).
         self._stream = self._output.add_stream_from_template(template, opaque=True)
+        self._tracks = TrackMuxer(self._output, tracks)
+        self._last_other: dict[int, int] = {}  # input track -> its last muxed timestamp (ticks in the segment)
 
     def add(self, packet: av.Packet, pts: int, dts: int, duration: int) -> None:
         packet.pts = pts - self.start_ticks + _OFFSET_TICKS
@@ -232,19 +244,37 @@ class _SegmentWriter:
         self._output.mux(packet)
         self.end_ticks = max(self.end_ticks, pts + duration)
 
+    def add_other(self, packet: av.Packet, pts: int, duration: int) -> None:
+        """A packet of a carried audio or subtitle track, ``pts`` in stream ticks on the video's timeline."""
+        relative = pts - self.start_ticks + _OFFSET_TICKS
+        track = packet.stream.index
+        # Negative: before the stream's clock starts. Not after the track's previous packet: the source's
+        # clock jumped (a live encoder restarting) and the video has not shown it yet; the muxer would refuse it.
+        if relative < 0 or relative <= self._last_other.get(track, -1):
+            return
+        mapped = self._tracks.map(packet)
+        if mapped is None:
+            return
+        self._last_other[track] = relative
+        mapped.pts = mapped.dts = relative
+        mapped.duration = duration
+        mapped.time_base = _TICK
+        self._output.mux(mapped)
+
     def close(self) -> bytes:
         self._output.close()
         return self._buffer.getvalue()
 
 
-def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mapping[str, str] | None = None
-                ) -> Iterator[MediaSegment]:
+def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mapping[str, str] | None = None, *,
+                audio: bool = True, subtitles: bool = True) -> Iterator[MediaSegment]:
     """Segments of one input (seq 0: the caller numbers them), from ``timeline`` on; updates ``timeline``.
 
     Timestamps go through `TimestampRepair` (missing, DTS-only, wrapped, reset), so any stream FFmpeg
     plays is cut; what was repaired goes with each segment. A read error after some segments (a dropped
     connection, a truncated file) first hands out the segment in progress, then raises SourceError.
-    ``options``: FFmpeg format / protocol options over the defaults (e.g. rtsp_transport=udp).
+    ``options``: FFmpeg format / protocol options over the defaults (e.g. rtsp_transport=udp). ``audio`` /
+    ``subtitles``: carry the audio track / the text subtitle tracks (``pipelines.segment_tracks``).
     """
     container = _open(name, options)
     try:
@@ -256,7 +286,8 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
             raise SourceError(f"{name}: video track has a codec FFmpeg does not know")
         # The codec's own name (av1), not this build's decoder for it (libdav1d): the consumer may decode with another.
         codec, width, height = ctx.codec.canonical_name, ctx.width, ctx.height
-        container_format = segment_container(codec)
+        tracks = select_tracks(container, audio=audio, subtitles=subtitles)
+        container_format = tracks.container(codec in TS_CODECS)
         tb = stream.time_base
         scheme = urlparse(name).scheme.lower()
         live = scheme in LIVE_SCHEMES or (scheme in URL_SCHEMES and container.duration is None)
@@ -315,13 +346,33 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
             return MediaSegment(
                 seq=0, media_start_s=seg.start_ticks / CLOCK_HZ, duration_s=(end_ticks - seg.start_ticks) / CLOCK_HZ,
                 codec=codec, width=width, height=height, payload=payload, source=name, container=container_format,
-                wallclock_s=seg.wallclock_s, clock=seg.clock, gap_before_s=gap / CLOCK_HZ,
+                tracks=tracks.names, wallclock_s=seg.wallclock_s, clock=seg.clock, gap_before_s=gap / CLOCK_HZ,
                 repairs=repair.take_repairs(), live=live)
 
         want_keyframe = True  # at the start, and after a timestamp reset: frames before a keyframe are dropped
         seg: _SegmentWriter | None = None
+        # The other tracks keep the source's clock: the video's raw-to-repaired offset (ticks) maps them onto
+        # the repaired timeline, so a reset or wrap moves them with the video.
+        video_offset: int | None = None
+        early: list[av.Packet] = []  # other tracks' packets read before the first segment opened
+        others = [*([tracks.audio] if tracks.audio else []), *tracks.subtitles]
         try:
-            for packet in _demux(container, stream, name):
+            for packet in _demux(container, [stream, *others], name):
+                if packet.stream.index != stream.index:
+                    if packet.pts is None:
+                        continue
+                    if seg is None or video_offset is None:
+                        # Files interleave tracks in chunks: audio of the first second may precede the first keyframe.
+                        early.append(packet)
+                        continue
+                    for other in [*early, packet]:
+                        at = origin + round(other.pts * other.stream.time_base * CLOCK_HZ) + video_offset - base
+                        if other is not packet and at < seg.start_ticks:
+                            continue  # before the stream's first frame
+                        length = round(other.duration * other.stream.time_base * CLOCK_HZ) if other.duration else 0
+                        _mux_or_fail(name, container_format, lambda: seg.add_other(other, at, length))
+                    early = []
+                    continue
                 arrival = timeline.last_arrival = time.monotonic()
                 if held and arrival - read_started > live_edge_wait:
                     yield from release()
@@ -338,13 +389,15 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
                     want_keyframe = False
                 if base is None:
                     base = stamp.pts
+                if packet.pts is not None:
+                    video_offset = stamp.pts - round(packet.pts * tb * CLOCK_HZ)
                 pts, dts = origin + stamp.pts - base, origin + stamp.dts - base
                 if packet.is_keyframe and (seg is None or pts - seg.start_ticks >= target_ticks):
                     if seg is not None:
                         # Closed GOP: every frame of the segment is presented before this keyframe.
                         yield from emit(finish(seg, pts))
                         pts, dts = origin + stamp.pts - base, origin + stamp.dts - base  # finish may move origin
-                    seg = _SegmentWriter(stream, pts, container_format)
+                    seg = _SegmentWriter(stream, pts, container_format, tracks)
                     if live:
                         seg.wallclock_s = _sender_wallclock(container, packet, tb)
                         seg.clock = "rtcp" if seg.wallclock_s is not None else "arrival"
@@ -379,9 +432,17 @@ def _sender_wallclock(container: av.container.InputContainer, packet: av.Packet,
     return None
 
 
-def _demux(container: av.container.InputContainer, stream: av.VideoStream, name: str) -> Iterator[av.Packet]:
-    """The video track's packets; read errors (a truncated or corrupt file, a dropped connection) raise SourceError."""
-    packets = container.demux(stream)
+def _mux_or_fail(name: str, container_format: str, mux) -> None:
+    try:
+        mux()
+    except av.FFmpegError as exc:
+        raise SourceError(f"{name}: an audio or subtitle packet cannot go into {container_format}: {exc}") from exc
+
+
+def _demux(container: av.container.InputContainer, streams: list, name: str) -> Iterator[av.Packet]:
+    """The packets of ``streams`` in file order; read errors (a truncated or corrupt file, a dropped connection)
+    raise SourceError."""
+    packets = container.demux(streams)
     while True:
         try:
             packet = next(packets)

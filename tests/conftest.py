@@ -54,3 +54,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("models")
     return {"clip": build_tiny_clip(root / "clip"), "vlm": build_tiny_vlm(root / "vlm"), "llm": build_tiny_llm(root / "llm")}
+
+
+@pytest.fixture(scope="session")
+def muxjs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mux.js from npm, fetched at test time (tests/transcripts/media.py): real CEA-608-captioned streams and an
+    independent CEA-608 decoder. deploy/install_system_packages.sh installs node and npm."""
+    import shutil
+
+    from tests.transcripts.media import fetch_muxjs
+
+    missing = [tool for tool in ("npm", "node") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed: run deploy/install_system_packages.sh")
+    return fetch_muxjs(tmp_path_factory.mktemp("muxjs"))

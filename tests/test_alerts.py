@@ -101,8 +101,8 @@ def test_audit_trail_is_per_room_newest_first(log):
     assert log.audit_trail("t2", "room-1") == []
 
 
-def test_alert_v1_records_are_read_as_v2():
+def test_alert_v1_records_are_read_as_the_current_version():
     v1 = (b'{"schema": "alert", "version": 1, "tenant_id": "t", "stream_id": "s", "alert_id": "x", '
           b'"kind": "moderation", "state": "RED", "score": 0.9, "reason": "r", "evidence": []}')
     decoded, _ = messages.decode(len(v1).to_bytes(4, "big") + v1, expect=messages.Alert)
-    assert (decoded.version, decoded.alert_id, decoded.update, decoded.drivers) == (2, "x", 0, [])
+    assert (decoded.version, decoded.alert_id, decoded.update, decoded.drivers) == (3, "x", 0, [])

@@ -135,9 +135,9 @@ from pipelines.config import LivelensConfig
 
 class SlowStore(MemoryStore):
     # Slow enough that the parent can kill the run between segments.
-    def write(self, batch, texts=None):
+    def write(self, batch, texts=None, **kwargs):
         time.sleep(0.4)
-        return super().write(batch, texts)
+        return super().write(batch, texts, **kwargs)
 
 if __name__ == "__main__":
     address, model, data_dir, video, start = sys.argv[1:]
@@ -194,11 +194,11 @@ class CrashingStore(MemoryStore):
         super().__init__(*args, **kwargs)
         self.survive = survive
 
-    def write(self, batch, texts=None):
+    def write(self, batch, texts=None, **kwargs):
         if self.survive == 0:
             raise _Crash
         self.survive -= 1
-        return super().write(batch, texts)
+        return super().write(batch, texts, **kwargs)
 
 
 def test_resume_restores_the_ocr_reader_state(tmp_path, redis_server, tiny_models, video):

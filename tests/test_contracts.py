@@ -218,7 +218,7 @@ def test_segment_bytes_are_copied_once_each_way():
     assert whole is not None and type(whole[1]) is bytes and whole[1] == payload and whole[2] == [0, 1, 2]
 
 
-_V3_FIELDS = {"wallclock_source", "gap_before_s", "timestamp_repairs"}
+_V3_FIELDS = {"wallclock_source", "gap_before_s", "timestamp_repairs", "tracks"}
 
 
 def test_a_v1_segment_is_read_as_current_without_a_session_and_keeps_its_memory_keys():
@@ -227,20 +227,23 @@ def test_a_v1_segment_is_read_as_current_without_a_session_and_keeps_its_memory_
     v1["version"] = 1
     decoded, payload = messages.decode(_raw(json.dumps(v1).encode()) + b"data")
     assert isinstance(decoded, messages.VideoSegment) and decoded.version == 3 and payload == b"data"
+    assert decoded.tracks == ["video"]  # what a v1 segment carried
     assert decoded.session == "" and decoded.key == "t/s/3"
     from pipelines.ingest.source import segment_info
 
     assert segment_info(decoded).frame_key(6.5) == "t/s/3/6500"  # what memory stored for it under v1
 
 
-def test_a_v2_segment_is_read_as_v3_with_the_publishers_clock_and_nothing_repaired():
-    """v2 publishers (before live-source repair) are still read: their clock was their own, no gap, no repairs."""
+def test_a_v2_segment_is_read_as_v3_with_the_publishers_clock_nothing_repaired_and_video_alone():
+    """v2 publishers (before live-source repair and tracks) are still read: their clock was their own, no gap, no
+    repairs, the video track alone."""
     v2 = {k: v for k, v in SEG.model_dump(mode="json", by_alias=True).items() if k not in _V3_FIELDS}
     v2["version"] = 2
     value, headers = b"data", [(messages.SEGMENT_HEADER, json.dumps(v2).encode())]
     decoded, _ = messages.decode(value, expect=messages.VideoSegment, headers=headers)
     assert isinstance(decoded, messages.VideoSegment) and decoded.version == 3
     assert (decoded.wallclock_source, decoded.gap_before_s, decoded.timestamp_repairs) == ("publisher", 0.0, {})
+    assert decoded.tracks == ["video"]  # what a v2 segment carried
 
 
 @pytest.mark.parametrize(

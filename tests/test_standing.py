@@ -121,3 +121,23 @@ def test_evaluator_sees_queries_registered_and_deleted_after_it_started(client):
     registry.delete("t", "late")
     ev.evaluate("t", "s", frames("..xx", 2))
     assert [f.frame.pts_s for f in fired] == [1]
+
+
+def test_spoken_words_fire_a_text_query_with_the_line_as_evidence(client):
+    """A transcript line counts at the frame on screen when it starts; the alert's evidence is the line."""
+    from operators.transcript import TranscriptLine
+    from pipelines.query.standing import firing_alert
+
+    StandingRegistry(client).register(StandingQuery(query_id="q", tenant_id="t", text="storm",
+                                                    text_vector=MATCH.tolist(), rearm_s=3))
+    said = TranscriptLine(2.4, 3.6, "the storm reaches the coast", "caption", channel="CC1")
+    views = frames("____")  # no on-screen text at all
+    views[2] = FrameView(**{**views[2].__dict__, "spoken": ((said, MATCH),)})
+    fired: list = []
+    evaluator(client, fired).evaluate("t", "s", views)
+
+    [firing] = fired
+    assert firing.frame.pts_s == 2.0 and firing.line == said
+    [evidence] = firing_alert(firing, "t").evidence
+    assert (evidence.source, evidence.text, evidence.t_start, evidence.t_end) == ("caption", said.text, 2.4, 3.6)
+    assert evidence.wallclock_start.timestamp() == pytest.approx(1e9 + 2.4)

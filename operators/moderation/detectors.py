@@ -34,6 +34,7 @@ from operators.moderation.policy import (
     normalise,
 )
 from operators.ocr import FrameText, TextEmbedder
+from operators.transcript import TranscriptLine
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,21 @@ class LexiconDetector:
         labels = tuple(dict.fromkeys(label for label, _ in hits))
         return DetectorScore(self.name, pts_s, self.policy.severity_scores[severity], labels,
                              text=frame_text.text, severity=severity)
+
+    def score_lines(self, lines: Sequence[TranscriptLine]) -> list[DetectorScore]:
+        """What was said (captions, subtitles, recognised speech) against the lexicon: a score at each line's
+        start for the lines that break a rule, under the detector name ``lexicon:<source>``, so an alert's
+        driver says whether the words were captioned, subtitled or heard."""
+        out = []
+        for line in lines:
+            hits = self.matches(line.text)
+            if hits:
+                severity = max((s for _, s in hits), key=_SEVERITY_RANK.__getitem__)
+                labels = tuple(dict.fromkeys(label for label, _ in hits))
+                out.append(DetectorScore(f"{self.name}:{line.source}", line.start_s,
+                                         self.policy.severity_scores[severity], labels, text=line.text,
+                                         severity=severity))
+        return out
 
     def matches(self, text: str) -> list[tuple[str, Severity]]:
         """(label, severity) of every rule ``text`` breaks."""

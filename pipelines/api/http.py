@@ -242,6 +242,19 @@ class LivelensAPI:
                      drop_ratio=f.drop_ratio, text=f.text, lines=f.lines, thumbnail=f.thumbnail,
                      boundary=f.boundary, kind=f.kind, covers=f.covers) for f in frames]
 
+    @api.get("/v1/streams/{stream_id}/transcript")
+    def transcript(self, request: Request, stream_id: str, tenant_id: str = "default", start: datetime | None = None,
+                   end: datetime | None = None, limit: int = Query(500, ge=1, le=10_000)) -> list[dict]:
+        """What was said on the stream in a wall-clock range (lines starting in it), oldest first: each line's
+        times, words, ``source`` (caption / subtitle / asr), language, confidence and channel."""
+        tenant = self._tenant(request, tenant_id)
+        lines = self.engine.transcript(tenant, stream_id, start.timestamp() if start else None,
+                                       end.timestamp() if end else None, limit)
+        return [dict(line_key=line.line_key, t_start=line.start_s, t_end=line.end_s,
+                     wallclock_start=line.wallclock_start, text=line.text, source=line.source,
+                     language=line.language, confidence=line.confidence, channel=line.channel, words=line.words)
+                for line in lines]
+
     @api.get("/v1/overview")
     def overview(self, request: Request, tenant_id: str | None = Query(None, pattern=_ID)) -> dict:
         """The tenant's streams: status, ingest lag, fps, tokens kept, memory, last alert. Operators (the admin

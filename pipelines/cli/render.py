@@ -26,11 +26,11 @@ def print_answer(answer: messages.Answer, *, as_json: bool) -> None:
     if answer.error:
         out.print(f"[red]error:[/red] {answer.error}")
     out.print(f"[bold]answer[/bold] ({'extractive' if answer.extractive else answer.model}): {answer.answer}")
-    table = Table("stream", "t (s)", "wall clock", "score", "on-screen text")
+    table = Table("stream", "t (s)", "wall clock", "score", "source", "words (on screen or said)")
     table.columns[0].overflow = "fold"  # ids are copied, never cut short
     for e in answer.evidence:
         table.add_row(e.stream_id, f"{e.t_start:.1f}-{e.t_end:.1f}", e.wallclock_start.isoformat(timespec="seconds"),
-                      f"{e.score:.3f}", e.text.replace("\n", " / "))
+                      f"{e.score:.3f}", e.source or "", e.text.replace("\n", " / "))
     out.print(table)
     out.print(f"latency {answer.latency_ms:.0f} ms")
 

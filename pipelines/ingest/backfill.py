@@ -92,6 +92,7 @@ from operators.frames import (
 from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
 from pipelines.ingest.chain import OperatorChain
+from pipelines.ingest.sidecars import Sidecars
 from pipelines.ingest.source import segment_info
 from pipelines.kafka.publish import (
     segment_header,  # the publisher's own header: SegmentInfo exactly as live
@@ -325,12 +326,13 @@ class Backfill:
         self.on_dead_letter = on_dead_letter
         # The steps the live actors run, built by the same code, so backfill stores what live ingest would.
         self._chain = OperatorChain.build(config)
+        self._sidecars = Sidecars()  # subtitle files beside the recordings (pipelines/ingest/sidecars.py)
         # What shapes stored memory (not batch sizes or waits): a change makes old manifests invalid.
         shaping = {"decode": config.decode.model_dump(), "encode_model": self._chain.visual.encoder.model_name,
                    "encode_dtype": config.encode.dtype, "compress": config.compress.model_dump(),
                    "ocr": config.ocr.model_dump(), "cache": config.cache.model_dump(),
                    "drop": config.drop.model_dump(), "prune": config.prune.model_dump() if config.prune else None,
-                   "boundaries": config.boundaries.model_dump()}
+                   "boundaries": config.boundaries.model_dump(), "transcript": config.transcript.model_dump()}
         self._config_digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
     def run(self, jobs: Sequence[BackfillJob]) -> BackfillSummary:
@@ -381,6 +383,8 @@ class Backfill:
         if overall_total is not None:  # the overall bar counts this run's work: its rate must not include skips
             progress.update(overall, total=overall_total - done_s)
 
+        self._sidecars.load(job.tenant_id, job.stream_id, job.source)
+
         def pending() -> Iterator[tuple[SegmentInfo, bytes]]:
             for media in iter_segments(str(job.source)):
                 if media.seq < next_seq:
@@ -388,7 +392,10 @@ class Backfill:
                     continue
                 yield _info(media, job, start), media.payload
 
+        last: list[SegmentInfo] = []
+
         def done(info: SegmentInfo) -> None:
+            last[:] = [info]
             summary.stream_seconds += info.duration_s
             progress.advance(task, info.duration_s)
             progress.advance(overall, info.duration_s)
@@ -398,6 +405,10 @@ class Backfill:
 
         try:
             self.process(decoder.decode(pending()), summary, done, checkpoint)
+            if last and self._chain.transcriber is not None:
+                # The recording ended: captions still on screen end with it (live ingest stores them when
+                # they leave the screen).
+                self.store.write_transcript(last[0], self._chain.transcriber.flush(*key))
         finally:
             self._forget(key)
         progress.update(task, visible=False)
@@ -427,6 +438,7 @@ class Backfill:
     def _forget(self, key: tuple[str, str]) -> None:
         """Per-stream state starts empty for each file (a resumed one is restored from its manifest)."""
         self._chain.forget(*key)
+        self._sidecars.forget(*key)
 
     def _process(self, group: list[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
                  done: Callable[[SegmentInfo], None], checkpoint: Callable[[SegmentInfo], None] | None) -> None:
@@ -455,13 +467,17 @@ class Backfill:
         try:
             reader = self._chain.reader
             texts = tag_stage("ocr", reader.read, frames) if reader is not None else None
+            transcript = None
+            if self._chain.transcriber is not None:
+                frames.subtitles.extend(self._sidecars.lines_of(frames.segment))
+                transcript = tag_stage("transcript", self._chain.transcriber.read, frames)
             if self.replace and frames.segment.seq == 0:
                 # A stream rebuilt from its first segment starts from nothing, so memory ends exactly as a
                 # fresh ingest leaves it, events included (replacing segment by segment would keep the events
                 # built from the old version). Here, in write order, so no earlier write can land after it.
                 self.store.purge_stream(frames.segment.tenant_id, frames.segment.stream_id)
             write = functools.partial(self.store.write, replace=True) if self.replace else self.store.write
-            written = tag_stage("memory", write, compressed, texts)
+            written = tag_stage("memory", functools.partial(write, transcript=transcript), compressed, texts)
         except StageError as exc:
             self._dead_letter(frames.segment, exc, summary)
             return

@@ -29,6 +29,7 @@ from operators.encode_compress import EncodeCompressor
 from operators.frame_skip import FrameSkipper, encode_skipping
 from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, StageError, tag_stage
 from operators.state import Stateful
+from operators.transcribe import Recognizer, Transcriber
 from pipelines.config import LivelensConfig
 from pipelines.models import vision_encoder
 
@@ -166,20 +167,45 @@ def text_reader(config: LivelensConfig) -> ScreenTextReader | None:
     return ScreenTextReader(config.ocr)
 
 
+def speech_recognizer(config: LivelensConfig) -> Recognizer | None:
+    """The recogniser ``transcript.asr`` uses: voice activity detection, then ``speech.engine``
+    (operators/speech); None while asr is off."""
+    if not (config.transcript.enabled and config.transcript.asr):
+        return None
+    from operators.speech.recognizer import SpeechRecognizer
+
+    return SpeechRecognizer(config.speech)
+
+
+def transcriber(config: LivelensConfig, recognizer: Recognizer | None = None,
+                reader: ScreenTextReader | None = None) -> Transcriber | None:
+    """The transcript stage (captions, subtitles and, with ``transcript.asr``, ``recognizer``'s speech); None when
+    ``transcript.enabled`` is off. It embeds with the OCR reader's MiniLM when there is one (loaded once)."""
+    if not config.transcript.enabled:
+        return None
+    recognizer = recognizer if recognizer is not None else speech_recognizer(config)
+    return Transcriber(config.transcript, reader.embedder if reader is not None else None, recognizer)
+
+
 @dataclass
 class OperatorChain:
     """Every step between decode and memory, in one process (backfill, replay)."""
 
     visual: SeparateEncodeCompress | FusedEncodeCompress
     reader: ScreenTextReader | None
+    transcriber: Transcriber | None = None
 
     @classmethod
-    def build(cls, config: LivelensConfig) -> OperatorChain:
-        return cls(encode_compress(config), text_reader(config))
+    def build(cls, config: LivelensConfig, recognizer: Recognizer | None = None) -> OperatorChain:
+        """``recognizer``: the speech recogniser for ``transcript.asr`` (anything with `Recognizer`'s ``transcribe``);
+        None builds the configured one (`speech_recognizer`)."""
+        reader = text_reader(config)
+        return cls(encode_compress(config), reader, transcriber(config, recognizer, reader))
 
     def stateful(self) -> dict[str, Stateful]:
         """The steps that keep per-stream state, by the name their snapshot is stored under."""
-        steps: dict[str, Stateful | None] = {**self.visual.stateful(), "ocr": self.reader}
+        steps: dict[str, Stateful | None] = {**self.visual.stateful(), "ocr": self.reader,
+                                             "transcript": self.transcriber}
         return {name: step for name, step in steps.items() if step is not None}
 
     def snapshot(self) -> dict[str, dict[str, Any]]:

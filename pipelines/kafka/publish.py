@@ -213,6 +213,7 @@ def segment_header(media: MediaSegment, *, stream_id: str, tenant_id: str, start
         height=media.height,
         payload_bytes=len(media.payload),
         source=media.source,
+        tracks=list(media.tracks),
     )
 
 

@@ -95,15 +95,20 @@ class _Screen:
         if policy.nudity.enabled:
             self.on_frames.append(SafeDetector(NudityDetector(policy.nudity, config.moderation.nudity_batch_frames),
                                                timeout))
+        # The lexicon reads on-screen text (per frame) and what was said (per transcript line: `spoken`).
+        self.lexicon: LexiconDetector | None = None
         if policy.lexicon.enabled:
-            if not config.ocr.enabled:
-                raise ValueError(f"policy {policy.version}: lexicon screening reads on-screen text: enable ocr")
+            if not (config.ocr.enabled or config.transcript.enabled):
+                raise ValueError(f"policy {policy.version}: lexicon screening reads on-screen text and what was "
+                                 "said: enable ocr or transcript")
             embedder = None
             if any(t.semantic for t in policy.lexicon.terms):
                 from operators.ocr import TextEmbedder
 
                 embedder = TextEmbedder()
-            self.on_frames.append(SafeDetector(LexiconDetector(policy.lexicon, embedder), timeout))
+            self.lexicon = LexiconDetector(policy.lexicon, embedder)
+            if config.ocr.enabled:
+                self.on_frames.append(SafeDetector(self.lexicon, timeout))
         self.prompts: SafeDetector | None = None
         if policy.prompts.enabled:
             if embed_texts is None:
@@ -111,8 +116,11 @@ class _Screen:
             detector = PromptSimilarityDetector(policy.prompts, embed_images=_no_images, embed_texts=embed_texts)
             self.prompts = SafeDetector(_PromptsOnEmbeddings(detector), timeout)
 
-    def score(self, frames: FrameBatch, texts: list | None, embedding: Callable[[], np.ndarray]) -> list[DetectorScore]:
+    def score(self, frames: FrameBatch, texts: list | None, embedding: Callable[[], np.ndarray],
+              transcript=None) -> list[DetectorScore]:
         scores = [s for d in self.on_frames for s in d.score(frames, texts)]
+        if self.lexicon is not None and transcript is not None:
+            scores += self.lexicon.score_lines(transcript.lines)
         if self.prompts is not None:
             scores += self.prompts.score(_Embeddings(frames.pts_s, embedding()), None)
         return scores
@@ -155,11 +163,13 @@ class Moderator:
         self._lock = threading.Lock()
         self.counts = dict(segments=0, frames=0, decisions=0, alerts=0, verdicts=0, verdicts_ignored=0)
 
-    def screen(self, frames: FrameBatch, texts: list | None, embedding: Callable[[], np.ndarray]) -> list[RiskDecision]:
-        """Score one segment's frames, update its room, deliver the decisions; returns them."""
+    def screen(self, frames: FrameBatch, texts: list | None, embedding: Callable[[], np.ndarray],
+               transcript=None) -> list[RiskDecision]:
+        """Score one segment's frames (and its transcript lines: operators.transcribe.Transcript), update its
+        room, deliver the decisions; returns them."""
         info = frames.segment
         screen = self._screens[id(self.policies.policy_for(info.tenant_id))]
-        scores = screen.score(frames, texts, embedding)
+        scores = screen.score(frames, texts, embedding, transcript)
         with self._lock:
             engine = self._engine(info.tenant_id, info.stream_id)
             decisions = engine.observe(info, scores)

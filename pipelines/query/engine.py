@@ -28,6 +28,7 @@ from pipelines.failures import Backoff, dependency_of
 from pipelines.kafka import dead_letters
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.query.clients import Answering, QueryEncoder
+from pipelines.query.spoken import said_around, source_of, spoken_hits
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ class QueryEngine:
         self.encoder = encoder
         self.answerer = answerer
         self.text_embedder = None
-        if config.ocr.enabled:
+        # On-screen text and transcript lines are embedded with one model; questions search both with it.
+        if config.ocr.enabled or config.transcript.enabled:
             from operators.ocr import TextEmbedder
 
             self.text_embedder = TextEmbedder()
@@ -154,8 +156,8 @@ class QueryEngine:
         return reranker.rerank(query_tokens, [Candidate(h, r.tokens if r else None) for h, r in zip(hits, records)])
 
     def evidence(self, query: messages.Query) -> list[Any]:
-        """Up to top_k hits: on-screen text that matches a text question; else the visual index; the newest
-        frames for a question with neither text nor image."""
+        """Up to top_k hits: on-screen text and transcript lines (what was said) that match a text question,
+        by score; else the visual index; the newest frames for a question with neither text nor image."""
         t_from, t_to = query.scope.resolve()
         t_from, now_starts = self._now_window(query, t_from)
         streams = query.stream_ids or None
@@ -167,6 +169,9 @@ class QueryEngine:
             text_hits = [h for h in self.memory.search_text(query.tenant_id, vector, stream_ids=streams,
                                                             t_from=t_from, t_to=t_to, k=depth)
                          if h.score >= TEXT_MATCH_MIN_SCORE]
+            text_hits += spoken_hits(self.memory, query.tenant_id, vector, stream_ids=streams, t_from=t_from,
+                                     t_to=t_to, k=depth, min_score=TEXT_MATCH_MIN_SCORE)
+            text_hits = sorted(text_hits, key=lambda h: (-h.score, h.wallclock_start))[:depth]
         # On-screen text that matches is the evidence a person can check; the visual search is then not needed.
         vector, query_tokens = (None, None) if text_hits else self.embed(query)
         if vector is None and not text_hits:
@@ -201,13 +206,18 @@ class QueryEngine:
         hits = sorted(self.evidence(query), key=lambda h: (h.wallclock_start, h.stream_id))
         # The stored frames behind the hits: their on-screen text for every piece of evidence, and their
         # kept tokens for an answer model that reads them.
+        # A transcript hit is a line, not a frame: its record is None, its words are its own.
         records = self.memory.frames(query.tenant_id, [h.frame_key for h in hits])
         texts = [getattr(h, "text", "") or (r.text if r else "") for h, r in zip(hits, records)]
         evidence = [
             messages.Evidence(stream_id=h.stream_id, frame_key=h.frame_key, t_start=h.t_start, t_end=h.t_end,
                               wallclock_start=_iso(h.wallclock_start), wallclock_end=_iso(h.wallclock_end),
                               score=float(h.score), segment_seq=h.seq, thumbnail=h.thumbnail, text=text,
-                              lines=getattr(h, "lines", None) or (r.lines if r else []))
+                              lines=getattr(h, "lines", None) or (r.lines if r else []),
+                              source=source_of(h) or ("ocr" if text else None),
+                              confidence=getattr(h, "confidence", None),
+                              words=[dict(zip(("text", "start_s", "end_s", "confidence"), w))
+                                     for w in getattr(h, "words", [])])
             for h, r, text in zip(hits, records, texts)
         ]
         evidence = with_clip_urls(self.config, query.tenant_id, evidence)
@@ -222,10 +232,13 @@ class QueryEngine:
     def _answer(self, query: messages.Query, hits: list[Any], records: list[Any], texts: list[str]):
         from operators.answer import EvidenceItem
 
+        transcripts = self.config.transcript.enabled
         items = [
             EvidenceItem(stream_id=h.stream_id, t_start=h.t_start, t_end=h.t_end,
                          wallclock_start=_iso(h.wallclock_start).isoformat(), score=float(h.score),
-                         tokens=r.tokens if r else None, positions=r.positions if r else None, text=text)
+                         tokens=r.tokens if r else None, positions=r.positions if r else None,
+                         text=(r.text if r else "") if source_of(h) not in (None, "ocr") else text,
+                         said=said_around(self.memory, query.tenant_id, h) if transcripts else "")
             for h, r, text in zip(hits, records, texts)
         ]
         question = query.text or ("When was this image on screen?" if query.image_jpeg_b64 else "What is on screen now?")
@@ -236,7 +249,8 @@ class QueryEngine:
     def register_standing(self, tenant_id: str, *, text: str = "", image_jpeg_b64: str | None = None,
                           stream_ids: list[str] | None = None, min_score: float | None = None,
                           rearm_s: float = 10.0, webhook: str | None = None):
-        """Embed the query once and register it. Text matches on-screen text; an image matches frames."""
+        """Embed the query once and register it. Text matches on-screen text and transcript lines; an image
+        matches frames."""
         from pipelines.query.standing import StandingQuery
 
         if webhook:
@@ -247,7 +261,8 @@ class QueryEngine:
                 decode_image(image_jpeg_b64, self.config.query.max_image_pixels))[0].tolist()
         elif text.strip():
             if self.text_embedder is None:
-                raise QueryError("ocr_disabled", "standing text queries match on-screen text: enable ocr")
+                raise QueryError("ocr_disabled", "standing text queries match on-screen text and what was said: "
+                                 "enable ocr or transcript")
             text_vector = self.text_embedder.embed([text])[0].tolist()
         else:
             raise QueryError("empty_query", "a standing query needs text or an example image")
@@ -288,6 +303,17 @@ class QueryEngine:
         except ValueError as exc:
             raise QueryError("invalid_request", str(exc), 422) from None
         return self.memory.timeline(tenant_id, stream_id, t_from, t_to, limit)
+
+    def transcript(self, tenant_id: str, stream_id: str, t_from: float | None, t_to: float | None,
+                   limit: int) -> list[Any]:
+        """The stream's transcript lines starting in [t_from, t_to] (epoch s), oldest first."""
+        from memory_store.keys import check_id
+
+        try:
+            check_id("stream", stream_id)
+        except ValueError as exc:
+            raise QueryError("invalid_request", str(exc), 422) from None
+        return self.memory.transcript(tenant_id, stream_id, t_from, t_to, limit)
 
     def streams(self, tenant_id: str) -> list[Any]:
         return self.memory.streams(tenant_id)

@@ -1,6 +1,8 @@
 """Standing queries: questions registered once and evaluated against every new segment in memory.
 
-"Notify me when the headline mentions a storm", "when this image appears". A query fires once per
+"Notify me when the headline mentions a storm", "when the storm is mentioned" (captions, subtitles,
+recognised speech: a segment's transcript lines count at the frame on screen when each line starts),
+"when this image appears". A query fires once per
 episode: when its condition first holds on a stream, and not again until the condition has been
 absent for ``rearm_s`` seconds of stream time (hysteresis), so a headline that stays on screen for a
 minute raises one alert, not sixty.
@@ -23,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import redis
@@ -118,27 +120,39 @@ class FrameView:
     embedding: np.ndarray
     text: str
     text_embedding: np.ndarray | None
+    # Transcript lines starting while this frame is on screen: (line, its MiniLM embedding).
+    spoken: tuple = ()
 
 
-def frame_views(batch, texts) -> list[FrameView]:
-    """FrameViews of a CompressedBatch (and its FrameTexts, when on-screen text is read)."""
+def frame_views(batch, texts, transcript=None) -> list[FrameView]:
+    """FrameViews of a CompressedBatch (and its FrameTexts, when on-screen text is read; its Transcript, when
+    the transcript stage runs). A line goes to the frame on screen when it starts, or to the segment's first
+    frame when it started before it (a caption row is stored when it leaves the screen, maybe segments later)."""
     seg = batch.segment
     pts = [float(p) for p in batch.pts_s]
     ends = pts[1:] + [max(seg.media_start_s + seg.duration_s, pts[-1])]
+    spoken: list[list] = [[] for _ in pts]
+    for line, vector in zip(transcript.lines, transcript.embeddings) if transcript is not None and pts else ():
+        at = max((i for i, p in enumerate(pts) if p <= line.start_s), default=0)
+        spoken[at].append((line, vector))
     return [
         FrameView(frame_key=seg.frame_key(p), pts_s=p, t_end_s=ends[i],
                   wallclock=seg.wallclock_start + (p - seg.media_start_s), embedding=batch.embedding[i],
-                  text=texts[i].text if texts else "", text_embedding=texts[i].embedding if texts else None)
+                  text=texts[i].text if texts else "", text_embedding=texts[i].embedding if texts else None,
+                  spoken=tuple(spoken[i]))
         for i, p in enumerate(pts)
     ]
 
 
 @dataclass(frozen=True)
 class Firing:
+    """``line``: the transcript line that matched, when what was said fired it rather than on-screen text."""
+
     query: StandingQuery
     stream_id: str
     frame: FrameView
     score: float
+    line: Any = None
 
 
 @dataclass
@@ -177,7 +191,7 @@ class StandingEvaluator:
                 pipe.hget(key, stream_id)
             stored = pipe.execute()
         episodes = [_Episode(**json.loads(s)) if s else _Episode() for s in stored]
-        scores = _scores(queries, frames)
+        scores, lines = _scores(queries, frames)
         firings: list[Firing] = []
         for qi, (query, episode) in enumerate(zip(queries, episodes)):
             for fi, frame in enumerate(frames):
@@ -186,7 +200,7 @@ class StandingEvaluator:
                 episode.evaluated_until = frame.pts_s
                 if scores[qi, fi] >= query.threshold:
                     if not episode.active:
-                        firings.append(Firing(query, stream_id, frame, float(scores[qi, fi])))
+                        firings.append(Firing(query, stream_id, frame, float(scores[qi, fi]), lines.get((qi, fi))))
                     episode.active, episode.last_match_pts = True, frame.pts_s
                 elif episode.active and frame.pts_s - episode.last_match_pts >= query.rearm_s:
                     episode.active = False
@@ -199,9 +213,11 @@ class StandingEvaluator:
         return firings
 
 
-def _scores(queries: list[StandingQuery], frames: list[FrameView]) -> np.ndarray:
-    """Cosine of every query to every frame [Q, F]; -inf where the frame has nothing to compare."""
+def _scores(queries: list[StandingQuery], frames: list[FrameView]) -> tuple[np.ndarray, dict[tuple[int, int], Any]]:
+    """Cosine of every query to every frame [Q, F], -inf where the frame has nothing to compare; and, where a
+    transcript line scored higher than the frame's on-screen text, that line by (query, frame)."""
     out = np.full((len(queries), len(frames)), -np.inf, dtype=np.float32)
+    lines: dict[tuple[int, int], Any] = {}
     visual = np.stack([f.embedding for f in frames]).astype(np.float32)
     has_text = [i for i, f in enumerate(frames) if f.text_embedding is not None]
     text = np.stack([frames[i].text_embedding for i in has_text]).astype(np.float32) if has_text else None
@@ -213,17 +229,33 @@ def _scores(queries: list[StandingQuery], frames: list[FrameView]) -> np.ndarray
             else:
                 log.warning("standing query %s: image vector of %d dims, frames have %d (encoder changed?)",
                             query.query_id, vector.shape[0], visual.shape[1])
-        elif text is not None:
-            out[qi, has_text] = text @ np.asarray(query.text_vector, dtype=np.float32)
-    return out
+            continue
+        vector = np.asarray(query.text_vector, dtype=np.float32)
+        if text is not None:
+            out[qi, has_text] = text @ vector
+        for fi, frame in enumerate(frames):
+            for line, line_vector in frame.spoken:
+                score = float(np.asarray(line_vector, dtype=np.float32) @ vector)
+                if score > out[qi, fi]:
+                    out[qi, fi], lines[(qi, fi)] = score, line
+    return out, lines
 
 
 def firing_alert(firing: Firing, tenant_id: str) -> messages.Alert:
-    f = firing.frame
-    evidence = messages.Evidence(
-        stream_id=firing.stream_id, frame_key=f.frame_key, t_start=f.pts_s, t_end=f.t_end_s,
-        wallclock_start=_utc(f.wallclock), wallclock_end=_utc(f.wallclock + (f.t_end_s - f.pts_s)),
-        score=firing.score, segment_seq=seq_of_frame_key(f.frame_key), text=f.text)
+    f, line = firing.frame, firing.line
+    if line is not None:  # what was said fired it: the evidence is the line, shown with the frame on screen then
+        start, end = line.start_s, line.end_s
+        evidence = messages.Evidence(
+            stream_id=firing.stream_id, frame_key=f.frame_key, t_start=start, t_end=end,
+            wallclock_start=_utc(f.wallclock + (start - f.pts_s)), wallclock_end=_utc(f.wallclock + (end - f.pts_s)),
+            score=firing.score, segment_seq=seq_of_frame_key(f.frame_key), text=line.text, source=line.source,
+            confidence=line.confidence)
+    else:
+        evidence = messages.Evidence(
+            stream_id=firing.stream_id, frame_key=f.frame_key, t_start=f.pts_s, t_end=f.t_end_s,
+            wallclock_start=_utc(f.wallclock), wallclock_end=_utc(f.wallclock + (f.t_end_s - f.pts_s)),
+            score=firing.score, segment_seq=seq_of_frame_key(f.frame_key), text=f.text,
+            source="ocr" if f.text else None)
     return messages.Alert(tenant_id=tenant_id, stream_id=firing.stream_id, kind="standing_query",
                           query_id=firing.query.query_id, state="MATCH", event="match", score=firing.score,
                           reason=f"standing query matched: {firing.query.text or 'example image'}",

@@ -60,8 +60,17 @@ class RayMemoryClient:
     def _call(self, tenant_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
         return result(self.actor_for(tenant_id).call.remote(method, *args, **kwargs))
 
-    def write(self, batch, texts=None, *, replace: bool = False):
-        return result(self.actor_for(batch.segment.tenant_id).write.remote(batch, texts, replace))
+    def write(self, batch, texts=None, *, replace: bool = False, transcript=None):
+        return result(self.actor_for(batch.segment.tenant_id).write.remote(batch, texts, replace, transcript))
+
+    def search_transcript(self, tenant_id: str, vector: np.ndarray, *, stream_ids: Sequence[str] | None = None,
+                          t_from: float | None = None, t_to: float | None = None, k: int = 5) -> list:
+        return self._call(tenant_id, "search_transcript", tenant_id, vector, stream_ids=stream_ids, t_from=t_from,
+                          t_to=t_to, k=k)
+
+    def transcript(self, tenant_id: str, stream_id: str, t_from: float | None = None, t_to: float | None = None,
+                   limit: int = 1000) -> list:
+        return self._call(tenant_id, "transcript", tenant_id, stream_id, t_from, t_to, limit)
 
     def search(self, tenant_id: str, vector: np.ndarray, *, stream_ids: Sequence[str] | None = None,
                t_from: float | None = None, t_to: float | None = None, k: int = 5) -> list:

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 RESTART = dict(max_restarts=-1, max_task_retries=3)
 
+
 def stream_states(config: LivelensConfig, forget):
     """The bound on an actor's per-stream state (pipelines/ingest/idle.py)."""
     from pipelines.ingest.idle import StreamStates
@@ -221,6 +222,24 @@ class OcrActor:
         return call.done(tag_stage("ocr", self.reader.read, batch))
 
 
+@ray.remote(**RESTART)
+class TranscriptActor:
+    """What was said in each segment: captions, subtitles and (``transcript.asr``) speech, embedded
+    (operators/transcribe.py). Caption rows outlive segments, so it keeps per-stream state: sharded by stream."""
+
+    def __init__(self, config: LivelensConfig):
+        from pipelines.ingest.chain import transcriber
+
+        self.step = transcriber(config)
+        self.streams = stream_states(config, self.step.forget)
+
+    def read(self, batch: FrameBatch):
+        call = metrics.StageCall("transcript", batch.segment, len(batch))
+        self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
+        transcript = tag_stage("transcript", self.step.read, batch)
+        return call.done(transcript, frames=len(transcript))  # lines, for this stage
+
+
 # Writes have a concurrency group of one: a stream's tiers fold its frames into events in time order, and
 # two segments written at once (or out of order) would race on the stream's open event. Reads keep 4 threads.
 @ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4, concurrency_groups={"writes": 1})
@@ -251,20 +270,23 @@ class MemoryActor:
                 log.exception("retention sweep failed; next in %.0f s", every_s)
 
     @ray.method(concurrency_group="writes")
-    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False, after: list | None = None):
+    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False, transcript=None,
+              after: list | None = None):
         """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it.
+        ``transcript``: the segment's transcript lines (operators.transcribe.Transcript), stored with it.
         ``after``: the writes of the stream's earlier segments in flight, which must have been stored (or refused
         as bad input) first."""
         require_predecessor(after, "memory write")
         call = metrics.StageCall("memory", batch.segment, len(batch))
-        result = tag_stage("memory", functools.partial(self.store.write, replace=replace), batch, texts)
+        result = tag_stage("memory", functools.partial(self.store.write, replace=replace, transcript=transcript),
+                           batch, texts)
         return call.done(result, frames=len(result.ids) if result is not None else 0)  # None: a replay
 
     def call(self, method: str, *args, **kwargs):
         """Read-side calls by name, `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
         wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire` and
         `purge_stream` (a replay rebuilding a stream from its first segment)."""
-        if method not in {"search", "search_text", "recent", "timeline", "streams", "frames", "thumbnail", "stats",
+        if method not in {"search", "search_text", "search_transcript", "transcript", "recent", "timeline", "streams", "frames", "thumbnail", "stats",
                           "rebuild", "memory_report", "delete_stream", "expire", "event_tokens", "purge_stream"}:
             raise ValueError(f"MemoryActor has no read method {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
@@ -290,13 +312,14 @@ class StandingActor:
         # tenants' endpoints do (pipelines/query/webhooks.py).
         self.outbox = WebhookOutbox(config.webhooks, self._webhook_failed)
 
-    def evaluate(self, written, batch: CompressedBatch, texts: list | None, after: list | None = None):
+    def evaluate(self, written, batch: CompressedBatch, texts: list | None, transcript=None, after: list | None = None):
         """``after``: the evaluations of the stream's earlier segments in flight: standing queries see a stream in
         order."""
         from pipelines.query.standing import frame_views
 
         require_predecessor(after, "standing queries")
-        self.evaluator.evaluate(batch.segment.tenant_id, batch.segment.stream_id, frame_views(batch, texts))
+        self.evaluator.evaluate(batch.segment.tenant_id, batch.segment.stream_id,
+                                frame_views(batch, texts, transcript))
         return written
 
     def _emit(self, firings: list) -> None:
@@ -365,6 +388,7 @@ class PipelineHandles:
     memory: list
     standing: list
     moderators: list = field(default_factory=list)  # empty unless moderation.enabled
+    transcripts: list = field(default_factory=list)  # empty unless transcript.enabled
     verifiers: list = field(default_factory=list)
 
     def memory_for(self, tenant_id: str):
@@ -385,6 +409,10 @@ def _ocr_count(config: LivelensConfig) -> int:
 def compressor_count(config: LivelensConfig) -> int:
     """Compress actors: none when the encoders compress (`encode.fused`)."""
     return 0 if config.fused_encode else config.pipeline.compressors
+
+
+def _transcript_count(config: LivelensConfig) -> int:
+    return config.pipeline.transcript_readers if config.transcript.enabled else 0
 
 
 def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineHandles:
@@ -410,6 +438,8 @@ def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineH
         standing=[_named(StandingActor, f"standing-{i}", ns, detached, place("standing"), config)
                   for i in range(p.standing_evaluators)],
         moderators=moderators, verifiers=verifiers,
+        transcripts=[_named(TranscriptActor, f"transcript-{i}", ns, detached, place("transcript"), config)
+                     for i in range(_transcript_count(config))],
     )
 
 
@@ -427,6 +457,7 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
         memory=[get(f"memory-{i}") for i in range(config.memory.shards)],
         standing=[get(f"standing-{i}") for i in range(p.standing_evaluators)],
         moderators=[get(f"moderate-{i}") for i in range(config.moderation.moderators if config.moderation.enabled else 0)],
+        transcripts=[get(f"transcript-{i}") for i in range(_transcript_count(config))],
     )
 
 
@@ -462,16 +493,19 @@ class RayIngest:
         else:  # encode.fused: the encoder compresses on its device
             compressed = encoder.encode_compress.remote(frames)
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
+        transcript = (self.h.transcripts[shard(stream, len(self.h.transcripts))].read.remote(frames)
+                      if self.h.transcripts else None)
         # The ordered steps get the earlier segments' steps nested in a list: Ray passes them unresolved, so the
         # step checks them (require_predecessor) instead of failing with a predecessor's own error.
         written = self.h.memory_for(info.tenant_id).write.remote(
-            compressed, texts, after=[a.written for a in after] or None)
+            compressed, texts, False, transcript, after=[a.written for a in after] or None)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
         evaluated = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(
-            written, compressed, texts, after=[a.evaluated for a in after] or None)
+            written, compressed, texts, transcript, after=[a.evaluated for a in after] or None)
         done = evaluated
         if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
-            done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(done, frames, texts, [compressed])
+            done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(
+                done, frames, texts, [compressed], transcript)
         return SegmentRefs(done, written, evaluated)
 
     def wait(self, handles: list[SegmentRefs], timeout_s: float) -> list[SegmentRefs]:

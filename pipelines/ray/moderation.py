@@ -76,10 +76,11 @@ class ModerationActor:
         for decision in self.moderator.pending():  # asked for before a restart, never applied
             self._ask(decision)
 
-    def screen(self, written, frames: FrameBatch, texts: list | None, batch: list):
+    def screen(self, written, frames: FrameBatch, texts: list | None, batch: list, transcript=None):
         """Moderate one stored segment; returns ``written`` (the memory write's result) for the source.
-        ``batch``: [the segment's CompressedBatch ref], fetched only when a policy scores prompts."""
-        self.moderator.screen(frames, texts, lambda: ray.get(batch[0]).embedding)
+        ``batch``: [the segment's CompressedBatch ref], fetched only when a policy scores prompts;
+        ``transcript``: its transcript lines, screened by the lexicon too."""
+        self.moderator.screen(frames, texts, lambda: ray.get(batch[0]).embedding, transcript)
         return written
 
     def stats(self) -> dict[str, Any]:

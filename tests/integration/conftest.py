@@ -83,7 +83,8 @@ def _kill_namespace(config: LivelensConfig) -> None:
     names = ([f"source-{i}" for i in range(p.sources)] + ["query-consumer"]
              + [f"decode-{i}" for i in range(p.decoders)] + [f"encode-{i}" for i in range(p.encoders)]
              + [f"compress-{i}" for i in range(p.compressors)] + [f"answer-{i}" for i in range(p.answerers)]
-             + [f"ocr-{i}" for i in range(p.ocr_readers)] + [f"standing-{i}" for i in range(p.standing_evaluators)] + [f"memory-{i}" for i in range(config.memory.shards)]
+             + [f"ocr-{i}" for i in range(p.ocr_readers)] + [f"transcript-{i}" for i in range(p.transcript_readers)]
+             + [f"standing-{i}" for i in range(p.standing_evaluators)] + [f"memory-{i}" for i in range(config.memory.shards)]
              + [f"moderate-{i}" for i in range(config.moderation.moderators)] + ["verify-0"])
     for name in names:
         try:

@@ -52,7 +52,8 @@ function thumbnail(img, key, tenant) {
 
 // -- clips: the video of a hit or an alert, played in the page -------------------------------------------
 // A <video src> cannot send the key either: the clip (an MP4 of a few seconds) is fetched once as a blob.
-// Beside it, the on-screen text recognised in the clip's span (livelens carries no audio, so no transcript).
+// Beside it, the on-screen text recognised in the clip's span and what was said in it (captions, subtitles,
+// recognised speech), each line tagged with where its words came from.
 async function playClip(evidence, tenant, title) {
   const panel = document.getElementById("player");
   const video = el("video", { controls: "", muted: "", autoplay: "", playsinline: "", class: "clip" });
@@ -81,7 +82,11 @@ async function playClip(evidence, tenant, title) {
       if (f.text && f.text !== previous) texts.append(el("li", {}, el("span", { class: "muted", text: `${f.t_start.toFixed(1)} s  ` }), f.text.replace(/\n/g, " / ")));
       previous = f.text;
     }
-    if (!texts.children.length) texts.append(el("li", { class: "muted", text: "no on-screen text in this span" }));
+    const said = await api(`/v1/streams/${encodeURIComponent(evidence.stream_id)}/transcript?tenant_id=${encodeURIComponent(tenant)}&${span}`);
+    for (const line of said) {
+      texts.append(el("li", { class: "said" }, el("span", { class: "muted", text: `${line.t_start.toFixed(1)} s ${line.source}  ` }), line.text));
+    }
+    if (!texts.children.length) texts.append(el("li", { class: "muted", text: "no on-screen text or transcript in this span" }));
   } catch (error) {
     status.textContent = `no clip: ${error.message}`;
   }
@@ -223,9 +228,19 @@ function drawTimeline(detail, tenant) {
     previous = f.text;
   }
   document.getElementById("texts").replaceChildren(...texts.reverse());
+  drawTranscript(detail, tenant);
   document.getElementById("stream-alerts").replaceChildren(...detail.alerts.map((a) => el("li", {},
     el("span", { class: `alert-state ${a.state}`, text: a.state }), ` ${clock(a.produced_at)} ${a.reason}` + (a.ack ? ` (acked by ${a.ack.by})` : "") + " ",
     clipButton(a.evidence[0], tenant, `${a.state} alert at ${clock(a.produced_at)}`))));
+}
+
+// What was said over the timeline's span: caption, subtitle and speech lines, newest first, each with its source.
+async function drawTranscript(detail, tenant) {
+  if (!detail.frames.length) return;
+  const since = encodeURIComponent(detail.frames[0].wallclock_start);
+  const said = await api(`/v1/streams/${encodeURIComponent(detail.stream.stream_id)}/transcript?tenant_id=${encodeURIComponent(tenant)}&start=${since}`);
+  document.getElementById("said").replaceChildren(...said.reverse().map((line) => el("li", {},
+    el("span", { class: "muted", text: `${line.t_start.toFixed(1)} s ${line.source}  ` }), line.text)));
 }
 
 async function ask(streamId, tenant) {
@@ -245,7 +260,7 @@ async function ask(streamId, tenant) {
       return el("li", { class: "evidence" }, img, el("div", {},
         el("div", { text: `${e.t_start.toFixed(1)}–${e.t_end.toFixed(1)} s · ${clock(e.wallclock_start)} · score ${e.score.toFixed(3)} ` },
           clipButton(e, tenant, `Evidence at ${e.t_start.toFixed(1)} s`)),
-        el("div", { class: "muted", text: (e.text || "").replace(/\n/g, " / ") })));
+        el("div", { class: "muted", text: (e.source ? `${e.source}: ` : "") + (e.text || "").replace(/\n/g, " / ") })));
     }));
   } catch (error) {
     meta.textContent = `failed: ${error.message}`;

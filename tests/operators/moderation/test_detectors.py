@@ -171,3 +171,16 @@ def test_safe_detector_rejects_malformed_output():
     scores = safe.score(batch([frame(None)] * 2, 0.0), None)
     assert [s.score for s in scores] == [None, None] and safe.health.failures == 1
     assert "2 frames" in safe.health.last_error
+
+
+def test_lexicon_reads_what_was_said_and_names_the_source(embedder):
+    from operators.transcript import TranscriptLine
+
+    detector = LexiconDetector(policy_book().default.lexicon, embedder)
+    lines = [TranscriptLine(3.0, 4.5, "best cocaine in town", "asr", confidence=0.7),
+             TranscriptLine(5.0, 6.0, "call five five five now", "caption"),
+             TranscriptLine(7.0, 8.0, "send to paypal.me/streamer99", "subtitle")]
+    scores = detector.score_lines(lines)
+    assert [(s.detector, s.pts_s, s.labels, s.severity) for s in scores] == [
+        ("lexicon:asr", 3.0, ("term:cocaine",), "RED"), ("lexicon:subtitle", 7.0, ("payment_handle",), "RED")]
+    assert scores[0].text == "best cocaine in town"
