@@ -77,7 +77,8 @@ def test_a_snapshot_moves_between_the_two_paths(tmp_path, tiny_models, first, th
     before.visual.process(segments(range(2)))
     after = OperatorChain.build(config(tmp_path, tiny_models, then))
     after.restore(before.snapshot())
-    assert set(before.snapshot()) == {"compressor", "boundaries"}
+    # The same step names whichever path made the snapshot (the transcript stage's own state rides beside them).
+    assert set(before.snapshot()) == set(after.snapshot()) >= {"compressor", "boundaries"}
     assert_same(after.visual.process(segments(range(2, 4))), want)
 
 
