@@ -135,6 +135,9 @@ STREAM_LAST_STORED = _define("gauge", "livelens_stream_last_stored_timestamp_sec
                              ("tenant", "stream"))
 SEGMENT_RETRIES = _define("counter", "livelens_segment_retries_total",
                           "Segments resubmitted whole after an actor or node failure.", ("source",))
+SEGMENTS_SKIPPED = _define("counter", "livelens_segments_skipped_total",
+                           "Segments acknowledged without ingest because their stream is paused or deleted "
+                           "(`livelens streams`), by that state.", ("tenant", "stream", "state"))
 DEAD_LETTERS = _define("counter", "livelens_dead_letters_total",
                        "Records sent to the dead-letters topic, by the stage that refused them and its reason code.",
                        ("stage", "reason", "tenant"))
@@ -299,6 +302,11 @@ def segment_stored(segment: messages.VideoSegment) -> None:
     observe(INGEST_SECONDS, max(0.0, time.time() - segment.produced_at.timestamp()), tenant=segment.tenant_id)
     set_gauge(STREAM_LAST_STORED, segment.wallclock_start.timestamp() + segment.duration_s,
               tenant=segment.tenant_id, stream=segment.stream_id)
+
+
+def segment_skipped(segment: messages.VideoSegment, state: str) -> None:
+    """A segment the source acknowledged without ingest: its stream is paused or deleted."""
+    inc(SEGMENTS_SKIPPED, tenant=segment.tenant_id, stream=segment.stream_id, state=state)
 
 
 def segment_retry(source: str) -> None:

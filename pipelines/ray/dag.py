@@ -221,10 +221,12 @@ class MemoryActor:
 
     def call(self, method: str, *args, **kwargs):
         """Read-side calls by name, `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
-        wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire` and
-        `purge_stream` (a replay rebuilding a stream from its first segment)."""
+        wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire`,
+        `purge_stream` (a replay rebuilding a stream from its first segment), and the stream controls'
+        `erase_stream` and `set_retention` (pipelines/streams/)."""
         if method not in {"search", "search_text", "recent", "timeline", "streams", "frames", "thumbnail", "stats",
-                          "rebuild", "memory_report", "delete_stream", "expire", "event_tokens", "purge_stream"}:
+                          "rebuild", "memory_report", "delete_stream", "expire", "event_tokens", "purge_stream",
+                          "erase_stream", "set_retention"}:
             raise ValueError(f"MemoryActor has no read method {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
 
