@@ -177,7 +177,11 @@ class StreamControl:
         status = self.show(tenant_id, stream_id)
         if status.state == "purged" and not allow_purged:
             raise QueryError("not_found", f"stream {stream_id} was purged", 404)
-        return self.states.get(tenant_id, stream_id)
+        state = self.states.get(tenant_id, stream_id)
+        if not self.states.exists(tenant_id, stream_id):
+            # Managed from now on: it stays known (listed, shown) when retention has emptied its memory.
+            self.states.put(tenant_id, stream_id, state)
+        return state
 
     def _sessions(self, tenant_id: str, stream_id: str, current: StreamState) -> tuple[str, ...]:
         """The publishing sessions a delete stops: those of the newest stored segments (and earlier deletes')."""

@@ -15,12 +15,13 @@ from pipelines.kafka.client import ensure_topics, make_producer
 from pipelines.kafka.publish import new_session_id, segment_header
 from pipelines.segmenter import iter_segments
 from tests.integration.conftest import _free_port, redis_client, wait_for
-from tests.integration.test_pipeline import assert_each_segment_once, segment_ids, stored_segments
+from tests.integration.test_pipeline import assert_each_segment_once, dead_letters, segment_ids, stored_segments
 
 pytestmark = pytest.mark.integration
 
 # Quick to take effect, so the test waits little: a pause reaches the sources within state_ttl_s.
 STREAMS = {"state_ttl_s": 0.3, "purge_settle_s": 1.0}
+SEGMENTS = 6  # of the sample video's 2 s segments: enough for three parts, quick on two cores
 
 
 class Publisher:
@@ -28,7 +29,7 @@ class Publisher:
 
     def __init__(self, config, video, stream: str, tenant: str = "default"):
         self.config, self.stream, self.tenant = config, stream, tenant
-        self.media = list(iter_segments(str(video)))
+        self.media = list(iter_segments(str(video)))[:SEGMENTS]
         self.session, self.start = new_session_id(), datetime.now(UTC)
         ensure_topics(config.kafka)
         self.producer = make_producer(config.kafka)
@@ -68,9 +69,17 @@ def test_pause_skips_live_segments_resume_stores_again_and_catch_up_stores_the_p
         publisher.send(first)
     wait_for(lambda: all(stored_segments(config, s) == len(first) for s in ("plain", "caught")), 120,
              "the first part of both streams")
-    for stream in ("plain", "caught"):
-        response = call("POST", f"/v1/streams/{stream}/pause")
-        assert response.status_code == 200 and response.json()["state"] == "paused", response.text
+    # One paused over HTTP, the other by a command on the stream-control topic (with one that is refused).
+    response = call("POST", "/v1/streams/plain/pause")
+    assert response.status_code == 200 and response.json()["state"] == "paused", response.text
+    producer, topic = make_producer(config.kafka), config.kafka.topic("stream_control")
+    for command in (messages.StreamCommand(tenant_id="default", stream_id="nowhere", action="pause"),
+                    messages.StreamCommand(tenant_id="default", stream_id="caught", action="pause",
+                                           requested_by="ops-bot")):
+        producer.send(topic, key=command.stream_id.encode(), value=messages.encode(command)).get(30)
+    wait_for(lambda: call("GET", "/v1/streams/caught").json()["state"] == "paused", 60, "the pause command applied")
+    letter = dead_letters(config, 1)[0]  # a command that cannot be applied: a dead letter with the refusal's code
+    assert (letter.stage, letter.code, letter.source_topic) == ("stream_control", "not_found", topic)
     time.sleep(STREAMS["state_ttl_s"] * 2)
     for publisher in (plain, caught):
         publisher.send(paused)
@@ -92,16 +101,17 @@ def test_pause_skips_live_segments_resume_stores_again_and_catch_up_stores_the_p
     assert stored_plain == [*first, *last]
     trail = call("GET", "/v1/streams/caught/audit").json()
     assert [e["action"] for e in trail][:3] == ["caught_up", "resume", "pause"]
+    assert trail[2]["by"].startswith("ops-bot (command ")
 
 
 def test_delete_keeps_history_purge_erases_it_everywhere_retention_per_stream_and_tenants_apart(deployed,
                                                                                                sample_video):
     video, _ = sample_video
-    keys = {"acme": "key-acme-0123456789abcdef", "globex": "key-globex-0123456789abcdef"}
+    api_keys = {"acme": "key-acme-0123456789abcdef", "globex": "key-globex-0123456789abcdef"}
     config = deployed(http=True, streams=STREAMS,
-                      serve={"port": _free_port(), "api_keys": {k: t for t, k in keys.items()},
+                      serve={"port": _free_port(), "api_keys": {k: t for t, k in api_keys.items()},
                              "queries_per_s": 1000})
-    acme, globex = _api(config, keys["acme"]), _api(config, keys["globex"])
+    acme, globex = _api(config, api_keys["acme"]), _api(config, api_keys["globex"])
     news, brief = Publisher(config, video, "news", "acme"), Publisher(config, video, "brief", "acme")
     n = len(news.media)
     news.send(range(0, n))
@@ -159,20 +169,3 @@ def test_delete_keeps_history_purge_erases_it_everywhere_retention_per_stream_an
     audit = acme("GET", "/v1/streams/news/audit").json()
     assert audit[0]["action"] == "purge" and audit[0]["keys"] > 0 and set(audit[0]) <= {
         "id", "at", "stream_id", "action", "by", "archived_files", "alerts", "keys"}, audit[0]
-
-
-def test_commands_on_the_stream_control_topic_drive_the_same_operations(deployed, sample_video):
-    video, _ = sample_video
-    config = deployed(http=True, streams=STREAMS)
-    call = _api(config)
-    Publisher(config, video, "cam").send(range(0, 2))
-    wait_for(lambda: stored_segments(config, "cam") == 2, 120, "the stream stored")
-    producer = make_producer(config.kafka)
-    topic = config.kafka.topic("stream_control")
-    command = messages.StreamCommand(tenant_id="default", stream_id="cam", action="pause", requested_by="ops-bot")
-    producer.send(topic, key=b"cam", value=messages.encode(command)).get(30)
-    wait_for(lambda: call("GET", "/v1/streams/cam").json()["state"] == "paused", 60, "the command applied")
-    command = messages.StreamCommand(tenant_id="default", stream_id="cam", action="set", retention_s=3600.0)
-    producer.send(topic, key=b"cam", value=messages.encode(command)).get(30)
-    wait_for(lambda: call("GET", "/v1/streams/cam").json()["retention_s"] == 3600.0, 60, "the retention set")
-    assert call("GET", "/v1/streams/cam/audit").json()[1]["by"].startswith("ops-bot")
