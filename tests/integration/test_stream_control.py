@@ -3,6 +3,7 @@ resume with and without catch-up, delete, purge, per-stream retention, and anoth
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 
@@ -44,6 +45,17 @@ class Publisher:
                 self.producer.send(self.config.kafka.topic("segments"), key=self.stream.encode(), value=value,
                                    headers=headers)
         self.producer.flush(30)
+
+
+def _cli(config, key: str, *args: str):
+    """`livelens ...` against the test's API, as an operator's shell would run it with their key."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli.main import app
+
+    env = {"LIVELENS_API_KEY": key, "LIVELENS_SERVE__PORT": str(config.serve.port),
+           "LIVELENS_DATA_DIR": str(config.data_dir)}
+    return CliRunner().invoke(app, list(args), env=env)
 
 
 def _api(config, key: str | None = None):
@@ -142,7 +154,9 @@ def test_delete_keeps_history_purge_erases_it_everywhere_retention_per_stream_an
     ask = {"stream_ids": ["news"], "text": "what happened", "generate": False, "top_k": 5}
     before = acme("POST", "/v1/query", json=ask).json()["evidence"]
     assert before and all(e["stream_id"] == "news" for e in before)
-    assert acme("DELETE", "/v1/streams/news").json()["state"] == "deleted"
+    deleted = _cli(config, api_keys["acme"], "streams", "delete", "news", "--json")
+    assert deleted.exit_code == 0 and json.loads(deleted.stdout)["state"] == "deleted", deleted.output
+    assert _cli(config, api_keys["globex"], "streams", "pause", "brief").exit_code == 2  # not globex's
     assert acme("POST", "/v1/query", json=ask).json()["evidence"] == before
     # A new publishing session of the deleted stream is a new session of it: ingested again.
     Publisher(config, video, "news", "acme").send(range(0, 2))
