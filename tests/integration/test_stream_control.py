@@ -16,6 +16,7 @@ from pipelines.kafka.client import ensure_topics, make_producer
 from pipelines.kafka.publish import new_session_id, segment_header
 from pipelines.segmenter import iter_segments
 from tests.integration.conftest import _free_port, redis_client, wait_for
+from tests.integration.test_dashboard import ARTIFACTS, browser  # noqa: F401 (the fixture)
 from tests.integration.test_pipeline import assert_each_segment_once, dead_letters, segment_ids, stored_segments
 
 pytestmark = pytest.mark.integration
@@ -117,7 +118,7 @@ def test_pause_skips_live_segments_resume_stores_again_and_catch_up_stores_the_p
 
 
 def test_delete_keeps_history_purge_erases_it_everywhere_retention_per_stream_and_tenants_apart(deployed,
-                                                                                               sample_video):
+                                                                                               sample_video, browser):
     video, _ = sample_video
     api_keys = {"acme": "key-acme-0123456789abcdef", "globex": "key-globex-0123456789abcdef"}
     config = deployed(http=True, streams=STREAMS,
@@ -142,6 +143,22 @@ def test_delete_keeps_history_purge_erases_it_everywhere_retention_per_stream_an
     assert acme("GET", "/v1/streams/brief").json()["state"] == "live"
     assert stored_segments(config, "news", "acme") == n
     assert httpx.get(f"http://{config.serve.host}:{config.serve.port}/v1/streams").status_code == 401
+
+    # The dashboard, behind the key: each stream's state, with buttons that pause, resume and delete it.
+    browser.goto(f"http://{config.serve.host}:{config.serve.port}/dashboard?key={api_keys['acme']}")
+    cell = "document.querySelector('tr[data-stream=\"acme/brief\"] .control')"
+    state = f"({cell} && {cell}.querySelector('.state').textContent)"
+    for button, after in (("pause", "paused"), ("resume", "live"), ("delete", None), ("delete", "deleted"),
+                          ("resume", "live")):
+        browser.wait(f"{cell} && {cell}.querySelector('button.{button}')", 30, f"the {button} button")
+        browser.evaluate(f"{cell}.querySelector('button.{button}').click()")
+        if after is None:  # deleting takes a second click on the armed button
+            continue
+        browser.wait(f"{state} === '{after}'", 30, f"brief {after} from the page")
+        assert acme("GET", "/v1/streams/brief").json()["state"] == after
+        if after == "paused":
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            browser.screenshot(ARTIFACTS / "dashboard-stream-control.png")
 
     # Per-stream retention shorter than the global one evicts that stream alone.
     changed = acme("PATCH", "/v1/streams/brief", json={"retention_s": 1.0}).json()
