@@ -337,7 +337,7 @@ class StreamsConfig(Section):
         "again: a pause or delete reaches ingest within this.")
     purge_settle_s: float = Field(
         3.0, ge=0, description="A purge waits this long after stopping ingest (past state_ttl_s) before erasing, so "
-        "segments already inside the DAG land first; it erases again if any did later.")
+        "segments already inside the DAG land first (a purge is idempotent: run it again if one took longer).")
     catch_up_workers: int = Field(1, ge=1, description="Decoder processes of a catch-up replay.")
 
 
