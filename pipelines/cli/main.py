@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import messages
-from pipelines.cli import streams
+from pipelines.cli import streams as stream_commands
 from pipelines.cli.output import duration_s
 from pipelines.cli.render import print_alert, print_answer
 from pipelines.config import LivelensConfig
@@ -30,7 +30,7 @@ from pipelines.ray.runtime import effective_config
 from pipelines.secrets import redact_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch live video, remember it, answer questions.")
-app.add_typer(streams.app, name="streams")
+app.add_typer(stream_commands.app, name="streams")
 console = Console(stderr=True)
 
 

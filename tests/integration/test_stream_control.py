@@ -150,11 +150,16 @@ def test_delete_keeps_history_purge_erases_it_everywhere_retention_per_stream_an
     state = f"({cell} && {cell}.querySelector('.state').textContent)"
     for button, after in (("pause", "paused"), ("resume", "live"), ("delete", None), ("delete", "deleted"),
                           ("resume", "live")):
-        browser.wait(f"{cell} && {cell}.querySelector('button.{button}')", 30, f"the {button} button")
+        try:
+            browser.wait(f"{cell} && {cell}.querySelector('button.{button}')", 90, f"the {button} button")
+        except AssertionError:
+            print("page:", browser.evaluate("document.getElementById('updated').textContent"),
+                  browser.evaluate("document.querySelector('#streams tbody').innerHTML"))
+            raise
         browser.evaluate(f"{cell}.querySelector('button.{button}').click()")
         if after is None:  # deleting takes a second click on the armed button
             continue
-        browser.wait(f"{state} === '{after}'", 30, f"brief {after} from the page")
+        browser.wait(f"{state} === '{after}'", 60, f"brief {after} from the page")
         assert acme("GET", "/v1/streams/brief").json()["state"] == after
         if after == "paused":
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
