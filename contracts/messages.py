@@ -286,6 +286,9 @@ class StreamCommand(Message):
     retention_s: float | None = Field(
         None, gt=0, description="set only: the stream's own memory retention in seconds.")
     clear_retention: bool = Field(False, description="set only: back to the global memory.retention_s.")
+    sample_fps: float | None = Field(
+        None, gt=0, le=60, description="set only: frames per second decoded from the stream's segments.")
+    clear_sample_fps: bool = Field(False, description="set only: back to the global decode.sample_fps.")
     requested_by: str = Field("kafka", max_length=256, description="Who asked, for the audit trail.")
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)

@@ -63,6 +63,8 @@ class SegmentInfo:
     offset: int = -1
     # The publishing session (VideoSegment v2); "" for segments without one (v1 records, backfill).
     session: str = ""
+    # The stream's own sampling rate (`livelens streams set --sample-fps`); None: decode.sample_fps.
+    sample_fps: float | None = None
 
     @property
     def segment_id(self) -> str:

@@ -126,6 +126,33 @@ class StreamStates:
         return out
 
 
+class StreamSettings:
+    """A stream's own sampling rate (``sample_fps`` in its settings), cached like `StreamGate`'s states: the
+    live DAG stamps it on each segment's SegmentInfo before decode (`pipelines.ray.dag.RayIngest`)."""
+
+    def __init__(self, client: redis.Redis, ttl_s: float, *, clock=time.monotonic):
+        self.r = client
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, float | None]] = {}
+
+    def sample_fps(self, tenant_id: str, stream_id: str) -> float | None:
+        now = self.clock()
+        cached = self._cache.get((tenant_id, stream_id))
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        try:
+            raw = self.r.hget(keys.stream_settings(tenant_id, stream_id), "sample_fps")
+        except redis.RedisError as exc:
+            log.warning("settings of %s/%s unreadable (%s): keeping the last read", tenant_id, stream_id, exc)
+            return cached[1] if cached else None
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        value = float(raw) if raw else None
+        self._cache[(tenant_id, stream_id)] = (now, value)
+        return value
+
+
 class StreamGate:
     """The source's one check before it submits a segment: does its stream's state let it in?
 

@@ -21,10 +21,11 @@ TenantId = Query("default", pattern=_ID, description="Your tenant; with API keys
 
 
 class StreamSettings(BaseModel):
-    """Per-stream overrides. ``retention_s``: this stream's memory retention (null: back to the global one)."""
+    """Per-stream overrides of global settings: only the fields given change; null clears one (back to global)."""
 
     model_config = ConfigDict(extra="forbid")
-    retention_s: float | None = Field(..., gt=0, description="Seconds; null clears the override.")
+    retention_s: float | None = Field(None, gt=0, description="Memory retention in seconds (memory.retention_s).")
+    sample_fps: float | None = Field(None, gt=0, le=60, description="Frames per second decoded (decode.sample_fps).")
 
 
 class SettingsChanged(BaseModel):
@@ -96,8 +97,12 @@ def delete_stream(request: Request, stream_id: str = StreamId, tenant_id: str = 
 @router.patch("/v1/streams/{stream_id}", response_model=SettingsChanged)
 def configure_stream(request: Request, body: StreamSettings, stream_id: str = StreamId,
                      tenant_id: str = TenantId) -> SettingsChanged:
-    """Per-stream overrides: a retention of its own, applied at once and on every write after."""
+    """Per-stream overrides: a retention of its own (applied at once and on every write after), a sampling rate
+    of its own (reaches ingest within streams.state_ttl_s)."""
     control, who = _control(request)
-    status, evicted = control.set(_tenant(request, tenant_id), stream_id, by=who, retention_s=body.retention_s,
-                                  clear_retention=body.retention_s is None)
+    given = body.model_fields_set
+    status, evicted = control.set(
+        _tenant(request, tenant_id), stream_id, by=who, retention_s=body.retention_s,
+        clear_retention="retention_s" in given and body.retention_s is None, sample_fps=body.sample_fps,
+        clear_sample_fps="sample_fps" in given and body.sample_fps is None)
     return SettingsChanged(stream=status, evicted=evicted)

@@ -41,13 +41,14 @@ def _when(epoch: float | None) -> str:
 
 
 def _table(streams: list[dict]) -> Table:
-    table = Table("stream", "state", "from", "to", "frames", "skipped", "retention", "changed by")
+    table = Table("stream", "state", "from", "to", "frames", "skipped", "retention", "fps", "changed by")
     for s in streams:
         coverage = s["coverage"] or {}
         retention = f"{s['retention_s']:g} s" + (" (own)" if s["retention"] == "stream" else "")
         table.add_row(s["stream_id"], s["state"] + (" +catch-up" if s["catch_up_pending"] else ""),
                       _when(coverage.get("first_wallclock")), _when(coverage.get("last_wallclock")),
-                      str(s["frames"]), str(s["segments_skipped"]), retention, s["changed_by"] or "-")
+                      str(s["frames"]), str(s["segments_skipped"]), retention,
+                      f"{s['sample_fps']:g}" + (" (own)" if s["sampling"] == "stream" else ""), s["changed_by"] or "-")
     return table
 
 
@@ -101,12 +102,21 @@ def delete(stream: Stream, purge: Annotated[bool, typer.Option(
 
 
 @app.command("set")
-def set_(stream: Stream, retention: Annotated[str, typer.Option(
-        "--retention", help="Its own memory retention in seconds (or 30m, 12h, 7d); 'global' for the global one.")],
+def set_(stream: Stream, retention: Annotated[str | None, typer.Option(
+        "--retention", help="Its own memory retention in seconds (or 30m, 12h, 7d); 'global' for the global one.")]
+        = None,
+        sample_fps: Annotated[str | None, typer.Option(
+            "--sample-fps", help="Its own frames per second decoded; 'global' for decode.sample_fps.")] = None,
         tenant: Tenant = "default", as_json: AsJson = False) -> None:
-    """Per-stream settings: a retention of its own, applied at once."""
-    seconds = None if retention == "global" else duration_s(retention)
-    changed = _call("PATCH", stream, tenant_id=tenant, json={"retention_s": seconds})
+    """Per-stream settings: a retention of its own (applied at once), a sampling rate of its own."""
+    body: dict[str, float | None] = {}
+    if retention is not None:
+        body["retention_s"] = None if retention == "global" else duration_s(retention)
+    if sample_fps is not None:
+        body["sample_fps"] = None if sample_fps == "global" else float(sample_fps)
+    if not body:
+        raise typer.BadParameter("give --retention and/or --sample-fps")
+    changed = _call("PATCH", stream, tenant_id=tenant, json=body)
     if as_json:
         print_json(changed)
     else:

@@ -18,6 +18,7 @@ idempotent per segment.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -371,12 +372,16 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
 class RayIngest:
     """The source's view of the DAG: submit a segment, learn when its write is durable."""
 
-    def __init__(self, handles: PipelineHandles, *, pixel_mode: bool = False):
+    def __init__(self, handles: PipelineHandles, *, pixel_mode: bool = False, settings: Any = None):
         self.h = handles
         self.pixel_mode = pixel_mode
+        self.settings = settings  # pipelines.stream_state.StreamSettings: per-stream sampling; None: none
         self._next_decoder = 0
 
     def submit(self, info: SegmentInfo, payload: bytes):
+        own_fps = self.settings.sample_fps(info.tenant_id, info.stream_id) if self.settings else None
+        if own_fps is not None:
+            info = dataclasses.replace(info, sample_fps=own_fps)
         decoder = self.h.decoders[self._next_decoder % len(self.h.decoders)]
         self._next_decoder += 1
         stream = f"{info.tenant_id}/{info.stream_id}"
@@ -412,9 +417,12 @@ class SourceActor:
 
     def __init__(self, config: LivelensConfig, source_id: str):
         from pipelines.ingest.source import KafkaSegmentSource
+        from pipelines.redis_io import redis_client
+        from pipelines.stream_state import StreamSettings
 
         setup_logging()
-        ingest = RayIngest(find_stages(config), pixel_mode=config.drop.mode == "pixel")
+        ingest = RayIngest(find_stages(config), pixel_mode=config.drop.mode == "pixel",
+                           settings=StreamSettings(redis_client(config.redis), config.streams.state_ttl_s))
         self.source = KafkaSegmentSource(config, ingest, source_id=source_id)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=source_id, daemon=True)

@@ -36,7 +36,8 @@ def apply(control: StreamControl, command: messages.StreamCommand) -> None:
     elif command.action in ("delete", "purge"):
         control.delete(t, s, by=by, purge=command.action == "purge")
     else:
-        control.set(t, s, by=by, retention_s=command.retention_s, clear_retention=command.clear_retention)
+        control.set(t, s, by=by, retention_s=command.retention_s, clear_retention=command.clear_retention,
+                    sample_fps=command.sample_fps, clear_sample_fps=command.clear_sample_fps)
 
 
 class StreamCommandConsumer:

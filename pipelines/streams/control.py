@@ -56,6 +56,8 @@ class StreamStatus(BaseModel):
     segments_skipped: int = Field(0, description="Segments acknowledged without ingest while paused or deleted.")
     retention_s: float
     retention: Literal["stream", "global"] = Field(description="Whose retention applies.")
+    sample_fps: float = Field(description="Frames per second decoded from its segments.")
+    sampling: Literal["stream", "global"] = Field(description="Whose sampling rate applies.")
     catch_up_pending: bool = False
 
 
@@ -94,7 +96,7 @@ class StreamControl:
 
     def _status(self, tenant_id: str, stream_id: str, info: StreamInfo | None) -> StreamStatus:
         state = self.states.get(tenant_id, stream_id)
-        own = self.r.hget(keys.stream_settings(tenant_id, stream_id), "retention_s")
+        own, own_fps = self.r.hmget(keys.stream_settings(tenant_id, stream_id), ("retention_s", "sample_fps"))
         shown = "purged" if state.state == "deleted" and state.purged_at is not None and info is None else state.state
         coverage = None if info is None else Coverage(
             first_wallclock=info.first_wallclock, last_wallclock=info.last_wallclock,
@@ -105,6 +107,8 @@ class StreamControl:
             segments=info.segments if info else 0, segments_skipped=self.states.skipped(tenant_id, stream_id),
             retention_s=float(own) if own else self.config.memory.retention_s,
             retention="stream" if own else "global",
+            sample_fps=float(own_fps) if own_fps else self.config.decode.sample_fps,
+            sampling="stream" if own_fps else "global",
             catch_up_pending=any(j.tenant_id == tenant_id and j.stream_id == stream_id
                                  for j in self.catchups.pending()))
 
@@ -162,13 +166,30 @@ class StreamControl:
         return self.show(tenant_id, stream_id)
 
     def set(self, tenant_id: str, stream_id: str, *, by: str, retention_s: float | None = None,
-            clear_retention: bool = False) -> tuple[StreamStatus, int]:
-        """Per-stream overrides. Returns the status and the entries the new retention evicted at once."""
+            clear_retention: bool = False, sample_fps: float | None = None,
+            clear_sample_fps: bool = False) -> tuple[StreamStatus, int]:
+        """Per-stream overrides of the global settings: memory retention (applied at once: returns the entries it
+        evicted now) and the sampling rate (reaches ingest within ``streams.state_ttl_s``)."""
         self._existing(tenant_id, stream_id)
-        if clear_retention == (retention_s is not None):
-            raise QueryError("invalid_request", "give either a retention in seconds or clear it", 422)
-        evicted = self.memory.set_retention(tenant_id, stream_id, None if clear_retention else retention_s)
-        self._audit(tenant_id, stream_id, "set", by, retention_s=retention_s, evicted=evicted)
+        if retention_s is not None and clear_retention or sample_fps is not None and clear_sample_fps:
+            raise QueryError("invalid_request", "a setting cannot be given and cleared at once", 422)
+        if sample_fps is not None and not 0 < sample_fps <= 60:
+            raise QueryError("invalid_request", f"sample_fps must be in (0, 60], got {sample_fps}", 422)
+        changes = {name: value for name, value in (("retention_s", retention_s), ("sample_fps", sample_fps))
+                   if value is not None}
+        changes.update({name: None for name, clear in (("retention_s", clear_retention),
+                                                       ("sample_fps", clear_sample_fps)) if clear})
+        if not changes:
+            raise QueryError("invalid_request", "nothing to set: give retention_s or sample_fps (null clears)", 422)
+        if "sample_fps" in changes:
+            settings = keys.stream_settings(tenant_id, stream_id)
+            if changes["sample_fps"] is None:
+                self.r.hdel(settings, "sample_fps")
+            else:
+                self.r.hset(settings, "sample_fps", repr(float(changes["sample_fps"])))
+        evicted = self.memory.set_retention(tenant_id, stream_id, changes["retention_s"]) \
+            if "retention_s" in changes else 0
+        self._audit(tenant_id, stream_id, "set", by, **changes, evicted=evicted)
         return self.show(tenant_id, stream_id), evicted
 
     # -- helpers -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from contracts import messages
+from memory_store.redis_tier import RedisTier
 from pipelines.cli.demo import frame_at
 from pipelines.kafka.client import ensure_topics, make_producer
 from pipelines.kafka.publish import new_session_id, segment_header
@@ -102,6 +103,11 @@ def test_pause_skips_live_segments_resume_stores_again_and_catch_up_stores_the_p
     assert [stored_segments(config, s) for s in ("plain", "caught")] == [len(first)] * 2
 
     assert call("POST", "/v1/streams/plain/resume").json()["state"] == "live"
+    # plain decodes at a rate of its own from now on: half the configured one.
+    own_fps = config.decode.sample_fps / 2
+    changed = call("PATCH", "/v1/streams/plain", json={"sample_fps": own_fps}).json()
+    assert changed["stream"]["sampling"] == "stream" and changed["stream"]["retention"] == "global", changed
+    frames_before = RedisTier(redis_client(config), config.memory).stream_info("default", "plain").frames
     resumed = call("POST", "/v1/streams/caught/resume", params={"catch_up": "true"}).json()
     assert resumed["state"] == "live" and resumed["catch_up_pending"], resumed
     for publisher in (plain, caught):
@@ -112,6 +118,9 @@ def test_pause_skips_live_segments_resume_stores_again_and_catch_up_stores_the_p
     assert_each_segment_once(config, "caught", n)
     stored_plain = sorted(int(s.rpartition("-")[2]) for s in segment_ids(config, "plain"))
     assert stored_plain == [*first, *last]
+    frames_after = RedisTier(redis_client(config), config.memory).stream_info("default", "plain").frames
+    per_segment = plain.media[0].duration_s * config.decode.sample_fps
+    assert frames_after - frames_before == pytest.approx(len(last) * per_segment / 2, abs=1), "its own fps"
     trail = call("GET", "/v1/streams/caught/audit").json()
     assert [e["action"] for e in trail][:3] == ["caught_up", "resume", "pause"]
     assert trail[2]["by"].startswith("ops-bot (command ")
