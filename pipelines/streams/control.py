@@ -129,8 +129,9 @@ class StreamControl:
 
     def resume(self, tenant_id: str, stream_id: str, *, by: str, catch_up: bool = False) -> StreamStatus:
         """Ingest the stream again. ``catch_up``: also re-read the segments skipped while paused from the segments
-        topic (those it still holds), once every source has seen the resume (`catchup.py`)."""
-        current = self._existing(tenant_id, stream_id)
+        topic (those it still holds), once every source has seen the resume (`catchup.py`). A purged stream may be
+        resumed too: a publisher without sessions has no other way back."""
+        current = self._existing(tenant_id, stream_id, allow_purged=True)
         if current.state == "live":
             return self.show(tenant_id, stream_id)
         if catch_up and current.state != "paused":
