@@ -160,7 +160,8 @@ def test_delete_keeps_history_purge_erases_it_everywhere_retention_per_stream_an
     for button, after in (("pause", "paused"), ("resume", "live"), ("delete", None), ("delete", "deleted"),
                           ("resume", "live")):
         try:
-            browser.wait(f"{cell} && {cell}.querySelector('button.{button}')", 90, f"the {button} button")
+            browser.wait(f"Boolean({cell} && {cell}.querySelector('button.{button}'))", 90,
+                         f"the {button} button")
         except AssertionError:
             print("page:", browser.evaluate("document.getElementById('updated').textContent"),
                   browser.evaluate("document.querySelector('#streams tbody').innerHTML"))
