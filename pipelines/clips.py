@@ -8,7 +8,7 @@ offsets, so a crash repeats them (they are idempotent) and never skips them.
 
 Cutting. A request for [from, to] (stream seconds) reads the ledger for the segments that cover it, takes each
 payload from the archive when it holds it, else from Kafka by offset with a consumer without a group
-(`kafka_io.make_reader`, as replay reads), decoding records with `messages.decode`. The packets are remuxed,
+(`pipelines.kafka.client.make_reader`, as replay reads), decoding records with `messages.decode`. The packets are remuxed,
 never re-encoded, into a fragmented MP4 (``frag_keyframe+empty_moov``: playable by browsers while it streams and
 written in one pass) that starts at the last keyframe at or before ``from`` and ends before the first keyframe at
 or after ``to``: the clip covers the span, give or take one GOP at each end. Video only: segments carry no audio
@@ -42,6 +42,7 @@ from contracts import messages
 from pipelines.archive import SegmentArchive
 from pipelines.config import ClipConfig, LivelensConfig
 from pipelines.kafka.client import make_reader
+from pipelines.kafka.retained import retained_segments
 from pipelines.segmenter import SEGMENT_TS_OFFSET_S
 
 
@@ -187,6 +188,7 @@ class ClipKeeper:
     the segment; everything here is idempotent."""
 
     def __init__(self, config: LivelensConfig, client: redis.Redis):
+        self.config = config
         self.ledger = ClipLedger(client)
         self.archive = SegmentArchive(config.archive) if config.archive.url else None
         self.archive_retention_s = config.archive.retention_s
@@ -212,6 +214,15 @@ class ClipKeeper:
             for segment_id in expired:
                 self.archive.delete(tenant, stream, segment_id)
             self.ledger.unarchive(tenant, stream, expired)
+
+    def keep_retained(self) -> int:
+        """Keep every whole segment the segments topic still retains, as if the source had just stored it: the
+        ledger (and archive) of segments stored before either existed. Idempotent; returns how many."""
+        kept = 0
+        for tp, segment, payload, offsets in retained_segments(self.config.kafka, self.config.kafka.topic("segments")):
+            self.keep(segment, payload, tp, offsets)
+            kept += 1
+        return kept
 
 
 # -- the read side -----------------------------------------------------------------------------------------
