@@ -70,6 +70,7 @@ def _api(config, key: str | None = None):
     return call
 
 
+@pytest.mark.timeout(600)  # ~2 min on a quiet 2-core machine; a shared one takes longer
 def test_pause_skips_live_segments_resume_stores_again_and_catch_up_stores_the_paused_span_once(deployed,
                                                                                                  sample_video):
     video, _ = sample_video
@@ -126,6 +127,7 @@ def test_pause_skips_live_segments_resume_stores_again_and_catch_up_stores_the_p
     assert trail[2]["by"].startswith("ops-bot (command ")
 
 
+@pytest.mark.timeout(600)
 def test_delete_keeps_history_purge_erases_it_everywhere_retention_per_stream_and_tenants_apart(deployed,
                                                                                                sample_video, browser):
     video, _ = sample_video
