@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.api.guard import presented_key, resolve_tenant
+from pipelines.api.guard import is_operator, presented_key, resolve_tenant
 from pipelines.streams.control import StreamControl, StreamStatus
 
 router = APIRouter(tags=["streams"])
@@ -43,7 +43,11 @@ def _control(request: Request) -> tuple[StreamControl, str]:
 
 
 def _tenant(request: Request, asked: str) -> str:
-    return resolve_tenant(request.app.state.config.serve, request.headers, asked)
+    """The key's tenant; the operator (the admin key, trusted with everything) manages any tenant's streams."""
+    serve = request.app.state.config.serve
+    if serve.api_keys and serve.admin_api_key is not None and is_operator(serve, request.headers):
+        return asked
+    return resolve_tenant(serve, request.headers, asked)
 
 
 @router.get("/v1/streams", response_model=list[StreamStatus])

@@ -155,7 +155,9 @@ function tenantParam() { return new URLSearchParams(location.search).get("tenant
 async function streamStates(tenants) {
   const states = new Map();
   for (const tenant of tenants) {
-    for (const s of await api(`/v1/streams?tenant_id=${encodeURIComponent(tenant)}`)) states.set(`${tenant}/${s.stream_id}`, s);
+    try {
+      for (const s of await api(`/v1/streams?tenant_id=${encodeURIComponent(tenant)}`)) states.set(`${tenant}/${s.stream_id}`, s);
+    } catch (error) { if (error.status !== 403 && error.status !== 401) throw error; }  // not this key's tenant
   }
   return states;
 }
