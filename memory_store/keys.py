@@ -39,7 +39,7 @@ Beside memory, the layers above keep these (built here too, so that one module n
     ll:moderation:pending              hash    decision_id -> RiskDecision JSON, every tenant's, until its verdict
     ll:{t}:backfill:<stream>:<digest>  hash    a backfill's manifest: finished segments, operator snapshots
     ll:{t}:alerts, alert-index, alert-acks, audit:<room>   the alert log (pipelines.moderation.alerts)
-    ll:{t}:settings:<stream>           hash    a stream's overrides of memory settings (retention_s)
+    ll:{t}:settings:<stream>           hash    a stream's overrides of global settings (retention_s, sample_fps)
     ll:{t}:control:<stream>            hash    a stream's state as operators set it: live, paused, deleted
                                                (pipelines.stream_state); survives a purge
     ll:{t}:counters:<stream>           hash    counters of stream control (segments_skipped)
