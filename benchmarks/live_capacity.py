@@ -14,8 +14,9 @@ are driven in plain processes, one per actor, joined by multiprocessing queues i
   NVDEC), frames resized to 640 px, JPEG thumbnails; "keyframes" samples the keyframe of each segment (skip_frame=NONKEY, one frame per 2 s),
   "1fps" decodes every frame and keeps one a second.
 - encoder actor (one process, the GPU): frame batches of many streams gathered for up to 30 ms or --batch
-  frames, then EncodeCompressor (resize, SigLIP-B/16 tower with random weights in bf16, pixel-mode drop,
-  pruning to 60/196, pooled embedding, all on the GPU; kept tokens back).
+  frames, then the encode actor's fused step (pipelines/ingest/chain.py FusedEncodeCompress: resize, SigLIP-B/16
+  tower with random weights in bf16, pixel-mode drop, pruning to 60/196, pooled embedding, all on the GPU;
+  kept tokens back; then the boundary detector).
 - every process runs with one thread (OMP_NUM_THREADS=1), the encoder with 2, as Ray sizes actors.
 - memory actors (--memory processes): MemoryStore.write into a real redis-server (AOF, appendfsync always)
   and FAISS; a segment is memory-visible when its write returns. Streams are sharded over them by tenant.
@@ -103,17 +104,16 @@ def encode_actor(model: Path, device: str, batch_frames: int, inbox: mp.Queue, o
                  calls: mp.Value, ready: mp.Event) -> None:
     import torch
 
-    from operators.device_compress import DeviceTokenCompressor
-    from operators.encode import VisionEncoder
-    from operators.encode_compress import EncodeCompressor
-    from pipelines.config import CompressConfig, DropConfig, EncodeConfig, PruneConfig
+    from pipelines.config import LivelensConfig
+    from pipelines.ingest.chain import FusedEncodeCompress
     from pipelines.ray.placement import shard
 
     torch.set_num_threads(ENCODER_THREADS)
     dtype = "bfloat16" if device == "cuda" else "float32"
-    encoder = VisionEncoder(EncodeConfig(device=device, dtype=dtype, batch_frames=batch_frames), model)
-    fused = EncodeCompressor(encoder, DeviceTokenCompressor(CompressConfig(), DropConfig(mode="pixel"),
-                                                            PruneConfig(), device=device))
+    # The encode actor's step with encode.fused: EncodeCompressor and the boundary detector.
+    config = LivelensConfig(encode=dict(model=str(model), device=device, dtype=dtype, batch_frames=batch_frames,
+                                        fused="on"), drop=dict(mode="pixel"), prune={})
+    fused = FusedEncodeCompress.build(config)
     ready.set()
     wait_s = 0.030  # the gpu profile's max_batch_wait_ms
     while True:
@@ -133,7 +133,7 @@ def encode_actor(model: Path, device: str, batch_frames: int, inbox: mp.Queue, o
             group.append(item)
             frames += len(item[0])
         started = time.perf_counter()
-        out = fused.process([b for b, _ in group if len(b)])
+        out = fused.process([b for b, _ in group if len(b)])  # a StageError here would be a segment's bad input
         if device == "cuda":
             torch.cuda.synchronize()
         with busy.get_lock():
@@ -300,7 +300,9 @@ def run_mode(ctx, mode: str, args, segments: list, model: Path, redis_url: str, 
     rows = []
     per_segment = 1 if mode == "keyframes" else int(SEGMENT_S)
     try:
-        ready.wait(600)
+        while not ready.wait(1.0):  # the encoder loads its model; fail at once if it died doing so
+            if not procs[args.decoders].is_alive():
+                raise SystemExit("the encoder process died before it was ready (its traceback is above)")
         # Warm-up trial: CUDA kernels, the decoders' first segments, Redis connections.
         trial(8, 8.0, f"{mode}-warm", decode_q, results, busy, counts, per_segment)
         for n in args.streams:

@@ -125,24 +125,41 @@ class Answerer:
             log.info("answer stage: no model configured, answers are extractive")
             return
         dtype = getattr(torch, config.dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_name)
         # A vision config marks a VLM; its language model reads our tokens through inputs_embeds.
         if hasattr(AutoConfig.from_pretrained(self.model_name), "vision_config"):
+            model = AutoModelForImageTextToText.from_pretrained(self.model_name, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype)
+        self._use(model, tokenizer, random_weights=is_tiny(self.model_name))
+
+    @classmethod
+    def around(cls, config: AnswerConfig, model: PreTrainedModel, tokenizer, name: str, *,
+               random_weights: bool) -> Answerer:
+        """An answerer around a model already in memory: benchmarks/answer_latency.py builds a 7B-class shape from
+        its transformers config with random weights on the device, where there is no checkpoint to load."""
+        answerer = cls(config, None)
+        answerer.model_name = name
+        answerer._use(model, tokenizer, random_weights=random_weights)
+        return answerer
+
+    def _use(self, model: PreTrainedModel, tokenizer, *, random_weights: bool) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        if hasattr(model.config, "vision_config"):
             self.kind = "vlm"
-            self.model = AutoModelForImageTextToText.from_pretrained(self.model_name, dtype=dtype)
-            self.expects_token_dim = self.model.get_input_embeddings().embedding_dim
+            self.expects_token_dim = model.get_input_embeddings().embedding_dim
         else:
             self.kind = "llm"
-            self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype)
-        self.model.to(config.device).eval()
+        self.model.to(self.config.device).eval()
         text_config = self.model.config.get_text_config()
         if getattr(text_config, "max_position_embeddings", None) is None:
             raise ValueError(f"{self.model_name}: config has no max_position_embeddings to bound the prompt by")
         self.max_positions: int = text_config.max_position_embeddings
-        self.random_weights = is_tiny(self.model_name)
+        self.random_weights = random_weights
         log.info(
             "answer stage: %s loaded as %s (%s on %s, %d positions, token dim %s)%s",
-            self.model_name, self.kind, config.dtype, config.device, self.max_positions,
+            self.model_name, self.kind, self.config.dtype, self.config.device, self.max_positions,
             self.expects_token_dim, ", random weights" if self.random_weights else "",
         )
 
@@ -186,7 +203,7 @@ class Answerer:
         if budget < 0:
             reason = f"the question needs {-budget} more positions than {self.model_name} has"
             raise StageError("question_too_long", reason, stage="answer")
-        pieces: list[tuple[EvidenceItem, list[int], torch.Tensor | None]] = []
+        pieces: list[tuple[EvidenceItem, list[int], np.ndarray | None]] = []
         for item in _by_score(evidence)[: self.config.max_evidence_frames]:
             ids, visual = self._evidence_piece(item)
             cost = len(ids) + (0 if visual is None else visual.shape[0])
@@ -202,14 +219,34 @@ class Answerer:
         if self.kind == "llm":
             ids = prefix + [i for _, piece_ids, _ in pieces for i in piece_ids] + suffix
             return ModelInputs(input_ids=self._ids_tensor(ids), inputs_embeds=None, used=used)
-        embed = self.model.get_input_embeddings()
-        parts = [embed(self._ids_tensor(prefix))[0]]
+        return ModelInputs(input_ids=None, inputs_embeds=self._spliced(prefix, pieces, suffix)[None], used=used)
+
+    def _spliced(self, prefix: list[int], pieces: list[tuple[EvidenceItem, list[int], np.ndarray | None]],
+                 suffix: list[int]) -> torch.Tensor:
+        """[L, D] input embeddings: the text embedded in one call, every frame's stored tokens in one copy to the
+        device, each written at its positions (64 frames piece by piece cost ~25 ms of launches and copies)."""
+        text_ids, text_at, visuals, visual_at = list(prefix), list(range(len(prefix))), [], []
+        at = len(prefix)
         for _, ids, visual in pieces:
-            parts.append(embed(self._ids_tensor(ids))[0])
+            text_ids += ids
+            text_at += range(at, at + len(ids))
+            at += len(ids)
             if visual is not None:
-                parts.append(visual)
-        parts.append(embed(self._ids_tensor(suffix))[0])
-        return ModelInputs(input_ids=None, inputs_embeds=torch.cat(parts).unsqueeze(0), used=used)
+                visuals.append(visual)
+                visual_at += range(at, at + len(visual))
+                at += len(visual)
+        text_ids += suffix
+        text_at += range(at, at + len(suffix))
+        at += len(suffix)
+        embed = self.model.get_input_embeddings()
+        out = torch.empty((at, embed.embedding_dim), dtype=self.model.dtype, device=self.config.device)
+        out[self._index(text_at)] = embed(self._ids_tensor(text_ids))[0]
+        if visuals:
+            host = torch.from_numpy(np.ascontiguousarray(np.concatenate(visuals)))
+            if out.device.type == "cuda":
+                host = host.pin_memory()
+            out[self._index(visual_at)] = host.to(out.device, non_blocking=True).to(out.dtype)
+        return out
 
     def _prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
         """Token ids before and after the evidence: the chat template when there is one, else a plain prompt."""
@@ -227,8 +264,8 @@ class Answerer:
         encode = self.tokenizer.encode
         return bos + encode(before, add_special_tokens=False), encode(after, add_special_tokens=False)
 
-    def _evidence_piece(self, item: EvidenceItem) -> tuple[list[int], torch.Tensor | None]:
-        """One frame's text ids and, for a VLM, its visual tokens as embeddings of the model's dtype."""
+    def _evidence_piece(self, item: EvidenceItem) -> tuple[list[int], np.ndarray | None]:
+        """One frame's text ids and, for a VLM, its stored visual tokens (host array, checked against the model)."""
         on_screen = f', on-screen text: "{item.text}"' if item.text else ""
         if self.kind == "llm":
             line = f"- {item.label()} ({item.wallclock_start}), score {item.score:.2f}{on_screen}\n"
@@ -242,11 +279,13 @@ class Answerer:
                 f"{self.expects_token_dim}: the encoder is not this VLM's own vision tower and projector"
             )
         marker = f"[stream {item.stream_id}, {item.t_start:.1f}-{item.t_end:.1f} s{on_screen}]"
-        visual = torch.from_numpy(np.ascontiguousarray(item.tokens)).to(self.config.device, self.model.dtype)
-        return self.tokenizer.encode(marker, add_special_tokens=False), visual
+        return self.tokenizer.encode(marker, add_special_tokens=False), item.tokens
 
     def _ids_tensor(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.config.device)
+
+    def _index(self, positions: list[int]) -> torch.Tensor:
+        return torch.tensor(positions, dtype=torch.long, device=self.config.device)
 
     def _extractive(self, question: str, evidence: list[EvidenceItem]) -> AnswerResult:
         asked = f'"{question}"' if question.strip() else "the query"

@@ -59,6 +59,12 @@ class EncodeConfig(Section):
         False, description="torch.compile the tower's forward pass (cuda only), compiled at its first batch "
         "(~15 s), once more for a dynamic batch size. SigLIP-B/16 on an H100: +57% on noise-like frames, +9% on "
         "mostly still ones (BENCHMARKS.md); not yet measured with live partial batches, hence off.")
+    fused: Literal["auto", "on", "off"] = Field(
+        "auto", description="Encode and compress in one step on the encoder's device (operators/encode_compress.py): "
+        "only kept tokens leave it. The encode actor then also holds the streams' compression state and no "
+        "compress actor runs. auto: on when device is cuda and neither cache.skip_frames nor cache.token_cache is "
+        "set (the fused path runs every frame through the tower in full); on: also on the CPU, where it gives the "
+        "separate steps' results. SigLIP-B/16 on an H100: 81-92% of the bare tower against 4% (BENCHMARKS.md).")
 
 
 class CompressConfig(Section):
@@ -99,6 +105,17 @@ class OcrConfig(Section):
     min_text_chars: int = Field(
         3, ge=1, description="Lines with fewer non-space characters are dropped: lone letters are mostly misreads."
     )
+    threads: int | None = Field(
+        None, ge=1, description="onnxruntime threads per OCR model. None: its default, one per core of the host, "
+        "each pinned to its core, whatever the actor was given: set it to the actor's num_cpus on shared hosts.")
+    incremental: bool = Field(
+        True, description="A changed frame is read again only where it changed: the detector runs on the regions "
+        "around the changed cells of the change thumbnail (widened to whole lines of the last read they touch), "
+        "and the last read's lines elsewhere are kept without being recognised again. False reads changed "
+        "frames whole. BENCHMARKS.md (issue 18) has what it saves.")
+    max_changed_fraction: float = Field(
+        0.35, gt=0.0, le=1.0, description="Incremental reads: when the changed regions cover more than this share "
+        "of the frame (a cut, a camera move) the whole frame is read, which then costs less than the regions.")
 
 
 class PruneConfig(Section):

@@ -52,6 +52,12 @@ StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 # sensor and compression noise of a static shot stays ~0.003. Fixed (not aspect-preserving) so a
 # stream that changes resolution keeps comparing like with like.
 _THUMBNAIL_SIZE = (128, 72)  # (width, height), as cv2 takes it
+# Incremental reads: a thumbnail cell (1/128 x 1/72 of the frame) whose grey level moved by more than this
+# changed. A swapped headline moves the cells under its letters by 30-120 levels; noise of a static shot by
+# under 8. Changed cells are widened by _REGION_MARGIN cells on each side, so the detector sees text with the
+# background around it that it needs to find its edges.
+_CELL_CHANGE = 16
+_REGION_MARGIN = 2
 # all-MiniLM-L6-v2 was trained on at most 256 word pieces (its sentence_bert_config.json).
 _MAX_TOKENS = 256
 _EMBED_BATCH = 64
@@ -143,6 +149,16 @@ class _SpaceRestoringDecoder:
 
 
 @dataclass
+class ReadStats:
+    """Frames of a reader by what it did: read whole, read only where they changed, or reused (not read)."""
+
+    whole: int = 0
+    regions: int = 0
+    reused: int = 0
+    region_area: float = 0.0  # summed share of the frame the region reads covered
+
+
+@dataclass
 class _LastRead:
     thumbnail: np.ndarray  # uint8 [72, 128] grey
     lines: list[TextLine]
@@ -161,39 +177,93 @@ class ScreenTextReader:
         self.config = config
         self.embedder = TextEmbedder() if embedder is None else embedder
         # Confidence is filtered here (min_confidence), not by the engine: text_score 0 keeps all.
-        self._engine = RapidOCR(use_cls=False, text_score=0.0, det_limit_type="max", det_limit_side_len=config.max_side)
+        threads = {} if config.threads is None else {"intra_op_num_threads": config.threads, "inter_op_num_threads": 1}
+        self._engine = RapidOCR(use_cls=False, text_score=0.0, det_limit_type="max", det_limit_side_len=config.max_side,
+                                **threads)
         # text_rec.postprocess_op is RapidOCR 1.4's decoder slot, not public API: check it on an upgrade
         # (tests/operators/test_ocr.py fails on run-together words if the hook stops taking effect).
         self._engine.text_rec.postprocess_op = _SpaceRestoringDecoder(self._engine.text_rec.postprocess_op)
         self._last: dict[StreamKey, _LastRead] = {}
+        self.stats = ReadStats()
 
     def read(self, batch: FrameBatch) -> list[FrameText]:
         """One FrameText per frame of the batch, in order; a frame is read only if it changed since the
-        last frame read on its stream (in this batch or an earlier one)."""
+        last frame read on its stream (in this batch or an earlier one), and with ``incremental`` only
+        where it changed."""
         key = (batch.segment.tenant_id, batch.segment.stream_id)
         out = []
         for pts_s, image in zip(batch.pts_s, batch.images):
             thumbnail = _thumbnail(image)
             last = self._last.get(key)
             if last is not None and _change(thumbnail, last.thumbnail) < self.config.change_threshold:
+                self.stats.reused += 1
                 out.append(FrameText(float(pts_s), list(last.lines), last.embedding, reused=True))
                 continue
-            lines = self.recognise(image)
+            regions = self._changed_regions(thumbnail, last) if last is not None and self.config.incremental else None
+            if regions is None:
+                self.stats.whole += 1
+                lines = self.recognise(image)
+            else:
+                self.stats.regions += 1
+                self.stats.region_area += sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions)
+                lines = self.recognise_regions(image, regions, last.lines)
             embedding = None
-            if lines:
+            if last is not None and [line.text for line in lines] == [line.text for line in last.lines]:
+                embedding = last.embedding  # the same text: the same (read-only) embedding
+            elif lines:
                 embedding = self.embedder.embed(["\n".join(line.text for line in lines)])[0]
                 embedding.flags.writeable = False  # shared by every frame that reuses this read
             self._last[key] = _LastRead(thumbnail, lines, embedding)
             out.append(FrameText(float(pts_s), list(lines), embedding, reused=False))
         return out
 
+    def _changed_regions(self, thumbnail: np.ndarray, last: _LastRead) -> list[Region] | None:
+        """Boxes (x0, y0, x1, y1 in [0, 1]) around the cells that changed since the last read, each widened to
+        the whole of any line of that read it touches; None when they cover more than max_changed_fraction."""
+        changed = (np.abs(thumbnail.astype(np.int16) - last.thumbnail) > _CELL_CHANGE).astype(np.uint8)
+        changed = cv2.dilate(changed, np.ones((2 * _REGION_MARGIN + 1,) * 2, np.uint8))
+        count, _, cells, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
+        rows, cols = thumbnail.shape
+        regions = [(x / cols, y / rows, (x + w) / cols, (y + h) / rows) for x, y, w, h, _ in cells[1:count]]
+        lines = [_bounds(line.box) for line in last.lines]
+        while True:  # widen to touched lines and merge overlapping regions until nothing moves
+            grown = _merged([_union([r] + [b for b in lines if _overlap(r, b)]) for r in regions])
+            if grown == regions:
+                break
+            regions = grown
+        if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions) > self.config.max_changed_fraction:
+            return None
+        return regions
+
+    def recognise_regions(self, image: np.ndarray, regions: list[Region], last: list[TextLine]) -> list[TextLine]:
+        """The last read's lines outside ``regions``, and the lines OCR finds inside them (the detector and the
+        recogniser see each region only), in reading order."""
+        kept = [line for line in last if not any(_overlap(_bounds(line.box), r) for r in regions)]
+        image = self._scaled(image)
+        height, width = image.shape[:2]
+        found = []
+        for x0, y0, x1, y1 in regions:
+            left, top = int(x0 * width), int(y0 * height)
+            crop = image[top : max(top + 1, round(y1 * height)), left : max(left + 1, round(x1 * width))]
+            for line in self._read(crop):
+                box = tuple((_unit((left + x * crop.shape[1]) / width), _unit((top + y * crop.shape[0]) / height))
+                            for x, y in line.box)
+                found.append(TextLine(line.text, line.confidence, box))
+        return _reading_order(kept + found)
+
     def recognise(self, image: np.ndarray) -> list[TextLine]:
         """OCR one RGB uint8 [H, W, 3] frame, no change detection: the kept lines in reading order."""
+        return self._read(self._scaled(image))
+
+    def _scaled(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
         scale = self.config.max_side / max(height, width)
         if scale < 1:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return image
+
+    def _read(self, image: np.ndarray) -> list[TextLine]:
         height, width = image.shape[:2]
         try:
             # The PP-OCR models were trained on BGR (OpenCV-loaded) images; RapidOCR passes arrays through as BGR.
@@ -255,6 +325,31 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
 def _change(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of two uint8 thumbnails, in [0, 1]."""
     return float(np.abs(a.astype(np.int16) - b).mean()) / 255.0
+
+
+Region = tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1] of the frame
+
+
+def _bounds(box: tuple[tuple[float, float], ...]) -> Region:
+    xs, ys = [x for x, _ in box], [y for _, y in box]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _overlap(a: Region, b: Region) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _union(boxes: list[Region]) -> Region:
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def _merged(regions: list[Region]) -> list[Region]:
+    """Overlapping regions joined into one, so no text is split between two crops."""
+    out: list[Region] = []
+    for region in sorted(regions):
+        touching = [r for r in out if _overlap(r, region)]
+        out = [r for r in out if r not in touching] + [_union(touching + [region])]
+    return sorted(out) if len(out) == len(regions) else _merged(out)
 
 
 def _unit(v: float) -> float:

@@ -163,7 +163,8 @@ class PipelineConfig(Section):
     sources: int = Field(1, ge=1, description="Kafka source actors in the ingest consumer group.")
     decoders: int = Field(2, ge=1)
     encoders: int = Field(1, ge=1)
-    compressors: int = Field(1, ge=1)
+    compressors: int = Field(1, ge=1, description="Compress actors; none are started with encode.fused (the encoders "
+                             "compress).")
     ocr_readers: int = Field(1, ge=1, description="On-screen text actors (when ocr.enabled).")
     standing_evaluators: int = Field(1, ge=1, description="Actors evaluating standing queries on new segments.")
     answerers: int = Field(1, ge=1)
@@ -444,6 +445,24 @@ class LivelensConfig(BaseSettings):
         if toml_path.exists():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _fused_encode_computes_every_frame(self) -> LivelensConfig:
+        if self.encode.fused == "on" and (blockers := self._fused_encode_blockers()):
+            raise ValueError(f"encode.fused 'on' runs every frame through the tower in full: turn off {blockers}, "
+                             "or set encode.fused to 'auto' or 'off'")
+        return self
+
+    def _fused_encode_blockers(self) -> list[str]:
+        return [name for name, on in (("cache.skip_frames", self.cache.skip_frames),
+                                      ("cache.token_cache", self.cache.token_cache)) if on]
+
+    @property
+    def fused_encode(self) -> bool:
+        """Whether encode and compress run as one step on the encoder's device (`encode.fused`)."""
+        if self.encode.fused == "auto":
+            return self.encode.device == "cuda" and not self._fused_encode_blockers()
+        return self.encode.fused == "on"
 
     @property
     def tiny_models_dir(self) -> Path:

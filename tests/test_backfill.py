@@ -49,9 +49,10 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def make_config(tmp_path: Path, tiny_models: dict[str, Path]) -> LivelensConfig:
+def make_config(tmp_path: Path, tiny_models: dict[str, Path], fused: str = "auto") -> LivelensConfig:
     # batch_frames=4: two 2-frame segments per encoder batch, so batches span segments.
-    return LivelensConfig(data_dir=tmp_path / "data", encode=dict(model=str(tiny_models["clip"]), batch_frames=4),
+    return LivelensConfig(data_dir=tmp_path / "data",
+                          encode=dict(model=str(tiny_models["clip"]), batch_frames=4, fused=fused),
                           ocr=dict(enabled=False))
 
 
@@ -91,8 +92,9 @@ def live_reference(video: Path, config: LivelensConfig, store: MemoryStore) -> N
         store.write(boundaries.mark(compressor.compress(encoder.encode([frames])[0])))
 
 
-def test_backfill_stores_what_live_ingest_stores(tmp_path, redis_server, tiny_models, video):
-    config = make_config(tmp_path, tiny_models)
+@pytest.mark.parametrize("fused", ["off", "on"])  # on: encode and compress in one pass (on the CPU here)
+def test_backfill_stores_what_live_ingest_stores(tmp_path, redis_server, tiny_models, video, fused):
+    config = make_config(tmp_path, tiny_models, fused)
     live = store_for(redis_server, 1, config)
     live_reference(video, config, live)
     backfilled = store_for(redis_server, 0, config)
@@ -211,7 +213,9 @@ def test_resume_restores_the_ocr_reader_state(tmp_path, redis_server, tiny_model
         Backfill(config, crashing, workers=1, progress=False).run([job])
     resumed_store = store_for(redis_server, 0, config)
     resumed = Backfill(config, resumed_store, workers=1, progress=False).run([job])
-    assert (resumed.segments_skipped, resumed.segments) == (5, 5)
+    # Crashed at the 6th write, in the group of segments 4-5 (2 segments per batch_frames=4): the manifest's
+    # last checkpoint is the end of segments 2-3's group, where the chain's state was the state after them.
+    assert (resumed.segments_skipped, resumed.segments) == (4, 6)
     uninterrupted = store_for(redis_server, 1, config)
     Backfill(config, uninterrupted, workers=1, progress=False).run([job])
     stored = memory(uninterrupted)

@@ -176,13 +176,14 @@ def test_resume_with_frame_skipping_equals_an_uninterrupted_run(tmp_path, redis_
     # Segment 7 starts with a skipped frame: resumed there, a skipper restarted empty would encode it.
     assert "default/cam/7/14000" in skipped
 
-    # Groups of 2 segments ([6,7] uninterrupted, [7,8] resumed): the plan must not depend on grouping either.
+    # Groups of 2 segments: crashed writing segment 7 (group [6,7]), the manifest's last checkpoint is the end
+    # of group [4,5], where the skipper's state was the state after segment 5; the resume starts at 6.
     crashing = CrashingStore(redis.Redis.from_url(redis_server.address), config.memory, survive=7)
     with pytest.raises(_Crash):
         Backfill(config, crashing, workers=1, progress=False).run([job])
     resumed_store = store_for(redis_server, 0, config)
     resumed = Backfill(config, resumed_store, workers=1, progress=False).run([job])
-    assert (resumed.segments_skipped, resumed.segments) == (7, 3)
+    assert (resumed.segments_skipped, resumed.segments) == (6, 4)
     assert_same_memory(memory(resumed_store), stored)
 
 

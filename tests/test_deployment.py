@@ -130,7 +130,7 @@ def test_start_stages_passes_each_stage_its_options(monkeypatch):
     dag.start_sources(config)
     by_name = dict(made)
     p = config.pipeline
-    assert len(made) == (p.decoders + p.encoders + p.compressors + p.ocr_readers + config.memory.shards
+    assert len(made) == (p.decoders + p.encoders + dag.compressor_count(config) + p.ocr_readers + config.memory.shards
                          + p.standing_evaluators + p.sources + config.moderation.moderators + 1)
     for name, options in made:
         assert options == actor_options(config, name.split("-")[0]), name

@@ -84,7 +84,6 @@ from memory_store import keys
 from memory_store.service import MemoryStore
 from operators.frames import (
     CompressedBatch,
-    FeatureBatch,
     FrameBatch,
     SegmentInfo,
     StageError,
@@ -327,7 +326,7 @@ class Backfill:
         # The steps the live actors run, built by the same code, so backfill stores what live ingest would.
         self._chain = OperatorChain.build(config)
         # What shapes stored memory (not batch sizes or waits): a change makes old manifests invalid.
-        shaping = {"decode": config.decode.model_dump(), "encode_model": self._chain.encode.encoder.model_name,
+        shaping = {"decode": config.decode.model_dump(), "encode_model": self._chain.visual.encoder.model_name,
                    "encode_dtype": config.encode.dtype, "compress": config.compress.model_dump(),
                    "ocr": config.ocr.model_dump(), "cache": config.cache.model_dump(),
                    "drop": config.drop.model_dump(), "prune": config.prune.model_dump() if config.prune else None,
@@ -390,61 +389,70 @@ class Backfill:
                 yield _info(media, job, start), media.payload
 
         def done(info: SegmentInfo) -> None:
-            manifest.complete(info, self._chain.snapshot())
             summary.stream_seconds += info.duration_s
             progress.advance(task, info.duration_s)
             progress.advance(overall, info.duration_s)
 
+        def checkpoint(info: SegmentInfo) -> None:
+            manifest.complete(info, self._chain.snapshot())
+
         try:
-            self.process(decoder.decode(pending()), summary, done)
+            self.process(decoder.decode(pending()), summary, done, checkpoint)
         finally:
             self._forget(key)
         progress.update(task, visible=False)
 
     def process(self, decoded: Iterable[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
-                done: Callable[[SegmentInfo], None]) -> None:
+                done: Callable[[SegmentInfo], None],
+                checkpoint: Callable[[SegmentInfo], None] | None = None) -> None:
         """Encode, compress, read and store decoded segments, given in stream order (several streams may
-        interleave); ``done(info)`` follows each segment's write or dead letter, in the same order."""
+        interleave); ``done(info)`` follows each segment's write or dead letter, in the same order.
+
+        Segments go through the encoder (and compressor) in groups of up to ``encode.batch_frames`` frames, so
+        the chain's state is the state after a segment only at a group's end: ``checkpoint(info)`` is called
+        there, with the group's last segment (a resume redoes at most one group; writes are idempotent)."""
         group: list[tuple[SegmentInfo, FrameBatch | StageError]] = []
         frames = 0
         for info, result in decoded:
             size = len(result) if isinstance(result, FrameBatch) else 0
             # Batches of at most batch_frames (a larger segment goes alone): the encoder's own chunk size.
             if group and frames + size > self.config.encode.batch_frames:
-                self._process(group, summary, done)
+                self._process(group, summary, done, checkpoint)
                 group, frames = [], 0
             group.append((info, result))
             frames += size
         if group:
-            self._process(group, summary, done)
+            self._process(group, summary, done, checkpoint)
 
     def _forget(self, key: tuple[str, str]) -> None:
         """Per-stream state starts empty for each file (a resumed one is restored from its manifest)."""
         self._chain.forget(*key)
 
     def _process(self, group: list[tuple[SegmentInfo, FrameBatch | StageError]], summary: BackfillSummary,
-                 done: Callable[[SegmentInfo], None]) -> None:
-        """Encode a group's frames in one batch, then compress, read and write each segment in order."""
+                 done: Callable[[SegmentInfo], None], checkpoint: Callable[[SegmentInfo], None] | None) -> None:
+        """Encode and compress a group's frames in one batch, then read and write each segment in order."""
         decoded = [result for _, result in group if isinstance(result, FrameBatch)]
-        features: dict[int, FeatureBatch | StageError]
+        compressed: dict[int, CompressedBatch | StageError]
         try:
-            encoded = self._chain.encode.encode(decoded)
-            features = {batch.segment.seq: out for batch, out in zip(decoded, encoded)}
+            processed = self._chain.visual.process(decoded)
+            compressed = {batch.segment.seq: out for batch, out in zip(decoded, processed)}
         except StageError as exc:  # as in the encoder actor: a failed batch fails every segment in it
             exc.stage = exc.stage or "encode"
-            features = {batch.segment.seq: exc for batch in decoded}
+            compressed = {batch.segment.seq: exc for batch in decoded}
+        frames_of = {batch.segment.seq: batch for batch in decoded}
         for info, result in group:
-            outcome = result if isinstance(result, StageError) else features[info.seq]
+            outcome = result if isinstance(result, StageError) else compressed[info.seq]
             if isinstance(outcome, StageError):
                 self._dead_letter(info, outcome, summary)
             else:
-                self._store(result, outcome, summary)
+                self._store(frames_of[info.seq], outcome, summary)
             summary.segments += 1
             done(info)
+        if checkpoint is not None:
+            checkpoint(group[-1][0])
 
-    def _store(self, frames: FrameBatch, features: FeatureBatch, summary: BackfillSummary) -> None:
+    def _store(self, frames: FrameBatch, compressed: CompressedBatch, summary: BackfillSummary) -> None:
         try:
-            compressed = self._chain.compress.compress(features, frames)
             reader = self._chain.reader
             texts = tag_stage("ocr", reader.read, frames) if reader is not None else None
             if self.replace and frames.segment.seq == 0:

@@ -1,27 +1,39 @@
 """The operator chain between decode and memory, built in one place for live ingest, backfill and replay.
 
-The live actors each hold one step of it, sharded by stream (the encode actor the `EncodeStep`, the compress
-actor the `CompressStep`); backfill and replay hold the whole `OperatorChain` in one process. Either way the
-steps are built here from the config and run the same way, so backfill stores what live ingest would, and
-their per-stream state goes through one protocol (`operators.state.Stateful`): the backfill manifest stores
-whatever each stateful step's snapshot returns, under the step's name.
+Frames become what memory stores in one of two ways, chosen by `encode.fused` (`LivelensConfig.fused_encode`):
+- fused (the default on CUDA): `FusedEncodeCompress`, encode and compress in one pass on the encoder's device
+  (operators/encode_compress.py), then the boundary detector; only kept tokens leave the device.
+- separate: `EncodeStep` (with frame skip) then `CompressStep`; every token comes back from the encoder.
+On the CPU both give the same results (tests/test_chain.py), and their compressors' snapshots have one format,
+so a backfill manifest or a stream's state moves between them.
+
+The live actors each hold one step of it, sharded by stream (fused: the encode actor holds
+`FusedEncodeCompress`; separate: the encode actor the `EncodeStep`, the compress actor the `CompressStep`);
+backfill and replay hold the whole `OperatorChain` in one process. Either way the steps are built here from
+the config and run the same way, so backfill stores what live ingest would, and their per-stream state goes
+through one protocol (`operators.state.Stateful`): the backfill manifest stores whatever each stateful step's
+snapshot returns, under the step's name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from operators.boundaries import BoundaryDetector
 from operators.compress import TokenDropCompressor
+from operators.device_compress import DeviceTokenCompressor
 from operators.encode import VisionEncoder
+from operators.encode_compress import EncodeCompressor
 from operators.frame_skip import FrameSkipper, encode_skipping
-from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, tag_stage
-from operators.ocr import ScreenTextReader
+from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, StageError, tag_stage
 from operators.state import Stateful
 from pipelines.config import LivelensConfig
 from pipelines.models import vision_encoder
+
+if TYPE_CHECKING:  # the OCR models load only where text is read: an encoder process does not need them
+    from operators.ocr import ScreenTextReader
 
 
 @dataclass
@@ -60,28 +72,98 @@ class CompressStep:
         return tag_stage("compress", self.boundaries.mark, compressed)
 
 
+@dataclass
+class SeparateEncodeCompress:
+    """`EncodeStep` then `CompressStep` in one process (backfill, replay with `encode.fused` off)."""
+
+    encode: EncodeStep
+    compress: CompressStep
+
+    @property
+    def encoder(self) -> VisionEncoder:
+        return self.encode.encoder
+
+    def process(self, batches: Sequence[FrameBatch]) -> list[CompressedBatch | StageError]:
+        """One result per batch, in order. A StageError from the encoder fails the whole call (one forward pass);
+        one from compression is that segment's result."""
+        batches = list(batches)
+        out: list[CompressedBatch | StageError] = []
+        for frames, features in zip(batches, self.encode.encode(batches)):
+            try:
+                out.append(self.compress.compress(features, frames))
+            except StageError as exc:
+                out.append(exc)
+        return out
+
+    def stateful(self) -> dict[str, Stateful | None]:
+        return {"compressor": self.compress.compressor, "boundaries": self.compress.boundaries,
+                "skipper": self.encode.skipper}
+
+
+@dataclass
+class FusedEncodeCompress:
+    """Encode and compress in one pass on the encoder's device, then the event-boundary detector: what
+    `EncodeStep` then `CompressStep` compute, without every token travelling to the host. No frame skip or
+    ViT token cache here (the config refuses `encode.fused: on` with either; `auto` picks the separate steps)."""
+
+    fused: EncodeCompressor
+    boundaries: BoundaryDetector
+
+    @classmethod
+    def build(cls, config: LivelensConfig) -> FusedEncodeCompress:
+        compressor = DeviceTokenCompressor(config.compress, config.drop, config.prune, device=config.encode.device)
+        return cls(EncodeCompressor(vision_encoder(config), compressor), BoundaryDetector(config.boundaries))
+
+    @property
+    def encoder(self) -> VisionEncoder:
+        return self.fused.encoder
+
+    def process(self, batches: Sequence[FrameBatch]) -> list[CompressedBatch | StageError]:
+        """One result per batch, in order. A StageError from the device pass fails the whole call; one from the
+        boundary detector is that segment's result."""
+        out: list[CompressedBatch | StageError] = []
+        for compressed in tag_stage("encode", self.fused.process, list(batches)):
+            try:
+                out.append(tag_stage("compress", self.boundaries.mark, compressed))
+            except StageError as exc:
+                out.append(exc)
+        return out
+
+    def stateful(self) -> dict[str, Stateful | None]:
+        # The names the separate steps' state is stored under: the snapshot formats are the same.
+        return {"compressor": self.fused.compressor, "boundaries": self.boundaries}
+
+
+def encode_compress(config: LivelensConfig) -> SeparateEncodeCompress | FusedEncodeCompress:
+    """The frames-to-compressed steps `encode.fused` chooses, for one process."""
+    if config.fused_encode:
+        return FusedEncodeCompress.build(config)
+    return SeparateEncodeCompress(EncodeStep.build(config), CompressStep.build(config))
+
+
 def text_reader(config: LivelensConfig) -> ScreenTextReader | None:
     """The on-screen text reader; None when `ocr.enabled` is off (the chain then stores no text)."""
-    return ScreenTextReader(config.ocr) if config.ocr.enabled else None
+    if not config.ocr.enabled:
+        return None
+    from operators.ocr import ScreenTextReader
+
+    return ScreenTextReader(config.ocr)
 
 
 @dataclass
 class OperatorChain:
     """Every step between decode and memory, in one process (backfill, replay)."""
 
-    encode: EncodeStep
-    compress: CompressStep
+    visual: SeparateEncodeCompress | FusedEncodeCompress
     reader: ScreenTextReader | None
 
     @classmethod
     def build(cls, config: LivelensConfig) -> OperatorChain:
-        return cls(EncodeStep.build(config), CompressStep.build(config), text_reader(config))
+        return cls(encode_compress(config), text_reader(config))
 
     def stateful(self) -> dict[str, Stateful]:
         """The steps that keep per-stream state, by the name their snapshot is stored under."""
-        steps: dict[str, Stateful | None] = {"compressor": self.compress.compressor,
-                                             "boundaries": self.compress.boundaries,
-                                             "ocr": self.reader, "skipper": self.encode.skipper}
+        steps: dict[str, Stateful | None] = {**self.visual.stateful(), "ocr": self.reader}
         return {name: step for name, step in steps.items() if step is not None}
 
     def snapshot(self) -> dict[str, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
     KafkaSegmentSource ──► Decode ──► Encode (batched across streams) ──► Compress ──► Memory ──► Standing queries
                               └──────► OCR (on-screen text, re-read where the picture changed) ──┘
+    With encode.fused (the default on CUDA) the encoder compresses too, on its device: no compress actors.
 
 Placement follows state: a stream's segments always go to the same compressor
 (its previous-frame tokens live there) and a tenant's writes to the same memory
@@ -64,20 +65,38 @@ class EncodeActor:
 
     Calls wait at most `max_batch_wait_ms` for company; a full batch goes at once.
     The model runs in a worker thread so the event loop keeps collecting the next batch.
+    With `encode.fused` (the default on CUDA) it also compresses, on the encoder's device
+    (`encode_compress`): the streams' compression state then lives here and no compress actor runs.
     """
 
     def __init__(self, config: LivelensConfig):
-        from pipelines.ingest.chain import EncodeStep
+        from pipelines.ingest.chain import EncodeStep, FusedEncodeCompress
 
         self.config = config.encode
-        # Streams are sharded to encoders by a stable hash, so each stream's skip state lives here.
-        self.step = EncodeStep.build(config)
-        self.encoder, self.skipper = self.step.encoder, self.step.skipper
+        # Streams are sharded to encoders by a stable hash, so each stream's skip (or compression) state lives here.
+        self.fused = config.fused_encode
+        self.step = FusedEncodeCompress.build(config) if self.fused else EncodeStep.build(config)
+        self.encoder = self.step.encoder
+        self.skipper = None if self.fused else self.step.skipper
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
 
     async def encode(self, batch: FrameBatch) -> FeatureBatch:
+        """A segment's features (`encode.fused` off: a compress actor comes next)."""
+        if self.fused:
+            raise RuntimeError("this encoder compresses too (encode.fused): call encode_compress")
+        return await self._batched(batch)
+
+    async def encode_compress(self, batch: FrameBatch) -> CompressedBatch:
+        """What memory stores of a segment, boundaries marked (`encode.fused`)."""
+        if not self.fused:
+            raise RuntimeError("this encoder does not compress (encode.fused off): call encode")
+        compressed = await self._batched(batch)
+        metrics.tokens(compressed)
+        return compressed
+
+    async def _batched(self, batch: FrameBatch):
         if self._runner is None:
             self._wakeup = asyncio.Event()
             self._runner = asyncio.get_running_loop().create_task(self._run())
@@ -108,11 +127,14 @@ class EncodeActor:
                     future.set_exception(exc)
                 continue
             for (_, future), result in zip(taken, results):
-                future.set_result(result)
+                if isinstance(result, StageError):  # fused: one segment's bad input (its boundaries)
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
-    def _encode(self, batches: list[FrameBatch]) -> list[FeatureBatch]:
+    def _encode(self, batches: list[FrameBatch]) -> list:
         before, started = self._skipped(), time.perf_counter()
-        out = self.step.encode(batches)
+        out = self.step.process(batches) if self.fused else self.step.encode(batches)
         skipped = metrics.frames_skipped(before, self._skipped())
         metrics.encoder_batch(sum(len(b) for b in batches) - skipped, time.perf_counter() - started)
         return out
@@ -326,6 +348,11 @@ def _ocr_count(config: LivelensConfig) -> int:
     return config.pipeline.ocr_readers if config.ocr.enabled else 0
 
 
+def compressor_count(config: LivelensConfig) -> int:
+    """Compress actors: none when the encoders compress (`encode.fused`)."""
+    return 0 if config.fused_encode else config.pipeline.compressors
+
+
 def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineHandles:
     """Create (or find, when already running) the stage actors, named so any process can reach them."""
     ns, p = config.ray.namespace, config.pipeline
@@ -342,7 +369,7 @@ def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineH
         decoders=[_named(DecodeActor, f"decode-{i}", ns, detached, place("decode"), config) for i in range(p.decoders)],
         encoders=[_named(EncodeActor, f"encode-{i}", ns, detached, place("encode"), config) for i in range(p.encoders)],
         compressors=[_named(CompressActor, f"compress-{i}", ns, detached, place("compress"), config)
-                     for i in range(p.compressors)],
+                     for i in range(compressor_count(config))],
         ocr=[_named(OcrActor, f"ocr-{i}", ns, detached, place("ocr"), config) for i in range(_ocr_count(config))],
         memory=[_named(MemoryActor, f"memory-{i}", ns, detached, place("memory"), config, i)
                 for i in range(config.memory.shards)],
@@ -361,7 +388,7 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
     return PipelineHandles(
         decoders=[get(f"decode-{i}") for i in range(p.decoders)],
         encoders=[get(f"encode-{i}") for i in range(p.encoders)],
-        compressors=[get(f"compress-{i}") for i in range(p.compressors)],
+        compressors=[get(f"compress-{i}") for i in range(compressor_count(config))],
         ocr=[get(f"ocr-{i}") for i in range(_ocr_count(config))],
         memory=[get(f"memory-{i}") for i in range(config.memory.shards)],
         standing=[get(f"standing-{i}") for i in range(p.standing_evaluators)],
@@ -386,10 +413,14 @@ class RayIngest:
         self._next_decoder += 1
         stream = f"{info.tenant_id}/{info.stream_id}"
         frames = decoder.decode.remote(info, payload)
-        features = self.h.encoders[shard(stream, len(self.h.encoders))].encode.remote(frames)
-        # Pixel-mode drop compares frame patches, so the compressor then gets the frames as well.
-        compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(
-            features, frames if self.pixel_mode else None)
+        encoder = self.h.encoders[shard(stream, len(self.h.encoders))]
+        if self.h.compressors:
+            features = encoder.encode.remote(frames)
+            # Pixel-mode drop compares frame patches, so the compressor then gets the frames as well.
+            compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(
+                features, frames if self.pixel_mode else None)
+        else:  # encode.fused: the encoder compresses on its device
+            compressed = encoder.encode_compress.remote(frames)
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
         written = self.h.memory_for(info.tenant_id).write.remote(compressed, texts)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.

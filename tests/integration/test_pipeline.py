@@ -308,3 +308,21 @@ def test_token_economy_configuration_ingests_with_fewer_tokens(deployed, sample_
     records = [r for r in tier.frames("default", frame_keys) if r is not None and r.tokens is not None]
     per_frame = 64  # the tiny CLIP's 8x8 grid
     assert all(len(r.tokens) <= per_frame * 0.25 + 1 for r in records)
+
+
+def test_fused_encode_ingests_with_the_encoder_compressing(deployed, sample_video):
+    """encode.fused on (the default on CUDA; here on the CPU): the encode actor compresses, no compress actor runs."""
+    video, _ = sample_video
+    config = deployed(encode={"fused": "on"}, drop={"mode": "pixel"}, prune={"keep_fraction": 0.25},
+                      ocr={"enabled": False})
+    n = sum(1 for _ in iter_segments(str(video)))
+    SegmentPublisher(kafka=config.kafka).publish(str(video), stream_id="fused", pace="fast")
+    wait_for(lambda: stored_segments(config, "fused") == n, 120, "the stream")
+    assert_each_segment_once(config, "fused", n)
+    with pytest.raises(ValueError):
+        ray.get_actor("compress-0", namespace=config.ray.namespace)
+    tier = RedisTier(redis_client(config), config.memory)
+    frame_keys = [k for name in segment_ids(config, "fused") for k in tier.segment_frame_keys("default", "fused", name)]
+    records = [r for r in tier.frames("default", frame_keys) if r is not None and r.tokens is not None]
+    assert records and all(len(r.tokens) <= 64 * 0.25 + 1 for r in records)  # pruned on the encoder
+    assert any(r.boundary for r in tier.frames("default", frame_keys) if r is not None)  # boundaries marked there

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from transformers import AutoTokenizer
 
@@ -131,6 +132,22 @@ def test_vlm_prompt_grows_by_each_frames_tokens(vlm: Answerer, dtype: type):
         lengths.append(inputs.length)
     per_frame = [(lengths[1] - lengths[0]) / 1, (lengths[2] - lengths[1]) / 2]
     assert all(TOKENS_PER_FRAME < step < TOKENS_PER_FRAME + 20 for step in per_frame), lengths
+
+
+def test_vlm_inputs_hold_each_frames_tokens_and_text_in_prompt_order(vlm: Answerer):
+    evidence = [item("s", 30.0, 0.9), item("s", 10.0, 0.8, dim=None), item("s", 20.0, 0.7)]
+    got = vlm.build_inputs("q", evidence).inputs_embeds[0]
+    # The same prompt embedded piece by piece: prefix, each frame's marker then its tokens, suffix.
+    embed = vlm.model.get_input_embeddings()
+    prefix, suffix = vlm._prompt_ids("q")
+    parts = [embed(torch.tensor(prefix))]
+    for frame in sorted(evidence, key=lambda e: e.t_start):
+        ids, tokens = vlm._evidence_piece(frame)
+        parts.append(embed(torch.tensor(ids)))
+        if tokens is not None:
+            parts.append(torch.from_numpy(tokens).to(vlm.model.dtype))
+    parts.append(embed(torch.tensor(suffix)))
+    torch.testing.assert_close(got, torch.cat(parts))
 
 
 def test_vlm_evidence_is_chronological_and_frames_without_tokens_get_a_marker(vlm: Answerer):

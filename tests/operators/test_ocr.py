@@ -22,15 +22,18 @@ WIDTH, HEIGHT = 640, 360
 
 
 class CountingReader(ScreenTextReader):
-    """The real reader, counting how often it runs OCR."""
+    """The real reader, counting how often it runs OCR (on a whole frame or on one changed region of one) and the
+    pixels it ran it on."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.ocr_calls = 0
+        self.ocr_pixels = 0
 
-    def recognise(self, image):
+    def _read(self, image):
         self.ocr_calls += 1
-        return super().recognise(image)
+        self.ocr_pixels += image.shape[0] * image.shape[1]
+        return super()._read(image)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +135,28 @@ def test_changed_headline_is_read_again(reader: CountingReader):
     assert [t.reused for t in texts] == [False, False, True]
     assert similarity(texts[1].text, HEADLINES[2]) >= 0.9
     assert float(texts[0].embedding @ texts[1].embedding) < 0.5
+
+
+def test_a_changed_headline_is_read_only_where_it_changed(reader: CountingReader):
+    before, after = frame(HEADLINES[0], corners=("14:05", "LIVE")), frame(HEADLINES[2], corners=("14:05", "LIVE"))
+    whole = CountingReader(OcrConfig(incremental=False), reader.embedder)
+    expected = whole.read(batch([before, after], stream="regions"))
+    calls, regions, pixels = reader.ocr_calls, reader.stats.regions, reader.ocr_pixels
+    first, second = reader.read(batch([before, after], stream="regions"))
+    assert reader.stats.regions == regions + 1 and reader.ocr_calls == calls + 2  # one region: the banner
+    # The whole first frame, then the banner's band only: under a third of a frame.
+    assert WIDTH * HEIGHT < reader.ocr_pixels - pixels < WIDTH * HEIGHT * 4 / 3
+    assert [line.text for line in second.lines[:2]] == ["14:05", "LIVE"]
+    assert second.lines[:2] == first.lines[:2]  # the corners were not read again
+    assert [line.text for line in second.lines] == [line.text for line in expected[1].lines]
+    assert similarity(second.lines[2].text, HEADLINES[2]) >= 0.9
+    assert float(first.embedding @ second.embedding) < float(expected[1].embedding @ second.embedding)
+
+
+def test_a_cut_is_read_whole(reader: CountingReader):
+    whole = reader.stats.whole
+    reader.read(batch([frame(HEADLINES[0]), frame(HEADLINES[1], corners=("NEWS", "LIVE"))[::-1]], stream="cut"))
+    assert reader.stats.whole == whole + 2  # the first frame, then a picture changed all over
 
 
 def test_frame_without_text_has_no_lines_and_no_embedding(reader: CountingReader):
