@@ -287,7 +287,39 @@ class DeadLetter(Message):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-MESSAGE_TYPES: tuple[type[Message], ...] = (VideoSegment, Query, Answer, Alert, DeadLetter)
+StreamAction = Literal["pause", "resume", "delete", "purge", "set"]
+
+
+class StreamCommand(Message):
+    """Manage one stream (topic: stream-control, key: stream_id): what `livelens streams` and the HTTP routes
+    under /v1/streams/{stream} do, for automation that lives on Kafka (docs/operations.md, Managing streams).
+
+    pause: ingest acknowledges and skips the stream's segments. resume: ingest again; with ``catch_up``, the
+    paused span is re-read from the segments topic while it holds it. delete: stop ingest, keep history until
+    retention. purge: delete and erase everything now, irreversibly. set: per-stream overrides.
+    """
+
+    SCHEMA: ClassVar[str] = "stream_command"
+    VERSION: ClassVar[int] = 1
+    schema_: Literal["stream_command"] = Field("stream_command", alias="schema")
+    version: Literal[1] = 1
+    command_id: str = Field(default_factory=new_id, max_length=64,
+                            description="Names the command in the stream's audit trail and in logs.")
+    stream_id: Id
+    action: StreamAction
+    catch_up: bool = Field(False, description="resume only: re-read the paused span from the segments topic.")
+    retention_s: float | None = Field(
+        None, gt=0, description="set only: the stream's own memory retention in seconds.")
+    clear_retention: bool = Field(False, description="set only: back to the global memory.retention_s.")
+    sample_fps: float | None = Field(
+        None, gt=0, le=60, description="set only: frames per second decoded from the stream's segments.")
+    clear_sample_fps: bool = Field(False, description="set only: back to the global decode.sample_fps.")
+    requested_by: str = Field("kafka", max_length=256, description="Who asked, for the audit trail.")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (VideoSegment, Query, Answer, Alert, DeadLetter, StreamCommand)
 
 # (schema, old version) -> function turning an old header dict into the next version's dict.
 # Register one whenever a model's VERSION goes up; `decode` applies them in a chain.

@@ -47,6 +47,21 @@ Beside memory, the layers above keep these (built here too, so that one module n
     ll:moderation:pending              hash    decision_id -> RiskDecision JSON, every tenant's, until its verdict
     ll:{t}:backfill:<stream>:<digest>  hash    a backfill's manifest: finished segments, operator snapshots
     ll:{t}:alerts, alert-index, alert-acks, audit:<room>   the alert log (pipelines.moderation.alerts)
+    ll:{t}:settings:<stream>           hash    a stream's overrides of global settings (retention_s, sample_fps)
+    ll:{t}:control:<stream>            hash    a stream's state as operators set it: live, paused, deleted
+                                               (pipelines.stream_state); survives a purge
+    ll:{t}:counters:<stream>           hash    counters of stream control (segments_skipped)
+    ll:{t}:controlled                  set     stream ids that have a control state
+    ll:{t}:skipped:<stream>:<pause id> hash    per partition, the offsets of segments skipped while paused
+    ll:{t}:stream-audit                stream  who paused, resumed, deleted, purged which stream: no content;
+                                               survives a purge
+    ll:stream-control:catchups         hash    job id -> a pending catch-up of a resumed stream (JSON)
+
+Erasing a stream (`livelens streams delete --purge`) deletes every key of the stream the registry below
+names (`stream_keys`, `stream_key_patterns`), the stream's members of the tenant's id sets and its field
+in per-query hashes. A new tier registers its key names with `register_stream_keys`, and is then erased
+with the rest; tests/memory_store/test_erase.py fails for a per-stream key builder here that is neither
+registered nor kept on purpose (`KEPT_ON_PURGE`).
 
 Entries: the frame hash also holds the index entries that are not frames, under
 their own keys, with the same metadata fields plus ``kind``: event segments
@@ -215,6 +230,98 @@ MODERATION_PENDING = f"{PREFIX}:moderation:pending"
 
 def backfill_manifest(tenant_id: str, stream_id: str, source_digest: str) -> str:
     return f"{_tenant(tenant_id)}:backfill:{check_id('stream', stream_id)}:{source_digest}"
+
+
+def stream_settings(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:settings:{check_id('stream', stream_id)}"
+
+
+def stream_control(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:control:{check_id('stream', stream_id)}"
+
+
+def stream_counters(tenant_id: str, stream_id: str) -> str:
+    return f"{_tenant(tenant_id)}:counters:{check_id('stream', stream_id)}"
+
+
+def controlled_streams(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:controlled"
+
+
+def stream_skipped(tenant_id: str, stream_id: str, pause_id: str) -> str:
+    return f"{_tenant(tenant_id)}:skipped:{check_id('stream', stream_id)}:{check_id('pause', pause_id)}"
+
+
+def stream_audit(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:stream-audit"
+
+
+# Outside any tenant, like MODERATION_PENDING: the control actor's queue of catch-ups survives its restart.
+CATCHUPS = f"{PREFIX}:stream-control:catchups"
+
+
+# -- the erase registry: every kind of key that holds something of one stream ------------------------------
+#
+# Kinds are the part between the tenant and the stream id: ``ll:{t}:<kind>:<stream>``.
+_STREAM_KINDS: list[str] = ["stream", "timeline", "short", "mid", "long", "boundaries", "segments", "settings", "counters",
+                            "clip:loc", "clip:media", "clip:wall", "clip:archived", "moderation:room", "audit", "gaps",
+                            "lines"]
+# ``ll:{t}:<kind>:<stream>:<anything>``
+_PREFIXED_KINDS: list[str] = ["segment", "backfill", "skipped"]
+# ``ll:{t}:<kind>:<tenant>/<stream>/<anything>``: keys named by an entry key (frame keys, event keys, ...)
+_ENTRY_KINDS: list[str] = ["frame", "thumb", "evtok", "line"]
+# Tenant-wide sorted sets whose members are entry keys (``<tenant>/<stream>/...``): the index id sets.
+_ENTRY_SETS: list[str] = ["ids", "text_ids", "line_ids"]
+# Tenant-wide sets whose members are stream ids, and hashes (by glob) with one field per stream.
+_STREAM_SETS: list[str] = ["streams"]
+_STREAM_FIELDS: list[str] = ["standing-state:*"]
+# Kept on purpose: the operator's state of the stream (so a purged stream's publisher stays stopped) and the
+# audit of the erasure itself. Neither holds content: ids, times, who asked.
+KEPT_ON_PURGE = ("control", "controlled", "stream-audit")
+
+
+def register_stream_keys(*, kinds: tuple[str, ...] = (), prefixed: tuple[str, ...] = (),
+                         entry_kinds: tuple[str, ...] = (), entry_sets: tuple[str, ...] = ()) -> None:
+    """Name a new tier's keys (same shapes as above), so that erasing a stream erases them too."""
+    for registry, names in ((_STREAM_KINDS, kinds), (_PREFIXED_KINDS, prefixed), (_ENTRY_KINDS, entry_kinds),
+                            (_ENTRY_SETS, entry_sets)):
+        registry.extend(n for n in names if n not in registry)
+
+
+def _glob(text: str) -> str:
+    """``text`` as a literal in a Redis glob (ids allow none of its special characters today; kept safe)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def stream_keys(tenant_id: str, stream_id: str) -> list[str]:
+    """Every exactly-named key of the stream (``ll:{t}:<kind>:<stream>``)."""
+    check_id("stream", stream_id)
+    return [f"{_tenant(tenant_id)}:{kind}:{stream_id}" for kind in _STREAM_KINDS]
+
+
+def stream_key_patterns(tenant_id: str, stream_id: str) -> list[str]:
+    """SCAN globs for the stream's keys with more after its id: segment markers, manifests, entries."""
+    base, stream = _tenant(tenant_id), _glob(check_id("stream", stream_id))
+    return ([f"{_glob(base)}:{kind}:{stream}:*" for kind in _PREFIXED_KINDS]
+            + [f"{_glob(base)}:{kind}:{_glob(tenant_id)}/{stream}/*" for kind in _ENTRY_KINDS])
+
+
+def entry_sets(tenant_id: str) -> list[str]:
+    return [f"{_tenant(tenant_id)}:{name}" for name in _ENTRY_SETS]
+
+
+def entry_member_pattern(tenant_id: str, stream_id: str) -> str:
+    """ZSCAN glob for the stream's entry keys in an id set."""
+    return f"{_glob(tenant_id)}/{_glob(check_id('stream', stream_id))}/*"
+
+
+def stream_sets(tenant_id: str) -> list[str]:
+    return [f"{_tenant(tenant_id)}:{name}" for name in _STREAM_SETS]
+
+
+def stream_field_patterns(tenant_id: str) -> list[str]:
+    """SCAN globs for hashes with one field per stream (a standing query's firing state)."""
+    return [f"{_glob(_tenant(tenant_id))}:{name}" for name in _STREAM_FIELDS]
 
 
 def event_key(tenant_id: str, stream_id: str, pts_s: float) -> str:

@@ -129,7 +129,7 @@ class RedisTier:
             txn.add_frames(frames, ids)
             new_stats = merged_stats(old_stats, batch, frames)
             # Retention first: what it deletes need not be evicted or merged.
-            if txn.retain(new_stats["last_wallclock"] - self.config.retention_s):
+            if txn.retain(new_stats["last_wallclock"] - self.retention_s(tenant, stream, pipe)):
                 new_stats.update(txn.first_remaining(frames))
             txn.evict_short(frames, leaving=stored.in_short_tier if stored else ())
             txn.evict_mid()
@@ -212,6 +212,20 @@ class RedisTier:
         result, txn = self.r.transaction(transaction, stats, keys.next_id(tenant_id), value_from_callable=True)
         self._committed(txn)
         return result
+
+    def retention_s(self, tenant_id: str, stream_id: str, reader: redis.Redis | None = None) -> float:
+        """The stream's retention: its own (`livelens streams set --retention`) or memory.retention_s."""
+        value = (reader or self.r).hget(keys.stream_settings(tenant_id, stream_id), "retention_s")
+        return float(value) if value else self.config.retention_s
+
+    def set_retention_s(self, tenant_id: str, stream_id: str, seconds: float | None) -> None:
+        """Give the stream a retention of its own; None: back to memory.retention_s."""
+        if seconds is None:
+            self.r.hdel(keys.stream_settings(tenant_id, stream_id), "retention_s")
+        elif seconds <= 0:
+            raise ValueError(f"retention must be > 0 seconds, got {seconds}")
+        else:
+            self.r.hset(keys.stream_settings(tenant_id, stream_id), "retention_s", repr(float(seconds)))
 
     def _committed(self, txn: StreamTxn) -> None:
         """After EXEC: the cached event references and the log lines the transaction held back."""

@@ -44,6 +44,7 @@ import numpy as np
 import redis
 
 from memory_store.config import MemoryConfig
+from memory_store.erase import erase_stream
 from memory_store.hits import Hit, TextHit, merge_episodes
 from memory_store.rebuild import add_entries, new_index, rebuild_index, reconcile
 from memory_store.records import FrameRecord, IndexKind, StreamInfo, WriteResult
@@ -125,7 +126,7 @@ class MemoryStore:
         # Before returning either way: a replay after a failure between the two writes stores the lines then.
         self.transcripts.write(seg, transcript)
         self.transcripts.expire(seg.tenant_id, seg.stream_id,
-                                seg.wallclock_start + seg.duration_s - self.config.retention_s)
+                                seg.wallclock_start + seg.duration_s - self.tier.retention_s(seg.tenant_id, seg.stream_id))
         if result is None:
             self._repair(seg)
             return None
@@ -405,17 +406,48 @@ class MemoryStore:
     def expire(self, now: float | None = None) -> int:
         """Apply retention against the clock to every stream of this shard (writing streams apply it on each
         write, against their newest frame; this reaches paused and ended ones). Returns entries deleted."""
-        horizon = (time.time() if now is None else now) - self.config.retention_s
+        now = time.time() if now is None else now
         deleted = 0
         for tenant in self._tenants():
             for stream in self.tier.streams(tenant):
-                self.transcripts.expire(tenant, stream.stream_id, horizon)
-                if stream.first_wallclock >= horizon:
-                    continue
-                result = self.tier.expire_stream(tenant, stream.stream_id, horizon)
-                deleted += result.deleted
-                self._drop_ids(tenant, result.removed_ids)
+                deleted += self._expire_stream(tenant, stream.stream_id, stream.first_wallclock, now)
         return deleted
+
+    def _expire_stream(self, tenant_id: str, stream_id: str, first_wallclock: float, now: float) -> int:
+        horizon = now - self.tier.retention_s(tenant_id, stream_id)
+        self.transcripts.expire(tenant_id, stream_id, horizon)
+        if first_wallclock >= horizon:
+            return 0
+        result = self.tier.expire_stream(tenant_id, stream_id, horizon)
+        self._drop_ids(tenant_id, result.removed_ids)
+        return result.deleted
+
+    def set_retention(self, tenant_id: str, stream_id: str, seconds: float | None) -> int:
+        """Give a stream a retention of its own (None: the global ``memory.retention_s`` again), applied at once
+        against the clock and from then on on every write and sweep. Returns the entries it deleted now."""
+        self.tier.set_retention_s(tenant_id, stream_id, seconds)
+        info = self.tier.stream_info(tenant_id, stream_id)
+        if info is None:
+            return 0
+        return self._expire_stream(tenant_id, stream_id, info.first_wallclock, time.time())
+
+    def erase_stream(self, tenant_id: str, stream_id: str) -> int:
+        """Erase everything of a stream now, irreversibly (`memory_store.erase`): every tier, its index entries
+        (and the snapshots on disk, rewritten without them), thumbnails, text, the clip ledger, markers,
+        settings. Returns the keys deleted; 0 when nothing of it was left."""
+        expired = self.tier.expire_stream(tenant_id, stream_id, float("inf"))  # also drops cached event refs
+        self.transcripts.expire(tenant_id, stream_id, float("inf"))  # its lines and their transcript index entries
+        erased = erase_stream(self.tier.r, tenant_id, stream_id)
+        self._drop_ids(tenant_id, sorted(set(expired.removed_ids) | set(erased.ids)))
+        if self.index_dir is not None:
+            for kind in KINDS:
+                with self._lock:
+                    present = (tenant_id, kind) in self._indexes
+                if present:
+                    self._snapshot(tenant_id, kind)
+        log.info("erased %s/%s: %d keys, %d index entries, %d per-stream fields", tenant_id, stream_id,
+                 erased.keys, len(expired.removed_ids) + len(erased.ids), erased.fields)
+        return erased.keys + expired.deleted
 
     # -- restart -------------------------------------------------------------------------------
 

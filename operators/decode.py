@@ -224,7 +224,7 @@ class SegmentDecoder:
         packets: list[av.Packet], period: Fraction, deadline: float
     ) -> FrameBatch:
         """Decode in presentation order, keeping each frame that claims a grid point; ``period`` as above."""
-        fps = self.config.sample_fps
+        fps = info.sample_fps or self.config.sample_fps
         first_pts: int | None = None
         previous_index = 0
         previous_time = -math.inf

@@ -66,6 +66,8 @@ class SegmentInfo:
     session: str = ""
     # Stream seconds without video before this segment (VideoSegment v3: a live source was away).
     gap_before_s: float = 0.0
+    # The stream's own sampling rate (`livelens streams set --sample-fps`); None: decode.sample_fps.
+    sample_fps: float | None = None
 
     @property
     def segment_id(self) -> str:

@@ -60,6 +60,19 @@ class SegmentArchive:
         except FileNotFoundError:
             pass  # already gone: retention ran twice, or it was never archived
 
+    def delete_stream(self, tenant_id: str, stream_id: str) -> int:
+        """Delete every archived segment of a stream (a purge), named in the ledger or not. Returns files deleted."""
+        folder = f"{self.root}/{check_id('tenant', tenant_id)}/{check_id('stream', stream_id)}"
+        try:
+            files = self.fs.find(folder)
+        except FileNotFoundError:
+            return 0
+        if files:
+            self.fs.rm(files)
+        if self.fs.exists(folder):
+            self.fs.rm(folder, recursive=True)
+        return len(files)
+
     def bytes_held(self, tenant_id: str, stream_id: str) -> int:
         """Bytes archived for one stream (for the benchmark and operators' sizing)."""
         folder = f"{self.root}/{check_id('tenant', tenant_id)}/{check_id('stream', stream_id)}"

@@ -65,11 +65,15 @@ class KafkaConfig(Section):
     answers_topic: str = "answers"
     alerts_topic: str = "alerts"
     dead_letters_topic: str = "dead-letters"
+    stream_control_topic: str = Field(
+        "stream-control", description="Typed commands that pause, resume, delete, purge or configure a stream "
+        "(contracts.messages.StreamCommand; docs/operations.md, Managing streams).")
     partitions: int = Field(8, ge=1, description="Partitions created for each topic that does not exist yet.")
     # Kafka's default message.max.bytes is 1,000,012; chunks stay below it with room for headers.
     max_message_bytes: int = Field(900_000, ge=10_000)
     ingest_group: str = "livelens-ingest"
     query_group: str = "livelens-queries"
+    control_group: str = "livelens-stream-control"
     # kafka-python's defaults (10 s session, 3 s heartbeat) make a group join take ~23 s;
     # these make it ~3.5 s while still tolerating a GC pause or a slow poll.
     session_timeout_ms: int = 6000
@@ -364,6 +368,18 @@ class BackfillConfig(Section):
         "(weights 1024 vs 110); an idle core still goes to the batch work. 0: no preference.")
 
 
+class StreamsConfig(Section):
+    """``streams.*``: managing streams (pause, resume, delete, purge; docs/operations.md)."""
+
+    state_ttl_s: float = Field(
+        1.0, gt=0, le=60, description="How long a source trusts the state it read for a stream before reading it "
+        "again: a pause or delete reaches ingest within this.")
+    purge_settle_s: float = Field(
+        3.0, ge=0, description="A purge waits this long after stopping ingest (past state_ttl_s) before erasing, so "
+        "segments already inside the DAG land first (a purge is idempotent: run it again if one took longer).")
+    catch_up_workers: int = Field(1, ge=1, description="Decoder processes of a catch-up replay.")
+
+
 class ClipConfig(Section):
     """``clips.*``: clip URLs on evidence and alerts, and the limits of one clip (docs/operations.md)."""
 
@@ -436,6 +452,7 @@ class LivelensConfig(BaseSettings):
     backfill: BackfillConfig = BackfillConfig()
     dashboard: DashboardConfig = DashboardConfig()
     clips: ClipConfig = ClipConfig()
+    streams: StreamsConfig = StreamsConfig()
     archive: ArchiveConfig = ArchiveConfig()
     moderation: ModerationConfig = Field(
         ModerationConfig(), description="Risk screening of every stream (pipelines/moderation/moderator.py). Off by default: "

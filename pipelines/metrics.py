@@ -140,6 +140,9 @@ SEGMENT_RETRIES = _define("counter", "livelens_segment_retries_total",
 SOURCE_WAITING = _define("gauge", "livelens_source_waiting_segments",
                          "Segments a source holds waiting for a dependency to come back, by dependency (1 for "
                          "kafka / redis / crash while its loop itself waits to reconnect).", ("source", "dependency"))
+SEGMENTS_SKIPPED = _define("counter", "livelens_segments_skipped_total",
+                           "Segments acknowledged without ingest because their stream is paused or deleted "
+                           "(`livelens streams`), by that state.", ("tenant", "stream", "state"))
 DEAD_LETTERS = _define("counter", "livelens_dead_letters_total",
                        "Records sent to the dead-letters topic, by the stage that refused them and its reason code.",
                        ("stage", "reason", "tenant"))
@@ -319,6 +322,11 @@ def segment_stored(segment: messages.VideoSegment) -> None:
     if segment.gap_before_s > 0:
         inc(SOURCE_GAPS, tenant=segment.tenant_id, stream=segment.stream_id)
         inc(SOURCE_GAP_SECONDS, segment.gap_before_s, tenant=segment.tenant_id, stream=segment.stream_id)
+
+
+def segment_skipped(segment: messages.VideoSegment, state: str) -> None:
+    """A segment the source acknowledged without ingest: its stream is paused or deleted."""
+    inc(SEGMENTS_SKIPPED, tenant=segment.tenant_id, stream=segment.stream_id, state=state)
 
 
 def segment_retry(source: str, dependency: str) -> None:

@@ -29,11 +29,36 @@ def image_b64(path: Path) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+class StreamRefused(RuntimeError):
+    """The API refused a stream operation: ``code`` and ``status`` as its error body gives them."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
 class Client:
-    def __init__(self, config: LivelensConfig, *, http_url: str | None = None, timeout_s: float = 60.0):
+    def __init__(self, config: LivelensConfig, *, http_url: str | None = None, timeout_s: float = 60.0,
+                 api_key: str | None = None):
         self.config = config
         self.http_url = http_url or f"http://{config.serve.host}:{config.serve.port}"
         self.timeout_s = timeout_s
+        # The key of an API with serve.api_keys: the key decides the tenant (docs/security.md).
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def stream(self, method: str, stream_id: str | None = None, action: str = "", *, tenant_id: str = "default",
+               params: dict | None = None, json: dict | None = None):
+        """One call of the stream routes (/v1/streams[/{stream}[/{action}]]); StreamRefused when refused."""
+        path = "/v1/streams" + (f"/{stream_id}" if stream_id else "") + (f"/{action}" if action else "")
+        response = httpx.request(method, f"{self.http_url}{path}", params={"tenant_id": tenant_id, **(params or {})},
+                                 json=json, headers=self.headers, timeout=self.timeout_s)
+        if response.status_code != 200:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                error = {"code": "http_error", "message": response.text[:500]}
+            raise StreamRefused(response.status_code, error["code"], error["message"])
+        return response.json()
 
     def ask_http(self, query: messages.Query) -> messages.Answer:
         body = {

@@ -14,6 +14,7 @@ import ray
 from pipelines.api.guard import check_exposure
 from pipelines.api.http import LivelensAPI, start_http
 from pipelines.config import LivelensConfig
+from pipelines.ray.control import start_stream_control
 from pipelines.ray.query import start_answerers, start_query_consumer
 from pipelines.ray.dag import start_sources, start_stages
 from pipelines.ray.runtime import connect_ray, effective_config
@@ -32,6 +33,7 @@ class PipelineDeployment:
     answerers: list
     sources: list
     query_consumer: Any
+    stream_control: Any = None
     http_url: str = ""
 
 
@@ -46,7 +48,8 @@ def deploy_pipeline(config: LivelensConfig, *, detached: bool, http: bool = True
     answerers = start_answerers(config, detached=detached)
     ray.get([a.kind.remote() for a in answerers])
     deployment = PipelineDeployment(stages=stages, answerers=answerers, sources=start_sources(config, detached=detached),
-                                    query_consumer=start_query_consumer(config, detached=detached))
+                                    query_consumer=start_query_consumer(config, detached=detached),
+                                    stream_control=start_stream_control(config, detached=detached))
     if http:
         deployment.http_url = start_http(config)
     return deployment

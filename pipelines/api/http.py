@@ -18,7 +18,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from contracts import messages
 from memory_store import keys
-from pipelines.api import dashboard
+from pipelines.api import dashboard, streams
 from pipelines.api.overview import Overview
 from pipelines.clips import ClipCutter, ClipError, clip_threads
 from pipelines.config import LivelensConfig
@@ -33,6 +33,7 @@ from pipelines.api.guard import (
 )
 from pipelines.moderation.alerts import AlertLog
 from pipelines.query.engine import QueryError
+from pipelines.ray.control import stream_control
 from pipelines.ray.query import query_engine
 from pipelines.redis_io import redis_client
 
@@ -42,6 +43,8 @@ MAX_BODY_BYTES = 8 << 20
 api = FastAPI(title="livelens", version="1", description="Ask questions about live video streams.")
 # The ops dashboard's pages (/, /dashboard/...): static files; their data comes from the routes below.
 api.include_router(dashboard.router)
+# Managing streams (list, show, pause, resume, delete, purge, settings): pipelines/api/streams.py.
+api.include_router(streams.router)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -154,6 +157,9 @@ class LivelensAPI:
         self.quotas = TenantQuotas(config.serve, self.redis)
         self.clips = ClipCutter(config, self.redis)
         self.clip_pool = clip_threads(config.clips)
+        # What the stream routes (pipelines/api/streams.py) use: plain functions, so they find them on the app.
+        api.state.config = config
+        api.state.stream_control = stream_control(config)
 
     def _tenant(self, request: Request, asked: str) -> str:
         return resolve_tenant(self.config.serve, request.headers, asked)
@@ -224,11 +230,6 @@ class LivelensAPI:
         if not self.engine.delete_standing(self._tenant(request, tenant_id), query_id):
             raise QueryError("not_found", f"no standing query {query_id}", 404)
         return {"deleted": query_id}
-
-    @api.get("/v1/streams")
-    def streams(self, request: Request, tenant_id: str = "default") -> list[dict]:
-        """Every stream of the tenant with its time coverage (wall clock and stream time) and counts."""
-        return [vars(s) for s in self.engine.streams(self._tenant(request, tenant_id))]
 
     @api.get("/v1/streams/{stream_id}/timeline")
     def timeline(self, request: Request, stream_id: str, tenant_id: str = "default", start: datetime | None = None,

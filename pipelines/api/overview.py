@@ -269,7 +269,7 @@ def boundaries(frames: Sequence[FrameRecord], tenant_id: str, stream_id: str, co
 
 
 def ray_actor_stats(config: LivelensConfig) -> dict[str, dict[str, Any]]:
-    """Stats of the sources, the query consumer and the memory shards; ``{"error": ...}`` for one that does not
+    """Stats of the sources, the query consumer, the stream-control actor and the memory shards; ``{"error": ...}`` for one that does not
     answer within ACTOR_TIMEOUT_S (the overview shows it rather than failing)."""
     import ray
 
@@ -278,6 +278,7 @@ def ray_actor_stats(config: LivelensConfig) -> dict[str, dict[str, Any]]:
     for i in range(config.pipeline.sources):
         calls[f"source-{i}"] = lambda actor: actor.stats.remote()
     calls["query-consumer"] = lambda actor: actor.stats.remote()
+    calls["stream-control"] = lambda actor: actor.stats.remote()  # commands applied, catch-ups run
     for i in range(config.memory.shards):
         calls[f"memory-{i}"] = lambda actor: actor.call.remote("stats")
     refs: dict[str, Any] = {}

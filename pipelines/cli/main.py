@@ -12,7 +12,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 import dataclasses
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,21 +22,16 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import messages
+from pipelines.cli import streams as stream_commands
+from pipelines.cli.output import duration_s
 from pipelines.cli.render import print_alert, print_answer
 from pipelines.config import LivelensConfig
 from pipelines.ray.runtime import effective_config
 from pipelines.secrets import redact_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch live video, remember it, answer questions.")
+app.add_typer(stream_commands.app, name="streams")
 console = Console(stderr=True)
-
-
-def _duration(text: str) -> float:
-    """'90', '90s', '5m', '2h' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m:
-        raise typer.BadParameter(f"not a duration: {text!r} (use 30s, 5m, 2h)")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 def _stream_start(config: LivelensConfig, tenant: str, stream: str) -> float | None:
@@ -283,7 +277,7 @@ def ask(
     config = effective_config()
     streams = stream or []
     scope = messages.TimeScope(
-        since_s=_duration(since) if since else None,
+        since_s=duration_s(since) if since else None,
         start=_time_arg(config, tenant, streams, t_from), end=_time_arg(config, tenant, streams, t_to))
     if first and last:
         raise typer.BadParameter("--first or --last, not both")
@@ -459,7 +453,7 @@ def watch(
     client = Client(config)
     registered = client.register_standing(tenant_id=tenant, text=query, stream_ids=stream or [],
                                           image_jpeg_b64=image_b64(image) if image else None,
-                                          min_score=min_score, rearm_s=_duration(rearm), webhook=webhook)
+                                          min_score=min_score, rearm_s=duration_s(rearm), webhook=webhook)
     console.print(f"watching ({registered['kind']}) as standing query {registered['query_id']}")
     try:
         for alert in client.follow_alerts(query_id=registered["query_id"]):

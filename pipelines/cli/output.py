@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +28,14 @@ _PIPE_WIDTH = 100_000
 def stdout_console() -> Console:
     """A console on stdout: the terminal's width on a terminal, unlimited on a pipe or file."""
     return Console() if sys.stdout.isatty() else Console(width=_PIPE_WIDTH, soft_wrap=True)
+
+
+def duration_s(text: str) -> float:
+    """'90', '90s', '5m', '2h', '7d' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"not a duration: {text!r} (use 30s, 5m, 2h, 7d)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def print_json(body: dict[str, Any]) -> None:

@@ -100,6 +100,8 @@ class ReplayRange:
     to_offset: int | None = None
     to_time: datetime | None = None
     partitions: tuple[int, ...] = ()
+    # Only these (tenant, stream) pairs; empty for every stream. Others' records are read past, untouched.
+    streams: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if (self.from_offset is None) == (self.from_time is None):
@@ -140,18 +142,21 @@ class Replay:
     """Replays ranges of a segments topic into ``store`` through the backfill chain, replacing segments.
 
     workers: decoder processes, as for `Backfill`.
+    replace: replace what memory holds (`livelens replay`); False writes only the segments memory lacks, each
+        exactly once (a resumed stream's catch-up, pipelines/streams/catchup.py).
     """
 
     def __init__(self, config: LivelensConfig, store: MemoryClient, *, workers: int = 1,
-                 progress: bool = True):
+                 progress: bool = True, replace: bool = True):
         self.config = config
         self.workers = workers
         self.show_progress = progress
-        self._chain = Backfill(config, store, workers=workers, progress=False, replace=True,
+        self._chain = Backfill(config, store, workers=workers, progress=False, replace=replace,
                                on_dead_letter=self._stage_failed)
         self._producer: KafkaProducer | None = None
         # Where each submitted segment came from, for its dead letter: (tenant, stream, seq) -> (tp, offsets).
         self._origin: dict[tuple[str, str, str], tuple[TopicPartition, list[int], int]] = {}
+        self._streams: set[tuple[str, str]] = set()
 
     def run(self, what: ReplayRange) -> ReplaySummary:
         kafka = self.config.kafka
@@ -171,6 +176,7 @@ class Replay:
                     self._origin.pop((info.tenant_id, info.stream_id, info.segment_id), None)
                     summary.stream_seconds += info.duration_s
 
+                self._streams = set(what.streams)
                 records = self._segments(consumer, partitions, summary, lambda n: progress.advance(task, n))
                 self._chain.process(decoder.decode(records), summary, done)
         finally:
@@ -263,6 +269,8 @@ class Replay:
                                        len(record.value or b""))
             return None
         stream = (segment.tenant_id, segment.stream_id)
+        if self._streams and stream not in self._streams:
+            return None
         if segment.chunk_index > 0 and stream not in part.open_streams:
             # The rest of a segment that began before the range (or one already dead-lettered).
             summary.chunks_outside += in_range

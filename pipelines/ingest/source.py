@@ -53,6 +53,7 @@ from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.kafka.offsets import OffsetTracker
 from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
 from pipelines.redis_io import redis_client
+from pipelines.stream_state import StreamGate
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class KafkaSegmentSource:
         self._consumer = None
         self._producer = None
         self._clips = ClipKeeper(config, redis_client(config.redis))
+        self._gate = StreamGate(redis_client(config.redis), config.streams.state_ttl_s)
         self._gauges = metrics.SourceGauges(source_id, config.kafka.ingest_group, config.metrics.lag_interval_s)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -241,6 +243,10 @@ class KafkaSegmentSource:
                               stream_id=dropped.stream_id, tenant_id=dropped.tenant_id)
         if whole is not None:
             seg, payload, offsets = whole
+            # Paused and deleted streams (pipelines/stream_state.py): acknowledged, counted, never decoded.
+            if not self._gate.admit(seg, tp, offsets):
+                self._tracker.done(tp, offsets)
+                return
             if self._kept_before(seg):
                 # A replay of a segment whose whole chain finished before (read again after a crash or a
                 # rebalance): recognised here, before any decoding, and done.

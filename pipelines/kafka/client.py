@@ -19,7 +19,7 @@ from pipelines.kafka.checksum import check_fast_checksum
 
 log = logging.getLogger(__name__)
 
-TOPIC_NAMES = ("segments", "queries", "answers", "alerts", "dead_letters")
+TOPIC_NAMES = ("segments", "queries", "answers", "alerts", "dead_letters", "stream_control")
 
 
 class BrokerUnreachable(KafkaError):

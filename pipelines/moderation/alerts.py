@@ -147,6 +147,28 @@ class AlertLog:
                                                 "first": bool(first), "state": alert.state})
         return True
 
+    def forget_stream(self, tenant_id: str, stream_id: str) -> int:
+        """Delete every alert of one stream, with its acks (a purge: alerts carry thumbnails and text). Returns
+        the alerts deleted. The room's audit trail is a key of the stream: the purge erases it with the rest."""
+        stream_key = self._key(tenant_id, "alerts")
+        entries, alert_ids, upper = [], set(), "+"
+        while True:
+            rows = self.client.xrevrange(stream_key, max=upper, min="-", count=_PAGE)
+            for entry_id, fields in rows:
+                if fields[b"stream_id"].decode() == stream_id:
+                    entries.append(entry_id)
+                    alert_ids.add(fields[b"alert_id"].decode())
+            if len(rows) < _PAGE:
+                break
+            upper = "(" + rows[-1][0].decode()
+        if entries:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.xdel(stream_key, *entries)
+                pipe.zrem(self._key(tenant_id, "alert-index"), *alert_ids)
+                pipe.hdel(self._key(tenant_id, "alert-acks"), *alert_ids)
+                pipe.execute()
+        return len(alert_ids)
+
     # -- audit -------------------------------------------------------------------------------
 
     def audit(self, tenant_id: str, room_id: str, event: dict[str, Any]) -> str:

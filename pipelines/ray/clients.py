@@ -105,6 +105,15 @@ class RayMemoryClient:
     def purge_stream(self, tenant_id: str, stream_id: str) -> int:
         return self._call(tenant_id, "purge_stream", tenant_id, stream_id)
 
+    def delete_stream(self, tenant_id: str, stream_id: str) -> bool:
+        return self._call(tenant_id, "delete_stream", tenant_id, stream_id)
+
+    def erase_stream(self, tenant_id: str, stream_id: str) -> int:
+        return self._call(tenant_id, "erase_stream", tenant_id, stream_id)
+
+    def set_retention(self, tenant_id: str, stream_id: str, seconds: float | None) -> int:
+        return self._call(tenant_id, "set_retention", tenant_id, stream_id, seconds)
+
     def shard_stats(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
         return ray.get([a.call.remote("stats") for a in self.actors], timeout=timeout_s)
 

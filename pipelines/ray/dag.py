@@ -19,6 +19,7 @@ idempotent per segment.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -284,10 +285,12 @@ class MemoryActor:
 
     def call(self, method: str, *args, **kwargs):
         """Read-side calls by name, `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
-        wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire` and
-        `purge_stream` (a replay rebuilding a stream from its first segment)."""
-        if method not in {"search", "search_text", "search_transcript", "transcript", "recent", "timeline", "streams", "frames", "thumbnail", "stats",
-                          "rebuild", "memory_report", "delete_stream", "expire", "event_tokens", "purge_stream"}:
+        wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire`,
+        `purge_stream` (a replay rebuilding a stream from its first segment), and the stream controls'
+        `erase_stream` and `set_retention` (pipelines/streams/)."""
+        if method not in {"search", "search_text", "search_transcript", "transcript", "recent", "timeline", "streams",
+                          "frames", "thumbnail", "stats", "rebuild", "memory_report", "delete_stream", "expire",
+                          "event_tokens", "purge_stream", "erase_stream", "set_retention"}:
             raise ValueError(f"MemoryActor has no read method {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
 
@@ -474,12 +477,16 @@ class SegmentRefs:
 class RayIngest:
     """The source's view of the DAG: submit a segment, learn when its write is durable."""
 
-    def __init__(self, handles: PipelineHandles, *, pixel_mode: bool = False):
+    def __init__(self, handles: PipelineHandles, *, pixel_mode: bool = False, settings: Any = None):
         self.h = handles
         self.pixel_mode = pixel_mode
+        self.settings = settings  # pipelines.stream_state.StreamSettings: per-stream sampling; None: none
         self._next_decoder = 0
 
     def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[SegmentRefs] = ()) -> SegmentRefs:
+        own_fps = self.settings.sample_fps(info.tenant_id, info.stream_id) if self.settings else None
+        if own_fps is not None:
+            info = dataclasses.replace(info, sample_fps=own_fps)
         decoder = self.h.decoders[self._next_decoder % len(self.h.decoders)]
         self._next_decoder += 1
         stream = f"{info.tenant_id}/{info.stream_id}"
@@ -525,9 +532,12 @@ class SourceActor:
 
     def __init__(self, config: LivelensConfig, source_id: str):
         from pipelines.ingest.source import KafkaSegmentSource
+        from pipelines.redis_io import redis_client
+        from pipelines.stream_state import StreamSettings
 
         setup_logging()
-        ingest = RayIngest(find_stages(config), pixel_mode=config.drop.mode == "pixel")
+        ingest = RayIngest(find_stages(config), pixel_mode=config.drop.mode == "pixel",
+                           settings=StreamSettings(redis_client(config.redis), config.streams.state_ttl_s))
         self.source = KafkaSegmentSource(config, ingest, source_id=source_id)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=source_id, daemon=True)

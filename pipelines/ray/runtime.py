@@ -52,12 +52,13 @@ def connect_ray(config: LivelensConfig) -> None:
 
 
 def pipeline_stats(config: LivelensConfig) -> dict[str, dict]:
-    """Stats of every named actor that answers (sources, query consumer, memory shards)."""
+    """Stats of every named actor that answers (sources, query consumer, stream control, memory shards)."""
     out: dict[str, dict] = {}
     ns = config.ray.namespace
     for i in range(config.pipeline.sources):
         out[f"source-{i}"] = ray.get(ray.get_actor(f"source-{i}", namespace=ns).stats.remote(), timeout=10)
     out["query-consumer"] = ray.get(ray.get_actor("query-consumer", namespace=ns).stats.remote(), timeout=10)
+    out["stream-control"] = ray.get(ray.get_actor("stream-control", namespace=ns).stats.remote(), timeout=10)
     for i in range(config.memory.shards):
         out[f"memory-{i}"] = ray.get(ray.get_actor(f"memory-{i}", namespace=ns).call.remote("stats"), timeout=10)
     return out

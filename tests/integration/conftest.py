@@ -80,7 +80,7 @@ def deployed(ray_runtime, tmp_path, kafka_broker, redis_server, tiny_models):
 def _kill_namespace(config: LivelensConfig) -> None:
     """Kill every pipeline actor by its name (the names are a function of the config)."""
     p = config.pipeline
-    names = ([f"source-{i}" for i in range(p.sources)] + ["query-consumer"]
+    names = ([f"source-{i}" for i in range(p.sources)] + ["query-consumer", "stream-control"]
              + [f"decode-{i}" for i in range(p.decoders)] + [f"encode-{i}" for i in range(p.encoders)]
              + [f"compress-{i}" for i in range(p.compressors)] + [f"answer-{i}" for i in range(p.answerers)]
              + [f"ocr-{i}" for i in range(p.ocr_readers)] + [f"transcript-{i}" for i in range(p.transcript_readers)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections.abc import Callable
@@ -60,6 +61,12 @@ def test_sampling_keeps_first_frame_at_or_after_each_grid_point(car, fps, expect
     np.testing.assert_allclose(batch.pts_s, expected_pts, atol=1e-9)
     assert batch.images.shape == (len(expected_pts), 252, 448, 3)
     assert len(batch.thumbnails) == len(expected_pts)
+
+
+def test_a_streams_own_sampling_rate_on_its_segment_info_wins_over_the_configured_one(car):
+    """`livelens streams set --sample-fps`: the live DAG stamps the stream's rate on SegmentInfo."""
+    info = dataclasses.replace(car[1].info(seq=1), sample_fps=0.25)
+    np.testing.assert_allclose(decoder(sample_fps=2.0).decode(info, car[1].payload).pts_s, [8.0], atol=1e-9)
 
 
 @pytest.mark.parametrize(("clip", "fps"), [(CAR, 1.0), (CAR, 3.0), (CAR, 0.3), (PERSON, 1.0), (PERSON, 4.0)])

@@ -1,6 +1,7 @@
 """The live ops dashboard: static pages (plain HTML and vanilla JS, nothing from a CDN) that the HTTP API serves.
 
-    /, /dashboard                  every stream: status, ingest lag, fps, tokens kept, memory, last alert
+    /, /dashboard                  every stream: status, ingest lag, fps, tokens kept, memory, last alert, and
+                                   its ingest state (live, paused, deleted) with pause / resume / delete buttons
     /dashboard/streams/{stream}    one stream: its numbers, timeline (event boundaries, thumbnails,
                                    on-screen text, alerts) and a query box
     /dashboard/alerts              the alert log, with acknowledgement
@@ -9,7 +10,7 @@ On the stream page (evidence, alerts) and the alerts page, a hit or alert plays 
 (GET /v1/streams/{id}/clip, pipelines/clips.py) in a video element, beside the on-screen text of the span.
 
 The pages carry no data. Their script polls the JSON API (/v1/overview, /v1/overview/streams/{id},
-/v1/alerts, /v1/query) every ``dashboard.refresh_ms``; when API keys are configured it sends the key
+/v1/streams, /v1/alerts, /v1/query) every ``dashboard.refresh_ms``; when API keys are configured it sends the key
 the user entered (kept in the browser's localStorage, or given once as ``?key=``) as ``X-API-Key``.
 """
 

@@ -159,10 +159,58 @@ function poll(read) {
 // -- pages ---------------------------------------------------------------------------------------------------
 function tenantParam() { return new URLSearchParams(location.search).get("tenant") || "default"; }
 
+// -- managing a stream: its state (live, paused, deleted) and the buttons that change it ------------------
+// Each tenant's states come from GET /v1/streams (with the key, only the key's tenant). Deleting takes two
+// clicks: the first arms the button, the second deletes (history kept until retention; purging is the CLI's
+// and the API's, never one click away).
+async function streamStates(tenants) {
+  const states = new Map();
+  for (const tenant of tenants) {
+    try {
+      for (const s of await api(`/v1/streams?tenant_id=${encodeURIComponent(tenant)}`)) states.set(`${tenant}/${s.stream_id}`, s);
+    } catch (error) { if (error.status !== 403 && error.status !== 401) throw error; }  // not this key's tenant
+  }
+  return states;
+}
+
+function controlCell(row, state) {
+  const cell = el("td", { class: "control" });
+  if (!state) return cell;
+  const path = `/v1/streams/${encodeURIComponent(row.stream_id)}`;
+  const tenant = `?tenant_id=${encodeURIComponent(row.tenant_id)}`;
+  const act = (button, method, suffix) => button.addEventListener("click", async () => {
+    button.disabled = true;
+    try { await api(path + suffix + tenant, { method }); cell.querySelector(".state").textContent = "…"; }
+    catch (error) { button.disabled = false; updated(error); }
+  });
+  cell.append(el("span", { class: `state ${state.state}`, text: state.state + (state.catch_up_pending ? " (catching up)" : "") }), " ");
+  if (state.state === "live") {
+    const pause = el("button", { type: "button", class: "pause", text: "pause" });
+    act(pause, "POST", "/pause");
+    cell.append(pause, " ");
+  } else {
+    const resume = el("button", { type: "button", class: "resume", text: "resume" });
+    act(resume, "POST", "/resume");
+    cell.append(resume, " ");
+  }
+  if (state.state !== "deleted") {
+    const remove = el("button", { type: "button", class: "delete", text: "delete" });
+    remove.addEventListener("click", function arm() {
+      remove.textContent = "really delete?";
+      remove.classList.add("armed");
+      remove.removeEventListener("click", arm);
+      act(remove, "DELETE", "");
+    });
+    cell.append(remove);
+  }
+  return cell;
+}
+
 async function overviewPage() {
   poll(async () => {
     const report = await api("/v1/overview");
     refreshMs = report.refresh_ms;
+    const states = await streamStates([...new Set(report.streams.map((row) => row.tenant_id))]);
     const body = document.querySelector("#streams tbody");
     body.replaceChildren(...report.streams.map((row) => {
       const link = el("a", { href: `/dashboard/streams/${encodeURIComponent(row.stream_id)}?tenant=${encodeURIComponent(row.tenant_id)}`, text: row.stream_id });
@@ -171,7 +219,8 @@ async function overviewPage() {
         el("td", { class: `status ${row.status}`, text: row.status }),
         el("td", { class: "num lag", text: seconds(row.ingest_lag_s) }), el("td", { class: "num fps", text: fps(row.fps) }),
         el("td", { class: "num tokens", text: tokens(row) }), el("td", { class: "num memory", text: memory(row), title: tiers(row) }),
-        el("td", { class: "alert", text: lastAlert(row.last_alert) }));
+        el("td", { class: "alert", text: lastAlert(row.last_alert) }),
+        controlCell(row, states.get(`${row.tenant_id}/${row.stream_id}`)));
     }));
     document.getElementById("no-streams").hidden = report.streams.length > 0;
     document.querySelector("#actors tbody").replaceChildren(...Object.entries(report.actors).map(([name, stats]) =>
