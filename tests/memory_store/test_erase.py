@@ -90,7 +90,8 @@ def test_every_per_stream_key_is_erased_or_kept_on_purpose():
     for name, builder in inspect.getmembers(keys, inspect.isfunction):
         params = list(inspect.signature(builder).parameters)
         if params[:2] != ["tenant_id", "stream_id"] or name in ("stream_keys", "stream_key_patterns",
-                                                                 "entry_member_pattern", "event_key", "merged_key"):
+                                                                 "entry_member_pattern", "event_key", "merged_key",
+                                                                 "line_key"):
             continue
         extra = ["x"] * (len(params) - 2)
         built = builder(tenant, stream, *extra)
@@ -98,7 +99,9 @@ def test_every_per_stream_key_is_erased_or_kept_on_purpose():
             kind = key.split(":", 2)[2].rsplit(f":{stream}", 1)[0]
             assert (key in covered or any(_matches(p, key) for p in patterns)
                     or kind in keys.KEPT_ON_PURGE), f"{name} builds {key}, which a purge would leave behind"
-    assert _matches(keys.stream_key_patterns(tenant, stream)[-3], keys.frame(tenant, "acme/cam/s-0/1000"))
+    # Keys named by an entry key are covered by pattern: a frame's, a transcript line's.
+    for key in (keys.frame(tenant, "acme/cam/s-0/1000"), keys.line(tenant, keys.line_key(tenant, stream, "asr", "", 1.0))):
+        assert any(_matches(p, key) for p in patterns), key
 
 
 def _matches(pattern: str, key: str) -> bool:
