@@ -37,7 +37,7 @@ from operators.frames import SegmentInfo, StageError
 from pipelines import metrics
 from pipelines.clips import ClipKeeper
 from pipelines.config import LivelensConfig
-from pipelines.kafka import dead_letters
+from pipelines.kafka import dead_letters, tenancy
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.kafka.offsets import OffsetTracker
 from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
@@ -112,7 +112,6 @@ class KafkaSegmentSource:
         self.backend = backend
         self.source_id = source_id
         self.stats = SourceStats()
-        self._topic = config.kafka.topic("segments")
         self._tracker = OffsetTracker()
         # One assembler per partition: a stream's chunks all arrive on its partition, and a revoked
         # partition's half-assembled segments are dropped with it.
@@ -146,11 +145,13 @@ class KafkaSegmentSource:
         ensure_topics(self.config.kafka)
         self._producer = make_producer(self.config.kafka)
         self._consumer = make_consumer(
-            self.config.kafka, self.config.kafka.ingest_group, [self._topic],
+            self.config.kafka, self.config.kafka.ingest_group, [],
             client_id=self.source_id, max_poll_records=self.config.pipeline.max_inflight_segments * 4,
+            **tenancy.consumer_options(self.config.kafka),
         )
-        # Re-subscribe with a listener, so revoked partitions are drained and committed first.
-        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        # Subscribe with a listener, so revoked partitions are drained and committed first; with tenant topics,
+        # to every tenant's segments topic by pattern.
+        self._consumer.subscribe(**tenancy.subscription(self.config.kafka, "segments"), listener=_Rebalance(self))
 
     def _disconnect(self, *, drain: bool) -> None:
         if drain:
@@ -189,6 +190,11 @@ class KafkaSegmentSource:
             segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
         except messages.MessageError as exc:
             self._dead_letter(tp, [record.offset], None, "source", exc.code, exc.reason, len(record.value or b""))
+            return
+        if refused := tenancy.refusal(self.config.kafka, "segments", tp.topic, segment.tenant_id):
+            # The topic's tenant is the one ACLs let write there: the letter is filed under it, not the claim.
+            self._dead_letter(tp, [record.offset], segment, "source", tenancy.TENANT_MISMATCH, refused, len(chunk),
+                              tenant_id=tenancy.tenant_of(self.config.kafka, "segments", tp.topic) or "unknown")
             return
         assembler = self._assemblers.setdefault(tp, SegmentAssembler())
         try:

@@ -25,7 +25,7 @@ from operators.frames import StageError
 from pipelines import metrics
 from pipelines.clips import with_clip_urls
 from pipelines.config import LivelensConfig
-from pipelines.kafka import dead_letters
+from pipelines.kafka import dead_letters, tenancy
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.query.clients import Answering, QueryEncoder
 
@@ -234,9 +234,10 @@ class QueryEngine:
 
     def register_standing(self, tenant_id: str, *, text: str = "", image_jpeg_b64: str | None = None,
                           stream_ids: list[str] | None = None, min_score: float | None = None,
-                          rearm_s: float = 10.0, webhook: str | None = None):
-        """Embed the query once and register it. Text matches on-screen text; an image matches frames."""
-        from pipelines.query.standing import StandingQuery
+                          rearm_s: float = 10.0, webhook: str | None = None, limit: int | None = None):
+        """Embed the query once and register it. Text matches on-screen text; an image matches frames. With
+        ``limit``, only while the tenant has fewer standing queries (checked and added in one Redis step)."""
+        from pipelines.query.standing import StandingQuery, StandingQuotaFull
 
         if webhook:
             self._check_webhook(tenant_id, webhook)
@@ -252,7 +253,10 @@ class QueryEngine:
             raise QueryError("empty_query", "a standing query needs text or an example image")
         query = StandingQuery(tenant_id=tenant_id, stream_ids=stream_ids or [], text=text, text_vector=text_vector,
                               image_vector=image_vector, min_score=min_score, rearm_s=rearm_s, webhook=webhook)
-        return self._standing_registry().register(query)
+        try:
+            return self._standing_registry().register(query, limit=limit)
+        except StandingQuotaFull as exc:
+            raise QueryError("quota_exceeded", str(exc), 429) from None
 
     def _check_webhook(self, tenant_id: str, url: str) -> None:
         """At registration, so the tenant learns at once; checked again on every delivery (DNS changes)."""
@@ -316,8 +320,9 @@ class QueryConsumer:
             try:
                 ensure_topics(self.config.kafka)
                 producer = make_producer(self.config.kafka)
-                consumer = make_consumer(self.config.kafka, self.config.kafka.query_group,
-                                         [self.config.kafka.topic("queries")], max_poll_records=16)
+                consumer = make_consumer(self.config.kafka, self.config.kafka.query_group, [], max_poll_records=16,
+                                         **tenancy.consumer_options(self.config.kafka))
+                consumer.subscribe(**tenancy.subscription(self.config.kafka, "queries"))
                 while not stop.is_set():
                     for tp, records in consumer.poll(timeout_ms=100).items():
                         for record in records:
@@ -342,18 +347,24 @@ class QueryConsumer:
         except messages.MessageError as exc:
             self._dead_letter(producer, tp, record, exc.code, exc.reason)
             return
+        if refused := tenancy.refusal(self.config.kafka, "queries", tp.topic, query.tenant_id):
+            # Never answered: running it would read the claimed tenant's memory for whoever wrote the topic.
+            self._dead_letter(producer, tp, record, tenancy.TENANT_MISMATCH, refused,
+                              tenant_id=tenancy.tenant_of(self.config.kafka, "queries", tp.topic) or "unknown")
+            return
         try:
             answer = self.engine.run(query)
         except QueryError as exc:
             answer = messages.Answer(tenant_id=query.tenant_id, query_id=query.query_id, answer="",
                                      extractive=True, error=f"{exc.code}: {exc.message}")
-        producer.send(self.config.kafka.topic("answers"), key=query.query_id.encode(), value=messages.encode(answer))
+        producer.send(self.config.kafka.topic("answers", query.tenant_id), key=query.query_id.encode(),
+                      value=messages.encode(answer))
         self.answered += 1
 
-    def _dead_letter(self, producer, tp, record, code: str, reason: str) -> None:
+    def _dead_letter(self, producer, tp, record, code: str, reason: str, tenant_id: str | None = None) -> None:
         # Not waited for: the consumer flushes the producer before it commits the batch's offsets.
         letter = dead_letters.dead_letter(tp, [record.offset], stage="query", code=code, reason=reason,
-                                          record_bytes=len(record.value or b""))
+                                          record_bytes=len(record.value or b""), tenant_id=tenant_id)
         dead_letters.send(producer, self.config.kafka, letter)
         self.dead_letters += 1
 
