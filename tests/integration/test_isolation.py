@@ -133,8 +133,12 @@ def test_no_response_carries_another_tenants_data(deployed, real_video_dir, tmp_
     forged_session, forged_records = _forge_segment(config, clip, on_topic_of="tenant-red", claiming="tenant-blue")
     n = sum(1 for _ in iter_segments(str(clip)))
     n_desk = sum(1 for _ in iter_segments(str(desks[TENANTS[0]])))
-    wait_for(lambda: all(stored_segments(config, STREAM, t) == n and stored_segments(config, f"{t}-desk", t) == n_desk
-                         for t in TENANTS), 240, "every tenant's streams")
+    wanted = {(t, stream): count for t in TENANTS for stream, count in ((STREAM, n), (f"{t}-desk", n_desk))}
+    stored = lambda: {key: stored_segments(config, key[1], key[0]) for key in wanted}  # noqa: E731
+    try:
+        wait_for(lambda: stored() == wanted, 360, "every tenant's streams")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: stored {stored()} of {wanted}") from None
     wait_for(lambda: all(call(t, "GET", "/v1/alerts").json() for t in TENANTS), 60, "every tenant's alert")
 
     # What each tenant legitimately owns, to be tried by the others.

@@ -83,6 +83,12 @@ def test_a_segment_claiming_another_tenant_on_a_tenants_topic_is_dead_lettered(
                             kafka=dict(bootstrap=kafka_broker.address, topic_prefix=tag, partitions=2,
                                        tenant_topics=True, topic_refresh_ms=500, ingest_group=f"{tag}ingest"))
     k = config.kafka
+    # The source starts before any tenant has a topic, as a deployed pipeline does: it finds them by pattern.
+    backend = RecordingBackend()
+    source = KafkaSegmentSource(config, backend)
+    stop = threading.Event()
+    runner = threading.Thread(target=source.run, args=(stop,), daemon=True)
+    runner.start()
     publisher = SegmentPublisher(kafka=k)
     n = publisher.publish(str(video), stream_id="cam", tenant_id="acme", pace="fast").segments
     publisher.publish(str(video), stream_id="cam", tenant_id="globex", pace="fast")
@@ -95,12 +101,6 @@ def test_a_segment_claiming_another_tenant_on_a_tenants_topic_is_dead_lettered(
         value, headers = messages.segment_record(header, chunk)
         producer.send(k.topic("segments", "acme"), key=b"cam", value=value, headers=headers).get(30)
     producer.close()
-
-    backend = RecordingBackend()
-    source = KafkaSegmentSource(config, backend)
-    stop = threading.Event()
-    runner = threading.Thread(target=source.run, args=(stop,), daemon=True)
-    runner.start()
     try:
         deadline = time.monotonic() + 60
         while (len(backend.infos) < 2 * n or not source.stats.dead_letters) and time.monotonic() < deadline:
