@@ -264,9 +264,8 @@ class Replay:
             return None
         if refused := tenancy.refusal(self.config.kafka, "segments", part.tp.topic, segment.tenant_id):
             if in_range:  # as the live source: filed under the topic's tenant, never run for the claimed one
-                self._send_dead_letter(part.tp, [record.offset], segment, "source", tenancy.TENANT_MISMATCH, refused,
-                                       len(chunk), tenant_id=tenancy.tenant_of(self.config.kafka, "segments",
-                                                                               part.tp.topic) or "unknown")
+                self._send_dead_letter(part.tp, [record.offset], segment, "source", tenancy.TENANT_MISMATCH,
+                                       refused.reason, len(chunk), tenant_id=refused.owner)
             return None
         stream = (segment.tenant_id, segment.stream_id)
         if segment.chunk_index > 0 and stream not in part.open_streams:

@@ -193,8 +193,8 @@ class KafkaSegmentSource:
             return
         if refused := tenancy.refusal(self.config.kafka, "segments", tp.topic, segment.tenant_id):
             # The topic's tenant is the one ACLs let write there: the letter is filed under it, not the claim.
-            self._dead_letter(tp, [record.offset], segment, "source", tenancy.TENANT_MISMATCH, refused, len(chunk),
-                              tenant_id=tenancy.tenant_of(self.config.kafka, "segments", tp.topic) or "unknown")
+            self._dead_letter(tp, [record.offset], segment, "source", tenancy.TENANT_MISMATCH, refused.reason,
+                              len(chunk), tenant_id=refused.owner)
             return
         assembler = self._assemblers.setdefault(tp, SegmentAssembler())
         try:

@@ -12,6 +12,7 @@ within ``kafka.topic_refresh_ms``.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from pipelines.config import TENANT_TOPIC_ID, TENANT_TOPICS, KafkaConfig
 
@@ -40,13 +41,21 @@ def tenant_of(config: KafkaConfig, name: str, topic: str) -> str | None:
     return tenant if TENANT_TOPIC_ID.fullmatch(tenant) else None
 
 
-def refusal(config: KafkaConfig, name: str, topic: str, claimed: str) -> str | None:
+@dataclass(frozen=True)
+class Refusal:
+    """A record not to act on: ``owner`` files its dead letter (the topic's tenant, not the claimed one)."""
+
+    owner: str
+    reason: str
+
+
+def refusal(config: KafkaConfig, name: str, topic: str, claimed: str) -> Refusal | None:
     """Why a record on ``topic`` claiming tenant ``claimed`` may not be acted on; None when it may."""
     if not (config.tenant_topics and name in TENANT_TOPICS):
         return None
     owner = tenant_of(config, name, topic)
     if owner is None:
-        return f"{topic} is not a tenant's {name} topic"
+        return Refusal("unknown", f"{topic} is not a tenant's {name} topic")
     if owner != claimed:
-        return f"a record on tenant {owner}'s topic {topic} claims tenant {claimed}"
+        return Refusal(owner, f"a record on tenant {owner}'s topic {topic} claims tenant {claimed}")
     return None

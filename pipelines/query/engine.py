@@ -349,8 +349,7 @@ class QueryConsumer:
             return
         if refused := tenancy.refusal(self.config.kafka, "queries", tp.topic, query.tenant_id):
             # Never answered: running it would read the claimed tenant's memory for whoever wrote the topic.
-            self._dead_letter(producer, tp, record, tenancy.TENANT_MISMATCH, refused,
-                              tenant_id=tenancy.tenant_of(self.config.kafka, "queries", tp.topic) or "unknown")
+            self._dead_letter(producer, tp, record, tenancy.TENANT_MISMATCH, refused.reason, tenant_id=refused.owner)
             return
         try:
             answer = self.engine.run(query)

@@ -49,8 +49,9 @@ def test_the_topic_not_the_record_says_whose_a_record_is():
         assert not pattern.match(other), other
     assert tenancy.tenant_of(k, "queries", "livelens.tenant.acme.queries") == "acme"
     assert tenancy.refusal(k, "queries", "livelens.tenant.acme.queries", "acme") is None
-    assert "claims tenant globex" in tenancy.refusal(k, "queries", "livelens.tenant.acme.queries", "globex")
-    assert "not a tenant's" in tenancy.refusal(k, "queries", "livelens.queries", "acme")
+    refused = tenancy.refusal(k, "queries", "livelens.tenant.acme.queries", "globex")
+    assert refused.owner == "acme" and "claims tenant globex" in refused.reason
+    assert "not a tenant's" in tenancy.refusal(k, "queries", "livelens.queries", "acme").reason
     assert tenancy.refusal(KafkaConfig(), "queries", "livelens.queries", "anyone") is None
     assert tenancy.subscription(KafkaConfig(), "segments") == {"topics": ["livelens.video-segments"]}
 
