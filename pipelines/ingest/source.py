@@ -117,6 +117,7 @@ class KafkaSegmentSource:
         # partition's half-assembled segments are dropped with it.
         self._assemblers: dict[TopicPartition, SegmentAssembler] = {}
         self._inflight: dict[Any, _InFlight] = {}
+        self._topics = tenancy.TopicWatch(config.kafka, "segments")
         self._consumer = None
         self._producer = None
         self._clips = ClipKeeper(config, redis_client(config.redis))
@@ -133,6 +134,9 @@ class KafkaSegmentSource:
                 backoff = 0.5
                 while not stop.is_set():
                     self._step()
+            except tenancy.TopicsChanged as exc:
+                log.info("%s: %s; resubscribing", self.source_id, exc)
+                self._disconnect(drain=True)
             except KafkaError as exc:
                 self.stats.reconnects += 1
                 log.warning("%s: Kafka error (%s); reconnecting in %.1f s", self.source_id, exc, backoff)
@@ -147,11 +151,10 @@ class KafkaSegmentSource:
         self._consumer = make_consumer(
             self.config.kafka, self.config.kafka.ingest_group, [],
             client_id=self.source_id, max_poll_records=self.config.pipeline.max_inflight_segments * 4,
-            **tenancy.consumer_options(self.config.kafka),
         )
         # Subscribe with a listener, so revoked partitions are drained and committed first; with tenant topics,
-        # to every tenant's segments topic by pattern.
-        self._consumer.subscribe(**tenancy.subscription(self.config.kafka, "segments"), listener=_Rebalance(self))
+        # to every tenant's segments topic (rebuilt when a tenant's appears: `_step`).
+        self._topics.subscribe(self._consumer, listener=_Rebalance(self))
 
     def _disconnect(self, *, drain: bool) -> None:
         if drain:
@@ -173,6 +176,10 @@ class KafkaSegmentSource:
     # -- the loop ----------------------------------------------------------------------------
 
     def _step(self) -> None:
+        self._topics.check(self._consumer)
+        if not self._topics.topics:  # tenant topics, and no tenant has published yet
+            time.sleep(0.1)
+            return
         room = self.config.pipeline.max_inflight_segments - len(self._inflight)
         self._set_paused(room <= 0)
         batch = self._consumer.poll(timeout_ms=50, max_records=max(1, room * 4))

@@ -5,31 +5,62 @@ With tenant topics on, a tenant's segments, queries, answers and alerts live on
 ``<topic_prefix>tenant.<tenant_id>.`` then decide who may write and read a tenant's records
 (docs/security.md), so the topic, not the record, says whose a record is: a record whose ``tenant_id``
 names another tenant than its topic is refused (dead letter ``tenant_mismatch``), never run for the tenant it
-claims. Consumers subscribe to every tenant's topic of a kind by pattern and find a new tenant's topics
-within ``kafka.topic_refresh_ms``.
+claims. Consumers read every tenant's topic of a kind (`TopicWatch`) and find a new tenant's topics within
+``kafka.topic_refresh_ms``.
 """
 
 from __future__ import annotations
 
-import re
+import time
 from dataclasses import dataclass
+
+from kafka import KafkaConsumer
 
 from pipelines.config import TENANT_TOPIC_ID, TENANT_TOPICS, KafkaConfig
 
 TENANT_MISMATCH = "tenant_mismatch"
 
 
-def subscription(config: KafkaConfig, name: str) -> dict:
-    """Keyword arguments of ``KafkaConsumer.subscribe`` for every tenant's topic ``name``."""
-    if not (config.tenant_topics and name in TENANT_TOPICS):
-        return {"topics": [config.topic(name)]}
-    base = getattr(config, f"{name}_topic")
-    return {"pattern": f"^{re.escape(config.topic_prefix)}tenant\\.{TENANT_TOPIC_ID.pattern}\\.{re.escape(base)}$"}
+class TopicsChanged(Exception):
+    """A tenant's topic of the consumer's kind appeared or went: rebuild the consumer on the new list."""
 
 
-def consumer_options(config: KafkaConfig) -> dict:
-    """Consumer options for pattern subscriptions: how soon a new tenant's topics are seen."""
-    return {"metadata_max_age_ms": config.topic_refresh_ms} if config.tenant_topics else {}
+class TopicWatch:
+    """The topics of one kind a consumer reads: the shared one, or every tenant's that exists, listed again
+    every ``kafka.topic_refresh_ms``.
+
+    Consumers subscribe to the list and are rebuilt when it changes, not by a pattern subscription: with
+    kafka-python 3.0.12 a group consumer that joined while its pattern matched nothing stayed without
+    partitions after a matching topic appeared (its metadata-triggered rejoin stalls after SyncGroup), which
+    is exactly a pipeline started before its tenants publish."""
+
+    def __init__(self, config: KafkaConfig, name: str):
+        self.config, self.name = config, name
+        self.topics: list[str] = []
+        self._due = 0.0
+
+    def subscribe(self, consumer: KafkaConsumer, **options) -> None:
+        """Subscribe ``consumer`` to the topics of its kind that exist now; none yet: it reads nothing."""
+        self.topics = self._list(consumer)
+        if self.topics:
+            consumer.subscribe(self.topics, **options)
+        self._due = time.monotonic() + self.config.topic_refresh_ms / 1000
+
+    def check(self, consumer: KafkaConsumer) -> None:
+        """Raise TopicsChanged when the list differs from the subscribed one (looked at once per refresh)."""
+        if not self._per_tenant() or time.monotonic() < self._due:
+            return
+        self._due = time.monotonic() + self.config.topic_refresh_ms / 1000
+        if (now := self._list(consumer)) != self.topics:
+            raise TopicsChanged(f"{self.name} topics: {len(self.topics)} -> {len(now)}")
+
+    def _per_tenant(self) -> bool:
+        return self.config.tenant_topics and self.name in TENANT_TOPICS
+
+    def _list(self, consumer: KafkaConsumer) -> list[str]:
+        if not self._per_tenant():
+            return [self.config.topic(self.name)]
+        return sorted(t for t in consumer.topics() if tenant_of(self.config, self.name, t))
 
 
 def tenant_of(config: KafkaConfig, name: str, topic: str) -> str | None:

@@ -320,16 +320,22 @@ class QueryConsumer:
             try:
                 ensure_topics(self.config.kafka)
                 producer = make_producer(self.config.kafka)
-                consumer = make_consumer(self.config.kafka, self.config.kafka.query_group, [], max_poll_records=16,
-                                         **tenancy.consumer_options(self.config.kafka))
-                consumer.subscribe(**tenancy.subscription(self.config.kafka, "queries"))
+                consumer = make_consumer(self.config.kafka, self.config.kafka.query_group, [], max_poll_records=16)
+                topics = tenancy.TopicWatch(self.config.kafka, "queries")  # every tenant's, with tenant topics
+                topics.subscribe(consumer)
                 while not stop.is_set():
+                    topics.check(consumer)
+                    if not topics.topics:  # no tenant has a queries topic yet
+                        stop.wait(0.1)
+                        continue
                     for tp, records in consumer.poll(timeout_ms=100).items():
                         for record in records:
                             self._handle(producer, tp, record)
                         # Answers first, then the offset: a crash in between re-answers, never loses.
                         producer.flush()
                         consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)})
+            except tenancy.TopicsChanged as exc:
+                log.info("query consumer: %s; resubscribing", exc)
             except KafkaError as exc:
                 log.warning("query consumer: Kafka error (%s); reconnecting", exc)
                 stop.wait(1.0)
