@@ -113,7 +113,7 @@ class KafkaConfig(Section):
 
     def topic(self, name: str, tenant_id: str | None = None) -> str:
         """The topic ``name`` (segments, queries, answers, alerts, dead_letters) of ``tenant_id``: with
-        tenant_topics, a tenant's own (pipelines/kafka/tenancy.py subscribes to all of them by pattern)."""
+        tenant_topics, a tenant's own (consumers read all of them: pipelines/kafka/tenancy.py)."""
         base = getattr(self, f"{name}_topic")
         if not self.tenant_topics or name not in TENANT_TOPICS:
             return self.topic_prefix + base
