@@ -134,9 +134,6 @@ class KafkaSegmentSource:
                 backoff = 0.5
                 while not stop.is_set():
                     self._step()
-            except tenancy.TopicsChanged as exc:
-                log.info("%s: %s; resubscribing", self.source_id, exc)
-                self._disconnect(drain=True)
             except KafkaError as exc:
                 self.stats.reconnects += 1
                 log.warning("%s: Kafka error (%s); reconnecting in %.1f s", self.source_id, exc, backoff)
@@ -176,7 +173,7 @@ class KafkaSegmentSource:
     # -- the loop ----------------------------------------------------------------------------
 
     def _step(self) -> None:
-        self._topics.check(self._consumer)
+        self._topics.refresh(self._consumer)
         if not self._topics.topics:  # tenant topics, and no tenant has published yet
             time.sleep(0.1)
             return

@@ -11,6 +11,7 @@ claims. Consumers read every tenant's topic of a kind (`TopicWatch`) and find a 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -18,41 +19,48 @@ from kafka import KafkaConsumer
 
 from pipelines.config import TENANT_TOPIC_ID, TENANT_TOPICS, KafkaConfig
 
+log = logging.getLogger(__name__)
+
 TENANT_MISMATCH = "tenant_mismatch"
-
-
-class TopicsChanged(Exception):
-    """A tenant's topic of the consumer's kind appeared or went: rebuild the consumer on the new list."""
 
 
 class TopicWatch:
     """The topics of one kind a consumer reads: the shared one, or every tenant's that exists, listed again
-    every ``kafka.topic_refresh_ms``.
+    every ``kafka.topic_refresh_ms`` and subscribed to in place (the consumer keeps its group membership).
 
-    Consumers subscribe to the list and are rebuilt when it changes, not by a pattern subscription: with
-    kafka-python 3.0.12 a group consumer that joined while its pattern matched nothing stayed without
-    partitions after a matching topic appeared (its metadata-triggered rejoin stalls after SyncGroup), which
-    is exactly a pipeline started before its tenants publish."""
+    An explicit list, not a pattern subscription: with kafka-python 3.0.12 a group consumer that joined while
+    its pattern matched nothing stayed without partitions after a matching topic appeared (its
+    metadata-triggered rejoin stalled after SyncGroup), which is exactly a pipeline started before its tenants
+    publish. Nor a new consumer per change: one that leaves while its join is pending leaves the local broker
+    (tansu) waiting for it as the group's leader, and the next member's SyncGroup fails forever."""
 
     def __init__(self, config: KafkaConfig, name: str):
         self.config, self.name = config, name
         self.topics: list[str] = []
+        self._options: dict = {}
         self._due = 0.0
 
     def subscribe(self, consumer: KafkaConsumer, **options) -> None:
-        """Subscribe ``consumer`` to the topics of its kind that exist now; none yet: it reads nothing."""
+        """Subscribe ``consumer`` (with ``options``, e.g. a rebalance listener) to the topics of its kind that
+        exist now; none yet: it reads nothing until `refresh` finds some."""
+        self._options = options
         self.topics = self._list(consumer)
         if self.topics:
             consumer.subscribe(self.topics, **options)
         self._due = time.monotonic() + self.config.topic_refresh_ms / 1000
 
-    def check(self, consumer: KafkaConsumer) -> None:
-        """Raise TopicsChanged when the list differs from the subscribed one (looked at once per refresh)."""
+    def refresh(self, consumer: KafkaConsumer) -> None:
+        """Subscribe to the list again when a tenant's topic appeared or went (looked at once per refresh)."""
         if not self._per_tenant() or time.monotonic() < self._due:
             return
         self._due = time.monotonic() + self.config.topic_refresh_ms / 1000
         if (now := self._list(consumer)) != self.topics:
-            raise TopicsChanged(f"{self.name} topics: {len(self.topics)} -> {len(now)}")
+            log.info("%s topics: %d -> %d", self.name, len(self.topics), len(now))
+            self.topics = now
+            if now:
+                consumer.subscribe(now, **self._options)
+            else:
+                consumer.unsubscribe()
 
     def _per_tenant(self) -> bool:
         return self.config.tenant_topics and self.name in TENANT_TOPICS

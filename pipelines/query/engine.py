@@ -324,7 +324,7 @@ class QueryConsumer:
                 topics = tenancy.TopicWatch(self.config.kafka, "queries")  # every tenant's, with tenant topics
                 topics.subscribe(consumer)
                 while not stop.is_set():
-                    topics.check(consumer)
+                    topics.refresh(consumer)
                     if not topics.topics:  # no tenant has a queries topic yet
                         stop.wait(0.1)
                         continue
@@ -334,8 +334,6 @@ class QueryConsumer:
                         # Answers first, then the offset: a crash in between re-answers, never loses.
                         producer.flush()
                         consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)})
-            except tenancy.TopicsChanged as exc:
-                log.info("query consumer: %s; resubscribing", exc)
             except KafkaError as exc:
                 log.warning("query consumer: Kafka error (%s); reconnecting", exc)
                 stop.wait(1.0)
