@@ -25,40 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from kafka import TopicPartition
 
 from deploy.processes import start_broker, start_redis
 from contracts import messages
 from pipelines.clips import ClipCutter, ClipKeeper
 from pipelines.config import LivelensConfig
-from pipelines.kafka.client import make_reader
-from pipelines.kafka.publish import SegmentAssembler, SegmentPublisher
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.cli.sample_video import write_sample_video
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def keep_all(config: LivelensConfig, keeper: ClipKeeper) -> int:
-    topic = config.kafka.topic("segments")
-    reader = make_reader(config.kafka)
-    kept = 0
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic))]
-        reader.assign(tps)
-        reader.seek_to_beginning(*tps)
-        ends = reader.end_offsets(tps)
-        assemblers = {tp: SegmentAssembler() for tp in tps}
-        while any(reader.position(tp) < ends[tp] for tp in tps):
-            for tp, records in reader.poll(timeout_ms=500).items():
-                for record in records:
-                    segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
-                    whole = assemblers[tp].add(segment, chunk, record.offset)
-                    if whole is not None:
-                        keeper.keep(whole[0], whole[1], tp, whole[2])
-                        kept += 1
-    finally:
-        reader.close()
-    return kept
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -92,7 +67,7 @@ def main() -> None:
             stats = publisher.publish(str(video), stream_id="bench", pace="fast", loop=True, stop=stop,
                                       on_segment=enough, wallclock_start=datetime.now(UTC))
         client = redis.Redis.from_url(store.address)
-        kept = keep_all(config, ClipKeeper(config, client))
+        kept = ClipKeeper(config, client).keep_retained()
         cutter = {"kafka": ClipCutter(kafka_only, client), "archive": ClipCutter(config, client)}
         held = cutter["archive"].archive.bytes_held("default", "bench")
         covered = cutter["kafka"].ledger.known_span("default", "bench")

@@ -306,15 +306,18 @@ class RedisTier:
         """Frames that belong in the ``kind`` index: all frames for "visual", those with a text embedding for "text"."""
         return self.r.zcard(_id_set(tenant_id, kind))
 
-    def recent(self, tenant_id: str, stream_ids: Sequence[str] | None, n: int) -> list[FrameRecord]:
-        """The n newest frames by wallclock over the given streams (None: all of the tenant's), oldest first."""
+    def recent(self, tenant_id: str, stream_ids: Sequence[str] | None, n: int, t_from: float | None = None,
+               t_to: float | None = None) -> list[FrameRecord]:
+        """The n newest frames by wallclock in [t_from, t_to] (None: open) over the given streams (None: all of
+        the tenant's), oldest first."""
         if n < 1:
             return []
         if stream_ids is None:
             stream_ids = [s.stream_id for s in self.streams(tenant_id)]
         pipe = self.r.pipeline(transaction=False)
         for stream in stream_ids:
-            pipe.zrevrange(keys.timeline(tenant_id, stream), 0, n - 1, withscores=True)
+            pipe.zrevrangebyscore(keys.timeline(tenant_id, stream), "+inf" if t_to is None else t_to,
+                                  "-inf" if t_from is None else t_from, start=0, num=n, withscores=True)
         newest = sorted((score, member.decode()) for found in pipe.execute() for member, score in found)[-n:]
         found = self.frames(tenant_id, [key for _, key in newest])
         missing = [key for (_, key), f in zip(newest, found) if f is None]

@@ -264,9 +264,11 @@ class MemoryStore:
                               "the memory actor to rebuild its index from what Redis holds")
         return records
 
-    def recent(self, tenant_id: str, stream_ids: Sequence[str] | None = None, n: int = 8) -> list[FrameRecord]:
-        """The n newest frames by wallclock (None: of every stream), oldest first, tokens included while kept."""
-        return self.tier.recent(tenant_id, stream_ids, n)
+    def recent(self, tenant_id: str, stream_ids: Sequence[str] | None = None, n: int = 8, *,
+               t_from: float | None = None, t_to: float | None = None) -> list[FrameRecord]:
+        """The n newest frames by wallclock (None: of every stream) within [t_from, t_to] (epoch s; None: open),
+        oldest first, tokens included while kept."""
+        return self.tier.recent(tenant_id, stream_ids, n, t_from, t_to)
 
     def timeline(self, tenant_id: str, stream_id: str, t_from: float | None = None, t_to: float | None = None,
                  limit: int = 1000) -> list[FrameRecord]:

@@ -8,7 +8,7 @@ offsets, so a crash repeats them (they are idempotent) and never skips them.
 
 Cutting. A request for [from, to] (stream seconds) reads the ledger for the segments that cover it, takes each
 payload from the archive when it holds it, else from Kafka by offset with a consumer without a group
-(`kafka_io.make_reader`, as replay reads), decoding records with `messages.decode`. The packets are remuxed,
+(`pipelines.kafka.client.make_reader`, as replay reads), decoding records with `messages.decode`. The packets are remuxed,
 never re-encoded, into a fragmented MP4 (``frag_keyframe+empty_moov``: playable by browsers while it streams and
 written in one pass) that starts at the last keyframe at or before ``from`` and ends before the first keyframe at
 or after ``to``: the clip covers the span, give or take one GOP at each end. Video only: segments carry no audio
@@ -22,6 +22,7 @@ retention that ran out), 422 for a malformed span, 503 when Kafka does not answe
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import time
@@ -40,9 +41,13 @@ from pydantic import BaseModel, ConfigDict
 from memory_store import keys
 from contracts import messages
 from pipelines.archive import SegmentArchive
-from pipelines.config import ClipConfig, LivelensConfig
+from pipelines.config import ClipConfig, KafkaConfig, LivelensConfig
+from pipelines.kafka import tenancy
 from pipelines.kafka.client import make_reader
+from pipelines.kafka.retained import retained_segments
 from pipelines.segmenter import SEGMENT_TS_OFFSET_S
+
+log = logging.getLogger(__name__)
 
 
 # Fragmented MP4: the moov box comes first (empty), each keyframe starts a fragment. Browsers play it as it
@@ -187,6 +192,7 @@ class ClipKeeper:
     the segment; everything here is idempotent."""
 
     def __init__(self, config: LivelensConfig, client: redis.Redis):
+        self.config = config
         self.ledger = ClipLedger(client)
         self.archive = SegmentArchive(config.archive) if config.archive.url else None
         self.archive_retention_s = config.archive.retention_s
@@ -212,6 +218,29 @@ class ClipKeeper:
             for segment_id in expired:
                 self.archive.delete(tenant, stream, segment_id)
             self.ledger.unarchive(tenant, stream, expired)
+
+    def keep_retained(self) -> int:
+        """Keep every whole segment the segments topic (with kafka.tenant_topics, every tenant's) still retains,
+        as if the source had just stored it: the ledger (and archive) of segments stored before either existed.
+        A segment claiming another tenant than its topic's is skipped, as the source dead-letters it.
+        Idempotent; returns how many."""
+        kafka, kept = self.config.kafka, 0
+        for topic in tenancy.topics_of(kafka, "segments", lambda: _existing_topics(kafka)):
+            for tp, segment, payload, offsets in retained_segments(kafka, topic):
+                if refused := tenancy.refusal(kafka, "segments", tp.topic, segment.tenant_id):
+                    log.warning("not keeping the clip location of %s: %s", segment.key, refused.reason)
+                    continue
+                self.keep(segment, payload, tp, offsets)
+                kept += 1
+        return kept
+
+
+def _existing_topics(kafka: KafkaConfig) -> set[str]:
+    reader = make_reader(kafka)
+    try:
+        return reader.topics()
+    finally:
+        reader.close()
 
 
 # -- the read side -----------------------------------------------------------------------------------------

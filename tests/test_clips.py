@@ -20,8 +20,8 @@ from kafka import KafkaAdminClient, TopicPartition
 from contracts import messages
 from pipelines.clips import ClipCutter, ClipError, ClipKeeper, clip_url, remux
 from pipelines.config import LivelensConfig
-from pipelines.kafka.client import ensure_topics, make_reader
-from pipelines.kafka.publish import SegmentAssembler, SegmentPublisher
+from pipelines.kafka.client import ensure_topics
+from pipelines.kafka.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments
 
 SOURCE = "bottle-detection.mp4"  # a real H.264 clip with B-frames, 640x360, ~40 s, GOPs of ~4 s
@@ -122,30 +122,6 @@ def test_clip_urls_pad_the_span_and_name_the_tenant_only_without_keys(keys, tena
 # -- on a real broker and redis-server ----------------------------------------------------------------------
 
 
-def keep_published(config: LivelensConfig, keeper: ClipKeeper) -> int:
-    """What the source does after each durable write: read the topic, keep every whole segment."""
-    topic = config.kafka.topic("segments")
-    reader = make_reader(config.kafka)
-    kept = 0
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic))]
-        reader.assign(tps)
-        reader.seek_to_beginning(*tps)
-        ends = reader.end_offsets(tps)
-        assemblers = {tp: SegmentAssembler() for tp in tps}
-        while any(reader.position(tp) < ends[tp] for tp in tps):
-            for tp, records in reader.poll(timeout_ms=500).items():
-                for record in records:
-                    segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
-                    whole = assemblers[tp].add(segment, chunk, record.offset)
-                    if whole is not None:
-                        keeper.keep(whole[0], whole[1], tp, whole[2])
-                        kept += 1
-    finally:
-        reader.close()
-    return kept
-
-
 def test_clips_come_from_the_archive_or_kafka_until_their_retention_runs_out(tmp_path, kafka_broker, redis_server,
                                                                             source, truth):
     prefix = f"c{uuid.uuid4().hex[:10]}."
@@ -158,7 +134,7 @@ def test_clips_come_from_the_archive_or_kafka_until_their_retention_runs_out(tmp
         stats = publisher.publish(str(source), stream_id="shop", tenant_id="acme", pace="fast")
     assert stats.chunked_segments > 0
     client = redis.Redis.from_url(redis_server.address)
-    kept = keep_published(archived, ClipKeeper(archived, client))
+    kept = ClipKeeper(archived, client).keep_retained()
     assert kept == stats.segments
     assert len(list((tmp_path / "archive" / "acme" / "shop").glob("*.seg"))) == kept
 

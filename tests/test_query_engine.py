@@ -3,6 +3,8 @@ stand behind its typed interfaces (memory_store.client, pipelines.query.clients)
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pytest
 import redis
@@ -16,7 +18,7 @@ from operators.config import AnswerConfig, EncodeConfig, OcrConfig
 from operators.encode import VisionEncoder
 from pipelines.config import LivelensConfig
 from pipelines.query.engine import QueryEngine, QueryError
-from tests.memory_store.batches import make_batch
+from tests.memory_store.batches import WALL0, make_batch
 
 CAPTIONS = ["a red bus", "a green field", "a crowded stadium"]
 
@@ -69,3 +71,11 @@ def test_empty_query_returns_the_newest_frames(engine):
 
     assert [e.t_start for e in answer.evidence] == [1.0, 2.0]
     assert all(np.isclose(e.score, 1.0) for e in answer.evidence)
+
+
+def test_empty_query_scoped_in_time_returns_the_newest_frames_inside_its_scope(engine):
+    # Frames at WALL0 + 0, 1, 2 s; the scope ends before the newest one, so "what was on then" is frames 0 and 1.
+    scope = messages.TimeScope(start=datetime.fromtimestamp(WALL0, UTC), end=datetime.fromtimestamp(WALL0 + 1.5, UTC))
+    answer = engine.run(messages.Query(tenant_id="acme", top_k=2, generate=False, scope=scope))
+
+    assert [e.t_start for e in answer.evidence] == [0.0, 1.0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer
@@ -66,9 +67,14 @@ class TopicWatch:
         return self.config.tenant_topics and self.name in TENANT_TOPICS
 
     def _list(self, consumer: KafkaConsumer) -> list[str]:
-        if not self._per_tenant():
-            return [self.config.topic(self.name)]
-        return sorted(t for t in consumer.topics() if tenant_of(self.config, self.name, t))
+        return topics_of(self.config, self.name, consumer.topics)
+
+
+def topics_of(config: KafkaConfig, name: str, existing: Callable[[], Iterable[str]]) -> list[str]:
+    """The topics of kind ``name``: the shared one, or every tenant's among ``existing()`` (asked only then)."""
+    if not (config.tenant_topics and name in TENANT_TOPICS):
+        return [config.topic(name)]
+    return sorted(t for t in existing() if tenant_of(config, name, t))
 
 
 def tenant_of(config: KafkaConfig, name: str, topic: str) -> str | None:

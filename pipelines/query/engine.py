@@ -172,8 +172,9 @@ class QueryEngine:
         if vector is None and not text_hits:
             from memory_store.service import Hit
 
-            # Nothing to match against: "what is on now" is answered by the newest frames, scored by recency.
-            records = self.memory.recent(query.tenant_id, streams, query.top_k)
+            # Nothing to match against: "what is on now" is answered by the newest frames, scored by recency;
+            # a query scoped in time ("what was on between 9 and 10") by the newest frames inside its scope.
+            records = self.memory.recent(query.tenant_id, streams, query.top_k, t_from=t_from, t_to=t_to)
             return [Hit(r.frame_key, r.stream_id, r.seq, r.pts_s, r.t_end_s, r.wallclock_start, r.wallclock_end,
                         1.0, r.thumbnail) for r in records]
         if text_hits:

@@ -72,8 +72,9 @@ class RayMemoryClient:
         return self._call(tenant_id, "search_text", tenant_id, vector, stream_ids=stream_ids, t_from=t_from,
                           t_to=t_to, k=k)
 
-    def recent(self, tenant_id: str, stream_ids: Sequence[str] | None = None, n: int = 8) -> list:
-        return self._call(tenant_id, "recent", tenant_id, stream_ids, n)
+    def recent(self, tenant_id: str, stream_ids: Sequence[str] | None = None, n: int = 8, *,
+               t_from: float | None = None, t_to: float | None = None) -> list:
+        return self._call(tenant_id, "recent", tenant_id, stream_ids, n, t_from=t_from, t_to=t_to)
 
     def timeline(self, tenant_id: str, stream_id: str, t_from: float | None = None, t_to: float | None = None,
                  limit: int = 1000) -> list:

@@ -165,6 +165,11 @@ def test_recent_is_newest_by_wallclock_oldest_first(tier: RedisTier) -> None:
     assert [f.frame_key for f in tier.recent("acme", ["cam-1"], 2)] == ["acme/cam-1/2/4000", "acme/cam-1/2/5000"]
     assert tier.recent("acme", None, 0) == []
     assert tier.recent("acme", None, 1)[0].tokens is not None
+    # Scoped in wallclock: the newest frames inside [t_from, t_to], not the newest of all.
+    last = tier.recent("acme", ["cam-1"], 1)[0].wallclock_start
+    assert [f.frame_key for f in tier.recent("acme", ["cam-1"], 2, last - 2.5, last - 0.5)] == [
+        "acme/cam-1/1/3000", "acme/cam-1/2/4000"]
+    assert tier.recent("acme", None, 5, t_to=0.0) == []
 
 
 @pytest.mark.parametrize("key", ["ll:tenants", "ll:{acme}:next_id", "ll:{acme}:frame:acme/cam-1/0/0", "other",

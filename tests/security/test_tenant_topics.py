@@ -10,9 +10,11 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+import redis
 from kafka import KafkaConsumer
 
 from contracts import messages
+from pipelines.clips import ClipKeeper
 from pipelines.config import KafkaConfig, LivelensConfig
 from pipelines.ingest.source import KafkaSegmentSource
 from pipelines.kafka import tenancy
@@ -119,3 +121,5 @@ def test_a_segment_claiming_another_tenant_on_a_tenants_topic_is_dead_lettered(
     assert [(d.code, d.tenant_id, d.source_topic) for d in letters] == [
         (tenancy.TENANT_MISMATCH, "acme", k.topic("segments", "acme"))]
     assert "claims tenant globex" in letters[0].reason
+    # Rebuilding the clip ledger from what the topics retain keeps every tenant's segments, not the forged one.
+    assert ClipKeeper(config, redis.Redis.from_url(redis_server.address)).keep_retained() == 2 * n
