@@ -197,3 +197,45 @@ class AnswerConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_new_tokens: int = 64
     max_evidence_frames: int = 8
+
+
+class SpeechConfig(Section):
+    """Speech recognition on the audio track (operators/speech/): voice activity detection, then ASR on speech only."""
+
+    engine: Literal["none", "pocketsphinx", "whisper"] = Field(
+        "none", description="none: no recognition (captions and subtitles still count). pocketsphinx: the offline CPU "
+        "profile, en-us models from its wheel (0.3-0.5 CPU s per second of speech; word error rate 0.30 on read "
+        "speech, 0.92 on 1940 film dialogue: BENCHMARKS.md). whisper: a Whisper-family checkpoint through "
+        "transformers (`model`), for a GPU.")
+    model: str = Field(
+        "", description="whisper: Hugging Face model id or local path (e.g. openai/whisper-small). pocketsphinx: a "
+        "directory holding an acoustic model folder, `<language>.lm.bin` and `cmudict-<language>.dict` laid out "
+        "like the wheel's model/en-us; empty: the wheel's en-us models.")
+    language: str = Field(
+        "en", min_length=2, description="Language of the speech, and of the transcript lines (ISO 639-1). whisper: "
+        "passed to generation; pocketsphinx: must match its models (the wheel ships en-us only).")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="whisper only; pocketsphinx runs on the CPU.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="whisper only.")
+    batch_regions: int = Field(
+        16, ge=1, description="whisper: speech regions per generate call (across one call's audio).")
+    vad: bool = Field(
+        True, description="Run voice activity detection first and recognise only the speech it finds. Off only to "
+        "measure what it buys: pocketsphinx then reads every second, silence and noise included, and invents words "
+        "there.")
+    vad_threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Silero VAD speech probability a 32 ms frame must reach to start speech; "
+        "speech ends below this minus 0.15 (silero's hysteresis). Higher skips quiet or noisy speech; lower "
+        "sends music and noise to ASR, where pocketsphinx hallucinates words.")
+    min_speech_s: float = Field(
+        0.25, ge=0.0, description="Speech regions shorter than this are dropped (clicks, coughs).")
+    min_silence_s: float = Field(
+        0.3, ge=0.0, description="A pause must last this long to split two speech regions.")
+    speech_pad_s: float = Field(
+        0.1, ge=0.0, description="Seconds of audio kept either side of a region: word onsets and tails fall "
+        "below the VAD threshold.")
+    max_region_s: float = Field(
+        28.0, gt=1.0, le=30.0, description="Longer speech regions are cut (at the quietest frame of their last "
+        "third): Whisper reads at most 30 s at a time, and shorter utterances keep pocketsphinx's search narrow.")
+    min_word_confidence: float = Field(
+        0.0, ge=0.0, le=1.0, description="pocketsphinx: words whose posterior is below this are left out of the "
+        "line (their text and timing stay out of search). 0 keeps every word; the line's confidence is the mean.")

@@ -178,12 +178,21 @@ def show_config() -> None:
 
 
 @app.command("sample-video")
-def sample_video(out: Path, duration: float = 60.0, fps: int = 10, seed: int = 0) -> None:
+def sample_video(
+    out: Path, duration: float = 60.0, fps: int = 10, seed: int = 0,
+    speech: Annotated[bool, typer.Option("--speech/--silent", help="A voice reading known phrases (espeak-ng) and "
+                                         "subtitle cues (OUT.vtt; a subtitle track in .mkv), or a silent picture.")] = True,
+) -> None:
     """Write a synthetic broadcast and its ground truth (OUT.json)."""
+    from pipelines.cli.sample_speech import subtitle_path
     from pipelines.cli.sample_video import write_sample_video
 
-    truth = write_sample_video(out, duration_s=duration, fps=fps, seed=seed)
+    truth = write_sample_video(out, duration_s=duration, fps=fps, seed=seed, speech=speech)
     console.print(f"wrote {out} ({truth['duration_s']} s) and its ground truth {out.with_suffix('.json')}")
+    if speech:
+        track = " and as its subtitle track" if truth["subtitle_track"] else ""
+        console.print(f"{len(truth['speech'])} spoken phrases; {len(truth['subtitles'])} subtitle cues in "
+                      f"{subtitle_path(out)}{track}")
 
 
 @app.command()

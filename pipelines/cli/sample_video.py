@@ -10,12 +10,15 @@ known answer:
   OCR reads easily, changing at known times (text questions: "when did the
   headline say X?"). Headlines change at the start and in the middle of each
   moving scene, so some changes coincide with cuts, some do not, and some cuts
-  keep the headline.
+  keep the headline;
+- a voice reading a known phrase about each headline at known times, and subtitle
+  cues that nobody says, in a WebVTT sidecar and (Matroska) a subtitle track
+  (sample_speech.py: "what was said?" and where the words came from).
 
 The video is H.264 (libx264, yuv420p) with a keyframe exactly every second
 (keyint = min-keyint = fps, scene-cut detection off), so segments cut cleanly on
-whole seconds. Times in the ground truth are seconds from the first frame and
-fall on frame boundaries.
+whole seconds; the sound is AAC, mono, 48 kHz. Times in the ground truth are seconds from the first frame;
+scene and headline times fall on frame boundaries, spoken phrases and subtitle cues on milliseconds.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any
 import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from pipelines.cli.sample_speech import AUDIO_RATE, TAKES_WEBVTT, plan_soundtrack, subtitle_path, webvtt
 
 HEADLINES = (
     "STORM WARNING FOR COASTAL TOWNS",
@@ -97,13 +102,15 @@ def _bounce(p: float, lo: float, hi: float) -> float:
 
 def write_sample_video(
     out: Path, *, duration_s: float = 60.0, fps: int = 10, size: tuple[int, int] = (640, 360), seed: int = 0,
-    inserts: Sequence[tuple[float, float, str]] = (),
+    inserts: Sequence[tuple[float, float, str]] = (), speech: bool = True,
 ) -> dict[str, Any]:
     """Write the broadcast to ``out`` (container from its suffix, e.g. .mp4) and its ground truth
     to ``ground_truth_path(out)``. Returns the ground truth. Same arguments, same video.
 
     inserts: (start_s, end_s, text) headlines shown instead of the planned ones in those spans (e.g. risky
     text at known times, for moderation); the ground truth's headlines include them.
+    speech: a soundtrack with spoken phrases (needs espeak-ng) and subtitle cues (sidecar ``subtitle_path(out)``,
+    and a subtitle track where the container takes WebVTT); False: a silent picture, as before issue 19.
     """
     out = Path(out)
     width, height = size
@@ -113,7 +120,14 @@ def write_sample_video(
     truth = _plan(n_frames, fps, size, seed)
     for start, end, text in inserts:
         truth["headlines"] = _spliced(truth["headlines"], start, end, text)
-    _encode(out, truth, n_frames, fps, size)
+    audio = None
+    truth["speech"], truth["subtitles"], truth["audio"] = [], [], None
+    if speech:
+        audio, truth["speech"], truth["subtitles"] = plan_soundtrack(truth, seed)
+        truth["audio"] = {"codec": "aac", "sample_rate": AUDIO_RATE, "channels": 1}
+        subtitle_path(out).write_text(webvtt(truth["subtitles"]))
+        truth["subtitle_track"] = out.suffix.lower() in TAKES_WEBVTT
+    _encode(out, truth, n_frames, fps, size, audio)
     ground_truth_path(out).write_text(json.dumps(truth, indent=2))
     return truth
 
@@ -194,7 +208,8 @@ def _spliced(headlines: list[dict[str, Any]], start: float, end: float, text: st
     return sorted(out + [{"start": start, "end": end, "text": text}], key=lambda h: h["start"])
 
 
-def _encode(out: Path, truth: dict[str, Any], n_frames: int, fps: int, size: tuple[int, int]) -> None:
+def _encode(out: Path, truth: dict[str, Any], n_frames: int, fps: int, size: tuple[int, int],
+            audio: np.ndarray | None) -> None:
     width, height = size
     banner_top = truth["banner_box"][1]
     backgrounds = {s["palette"]: _background(s["palette"], width, height) for s in truth["scenes"]}
@@ -212,9 +227,11 @@ def _encode(out: Path, truth: dict[str, Any], n_frames: int, fps: int, size: tup
             # A keyframe every second exactly: no scene-cut keyframes, no shorter GOPs.
             "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0",
         }
+        soundtrack = _Soundtrack(container, audio, subtitle_path(out) if truth.get("subtitle_track") else None)
         composed: dict[tuple[str, str], np.ndarray] = {}
         for i in range(n_frames):
             t = i / fps
+            soundtrack.until(t + 1)
             scene = next(s for s in truth["scenes"] if s["start"] <= t < s["end"])
             text = next(h["text"] for h in truth["headlines"] if h["start"] <= t < h["end"])
             key = (scene["palette"], text)
@@ -231,6 +248,49 @@ def _encode(out: Path, truth: dict[str, Any], n_frames: int, fps: int, size: tup
             video_frame.pts = i
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode())
+        soundtrack.close()
+
+
+class _Soundtrack:
+    """The sound and subtitle streams of the sample, muxed second by second alongside the picture (interleaved,
+    so a reader cutting segments by time finds each second's sound next to its frames)."""
+
+    def __init__(self, container: av.container.OutputContainer, audio: np.ndarray | None, vtt: Path | None):
+        self.container, self.audio = container, audio
+        self.audio_stream = container.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio is not None else None
+        self.cues: list[av.Packet] = []
+        if vtt is not None:  # remux the sidecar's cues as the container's subtitle track, no re-encoding
+            with av.open(str(vtt)) as source:
+                template = source.streams.subtitles[0]
+                stream = container.add_stream_from_template(template)
+                for packet in source.demux(template):
+                    if packet.dts is not None:  # demux ends with an empty flush packet
+                        packet.stream = stream
+                        self.cues.append(packet)
+                self.cue_time_base = template.time_base
+        self.done_s = 0
+
+    def until(self, t: float) -> None:
+        """Mux the sound and cues of every whole second before ``t``."""
+        while self.done_s < t:
+            second = self.done_s
+            self.done_s += 1
+            if self.audio_stream is not None:
+                chunk = self.audio[second * AUDIO_RATE: (second + 1) * AUDIO_RATE]
+                if chunk.size:
+                    frame = av.AudioFrame.from_ndarray(chunk[None], format="fltp", layout="mono")
+                    frame.sample_rate, frame.pts = AUDIO_RATE, second * AUDIO_RATE
+                    self.container.mux(self.audio_stream.encode(frame))
+            while self.cues and self.cues[0].pts * self.cue_time_base < self.done_s:
+                self.container.mux(self.cues.pop(0))
+
+    def close(self) -> None:
+        if self.audio_stream is not None:
+            self.until(self.audio.size / AUDIO_RATE)
+            self.container.mux(self.audio_stream.encode(None))
+        for packet in self.cues:
+            self.container.mux(packet)
+        self.cues = []
 
 
 def _background(palette: str, width: int, height: int) -> np.ndarray:
