@@ -32,8 +32,10 @@ class TopicWatch:
     An explicit list, not a pattern subscription: with kafka-python 3.0.12 a group consumer that joined while
     its pattern matched nothing stayed without partitions after a matching topic appeared (its
     metadata-triggered rejoin stalled after SyncGroup), which is exactly a pipeline started before its tenants
-    publish. Nor a new consumer per change: one that leaves while its join is pending leaves the local broker
-    (tansu) waiting for it as the group's leader, and the next member's SyncGroup fails forever."""
+    publish; a subscription changed while a join is pending stalled the same way, so a change waits until the
+    consumer holds partitions (a member left without any by a larger group picks up new topics only at the
+    next rebalance). Nor a new consumer per change: one that leaves while its join is pending leaves the local
+    broker (tansu) waiting for it as the group's leader, and the next member's SyncGroup fails forever."""
 
     def __init__(self, config: KafkaConfig, name: str):
         self.config, self.name = config, name
@@ -55,6 +57,8 @@ class TopicWatch:
         if not self._per_tenant() or time.monotonic() < self._due:
             return
         self._due = time.monotonic() + self.config.topic_refresh_ms / 1000
+        if self.topics and not consumer.assignment():
+            return  # its group join is still pending: a subscription changed mid-join can stall it (see above)
         if (now := self._list(consumer)) != self.topics:
             log.info("%s topics: %d -> %d", self.name, len(self.topics), len(now))
             self.topics = now
