@@ -45,6 +45,7 @@ Beside memory, the layers above keep these (built here too, so that one module n
     ll:{t}:quota:pending               zset    pending asynchronous queries, score = when each stops counting
     ll:{t}:moderation:room:<stream>    string  a room's RiskEngine snapshot (pipelines.moderation)
     ll:moderation:pending              hash    decision_id -> RiskDecision JSON, every tenant's, until its verdict
+    ll:webhooks:outbox                 stream  standing-query webhooks to deliver, every tenant's (pipelines.query.outbox)
     ll:{t}:backfill:<stream>:<digest>  hash    a backfill's manifest: finished segments, operator snapshots
     ll:{t}:alerts, alert-index, alert-acks, audit:<room>   the alert log (pipelines.moderation.alerts)
     ll:{t}:settings:<stream>           hash    a stream's overrides of global settings (retention_s, sample_fps)
@@ -226,6 +227,10 @@ def moderation_room(tenant_id: str, stream_id: str) -> str:
 
 # The one key of moderation outside any tenant: the verifier's queue survives a restart of either side.
 MODERATION_PENDING = f"{PREFIX}:moderation:pending"
+
+# Standing-query webhooks waiting or being delivered, every tenant's (pipelines.query.outbox): a stream read by
+# a consumer group, so deliveries outlive the actor that queued them.
+WEBHOOK_OUTBOX = f"{PREFIX}:webhooks:outbox"
 
 
 def backfill_manifest(tenant_id: str, stream_id: str, source_digest: str) -> str:

@@ -22,6 +22,7 @@ retention that ran out), 422 for a malformed span, 503 when Kafka does not answe
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import time
@@ -40,10 +41,13 @@ from pydantic import BaseModel, ConfigDict
 from memory_store import keys
 from contracts import messages
 from pipelines.archive import SegmentArchive
-from pipelines.config import ClipConfig, LivelensConfig
+from pipelines.config import ClipConfig, KafkaConfig, LivelensConfig
+from pipelines.kafka import tenancy
 from pipelines.kafka.client import make_reader
 from pipelines.kafka.retained import retained_segments
 from pipelines.segmenter import SEGMENT_TS_OFFSET_S
+
+log = logging.getLogger(__name__)
 
 
 # Fragmented MP4: the moov box comes first (empty), each keyframe starts a fragment. Browsers play it as it
@@ -225,13 +229,27 @@ class ClipKeeper:
         return self.ledger.holds(segment.tenant_id, segment.stream_id, messages.segment_id(segment.session, segment.seq))
 
     def keep_retained(self) -> int:
-        """Keep every whole segment the segments topic still retains, as if the source had just stored it: the
-        ledger (and archive) of segments stored before either existed. Idempotent; returns how many."""
-        kept = 0
-        for tp, segment, payload, offsets in retained_segments(self.config.kafka, self.config.kafka.topic("segments")):
-            self.keep(segment, payload, tp, offsets)
-            kept += 1
+        """Keep every whole segment the segments topic (with kafka.tenant_topics, every tenant's) still retains,
+        as if the source had just stored it: the ledger (and archive) of segments stored before either existed.
+        A segment claiming another tenant than its topic's is skipped, as the source dead-letters it.
+        Idempotent; returns how many."""
+        kafka, kept = self.config.kafka, 0
+        for topic in tenancy.topics_of(kafka, "segments", lambda: _existing_topics(kafka)):
+            for tp, segment, payload, offsets in retained_segments(kafka, topic):
+                if refused := tenancy.refusal(kafka, "segments", tp.topic, segment.tenant_id):
+                    log.warning("not keeping the clip location of %s: %s", segment.key, refused.reason)
+                    continue
+                self.keep(segment, payload, tp, offsets)
+                kept += 1
         return kept
+
+
+def _existing_topics(kafka: KafkaConfig) -> set[str]:
+    reader = make_reader(kafka)
+    try:
+        return reader.topics()
+    finally:
+        reader.close()
 
 
 # -- the read side -----------------------------------------------------------------------------------------

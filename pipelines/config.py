@@ -18,6 +18,7 @@ Sources, highest priority first:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,11 @@ from pipelines.secrets import REDACTED, split_url_credentials
 
 Profile = Literal["offline", "gpu", "cluster"]
 ProcessingGuarantee = Literal["at-least-once"]
+
+
+# The topics that are per tenant with kafka.tenant_topics; tenant ids that may name them.
+TENANT_TOPICS = ("segments", "queries", "answers", "alerts")
+TENANT_TOPIC_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 class KafkaConfig(Section):
@@ -86,6 +92,14 @@ class KafkaConfig(Section):
     ack_timeout_s: float = Field(30.0, gt=0, description="Seconds a producer may take to have a send acknowledged "
                                  "(answers, alerts, dead letters; flushes before a commit) before its caller treats "
                                  "the broker as away.")
+    tenant_topics: bool = Field(
+        False, description="Each tenant's segments, queries, answers and alerts on topics of its own, "
+        "<topic_prefix>tenant.<tenant_id>.<topic>, so that broker ACLs on the prefix <topic_prefix>tenant.<tenant_id>. "
+        "separate tenants on a shared cluster (docs/security.md). Consumers then take the tenant from the topic and "
+        "dead-letter records claiming another (tenant_mismatch). Tenant ids are then [A-Za-z0-9_-] only. Dead "
+        "letters stay on the shared topic (operators only).")
+    topic_refresh_ms: int = Field(
+        5000, ge=100, description="With tenant_topics: how often consumers look for new tenants' topics.")
     # Authentication and encryption (docs/security.md): passed to every producer, consumer and admin client
     # by pipelines.kafka.client.client_security().
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -110,8 +124,23 @@ class KafkaConfig(Section):
             raise ValueError(f"sasl_mechanism is set but security_protocol is {self.security_protocol}")
         return self
 
-    def topic(self, name: str) -> str:
-        return self.topic_prefix + getattr(self, f"{name}_topic")
+    def topic(self, name: str, tenant_id: str | None = None) -> str:
+        """The topic ``name`` (segments, queries, answers, alerts, dead_letters) of ``tenant_id``: with
+        tenant_topics, a tenant's own (consumers read all of them: pipelines/kafka/tenancy.py)."""
+        base = getattr(self, f"{name}_topic")
+        if not self.tenant_topics or name not in TENANT_TOPICS:
+            return self.topic_prefix + base
+        if tenant_id is None:
+            raise ValueError(f"kafka.tenant_topics is on: every tenant has its own {name} topic, name the tenant "
+                             f"(its topic is {self.tenant_prefix('<tenant_id>')}{base})")
+        return self.tenant_prefix(tenant_id) + base
+
+    def tenant_prefix(self, tenant_id: str) -> str:
+        """What every topic of the tenant starts with: the resource an ACL with a prefixed pattern names."""
+        if tenant_id != "<tenant_id>" and not TENANT_TOPIC_ID.fullmatch(tenant_id):
+            raise ValueError(f"tenant id {tenant_id!r} cannot name topics: with kafka.tenant_topics a tenant id is "
+                             "[A-Za-z0-9_-]{1,100} (a dot would put one tenant's topics under another's ACL prefix)")
+        return f"{self.topic_prefix}tenant.{tenant_id}."
 
 
 class RedisConfig(Section):
@@ -353,10 +382,21 @@ class WebhookConfig(Section):
     attempts: int = Field(5, ge=1, description="Tries per alert within deadline_s.")
     backoff_s: float = Field(0.5, gt=0, description="Wait before the 2nd try; doubles each time (jittered).")
     outbox_size: int = Field(
-        1000, ge=1, description="Deliveries waiting per standing-query actor. When full, new ones are "
-        "dead-lettered (the alert itself is on the alerts topic and in GET /v1/alerts).")
-    workers: int = Field(4, ge=1, description="Threads delivering from the outbox, so one slow endpoint does "
-                         "not hold up every tenant's deliveries.")
+        1000, ge=1, description="Deliveries waiting or in progress in the outbox (a Redis stream shared by every "
+        "standing-query actor). When full, new ones are dead-lettered (the alert itself is on the alerts topic "
+        "and in GET /v1/alerts).")
+    workers: int = Field(4, ge=1, description="Threads per standing-query actor delivering from the outbox, so one "
+                         "slow endpoint does not hold up every tenant's deliveries.")
+    reclaim_after_s: float = Field(
+        60.0, gt=0, description="A delivery taken by a worker that died (its actor or node gone) is taken over by "
+        "another worker after this long. Above deadline_s, which a live worker never holds one longer than.")
+
+    @model_validator(mode="after")
+    def _reclaim_after_the_deadline(self) -> WebhookConfig:
+        if self.reclaim_after_s <= self.deadline_s:
+            raise ValueError(f"webhooks.reclaim_after_s ({self.reclaim_after_s}) must exceed deadline_s "
+                             f"({self.deadline_s}), or a slow delivery still in progress would be sent twice at once")
+        return self
 
 
 class BackfillConfig(Section):

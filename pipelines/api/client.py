@@ -77,8 +77,8 @@ class Client:
     def ask_kafka(self, query: messages.Query) -> messages.Answer:
         """Produce to the queries topic and wait for the answer with the same query_id."""
         kafka = self.config.kafka
-        answers = kafka.topic("answers")
-        ensure_topics(kafka)
+        answers = kafka.topic("answers", query.tenant_id)
+        ensure_topics(kafka, tenant_id=query.tenant_id)
         check_fast_checksum("consumer")
         consumer = KafkaConsumer(bootstrap_servers=require_bootstrap(kafka), enable_auto_commit=False,
                                  group_id=None, **client_security(kafka))
@@ -90,7 +90,8 @@ class Client:
             for tp in tps:
                 consumer.position(tp)  # resolve the end offsets now, before the answer can arrive
             producer = make_producer(kafka)
-            producer.send(kafka.topic("queries"), key=query.tenant_id.encode(), value=messages.encode(query)).get(30)
+            producer.send(kafka.topic("queries", query.tenant_id), key=query.tenant_id.encode(),
+                          value=messages.encode(query)).get(30)
             producer.close()
             deadline = time.monotonic() + self.timeout_s
             while time.monotonic() < deadline:
@@ -141,13 +142,14 @@ class Client:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
         return response.json()
 
-    def follow_alerts(self, *, query_id: str | None = None, from_beginning: bool = False,
-                      timeout_s: float | None = None) -> Iterator[messages.Alert]:
-        """Alerts as they arrive on the alerts topic (those of one standing query, when given)."""
+    def follow_alerts(self, *, tenant_id: str | None = None, query_id: str | None = None,
+                      from_beginning: bool = False, timeout_s: float | None = None) -> Iterator[messages.Alert]:
+        """Alerts as they arrive on the alerts topic (the tenant's own with kafka.tenant_topics): those of
+        ``tenant_id`` and of one standing query, when given."""
         kafka = self.config.kafka
-        ensure_topics(kafka)
+        ensure_topics(kafka, tenant_id=tenant_id)
         check_fast_checksum("consumer")
-        consumer = KafkaConsumer(kafka.topic("alerts"), bootstrap_servers=require_bootstrap(kafka),
+        consumer = KafkaConsumer(kafka.topic("alerts", tenant_id), bootstrap_servers=require_bootstrap(kafka),
                                  group_id=None, enable_auto_commit=False,
                                  auto_offset_reset="earliest" if from_beginning else "latest",
                                  **client_security(kafka))
@@ -157,7 +159,7 @@ class Client:
                 for records in consumer.poll(timeout_ms=200).values():
                     for record in records:
                         alert, _ = messages.decode(record.value, expect=messages.Alert)
-                        if query_id is None or alert.query_id == query_id:
+                        if query_id in (None, alert.query_id) and tenant_id in (None, alert.tenant_id):
                             yield alert
         finally:
             consumer.close()

@@ -218,8 +218,9 @@ class LivelensAPI:
     @api.post("/v1/standing-queries", status_code=201)
     def create_standing(self, request: Request, body: StandingRequest) -> dict:
         fields = body.model_dump() | {"tenant_id": self._tenant(request, body.tenant_id)}
+        # A cheap early refusal (before the example image is encoded); registering checks again, atomically.
         self.quotas.admit_standing(len(self.engine.list_standing(fields["tenant_id"])))
-        return _public(self.engine.register_standing(**fields))
+        return _public(self.engine.register_standing(**fields, limit=self.config.serve.max_standing_queries))
 
     @api.get("/v1/standing-queries")
     def list_standing(self, request: Request, tenant_id: str = "default") -> list[dict]:

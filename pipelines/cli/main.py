@@ -456,7 +456,7 @@ def watch(
                                           min_score=min_score, rearm_s=duration_s(rearm), webhook=webhook)
     console.print(f"watching ({registered['kind']}) as standing query {registered['query_id']}")
     try:
-        for alert in client.follow_alerts(query_id=registered["query_id"]):
+        for alert in client.follow_alerts(tenant_id=tenant, query_id=registered["query_id"]):
             e = alert.evidence[0]
             Console().print(f"{e.wallclock_start.isoformat(timespec='seconds')} {alert.stream_id} "
                             f"t={e.t_start:.1f}s score={alert.score:.2f} {e.text.replace(chr(10), ' / ')}")
@@ -484,8 +484,8 @@ def alerts(
             print_alert(alert, as_json=as_json)
         return
     try:
-        for alert in client.follow_alerts():
-            if alert.tenant_id == tenant and room in (None, alert.stream_id):
+        for alert in client.follow_alerts(tenant_id=tenant):
+            if room in (None, alert.stream_id):
                 print_alert(alert, as_json=as_json)
     except KeyboardInterrupt:
         pass

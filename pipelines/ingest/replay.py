@@ -71,7 +71,7 @@ from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
 from pipelines.ingest.backfill import Backfill, BackfillSummary
 from pipelines.ingest.source import segment_info
-from pipelines.kafka import dead_letters
+from pipelines.kafka import dead_letters, tenancy
 from pipelines.kafka.client import make_producer, make_reader
 from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
 
@@ -267,6 +267,11 @@ class Replay:
             if in_range:
                 self._send_dead_letter(part.tp, [record.offset], None, "source", exc.code, exc.reason,
                                        len(record.value or b""))
+            return None
+        if refused := tenancy.refusal(self.config.kafka, "segments", part.tp.topic, segment.tenant_id):
+            if in_range:  # as the live source: filed under the topic's tenant, never run for the claimed one
+                self._send_dead_letter(part.tp, [record.offset], segment, "source", tenancy.TENANT_MISMATCH,
+                                       refused.reason, len(chunk), tenant_id=refused.owner)
             return None
         stream = (segment.tenant_id, segment.stream_id)
         if self._streams and stream not in self._streams:

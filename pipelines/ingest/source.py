@@ -48,7 +48,7 @@ from pipelines.clips import ClipKeeper
 from pipelines.config import LivelensConfig
 from pipelines.failures import Backoff, PredecessorFailed, dependency_of
 from pipelines.ingest.lanes import Held, StreamLanes
-from pipelines.kafka import dead_letters
+from pipelines.kafka import dead_letters, tenancy
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.kafka.offsets import OffsetTracker
 from pipelines.kafka.publish import PendingBytesExceeded, SegmentAssembler
@@ -122,7 +122,6 @@ class KafkaSegmentSource:
         self.backend = backend
         self.source_id = source_id
         self.stats = SourceStats()
-        self._topic = config.kafka.topic("segments")
         self._tracker = OffsetTracker()
         # One assembler per partition: a stream's chunks all arrive on its partition, and a revoked
         # partition's half-assembled segments are dropped with it.
@@ -132,6 +131,7 @@ class KafkaSegmentSource:
         self._backoff = Backoff(config.pipeline.retry_initial_s, config.pipeline.retry_max_s)
         self._paused_since: float | None = None
         self._reported_waiting: set[str] = set()
+        self._topics = tenancy.TopicWatch(config.kafka, "segments")
         self._consumer = None
         self._producer = None
         self._clips = ClipKeeper(config, redis_client(config.redis))
@@ -174,11 +174,12 @@ class KafkaSegmentSource:
         ensure_topics(self.config.kafka)
         self._producer = make_producer(self.config.kafka)
         self._consumer = make_consumer(
-            self.config.kafka, self.config.kafka.ingest_group, [self._topic],
+            self.config.kafka, self.config.kafka.ingest_group, [],
             client_id=self.source_id, max_poll_records=self.config.pipeline.max_inflight_segments * 4,
         )
-        # Re-subscribe with a listener, so revoked partitions are drained and committed first.
-        self._consumer.subscribe([self._topic], listener=_Rebalance(self))
+        # Subscribe with a listener, so revoked partitions are drained and committed first; with tenant topics,
+        # to every tenant's segments topic (rebuilt when a tenant's appears: `_step`).
+        self._topics.subscribe(self._consumer, listener=_Rebalance(self))
 
     def _disconnect(self, *, drain: bool) -> None:
         """Close the clients and forget every held segment: a new connection resumes from the committed
@@ -208,6 +209,10 @@ class KafkaSegmentSource:
     # -- the loop ----------------------------------------------------------------------------
 
     def _step(self) -> None:
+        self._topics.refresh(self._consumer)
+        if not self._topics.topics:  # tenant topics, and no tenant has published yet
+            time.sleep(0.1)
+            return
         # Held segments count against the limit whether in flight or waiting: a stream waiting for Redis
         # pauses intake instead of piling up segments.
         room = self.config.pipeline.max_inflight_segments - len(self._lanes)
@@ -229,6 +234,11 @@ class KafkaSegmentSource:
             segment, chunk = messages.decode(record.value, expect=messages.VideoSegment, headers=record.headers)
         except messages.MessageError as exc:
             self._dead_letter(tp, [record.offset], None, "source", exc.code, exc.reason, len(record.value or b""))
+            return
+        if refused := tenancy.refusal(self.config.kafka, "segments", tp.topic, segment.tenant_id):
+            # The topic's tenant is the one ACLs let write there: the letter is filed under it, not the claim.
+            self._dead_letter(tp, [record.offset], segment, "source", tenancy.TENANT_MISMATCH, refused.reason,
+                              len(chunk), tenant_id=refused.owner)
             return
         assembler = self._assemblers.setdefault(tp, SegmentAssembler())
         try:

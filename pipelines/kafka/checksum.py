@@ -44,8 +44,9 @@ def check_fast_checksum(role: str) -> bool:
     fast = checksum_implementation() == "c"
     # Only Ray processes export metrics; a plain one (the publisher CLI) would pay seconds importing Ray for a
     # gauge nobody scrapes.
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
+    # Another thread may be importing Ray at this moment: its module is then listed but not yet filled in.
+    is_initialized = getattr(sys.modules.get("ray"), "is_initialized", None)
+    if is_initialized is not None and is_initialized():
         metrics.set_gauge(metrics.KAFKA_FAST_CHECKSUM, 1.0 if fast else 0.0, role=role)
     with _logged_lock:
         if _logged:

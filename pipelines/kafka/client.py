@@ -14,7 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipelines.config import KafkaConfig
+from pipelines.config import TENANT_TOPICS, KafkaConfig
 from pipelines.kafka.checksum import check_fast_checksum
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,17 @@ def admin_client(config: KafkaConfig, **overrides) -> KafkaAdminClient:
     return KafkaAdminClient(**options)
 
 
-def ensure_topics(config: KafkaConfig, timeout_s: float = 30.0) -> list[str]:
-    """Create livelens's topics that do not exist yet. Returns the names created."""
-    wanted = [config.topic(name) for name in TOPIC_NAMES]
+def topic_names(config: KafkaConfig, tenant_id: str | None = None) -> list[str]:
+    """livelens's topics; with kafka.tenant_topics, the shared ones plus those of ``tenant_id`` when given."""
+    per_tenant = config.tenant_topics
+    return [config.topic(name, tenant_id) for name in TOPIC_NAMES
+            if not (per_tenant and name in TENANT_TOPICS) or tenant_id is not None]
+
+
+def ensure_topics(config: KafkaConfig, timeout_s: float = 30.0, *, tenant_id: str | None = None) -> list[str]:
+    """Create livelens's topics (and ``tenant_id``'s own, with kafka.tenant_topics) that do not exist yet.
+    Returns the names created."""
+    wanted = topic_names(config, tenant_id)
     deadline = time.monotonic() + timeout_s
     while True:
         try:

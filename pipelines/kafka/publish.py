@@ -130,8 +130,8 @@ class SegmentPublisher:
         """
         if wallclock_start is not None and wallclock_start.tzinfo is None:
             raise ValueError("wallclock_start must be timezone-aware (UTC), got a naive datetime")
-        ensure_topics(self._kafka)
-        topic = self._kafka.topic("segments")
+        ensure_topics(self._kafka, tenant_id=tenant_id)
+        topic = self._kafka.topic("segments", tenant_id)
         key = stream_id.encode()
         started = time.monotonic()
         start = wallclock_start or datetime.now(UTC)

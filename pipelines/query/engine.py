@@ -25,7 +25,7 @@ from pipelines import metrics
 from pipelines.clips import with_clip_urls
 from pipelines.config import LivelensConfig
 from pipelines.failures import Backoff, dependency_of
-from pipelines.kafka import dead_letters
+from pipelines.kafka import dead_letters, tenancy
 from pipelines.kafka.client import ensure_topics, make_consumer, make_producer
 from pipelines.query.clients import Answering, QueryEncoder
 from pipelines.query.spoken import said_around, source_of, spoken_hits
@@ -248,10 +248,11 @@ class QueryEngine:
 
     def register_standing(self, tenant_id: str, *, text: str = "", image_jpeg_b64: str | None = None,
                           stream_ids: list[str] | None = None, min_score: float | None = None,
-                          rearm_s: float = 10.0, webhook: str | None = None):
+                          rearm_s: float = 10.0, webhook: str | None = None, limit: int | None = None):
         """Embed the query once and register it. Text matches on-screen text and transcript lines; an image
-        matches frames."""
-        from pipelines.query.standing import StandingQuery
+        matches frames. With ``limit``, only while the tenant has fewer standing queries (checked and added in one
+        Redis step)."""
+        from pipelines.query.standing import StandingQuery, StandingQuotaFull
 
         if webhook:
             self._check_webhook(tenant_id, webhook)
@@ -268,7 +269,10 @@ class QueryEngine:
             raise QueryError("empty_query", "a standing query needs text or an example image")
         query = StandingQuery(tenant_id=tenant_id, stream_ids=stream_ids or [], text=text, text_vector=text_vector,
                               image_vector=image_vector, min_score=min_score, rearm_s=rearm_s, webhook=webhook)
-        return self._standing_registry().register(query)
+        try:
+            return self._standing_registry().register(query, limit=limit)
+        except StandingQuotaFull as exc:
+            raise QueryError("quota_exceeded", str(exc), 429) from None
 
     def _check_webhook(self, tenant_id: str, url: str) -> None:
         """At registration, so the tenant learns at once; checked again on every delivery (DNS changes)."""
@@ -350,10 +354,15 @@ class QueryConsumer:
             try:
                 ensure_topics(self.config.kafka)
                 producer = make_producer(self.config.kafka)
-                consumer = make_consumer(self.config.kafka, self.config.kafka.query_group,
-                                         [self.config.kafka.topic("queries")], max_poll_records=16)
+                consumer = make_consumer(self.config.kafka, self.config.kafka.query_group, [], max_poll_records=16)
+                topics = tenancy.TopicWatch(self.config.kafka, "queries")  # every tenant's, with tenant topics
+                topics.subscribe(consumer)
                 failures = 0
                 while not stop.is_set():
+                    topics.refresh(consumer)
+                    if not topics.topics:  # no tenant has a queries topic yet
+                        stop.wait(0.1)
+                        continue
                     for tp, records in consumer.poll(timeout_ms=100).items():
                         sends = [self._handle(producer, tp, record) for record in records]
                         # Answers first, then the offset: a crash in between re-answers, never loses. The flush is
@@ -387,6 +396,10 @@ class QueryConsumer:
             query, _ = messages.decode(record.value, expect=messages.Query)
         except messages.MessageError as exc:
             return self._dead_letter(producer, tp, record, exc.code, exc.reason)
+        if refused := tenancy.refusal(self.config.kafka, "queries", tp.topic, query.tenant_id):
+            # Never answered: running it would read the claimed tenant's memory for whoever wrote the topic.
+            return self._dead_letter(producer, tp, record, tenancy.TENANT_MISMATCH, refused.reason,
+                                     tenant_id=refused.owner)
         try:
             answer = self.engine.run(query)
         except QueryError as exc:
@@ -398,7 +411,7 @@ class QueryConsumer:
             log.exception("query consumer: query %s failed; dead-lettered", query.query_id)
             return self._dead_letter(producer, tp, record, "query_failed", f"{type(exc).__name__}: {exc}",
                                      tenant_id=query.tenant_id)
-        future = producer.send(self.config.kafka.topic("answers"), key=query.query_id.encode(),
+        future = producer.send(self.config.kafka.topic("answers", query.tenant_id), key=query.query_id.encode(),
                                value=messages.encode(answer))
         self.answered += 1
         return future

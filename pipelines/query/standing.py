@@ -79,17 +79,38 @@ class StandingQuery(BaseModel):
         return not self.stream_ids or stream_id in self.stream_ids
 
 
+class StandingQuotaFull(Exception):
+    def __init__(self, registered: int, limit: int):
+        super().__init__(f"this tenant has {registered} standing queries (max_standing_queries={limit}); "
+                         "delete some first")
+        self.registered, self.limit = registered, limit
+
+
+# KEYS: the tenant's registry, its version; ARGV: query id, JSON, the most it may hold ("": no limit). Count,
+# check and add in one step: API replicas registering at once cannot each see room for one more and together
+# pass the limit. -1: added; else the count that was full.
+_REGISTER = """
+local registered, limit = redis.call('HLEN', KEYS[1]), tonumber(ARGV[3])
+if limit and registered >= limit and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return registered end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return -1
+"""
+
+
 class StandingRegistry:
     """Registered queries per tenant, in a Redis hash (query_id -> JSON)."""
 
     def __init__(self, client: redis.Redis):
         self.client = client
+        self._register = client.register_script(_REGISTER)
 
-    def register(self, query: StandingQuery) -> StandingQuery:
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.standing(query.tenant_id), query.query_id, query.model_dump_json())
-            pipe.incr(keys.standing_version(query.tenant_id))
-            pipe.execute()
+    def register(self, query: StandingQuery, *, limit: int | None = None) -> StandingQuery:
+        """Store the query; with ``limit``, only while the tenant has fewer (else StandingQuotaFull)."""
+        registered = self._register(keys=[keys.standing(query.tenant_id), keys.standing_version(query.tenant_id)],
+                                    args=[query.query_id, query.model_dump_json(), "" if limit is None else limit])
+        if registered >= 0:
+            raise StandingQuotaFull(registered, limit)
         return query
 
     def version(self, tenant_id: str) -> int:

@@ -5,12 +5,13 @@
   network holding them. The connection then goes to the checked address (the Host header and TLS name
   stay the URL's), so DNS that changes between the check and the connect cannot redirect it, and
   redirects are not followed.
-- Delivery: a bounded outbox drained by worker threads, so a slow or dead endpoint never holds up the
-  segment that fired (its alert is already on the alerts topic). Each alert is retried with jittered
-  exponential backoff within a total deadline; what cannot be delivered, or finds the outbox full, goes
-  to `on_failure` (the standing-query actor dead-letters it).
+- Delivery: from a bounded, durable outbox in Redis drained by worker threads (pipelines/query/outbox.py), so
+  a slow or dead endpoint never holds up the segment that fired (its alert is already on the alerts topic)
+  and a queued delivery outlives the actor that queued it. Each alert is retried with jittered exponential
+  backoff within a total deadline (`deliver`); what cannot be delivered goes to a dead letter.
 - Every POST carries ``X-Livelens-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``
-  with the tenant's signing secret, and ``Idempotency-Key: <alert_id>``, the same on every retry.
+  with the tenant's signing secret, looked up when it is sent (so a queued delivery holds no secret and a
+  rotated one applies at once), and ``Idempotency-Key: <alert_id>``, the same on every retry.
 """
 
 from __future__ import annotations
@@ -19,20 +20,15 @@ import hashlib
 import hmac
 import http.client
 import ipaddress
-import logging
-import queue
 import random
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pipelines.config import WebhookConfig
-
-log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -118,12 +114,14 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 @dataclass(frozen=True)
 class Delivery:
+    """One alert to POST: ``body`` is the alert's JSON, ``idempotency_key`` its id."""
+
     tenant_id: str
     query_id: str
     url: str
     body: bytes
     idempotency_key: str
-    secret: str
+    stream_id: str = ""
 
 
 class DeliveryFailed(Exception):
@@ -135,6 +133,10 @@ class DeliveryFailed(Exception):
 def post_once(delivery: Delivery, config: WebhookConfig, timeout_s: float,
               resolve: Callable[[str, int], list[str]] | None = None) -> int:
     """One POST to the checked address; the response status, or DeliveryFailed."""
+    secret = config.signing_secrets.get(delivery.tenant_id)
+    if secret is None:
+        raise DeliveryFailed("webhook_unsigned", f"tenant {delivery.tenant_id} has no webhooks.signing_secrets "
+                             "entry: unsigned webhooks are not sent", retryable=False)
     try:
         destination = check_destination(delivery.url, config, resolve)
     except WebhookRefused as exc:
@@ -143,7 +145,7 @@ def post_once(delivery: Delivery, config: WebhookConfig, timeout_s: float,
     timestamp = int(time.time())
     headers = {"content-type": "application/json", "user-agent": "livelens-webhook/1",
                "idempotency-key": delivery.idempotency_key,
-               "x-livelens-signature": sign(delivery.secret, timestamp, delivery.body)}
+               "x-livelens-signature": sign(secret.get_secret_value(), timestamp, delivery.body)}
     try:
         connection.request("POST", destination.path, body=delivery.body, headers=headers)
         return connection.getresponse().status
@@ -204,64 +206,3 @@ def deliver(delivery: Delivery, config: WebhookConfig, *, sleep: Callable[[float
             break
         sleep(backoff)
     raise DeliveryFailed(failure.code, f"{failure.reason} (after {attempt} attempt(s))", failure.retryable)
-
-
-class WebhookOutbox:
-    """A bounded queue of deliveries and the threads that drain it. ``on_failure(delivery, code, reason)``
-    hears of every delivery that did not succeed, from a worker thread (or from `submit` when full)."""
-
-    def __init__(self, config: WebhookConfig, on_failure: Callable[[Delivery, str, str], None],
-                 resolve: Callable[[str, int], list[str]] | None = None):
-        self.config = config
-        self.on_failure = on_failure
-        self._resolve = resolve
-        self._queue: queue.Queue[Delivery | None] = queue.Queue(maxsize=config.outbox_size)
-        self.delivered = 0
-        self.failed = 0
-        self._workers = [threading.Thread(target=self._work, name=f"webhook-{i}", daemon=True)
-                         for i in range(config.workers)]
-        for worker in self._workers:
-            worker.start()
-
-    def submit(self, delivery: Delivery) -> bool:
-        """Queue a delivery without waiting; False (and on_failure) when the outbox is full."""
-        try:
-            self._queue.put_nowait(delivery)
-            return True
-        except queue.Full:
-            self._failed(delivery, "webhook_outbox_full",
-                         f"{self.config.outbox_size} deliveries already waiting (webhooks.outbox_size)")
-            return False
-
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        for _ in self._workers:
-            try:
-                self._queue.put(None, timeout=timeout_s)
-            except queue.Full:
-                break
-        for worker in self._workers:
-            worker.join(timeout=timeout_s)
-
-    def _work(self) -> None:
-        while (delivery := self._queue.get()) is not None:
-            try:
-                deliver(delivery, self.config, resolve=self._resolve)
-                self.delivered += 1
-            except DeliveryFailed as exc:
-                self._failed(delivery, exc.code, exc.reason)
-            except Exception as exc:  # a bug must not kill the worker and strand the queue
-                log.exception("webhook delivery of query %s crashed", delivery.query_id)
-                self._failed(delivery, "webhook_failed", f"{type(exc).__name__}")
-
-    def _failed(self, delivery: Delivery, code: str, reason: str) -> None:
-        self.failed += 1
-        # The URL stays out of the log: it may carry a tenant's token in its path or query.
-        log.warning("webhook of standing query %s (tenant %s) not delivered: %s: %s",
-                    delivery.query_id, delivery.tenant_id, code, reason)
-        try:
-            self.on_failure(delivery, code, reason)
-        except Exception:
-            log.exception("recording the failed webhook of query %s failed", delivery.query_id)

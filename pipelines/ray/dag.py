@@ -302,8 +302,8 @@ class StandingActor:
     def __init__(self, config: LivelensConfig):
         from pipelines.kafka.client import make_producer
         from pipelines.moderation.alerts import AlertLog
+        from pipelines.query.outbox import WebhookOutbox
         from pipelines.query.standing import StandingEvaluator
-        from pipelines.query.webhooks import WebhookOutbox
 
         self.config = config
         self.producer = make_producer(config.kafka)
@@ -311,9 +311,9 @@ class StandingActor:
         self.evaluator = StandingEvaluator(client, self._emit)
         self.alerts = AlertLog(client)  # what GET /v1/alerts serves
         self.webhook_failures = 0
-        # Webhooks leave through the outbox: evaluate() returns once alerts are on the topic, whatever the
-        # tenants' endpoints do (pipelines/query/webhooks.py).
-        self.outbox = WebhookOutbox(config.webhooks, self._webhook_failed)
+        # Webhooks leave through the outbox in Redis: evaluate() returns once alerts are on the topic, whatever
+        # the tenants' endpoints do, and deliveries queued here outlive this actor (pipelines/query/outbox.py).
+        self.outbox = WebhookOutbox(config.webhooks, client, self._webhook_failed)
 
     def evaluate(self, written, batch: CompressedBatch, texts: list | None, transcript=None, after: list | None = None):
         """``after``: the evaluations of the stream's earlier segments in flight: standing queries see a stream in
@@ -331,24 +331,17 @@ class StandingActor:
         from pipelines.query.standing import firing_alert
         from pipelines.query.webhooks import Delivery
 
-        topic = self.config.kafka.topic("alerts")
         futures = []
         for firing in firings:
             alert = alert_with_clip_urls(self.config, firing_alert(firing, firing.query.tenant_id))
+            topic = self.config.kafka.topic("alerts", alert.tenant_id)  # the tenant's own with tenant_topics
             futures.append((alert, self.producer.send(topic, key=firing.stream_id.encode(),
                                                       value=messages.encode(alert))))
             self.alerts.record(alert)
             if firing.query.webhook:
-                secret = self.config.webhooks.signing_secrets.get(alert.tenant_id)
-                delivery = Delivery(tenant_id=alert.tenant_id, query_id=firing.query.query_id,
-                                    url=firing.query.webhook, body=alert.model_dump_json(by_alias=True).encode(),
-                                    idempotency_key=alert.alert_id,
-                                    secret=secret.get_secret_value() if secret else "")
-                if secret is None:
-                    self._webhook_failed(delivery, "webhook_unsigned", "the tenant has no webhooks.signing_secrets "
-                                         "entry: unsigned webhooks are not sent")
-                else:
-                    self.outbox.submit(delivery)
+                self.outbox.submit(Delivery(tenant_id=alert.tenant_id, query_id=firing.query.query_id,
+                                            url=firing.query.webhook, body=alert.model_dump_json(by_alias=True).encode(),
+                                            idempotency_key=alert.alert_id, stream_id=alert.stream_id))
         try:
             for alert, future in futures:
                 future.get(timeout=30)
@@ -362,24 +355,28 @@ class StandingActor:
     def _rebuild_producer(self) -> None:
         from pipelines.kafka.client import make_producer
 
-        old, self.producer = self.producer, None
+        # The new one first: the outbox's threads send dead letters through self.producer at any time, and if the
+        # broker is still away make_producer raises (a dependency error) and the old one stays until next time.
+        old, self.producer = self.producer, make_producer(self.config.kafka)
         try:
             old.close(timeout=5)
         except Exception:  # a producer of an unreachable broker may fail to close; it is dropped either way
             log.debug("closing the failed producer", exc_info=True)
-        self.producer = make_producer(self.config.kafka)
 
     def _webhook_failed(self, delivery, code: str, reason: str) -> None:
         """A webhook that was not delivered: a dead letter (the alert itself is on the alerts topic)."""
-        from contracts import messages
+        from kafka.structs import TopicPartition
+
+        from pipelines.kafka import dead_letters
 
         self.webhook_failures += 1
         metrics.webhook_failed("standing_query")
-        letter = messages.DeadLetter(tenant_id=delivery.tenant_id, source_topic=self.config.kafka.topic("alerts"),
-                                     partition=-1, offset=-1, stage="webhook", code=code,
-                                     reason=f"standing query {delivery.query_id}, alert {delivery.idempotency_key}: "
-                                     f"{reason}"[:4096], record_bytes=len(delivery.body))
-        self.producer.send(self.config.kafka.topic("dead_letters"), key=b"", value=messages.encode(letter))
+        # No record of its own: the letter points at the tenant's alerts topic, partition and offset -1.
+        letter = dead_letters.dead_letter(
+            TopicPartition(self.config.kafka.topic("alerts", delivery.tenant_id), -1), [-1], stage="webhook",
+            code=code, reason=f"standing query {delivery.query_id}, alert {delivery.idempotency_key}: {reason}",
+            record_bytes=len(delivery.body), tenant_id=delivery.tenant_id, stream_id=delivery.stream_id)
+        dead_letters.send(self.producer, self.config.kafka, letter)
 
 
 @dataclass

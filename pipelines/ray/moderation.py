@@ -93,8 +93,9 @@ class ModerationActor:
         return self.moderator.state(tenant_id, stream_id)
 
     def _publish(self, alerts: list[messages.Alert]) -> None:
-        topic = self.config.kafka.topic("alerts")
-        futures = [self.producer.send(topic, key=a.stream_id.encode(), value=messages.encode(a)) for a in alerts]
+        kafka = self.config.kafka  # each alert on its tenant's topic when kafka.tenant_topics is on
+        futures = [self.producer.send(kafka.topic("alerts", a.tenant_id), key=a.stream_id.encode(),
+                                      value=messages.encode(a)) for a in alerts]
         for future in futures:
             future.get(timeout=30)
 

@@ -1,7 +1,10 @@
 """Tenant isolation, adversarially: three tenants with their own keys, the same stream id and the same
-video; random queries, timelines, thumbnails, alerts, acks, standing queries, async queries and overviews
-over HTTP, each also tried with another tenant's ids. No 2xx response may carry another tenant's data, and
-every webhook reaches only its own tenant's receiver, signed with its secret."""
+video (and a private stream each); random queries, timelines, thumbnails, clips of evidence, alerts, acks,
+standing queries, async queries and overviews over HTTP, and queries over each tenant's own Kafka topics
+(kafka.tenant_topics), each also tried with another tenant's ids. No response may carry another tenant's
+data: no 2xx body names another tenant, another's clip is a 404, each tenant's answers and alerts topics hold
+only its own, and a record on a tenant's topic claiming another tenant is a dead letter. Every webhook reaches
+only its own tenant's receiver, signed with its secret."""
 
 from __future__ import annotations
 
@@ -12,11 +15,18 @@ import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from datetime import UTC, datetime
+
 import httpx
 import pytest
+from kafka import KafkaConsumer
 
+from contracts import messages
+from pipelines.api.client import Client
 from pipelines.cli.demo import frame_at
-from pipelines.kafka.publish import SegmentPublisher
+from pipelines.cli.sample_video import write_sample_video
+from pipelines.kafka.client import make_producer
+from pipelines.kafka.publish import SegmentPublisher, new_session_id, segment_header
 from pipelines.segmenter import iter_segments
 from tests.integration.conftest import _free_port, wait_for
 from tests.integration.test_pipeline import stored_segments
@@ -50,20 +60,47 @@ class HookReceiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
+def _read_topic(config, topic: str, model) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=config.kafka.bootstrap, auto_offset_reset="earliest",
+                             group_id=None, consumer_timeout_ms=3000)
+    try:
+        return [messages.decode(record.value, expect=model)[0] for record in consumer]
+    finally:
+        consumer.close()
+
+
+def _forge_segment(config, clip, *, on_topic_of: str, claiming: str) -> tuple[str, int]:
+    """A segment on ``on_topic_of``'s segments topic whose header claims ``claiming``'s stream: its session and
+    how many records (chunks) it took."""
+    media = next(iter(iter_segments(str(clip))))
+    forged = segment_header(media, stream_id=STREAM, tenant_id=claiming, start=datetime.now(UTC),
+                            session=new_session_id())
+    producer = make_producer(config.kafka)
+    chunks = list(messages.chunk_segment(forged, media.payload, config.kafka.max_message_bytes))
+    for header, chunk in chunks:
+        value, headers = messages.segment_record(header, chunk)
+        producer.send(config.kafka.topic("segments", on_topic_of), key=STREAM.encode(), value=value,
+                      headers=headers).get(30)
+    producer.close()
+    return forged.session, len(chunks)
+
+
 def _signed_by(headers: dict, body: bytes, secret: str) -> bool:
     fields = dict(part.split("=", 1) for part in headers["x-livelens-signature"].split(","))
     expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(fields["v1"], expected)
 
 
-@pytest.mark.timeout(900)  # three tenants through the whole pipeline on a shared 2-core machine: ~4 min
-def test_no_response_carries_another_tenants_data(deployed, real_video_dir):
+@pytest.mark.timeout(900)  # three tenants through the whole pipeline on a shared 2-core machine: ~5 min
+def test_no_response_carries_another_tenants_data(deployed, real_video_dir, tmp_path):
     clip = real_video_dir / "friday.mp4"
     receivers = {t: HookReceiver() for t in TENANTS}
     config = deployed(http=True, serve={"port": _free_port(), "api_keys": {key: t for t, key in KEYS.items()},
                                         "admin_api_key": ADMIN,
                                         "queries_per_s": 1000},
-                      webhooks={"allow": ["127.0.0.1/32"], "signing_secrets": SECRETS})
+                      webhooks={"allow": ["127.0.0.1/32"], "signing_secrets": SECRETS},
+                      kafka={"tenant_topics": True, "topic_refresh_ms": 1000})
+    kafka_client = Client(config, timeout_s=60)
     base = f"http://{config.serve.host}:{config.serve.port}"
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -86,10 +123,22 @@ def test_no_response_carries_another_tenants_data(deployed, real_video_dir):
         assert created.status_code == 201, created.text
         standing[tenant] = created.json()["query_id"]
     publisher = SegmentPublisher(kafka=config.kafka)
-    for tenant in TENANTS:
+    desks = {}  # a private stream per tenant, each a different video: their clips must stay apart
+    for i, tenant in enumerate(TENANTS):
         publisher.publish(str(clip), stream_id=STREAM, tenant_id=tenant, pace="fast")
+        desks[tenant] = tmp_path / f"{tenant}-desk.mp4"
+        write_sample_video(desks[tenant], duration_s=4.0, fps=5, size=(320, 180), seed=i)
+        publisher.publish(str(desks[tenant]), stream_id=f"{tenant}-desk", tenant_id=tenant, pace="fast")
+    # Whoever may write red's segments topic claims blue's stream: a dead letter filed under red.
+    forged_session, forged_records = _forge_segment(config, clip, on_topic_of="tenant-red", claiming="tenant-blue")
     n = sum(1 for _ in iter_segments(str(clip)))
-    wait_for(lambda: all(stored_segments(config, STREAM, t) == n for t in TENANTS), 180, "every tenant's stream")
+    n_desk = sum(1 for _ in iter_segments(str(desks[TENANTS[0]])))
+    wanted = {(t, stream): count for t in TENANTS for stream, count in ((STREAM, n), (f"{t}-desk", n_desk))}
+    stored = lambda: {key: stored_segments(config, key[1], key[0]) for key in wanted}  # noqa: E731
+    try:
+        wait_for(lambda: stored() == wanted, 360, "every tenant's streams")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: stored {stored()} of {wanted}") from None
     wait_for(lambda: all(call(t, "GET", "/v1/alerts").json() for t in TENANTS), 60, "every tenant's alert")
 
     # What each tenant legitimately owns, to be tried by the others.
@@ -98,8 +147,12 @@ def test_no_response_carries_another_tenants_data(deployed, real_video_dir):
         frames = call(tenant, "GET", f"/v1/streams/{STREAM}/timeline").json()
         alerts = call(tenant, "GET", "/v1/alerts").json()
         assert frames and alerts
+        desk = call(tenant, "POST", "/v1/query", json={"text": "what happened", "stream_ids": [f"{tenant}-desk"]})
+        assert desk.status_code == 200, desk.text
+        clips = [e["clip_url"] for e in desk.json()["evidence"]]
+        assert clips and all(url.startswith(f"/v1/streams/{tenant}-desk/clip?") for url in clips)
         owned[tenant] = {"thumbnails": [f["thumbnail"] for f in frames], "alerts": [a["alert_id"] for a in alerts],
-                         "standing": [standing[tenant]], "async": []}
+                         "standing": [standing[tenant]], "async": [], "clips": clips, "kafka": [], "forged": []}
 
     def leak(tenant: str, response: httpx.Response) -> list[str]:
         others = [t for t in TENANTS if t != tenant]
@@ -114,8 +167,41 @@ def test_no_response_carries_another_tenants_data(deployed, real_video_dir):
         tenant = rng.choice(TENANTS)
         target, own = own_or_other(tenant)
         op = rng.choice(["query", "async", "poll", "streams", "timeline", "thumbnail", "alerts", "ack",
-                         "standing-list", "standing-delete", "overview", "stream-overview", "audit"])
-        if op == "query":
+                         "standing-list", "standing-delete", "overview", "stream-overview", "audit", "clip",
+                         "clip-named", "kafka-query", "kafka-forged"])
+        if op in ("kafka-query", "kafka-forged"):
+            # Over the tenant's own queries topic: answered on its own answers topic, or (claiming another
+            # tenant) never answered and dead-lettered.
+            text = rng.choice(["what happened", "what is on screen", ""])
+            if op == "kafka-query" or own:
+                answer = kafka_client.ask_kafka(messages.Query(tenant_id=tenant, text=text, top_k=10))
+                assert answer.tenant_id == tenant and not answer.error, answer
+                assert all(e.frame_key.startswith(f"{tenant}/") for e in answer.evidence)
+                assert all(e.stream_id in (STREAM, f"{tenant}-desk") for e in answer.evidence)
+                owned[tenant]["kafka"].append(answer.query_id)
+                owned[tenant]["clips"] += [e.clip_url for e in answer.evidence if e.clip_url]
+            else:
+                forged = messages.Query(tenant_id=target, text=text)
+                producer = make_producer(config.kafka)
+                producer.send(config.kafka.topic("queries", tenant), key=target.encode(),
+                              value=messages.encode(forged)).get(30)
+                producer.close()
+                owned[tenant]["forged"].append(forged.query_id)
+            checked += 1
+            continue
+        if op == "clip":
+            url = rng.choice(owned[target]["clips"])
+            if not own and url.startswith(f"/v1/streams/{STREAM}/"):
+                continue  # every tenant has a stream of that name: the caller gets its own (tried below)
+            response = call(tenant, "GET", url)
+            assert response.status_code == (200 if own else 404), (url, response.text[:200])
+            if own:
+                assert response.content[4:8] == b"ftyp"  # an MP4
+        elif op == "clip-named":
+            response = call(tenant, "GET", f"/v1/streams/{STREAM}/clip",
+                            params={"tenant_id": target, "from": "0", "to": "4"})
+            assert response.status_code == (200 if own else 403), response.text[:200]
+        elif op == "query":
             body = rng.choice([{"text": "what happened"}, {"image_jpeg_b64": image, "top_k": 10}, {}])
             body |= rng.choice([{}, {"tenant_id": target}, {"stream_ids": [STREAM]}])
             response = call(tenant, "POST", "/v1/query", json=body)
@@ -180,6 +266,25 @@ def test_no_response_carries_another_tenants_data(deployed, real_video_dir):
             assert not leak(tenant, response), (f"seed {seed} step {step}: {op} by {tenant} shows "
                                                f"{leak(tenant, response)}: {response.text[:300]}")
     assert checked >= 60, f"seed {seed}: only {checked} requests made"
+
+    # Kafka: each tenant's topics hold only its own answers and alerts; forged queries got no answer anywhere;
+    # every record claiming another tenant on a tenant's topic is a dead letter filed under the topic's tenant.
+    forged = {q: t for t in TENANTS for q in owned[t]["forged"]}
+    for tenant in TENANTS:
+        answers = _read_topic(config, config.kafka.topic("answers", tenant), messages.Answer)
+        assert {a.tenant_id for a in answers} <= {tenant}, f"seed {seed}: another tenant's answer on {tenant}'s topic"
+        assert set(owned[tenant]["kafka"]) <= {a.query_id for a in answers}
+        assert not forged.keys() & {a.query_id for a in answers}, f"seed {seed}: a forged query was answered"
+        alerts = _read_topic(config, config.kafka.topic("alerts", tenant), messages.Alert)
+        assert alerts and {a.tenant_id for a in alerts} == {tenant}
+    letters = [d for d in _read_topic(config, config.kafka.topic("dead_letters"), messages.DeadLetter)
+               if d.code == "tenant_mismatch"]
+    expected = {("tenant-red", config.kafka.topic("segments", "tenant-red"))} | {
+        (t, config.kafka.topic("queries", t)) for t in forged.values()}
+    assert {(d.tenant_id, d.source_topic) for d in letters} == expected, f"seed {seed}: {letters}"
+    assert len(letters) == len(forged) + forged_records  # one per record
+    assert stored_segments(config, STREAM, "tenant-blue") == n  # the forged segment was never stored
+    assert forged_session not in call("tenant-blue", "GET", f"/v1/streams/{STREAM}/timeline").text
 
     # Operators see every tenant (and the actors); tenants' keys do not open the operator view.
     admin = httpx.get(f"{base}/v1/overview", headers={"x-api-key": ADMIN}, timeout=60).json()

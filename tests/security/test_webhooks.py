@@ -1,13 +1,11 @@
 """Webhooks: SSRF targets refused after resolution; delivery to a real local HTTP server (allow-listed
-loopback) from the outbox, signed, retried with one idempotency key, within a deadline."""
+loopback), signed, retried with one idempotency key, within a deadline. The outbox: test_webhook_outbox.py."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,7 +13,6 @@ from pipelines.config import WebhookConfig
 from pipelines.query.webhooks import (
     Delivery,
     DeliveryFailed,
-    WebhookOutbox,
     WebhookRefused,
     check_destination,
     deliver,
@@ -77,54 +74,13 @@ def test_the_allow_list(allow, url, allowed):
             check_destination(url, config)
 
 
-class Receiver:
-    """A real HTTP server on loopback that answers with the statuses it is given, in turn."""
-
-    def __init__(self, statuses: list[int], delay_s: float = 0.0):
-        self.statuses, self.delay_s, self.requests = list(statuses), delay_s, []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body, self.path))
-                time.sleep(receiver.delay_s)
-                status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+LOOPBACK = WebhookConfig(allow=("127.0.0.1/32",), backoff_s=0.05, attempt_timeout_s=2, deadline_s=5,
+                         signing_secrets={"acme": SECRET})
 
 
-@pytest.fixture
-def receiver_factory():
-    made = []
-
-    def make(statuses, delay_s=0.0):
-        made.append(Receiver(statuses, delay_s))
-        return made[-1]
-
-    yield make
-    for receiver in made:
-        receiver.close()
-
-
-LOOPBACK = WebhookConfig(allow=("127.0.0.1/32",), backoff_s=0.05, attempt_timeout_s=2, deadline_s=5)
-
-
-def _delivery(url: str, key: str = "alert-1") -> Delivery:
-    return Delivery(tenant_id="acme", query_id="q1", url=url, body=b'{"alert_id": "alert-1"}',
-                    idempotency_key=key, secret=SECRET)
+def _delivery(url: str, key: str = "alert-1", tenant_id: str = "acme") -> Delivery:
+    return Delivery(tenant_id=tenant_id, query_id="q1", url=url, body=f'{{"alert_id": "{key}"}}'.encode(),
+                    idempotency_key=key)
 
 
 def test_a_delivery_is_signed_and_carries_its_idempotency_key(receiver_factory):
@@ -171,33 +127,13 @@ def test_a_slow_endpoint_is_given_up_on_at_the_deadline(receiver_factory):
 
 def test_an_internal_target_is_refused_at_delivery_too():
     with pytest.raises(DeliveryFailed) as raised:
-        deliver(_delivery("http://169.254.169.254/latest/meta-data/"), WebhookConfig())
+        deliver(_delivery("http://169.254.169.254/latest/meta-data/"), LOOPBACK)
     assert raised.value.code == "webhook_refused" and not raised.value.retryable
 
 
-def test_the_outbox_returns_at_once_and_reports_what_failed(receiver_factory):
-    slow, good = receiver_factory([200], delay_s=1.0), receiver_factory([200])
-    failures: list[tuple[str, str]] = []
-    config = LOOPBACK.model_copy(update={"outbox_size": 3, "workers": 2})
-    outbox = WebhookOutbox(config, lambda d, code, reason: failures.append((d.idempotency_key, code)))
-    try:
-        started = time.monotonic()
-        accepted = [outbox.submit(_delivery(slow.url, f"slow-{i}")) for i in range(6)]
-        assert time.monotonic() - started < 0.2  # the caller (the commit path) never waits for an endpoint
-        # Past the bound: refused, and each refusal reported. Which ones depends on how fast the two workers
-        # take the first deliveries off the queue, so the test names no particular one.
-        refused = [f"slow-{i}" for i, ok in enumerate(accepted) if not ok]
-        assert refused and all((key, "webhook_outbox_full") in failures for key in refused), (refused, failures)
-        deadline = time.monotonic() + 15
-        while outbox.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        outbox.submit(_delivery("http://10.0.0.8/", "internal"))
-        while ("internal", "webhook_refused") not in failures and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ("internal", "webhook_refused") in failures
-        outbox.submit(_delivery(good.url, "good"))
-        while not good.requests and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert good.requests and good.requests[0][0]["idempotency-key"] == "good"
-    finally:
-        outbox.close()
+def test_a_tenant_without_a_signing_secret_gets_no_unsigned_webhook(receiver_factory):
+    """The secret is looked up when the delivery is sent (none is queued with it): no secret, no POST."""
+    receiver = receiver_factory([204])
+    with pytest.raises(DeliveryFailed) as raised:
+        deliver(_delivery(receiver.url, tenant_id="globex"), LOOPBACK)
+    assert raised.value.code == "webhook_unsigned" and not raised.value.retryable and not receiver.requests
