@@ -21,6 +21,7 @@ from pipelines.kafka import tenancy
 from pipelines.kafka.client import ensure_topics, make_producer, topic_names
 from pipelines.kafka.publish import SegmentPublisher, new_session_id, segment_header
 from pipelines.segmenter import iter_segments
+from tests.reliability.inprocess import InProcessDag
 
 TENANT_TOPICS = KafkaConfig(tenant_topics=True)
 
@@ -37,8 +38,9 @@ def test_each_tenant_has_its_own_topics_under_its_own_prefix():
         with pytest.raises(ValueError, match="cannot name topics"):
             k.topic("alerts", bad)
     assert KafkaConfig().topic("queries", "acme") == "livelens.queries"  # off: shared topics, as before
-    assert topic_names(k) == ["livelens.dead-letters"]
-    assert len(topic_names(k, "acme")) == 5
+    # Shared, for operators: dead letters, and stream control (commands name their tenant; ACLs keep tenants off it).
+    assert topic_names(k) == ["livelens.dead-letters", "livelens.stream-control"]
+    assert len(topic_names(k, "acme")) == 6
 
 
 def test_the_topic_not_the_record_says_whose_a_record_is():
@@ -55,21 +57,16 @@ def test_the_topic_not_the_record_says_whose_a_record_is():
     assert tenancy.refusal(KafkaConfig(), "queries", "livelens.queries", "anyone") is None
 
 
-class RecordingBackend:
-    """An in-process ingest backend: every submitted segment's info, each 'stored' at once."""
+class RecordingBackend(InProcessDag):
+    """The in-process ingest backend (tests/reliability/inprocess.py), recording every submitted segment's info."""
 
     def __init__(self):
+        super().__init__()
         self.infos = []
 
-    def submit(self, info, payload):
+    def submit(self, info, payload, *, after=()):
         self.infos.append(info)
-        return len(self.infos)
-
-    def wait(self, handles, timeout_s):
-        return list(handles)
-
-    def result(self, handle):
-        return "stored"
+        return super().submit(info, payload, after=after)
 
 
 def test_a_segment_claiming_another_tenant_on_a_tenants_topic_is_dead_lettered(
