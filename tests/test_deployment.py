@@ -131,7 +131,8 @@ def test_start_stages_passes_each_stage_its_options(monkeypatch):
     by_name = dict(made)
     p = config.pipeline
     assert len(made) == (p.decoders + p.encoders + dag.compressor_count(config) + p.ocr_readers + config.memory.shards
-                         + p.standing_evaluators + p.sources + config.moderation.moderators + 1)
+                         + p.standing_evaluators + p.sources + config.moderation.moderators + 1
+                         + (p.transcript_readers if config.transcript.enabled else 0))
     for name, options in made:
         assert options == actor_options(config, name.split("-")[0]), name
     assert by_name["encode-1"]["resources"] == {GPU_TAG: 0.01} and by_name["encode-1"]["num_gpus"] == 1
