@@ -196,3 +196,11 @@ def test_a_silent_sample_has_no_soundtrack(tmp_path: Path) -> None:
     with av.open(str(tmp_path / "quiet.mp4")) as container:
         assert not container.streams.audio and not container.streams.subtitles
     assert not (tmp_path / "quiet.vtt").exists()
+
+
+@pytest.mark.parametrize("duration_s", [4.0, 8.0, 30.0])
+def test_a_short_sample_still_speaks_within_its_length(tmp_path: Path, duration_s: float) -> None:
+    """Reading stops where the last headline ends or the sample does (it once ran past both and failed)."""
+    truth = write_sample_video(tmp_path / "short.mp4", duration_s=duration_s)
+    assert all(0 < p["start"] < p["end"] <= duration_s for p in truth["speech"] + truth["subtitles"])
+    assert truth["speech"] or duration_s < 8

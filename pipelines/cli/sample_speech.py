@@ -76,8 +76,9 @@ def plan_soundtrack(truth: dict[str, Any], seed: int) -> tuple[np.ndarray, list[
     unsaid = list(PHRASES.values())
     t = 1.0
     while True:
-        headline = next(h["text"] for h in truth["headlines"] if h["start"] <= t < h["end"])
-        text = PHRASES.get(headline)
+        # The headline on screen now; none past the last one (a short sample) or between two.
+        headline = next((h["text"] for h in truth["headlines"] if h["start"] <= t < h["end"]), None)
+        text = PHRASES.get(headline) if headline is not None else None
         if text not in unsaid:  # an inserted headline (moderation tests) or one already read
             unsaid = unsaid or list(PHRASES.values())
             text = unsaid[0]
