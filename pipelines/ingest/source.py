@@ -405,7 +405,11 @@ class KafkaSegmentSource:
         self._drain(mine, timeout_s=self.config.kafka.session_timeout_ms / 1000)
         try:
             self._commit()
-        except KafkaError as exc:
+        except (KafkaError, RuntimeError) as exc:
+            # RuntimeError: kafka-python 3 runs a synchronous listener on its IO thread, where a blocking commit is
+            # refused ("Cannot block on net.run() from the IO thread"). Raising here would come back out of poll()
+            # and make the loop rebuild its consumer mid-join, which can wedge the group; uncommitted offsets only
+            # mean the new owner replays from the last commit, and writes are idempotent.
             log.warning("%s: commit on revoke failed (%s); the new owner replays", self.source_id, exc)
         for item in self._lanes.drop_partitions(revoked):  # the new owner replays these; writes are idempotent
             self._inflight.pop(item.handle, None)
