@@ -21,6 +21,12 @@ RAY_INIT = dict(address="local", num_cpus=4, include_dashboard=False, log_to_dri
 
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
+    # tests/reliability/conftest.py imports this fixture, which makes it a second session fixture of its own:
+    # when both folders run in one session, the runtime the first one started is shared, and only that one
+    # shuts it down (a second ray.init would fail).
+    if ray.is_initialized():
+        yield
+        return
     ray.init(**RAY_INIT)
     yield
     ray.shutdown()
