@@ -8,7 +8,9 @@ stage would spend. VAD and pocketsphinx each run single-threaded.
 
 Audio:
 - the sample broadcast's soundtrack (espeak-ng voice, phrases and pauses: ~45% speech);
-- real read speech: the five LibriVox utterances of Debian's pocketsphinx-testdata, with their transcripts;
+- real read speech: the five LibriVox utterances of Debian's pocketsphinx-testdata, with their transcripts,
+  each whole and as one stream cut into segments (recognised per segment, and in windows ending in pauses as
+  the transcript stage does);
 - friday.mp4 (shared data): 6 s of 1940 film dialogue with its WebVTT transcript.
 - keyword spotting: pocketsphinx's kws search against the lexicon's words looked up in free transcription,
   on the LibriVox utterances (a lexicon of 20 words said there and 15 risky words that are not).
@@ -35,10 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "operators" / "speech"))
 
-from operators.config import SpeechConfig  # noqa: E402
+from operators.config import SpeechConfig, TranscriptConfig  # noqa: E402
 from operators.speech import SAMPLE_RATE, SpeechRecognizer, hits_in_lines  # noqa: E402
 from operators.speech.audio import pcm16, read_audio_file  # noqa: E402
 from operators.speech.pocketsphinx_engine import model_paths, new_decoder  # noqa: E402
+from operators.speech_windows import SpeechWindows  # noqa: E402
 from pipelines.cli.sample_video import write_sample_video  # noqa: E402
 from test_real_speech import librivox  # noqa: E402  (the reference transcripts' reader)
 
@@ -73,6 +76,22 @@ def transcribe_all(recognizer: SpeechRecognizer, clips: list[np.ndarray]) -> tup
     return texts, seconds
 
 
+def in_pieces(recognizer: SpeechRecognizer, audio: np.ndarray, segment_s: float) -> str:
+    """What a call per segment hears: each ``segment_s`` piece of ``audio`` recognised on its own."""
+    n = round(segment_s * SAMPLE_RATE)
+    return " ".join(line.text for i in range(0, audio.size, n) for line in recognizer.transcribe(audio[i: i + n], 0.0))
+
+
+def in_windows(recognizer: SpeechRecognizer, audio: np.ndarray, segment_s: float) -> str:
+    """What the transcript stage hears: ``segment_s`` pieces buffered per stream, recognised in windows that end
+    in a pause (operators/speech_windows.py), the rest at the stream's end."""
+    windows = SpeechWindows(recognizer.vad, recognizer.config, TranscriptConfig().asr_max_window_s)
+    n = round(segment_s * SAMPLE_RATE)
+    closed = [w for i in range(0, audio.size, n) for w in windows.add(("b", "s"), audio[i: i + n], i / SAMPLE_RATE, "")]
+    closed += windows.flush("b", "s")
+    return " ".join(line.text for w in closed for line in recognizer.read(w.samples, w.regions, w.start_s))
+
+
 def bench_sample(seconds: float) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "news.mp4"
@@ -87,11 +106,12 @@ def bench_sample(seconds: float) -> list[str]:
     asr_cpu = total_cpu - vad_cpu
     reference = " ".join(s["text"] for s in truth["speech"])
     wer = jiwer.wer(reference, " ".join(line.text for line in lines))
-    by_segment = []  # the pipeline hands each segment's audio over on its own: utterances cut at the edges
+    by_segment = []  # each segment's audio on its own (utterances cut at the edges), and in windows
     for segment_s in SEGMENT_S:
-        n = round(segment_s * SAMPLE_RATE)
-        pieces = [line for i in range(0, audio.size, n) for line in recognizer.transcribe(audio[i: i + n], 0.0)]
-        by_segment.append(f"{segment_s:g} s pieces {jiwer.wer(reference, ' '.join(p.text for p in pieces)):.3f}")
+        pieces = jiwer.wer(reference, in_pieces(recognizer, audio, segment_s))
+        windowed = jiwer.wer(reference, in_windows(recognizer, audio, segment_s))
+        by_segment.append(f"{segment_s:g} s segments: {pieces:.3f} per segment, {windowed:.3f} in windows ending "
+                          "in pauses")
     return [
         f"Sample broadcast soundtrack ({audio_s:.0f} s, {len(truth['speech'])} phrases, VAD found {len(regions)} "
         f"regions = {speech_s:.1f} s of speech, {100 * speech_s / audio_s:.0f}%):",
@@ -103,7 +123,7 @@ def bench_sample(seconds: float) -> list[str]:
         f"RTF {asr_cpu / speech_s:.2f} |",
         "",
         f"Word error rate on the sample's phrases (espeak-ng voice): {wer:.3f} on the whole soundtrack; "
-        f"recognised in pieces as the segments cut it: {', '.join(by_segment)}.",
+        f"{'; '.join(by_segment)}.",
     ]
 
 
@@ -117,6 +137,13 @@ def bench_real_speech() -> list[str]:
         recognizer = SpeechRecognizer(SpeechConfig(engine="pocketsphinx", vad=vad))
         hyps, seconds = transcribe_all(recognizer, [a for a, _ in utterances])
         rows.append(f"| {'on' if vad else 'off'} | {jiwer.wer(refs, hyps):.3f} | {seconds / audio_s:.2f} |")
+    recognizer = SpeechRecognizer(SpeechConfig(engine="pocketsphinx"))
+    stream, said = np.concatenate([a for a, _ in utterances]), " ".join(refs)  # one stream, read as a live one is
+    rows += ["", "The five utterances as one stream, cut into segments (VAD on):", "",
+             "| segments | WER, each segment on its own | WER, windows ending in pauses |", "| --- | ---: | ---: |"]
+    for segment_s in SEGMENT_S:
+        rows.append(f"| {segment_s:g} s | {jiwer.wer(said, in_pieces(recognizer, stream, segment_s)):.3f} | "
+                    f"{jiwer.wer(said, in_windows(recognizer, stream, segment_s)):.3f} |")
     if FRIDAY.exists():
         audio = read_audio_file(FRIDAY)
         reference = vtt_text(FRIDAY.with_suffix(".vtt"))

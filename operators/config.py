@@ -135,6 +135,11 @@ class TranscriptConfig(Section):
         30.0, ge=0, description="Recognition pauses on a stream while its captions showed words within this many "
         "seconds (captions are the broadcaster's own words). A caption is known once it leaves the screen, so "
         "the segments before a stream's first caption is reported are still recognised.")
+    asr_max_window_s: float = Field(
+        20.0, gt=1.0, description="Each stream's audio is recognised in windows that end in a pause (operators/"
+        "speech_windows.py); a stretch of speech this long without one is recognised whole. Bounds the audio "
+        "buffered per stream and how late a recognised line is stored (it comes with the segment its window "
+        "closes in).")
     max_caption_s: float = Field(
         20.0, gt=0, description="A caption row seen on screen longer than this (it stays while the screen "
         "changes around it) is stored as a line at the next change and starts again, so it is searchable before it "

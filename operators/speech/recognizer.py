@@ -33,8 +33,8 @@ class SpeechRecognizer:
     """Transcribes audio: VAD finds the speech, the configured engine reads each region (batched).
 
     Stateless between calls: a call's audio is read on its own, so an utterance cut by the end of one call's
-    audio is read as two pieces. Callers that feed short segments should hand over windows that end in
-    silence (the VAD's regions say where that is).
+    audio is read as two pieces. The transcript stage hands it windows that end in a pause, with the regions
+    its own streaming VAD found (`read`; operators/speech_windows.py).
     """
 
     def __init__(self, config: SpeechConfig, *, engine: SpeechEngine | None = None,
@@ -55,7 +55,13 @@ class SpeechRecognizer:
         """Transcript lines of ``audio`` (float32 mono 16 kHz) starting at ``start_s`` on the stream's media clock,
         one per speech region that held words, with word timings where the engine gives them."""
         audio = checked_audio(audio, STAGE)
-        regions = self.regions(audio)
+        return self.read(audio, self.regions(audio), start_s, channel)
+
+    def read(self, audio: np.ndarray, regions: list[SpeechRegion], start_s: float,
+             channel: str = "") -> list[TranscriptLine]:
+        """Transcript lines of the given speech ``regions`` of ``audio`` (a caller that ran the VAD itself, on a
+        stream read in pieces: operators/speech_windows.py), on the media clock from ``start_s``."""
+        audio = checked_audio(audio, STAGE)
         if not regions:
             return []
         heard = self.engine.recognise([r.samples(audio) for r in regions])

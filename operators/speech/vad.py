@@ -10,6 +10,7 @@ would slow the encoder sharing it); only its model file is read, located without
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,15 @@ FRAME = 512  # samples per VAD frame at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous frame each frame is given, as the streaming model keeps them
 BLOCK_FRAMES = 512
 HYSTERESIS = 0.15  # speech ends below threshold - this (silero's neg_threshold default)
+
+
+@dataclass(frozen=True)
+class VadState:
+    """Where the VAD is in a stream: the last frame's tail (the next frame's context) and the LSTM's state."""
+
+    context: np.ndarray
+    h: np.ndarray
+    c: np.ndarray
 
 
 def silero_model_path(name: str = "silero_vad_16k_sequence.onnx") -> Path:
@@ -48,19 +58,33 @@ class VoiceActivityDetector:
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Speech probability of each 32 ms frame (the last one zero-padded)."""
         n_frames = -(-audio.size // FRAME)
-        frames = np.zeros((n_frames, FRAME), dtype=np.float32)
-        frames.reshape(-1)[: audio.size] = audio
-        contexts = np.zeros((n_frames, CONTEXT), dtype=np.float32)
+        frames = np.zeros(n_frames * FRAME, dtype=np.float32)
+        frames[: audio.size] = audio
+        return self.stream(frames, self.start())[0]
+
+    @staticmethod
+    def start() -> VadState:
+        """The state before a stream's first frame."""
+        return VadState(np.zeros(CONTEXT, np.float32), np.zeros((1, 1, 128), np.float32),
+                        np.zeros((1, 1, 128), np.float32))
+
+    def stream(self, audio: np.ndarray, state: VadState) -> tuple[np.ndarray, VadState]:
+        """Probabilities of whole frames of a stream's audio (``audio.size`` a multiple of FRAME) read on from
+        ``state``, and the state after them: a stream read in pieces gets the probabilities of one long read."""
+        frames = audio.reshape(-1, FRAME)
+        if not len(frames):
+            return np.zeros(0, np.float32), state
+        contexts = np.empty((len(frames), CONTEXT), dtype=np.float32)
+        contexts[0] = state.context
         contexts[1:] = frames[:-1, -CONTEXT:]
         blocks = np.concatenate((contexts, frames), axis=1)
-        h = np.zeros((1, 1, 128), dtype=np.float32)
-        c = np.zeros((1, 1, 128), dtype=np.float32)
+        h, c = state.h, state.c
         out = []
-        for first in range(0, n_frames, BLOCK_FRAMES):
+        for first in range(0, len(frames), BLOCK_FRAMES):
             probs, h, c = self._session.run(
                 ["speech_probs", "hn", "cn"], {"input": blocks[first: first + BLOCK_FRAMES], "h": h, "c": c})
             out.append(probs.reshape(-1))
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        return np.concatenate(out), VadState(frames[-1, -CONTEXT:].copy(), h, c)
 
     def regions(self, audio: np.ndarray) -> list[SpeechRegion]:
         """Speech regions of ``audio``, padded, merged across short pauses, cut at ``max_region_s``."""

@@ -197,7 +197,7 @@ class OperatorChain:
 
     @classmethod
     def build(cls, config: LivelensConfig, recognizer: Recognizer | None = None) -> OperatorChain:
-        """``recognizer``: the speech recogniser for ``transcript.asr`` (anything with `Recognizer`'s ``transcribe``);
+        """``recognizer``: the speech recogniser for ``transcript.asr`` (anything with `Recognizer`'s interface);
         None builds the configured one (`speech_recognizer`)."""
         reader = text_reader(config)
         return cls(encode_compress(config), reader, transcriber(config, recognizer, reader))

@@ -1,8 +1,8 @@
 """The transcript stage: authored words (captions, subtitles) first, speech recognition for the rest.
 
-The recogniser here is a scripted stand-in with the interface operators/speech implements
-(``transcribe(audio, start_s, channel) -> list[TranscriptLine]``): what is tested is which audio the stage
-hands it and what it does with the answer, not recognition.
+The recogniser here is operators/speech's, with its real VAD and a scripted engine (a subclass-free stand-in
+for pocketsphinx: `SpeechEngine`'s one method): what is tested is which audio the stage hands the engine and
+what it does with the answer, not recognition.
 """
 
 from __future__ import annotations
@@ -13,30 +13,34 @@ import numpy as np
 import pydantic
 import pytest
 
-from operators.config import DecodeConfig, TranscriptConfig
+from operators.config import DecodeConfig, SpeechConfig, TranscriptConfig
 from operators.decode import SegmentDecoder
 from operators.frames import FrameBatch, SegmentInfo, StageError
 from operators.ocr import TextEmbedder
+from operators.speech.engine import Recognised
+from operators.speech.recognizer import SpeechRecognizer
 from operators.transcribe import Transcriber
-from operators.transcript import TranscriptLine
 from pipelines.config import LivelensConfig
 from pipelines.segmenter import iter_segments
 from tests.transcripts.media import POP_ON
 
 
-class ScriptedRecognizer:
-    """Says "someone is speaking" over each piece of audio it gets, and remembers what it got."""
+class ScriptedEngine:
+    """Says "someone is speaking" over each clip of speech it gets, and remembers the clips."""
 
     def __init__(self, fail: bool = False):
-        self.calls: list[tuple[int, float, str, np.dtype]] = []
+        self.clips: list[np.ndarray] = []
         self.fail = fail
 
-    def transcribe(self, audio: np.ndarray, start_s: float, channel: str) -> list[TranscriptLine]:
+    def recognise(self, clips: list[np.ndarray]) -> list[Recognised]:
         if self.fail:
             raise RuntimeError("the engine fell over")
-        self.calls.append((len(audio), start_s, channel, audio.dtype))
-        return [TranscriptLine(start_s, start_s + len(audio) / 16_000, "someone is speaking", "asr", "en", 0.6,
-                               channel)]
+        self.clips += clips
+        return [Recognised("someone is speaking", 0.6) for _ in clips]
+
+
+def scripted(fail: bool = False) -> SpeechRecognizer:
+    return SpeechRecognizer(SpeechConfig(engine="pocketsphinx"), engine=ScriptedEngine(fail))
 
 
 @pytest.fixture(scope="module")
@@ -51,31 +55,60 @@ def decoded(path: Path) -> list[FrameBatch]:
 
 
 def test_speech_is_recognised_where_nothing_is_captioned(real_video_dir: Path, embedder) -> None:
-    recognizer = ScriptedRecognizer()
+    recognizer = scripted()
     stage = Transcriber(TranscriptConfig(asr=True), embedder, recognizer)
     batches = decoded(real_video_dir / "friday.mp4")  # real speech, no captions, no subtitle track
-    transcripts = [stage.read(batch) for batch in batches]
+    assert len(batches) > 1
+    transcripts = [stage.read(batch) for batch in batches] + [stage.flush("t", "s")]
+    lines = [line for t in transcripts for line in t.lines]
+    assert all(t.embeddings.shape == (len(t), embedder.dim) for t in transcripts if len(t))
 
-    assert [(n, dtype) for n, _, _, dtype in recognizer.calls] == [
-        (len(b.audio.samples), np.float32) for b in batches]
-    assert [start for _, start, _, _ in recognizer.calls] == [b.audio.start_s for b in batches]
-    assert all(len(t) == 1 and t.lines[0].source == "asr" and t.embeddings.shape == (1, embedder.dim)
-               for t in transcripts)
+    # The stream's audio read as one: the speech the VAD finds in all of it, each region once, on its clock.
+    audio = np.concatenate([b.audio.samples for b in batches])
+    start = batches[0].audio.start_s
+    regions = recognizer.vad.regions(audio)
+    assert regions and [(round(line.start_s, 3), round(line.end_s, 3)) for line in lines] == [
+        (round(start + r.start_s, 3), round(start + r.end_s, 3)) for r in regions]
+    assert {(line.source, line.channel, line.text) for line in lines} == {
+        ("asr", batches[0].audio.channel, "someone is speaking")}
+    assert [len(clip) for clip in recognizer.engine.clips] == [len(r.samples(audio)) for r in regions]
+    assert all(clip.dtype == np.float32 for clip in recognizer.engine.clips)
 
 
 def test_captions_win_and_recognition_is_not_run_under_them(muxjs: Path, embedder) -> None:
-    recognizer = ScriptedRecognizer()
-    stage = Transcriber(TranscriptConfig(asr=True), embedder, recognizer)
+    stage = Transcriber(TranscriptConfig(asr=True), embedder, scripted())
     batches = decoded(muxjs / POP_ON)
-    first = stage.read(batches[0]).lines
-    # The first caption is reported when it leaves the screen, in the next segment: until then, speech is heard.
-    assert [line.source for line in first] == ["asr"] and len(recognizer.calls) == 1
+    key = (batches[0].segment.tenant_id, batches[0].segment.stream_id)
+    assert stage.read(batches[0]).lines == []
+    # The first caption is reported when it leaves the screen, in the next segment: until then, audio is buffered.
+    assert stage.speech.buffered_s(key) > 0
     later = [line for batch in batches[1:] for line in stage.read(batch).lines]
-    assert len(recognizer.calls) == 1 and later and {line.source for line in later} == {"caption"}
+    assert later and {line.source for line in later} == {"caption"}
+    assert stage.speech.buffered_s(key) == 0.0 and stage.recognizer.engine.clips == []  # captions cover it all
+
+
+def test_speech_state_is_snapshot_restored_and_forgotten(real_video_dir: Path, embedder) -> None:
+    batches = decoded(real_video_dir / "friday.mp4")
+    first = Transcriber(TranscriptConfig(asr=True), embedder, scripted())
+    first.read(batches[0])
+    key = ("t", "s")
+    assert first.speech.buffered_s(key) > 0
+    second = Transcriber(TranscriptConfig(asr=True), embedder, scripted())
+    second.restore(first.snapshot())
+    def rest(stage: Transcriber) -> list[tuple[float, float]]:
+        lines = [line for b in batches[1:] for line in stage.read(b).lines] + stage.flush(*key).lines
+        return [(line.start_s, line.end_s) for line in lines]
+
+    assert rest(first) == rest(second) != []
+    second.read(batches[0])
+    second.forget(*key)
+    assert second.speech.buffered_s(key) == 0.0 and second.flush(*key).lines == []
+    second.restore({"version": 1, "streams": []})  # a caption-only snapshot (asr off when it was taken)
+    assert second.snapshot()["speech"]["streams"] == []
 
 
 def test_asr_is_off_unless_configured(real_video_dir: Path, embedder) -> None:
-    stage = Transcriber(TranscriptConfig(), embedder, ScriptedRecognizer())
+    stage = Transcriber(TranscriptConfig(), embedder, scripted())
     assert stage.recognizer is None
     assert all(len(stage.read(batch)) == 0 for batch in decoded(real_video_dir / "friday.mp4")[:1])
     with pytest.raises(ValueError, match="no speech recogniser"):
@@ -100,13 +133,15 @@ def test_the_configured_engine_hears_real_speech_through_the_stage(real_video_di
     batches = decoded(real_video_dir / "friday.mp4")
     # The film's dialogue is speech to the VAD (pocketsphinx reads few of its words: BENCHMARKS.md).
     assert any(recognizer.regions(batch.audio.samples) for batch in batches)
-    lines = [line for batch in batches for line in stage.read(batch).lines]
-    assert {line.source for line in lines} <= {"asr"}
+    lines = [line for batch in batches for line in stage.read(batch).lines] + stage.flush("t", "s").lines
+    assert lines and {line.source for line in lines} == {"asr"}
     assert all(0.0 <= line.start_s <= line.end_s <= 6.5 and 0.0 <= line.confidence <= 1.0 for line in lines)
 
 
 def test_an_engine_failure_is_a_stage_error(real_video_dir: Path, embedder) -> None:
-    stage = Transcriber(TranscriptConfig(asr=True), embedder, ScriptedRecognizer(fail=True))
-    with pytest.raises(StageError) as raised:
-        stage.read(decoded(real_video_dir / "friday.mp4")[0])
+    stage = Transcriber(TranscriptConfig(asr=True), embedder, scripted(fail=True))
+    with pytest.raises(StageError) as raised:  # when a window closes, at the latest when the stream ends
+        for batch in decoded(real_video_dir / "friday.mp4"):
+            stage.read(batch)
+        stage.flush("t", "s")
     assert (raised.value.code, raised.value.stage) == ("asr_error", "transcript")
