@@ -3,6 +3,7 @@ and the live path's operators giving the same transcript as backfill.
 
 Captions: mux.js's captioned broadcast segment (npm, fetched at test time; tests/transcripts/media.py), with
 mux.js's own CEA-608 decoder giving the true times. Subtitles: a track written here and a sidecar file.
+Speech: the sample broadcast's spoken phrases (espeak-ng voice, `livelens sample-video`'s ground truth).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from operators.encode import VisionEncoder
 from pipelines.config import LivelensConfig
 from pipelines.ingest.backfill import Backfill, BackfillJob
 from pipelines.ingest.chain import transcriber
+from pipelines.cli.sample_video import write_sample_video
 from pipelines.ingest.source import segment_info
 from pipelines.kafka.publish import segment_header
 from pipelines.query.engine import QueryEngine
@@ -112,3 +114,23 @@ def test_live_operators_give_the_transcript_backfill_gives(tmp_path, redis_serve
         assert stored == sorted((line.start_s, line.end_s, line.text, line.source, line.channel)
                                 for line in lines[stream] + still_up)
     assert {line.source for line in lines["news"]} == {"caption"} and lines["talk"]
+
+
+def test_every_spoken_phrase_of_the_sample_is_found_from_speech(tmp_path, redis_server, tiny_models) -> None:
+    """The sample broadcast backfilled with speech recognition (pocketsphinx, segments of ~2 s recognised in
+    windows that end in pauses): a question in each phrase's words finds it, from the recogniser, on time."""
+    config = LivelensConfig(data_dir=tmp_path / "data", encode=dict(model=str(tiny_models["clip"])),
+                            ocr=dict(enabled=False), decode=dict(audio=True), transcript=dict(asr=True),
+                            speech=dict(engine="pocketsphinx"))
+    truth = write_sample_video(tmp_path / "sample.mp4", duration_s=48.0, seed=0)
+    assert len({phrase["text"] for phrase in truth["speech"]}) == len(truth["speech"]) == 6
+    store = store_for(redis_server, 2, config)
+    summary = Backfill(config, store, workers=1, progress=False).run(
+        [BackfillJob(tmp_path / "sample.mp4", "sample", wallclock_start=START)])
+    assert not summary.dead_letters
+    engine = QueryEngine(config, store, VisionEncoder(config.encode, str(config.encode.model)),
+                         Answerer(AnswerConfig(), None))
+    for phrase in truth["speech"]:
+        said = ask(engine, phrase["text"])
+        assert (said.stream_id, said.source) == ("sample", "asr"), (phrase, said.text)
+        assert abs(said.t_start - phrase["start"]) <= 2.0, (phrase, said)

@@ -29,10 +29,12 @@ AUDIO_RATE = 48_000
 VOICE = ("en-us", 160)  # espeak-ng voice and words per minute
 NOISE_FLOOR = 0.002  # RMS of the background hiss (-54 dBFS): silence that is not digital zero
 # One phrase per headline, on the same story in other words, so a question about what was said differs
-# from one about what was shown.
+# from one about what was shown. Worded so the offline recogniser (pocketsphinx en-us) reads this voice well
+# enough to find each phrase by its words: "investors cheered when the central bank lowered the cost of borrowing" came out
+# as "you're implying that the central bank don't interest rates", below the query's match threshold.
 PHRASES = {
     "STORM WARNING FOR COASTAL TOWNS": "heavy rain and strong wind will reach the coast tonight",
-    "MARKETS RALLY AS RATES FALL": "shares climbed after the central bank cut interest rates",
+    "MARKETS RALLY AS RATES FALL": "investors cheered when the central bank lowered the cost of borrowing",
     "CITY COUNCIL APPROVES NEW BRIDGE": "the council voted to build a second bridge over the river",
     "LOCAL TEAM WINS CHAMPIONSHIP": "thousands of fans celebrated the final victory downtown",
     "HEATWAVE EXPECTED THIS WEEKEND": "temperatures will climb above thirty degrees on saturday",
