@@ -3,8 +3,12 @@
 livelens remembers what was said as well as what was shown (issue 19), so a segment carries, beside the
 first video track:
 
-- the source's audio track (the default one, else the first), packets copied as they are: speech
-  recognition decodes it downstream (`operators.decode.SegmentDecoder.audio`);
+- the source's audio track (the default one, else the first, of those FFmpeg found the parameters of),
+  packets copied as they are: speech recognition decodes it downstream (`operators.decode.SegmentDecoder.audio`).
+  A track the container lists but that sent nothing while FFmpeg probed has no sample rate or channel count
+  (nginx-rtmp's HLS lists an AAC track in every fragment's PMT, also for a stream that has no audio): no
+  muxer can write its header (the MPEG-TS muxer refuses the segment with EINVAL at its first packet), and
+  there is nothing to hear, so it stays behind;
 - its text subtitle tracks (SubRip, ASS/SSA, WebVTT, MP4's mov_text), packets copied as they are, except
   mov_text, which Matroska has no codec id for: its samples are a 16-bit length, UTF-8 text and optional
   style boxes (3GPP TS 26.245), and the text alone goes in as SubRip. Bitmap subtitles (DVB, PGS) need
@@ -54,18 +58,23 @@ class CarriedTracks:
 
 def select_tracks(container: av.container.InputContainer, *, audio: bool = True,
                   subtitles: bool = True) -> CarriedTracks:
-    """The audio track (the one marked default, else the first) and the text subtitle tracks of a source."""
+    """The audio track (the one marked default, else the first, of those with known parameters) and the text
+    subtitle tracks of a source."""
     chosen_audio = None
-    if audio and container.streams.audio:
-        tracks = list(container.streams.audio)
+    tracks = [s for s in container.streams.audio if _audible(s)] if audio else []
+    if tracks:
         chosen_audio = next((s for s in tracks if s.disposition & av.stream.Disposition.default), tracks[0])
-        if chosen_audio.codec_context is None or not chosen_audio.codec_context.name:
-            chosen_audio = None  # a codec FFmpeg does not know: nothing downstream could decode it
     chosen_subtitles: tuple = ()
     if subtitles:
         chosen_subtitles = tuple(s for s in container.streams.subtitles
                                  if s.codec_context is not None and s.codec_context.name in TEXT_SUBTITLE_CODECS)
     return CarriedTracks(chosen_audio, chosen_subtitles)
+
+
+def _audible(stream: av.AudioStream) -> bool:
+    """A codec FFmpeg knows (else nothing downstream could decode it) with the parameters its packets gave."""
+    ctx = stream.codec_context
+    return ctx is not None and bool(ctx.name) and ctx.sample_rate > 0 and ctx.channels > 0
 
 
 class TrackMuxer:

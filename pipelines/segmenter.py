@@ -49,7 +49,6 @@ Timestamps:
 from __future__ import annotations
 
 import io
-import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
@@ -64,8 +63,6 @@ import av
 from pipelines.segment_tracks import CarriedTracks, TrackMuxer, select_tracks
 # CLOCK_HZ: the MPEG-TS clock; all bookkeeping is in its integer ticks, so nothing drifts.
 from pipelines.timestamps import CLOCK_HZ, TimestampRepair
-
-log = logging.getLogger(__name__)
 
 SEGMENT_TS_OFFSET_S = 10.0
 _OFFSET_TICKS = int(SEGMENT_TS_OFFSET_S * CLOCK_HZ)
@@ -291,11 +288,7 @@ def segments_of(name: str, target_ticks: int, timeline: Timeline, options: Mappi
         codec, width, height = ctx.codec.canonical_name, ctx.width, ctx.height
         scheme = urlparse(name).scheme.lower()
         live = scheme in LIVE_SCHEMES or (scheme in URL_SCHEMES and container.duration is None)
-        # Live sources carry the video alone for now: the audio of a live HLS playlist (nginx-rtmp's) made the
-        # MPEG-TS muxer refuse the segment's first packet, and live tracks are not tested yet (issue 19).
-        if live and (container.streams.audio or container.streams.subtitles) and (audio or subtitles):
-            log.warning("%s: a live source: its audio and subtitle tracks are not carried yet, video only", name)
-        tracks = select_tracks(container, audio=audio and not live, subtitles=subtitles and not live)
+        tracks = select_tracks(container, audio=audio, subtitles=subtitles)
         container_format = tracks.container(codec in TS_CODECS)
         tb = stream.time_base
         # A packet without a duration (some live protocols) lasts one frame period.

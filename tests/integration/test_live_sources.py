@@ -1,11 +1,12 @@
 """Live sources from real servers into a deployed pipeline: RTSP (GStreamer's server, over TCP and UDP),
-RTMP (nginx's RTMP module fed by ffmpeg) and an HLS live playlist (nginx-rtmp's HLS out over HTTP).
+RTMP (nginx's RTMP module fed by ffmpeg, with the clip's sound) and an HLS live playlist (nginx-rtmp's HLS
+out over HTTP).
 
 One scenario runs once for the module, every source at the same time, each a real clip published by
 `SegmentPublisher` the way `livelens publish URL` does: the RTSP-over-TCP server is killed after its
 first segment and started again 1.5 s later, and the publisher must resume by itself. The tests then
 read what the scenario left: each stream answered with evidence in the right time range, the gap
-recorded in memory, nothing after the restart lost, the RTSP timestamps repaired.
+recorded in memory, nothing after the restart lost, the RTSP timestamps repaired, the sound carried.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
@@ -23,9 +25,14 @@ from contracts import messages
 from contracts.messages import DeadLetter, VideoSegment
 from deploy.processes import start_redis
 from memory_store.redis_tier import RedisTier
+from operators.config import DecodeConfig, SpeechConfig
+from operators.decode import SegmentDecoder
+from operators.speech.vad import VoiceActivityDetector
 from pipelines.api.client import Client
 from pipelines.api.deployment import deploy_pipeline
+from pipelines.ingest.source import segment_info
 from pipelines.kafka.publish import SegmentPublisher
+from pipelines.kafka.retained import retained_segments
 from pipelines.reconnect import Backoff
 from tests.integration.conftest import _kill_namespace, make_config, redis_client, wait_for
 from tests.integration.test_pipeline import segment_ids, stored_segments
@@ -111,7 +118,7 @@ def scenario(ray_runtime, kafka_broker, tiny_models, tmp_path_factory, real_vide
             _publish(config, "rtmp", published["rtmp"]),
         ]
         time.sleep(1.0)
-        pushers.append(push_rtmp(clip, nginx.rtmp("cam"), work))
+        pushers.append(push_rtmp(clip, nginx.rtmp("cam"), work, audio=True))
         # The playlist is not there until nginx wrote its first fragment: the publisher waits for it. Read
         # from the playlist's first fragment (FFmpeg starts 3 from the live end by default).
         threads.append(_publish(config, "hls", published["hls"], {"live_start_index": "0"}))
@@ -233,3 +240,24 @@ def test_a_restarted_source_resumes_by_itself_with_the_gap_recorded_and_nothing_
     for other in ("rtsp-udp", "rtmp", "hls"):
         other_info = RedisTier(redis_client(config), config.memory).stream_info("default", other)
         assert other_info is not None and other_info.gaps == ()
+
+
+@pytest.mark.parametrize("stream", ["rtmp", "hls"])
+def test_a_live_source_with_sound_carries_it_and_it_decodes_to_speech(scenario, stream):
+    """The RTMP push carries friday.mp4's AAC track: its segments (RTMP in, and nginx's live HLS of it) hold
+    the audio beside the video, and it decodes to the 16 kHz mono audio the transcript stage recognises, with
+    the film's dialogue in it."""
+    config, published, _, _ = scenario
+    assert all(h.tracks == ["video", "audio"] for h in published[stream].headers), published[stream].headers
+    decoder = SegmentDecoder(DecodeConfig(audio=True))
+    audio = []
+    for retained in retained_segments(config.kafka, config.kafka.topic("segments")):
+        if retained.segment.stream_id != stream:
+            continue
+        batch = decoder.decode(segment_info(retained.segment), retained.payload)
+        assert batch.audio is not None and batch.audio.start_s == pytest.approx(batch.segment.media_start_s, abs=0.1)
+        # No gap: the segment's sound lasts as long as its video (AAC frames are 23 ms).
+        assert len(batch.audio.samples) / 16_000 == pytest.approx(batch.segment.duration_s, abs=0.15)
+        audio.append(batch.audio.samples)
+    assert len(audio) == len(published[stream].headers)
+    assert VoiceActivityDetector(SpeechConfig()).regions(np.concatenate(audio))  # the dialogue is speech to the VAD

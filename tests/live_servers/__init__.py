@@ -99,8 +99,10 @@ def start_nginx(workdir: Path) -> Nginx:
     return Nginx(record, rtmp, http)
 
 
-def push_rtmp(clip: Path, url: str, workdir: Path) -> ProcessRecord:
-    """ffmpeg sending ``clip``'s video to ``url`` in real time, without re-encoding; it exits at the end."""
-    argv = ["ffmpeg", "-nostdin", "-loglevel", "warning", "-re", "-i", str(clip), "-map", "0:v:0", "-c", "copy",
+def push_rtmp(clip: Path, url: str, workdir: Path, audio: bool = False) -> ProcessRecord:
+    """ffmpeg sending ``clip``'s video (and with ``audio``, its first audio track) to ``url`` in real time,
+    without re-encoding; it exits at the end."""
+    tracks = ["-map", "0:v:0"] + (["-map", "0:a:0"] if audio else [])
+    argv = ["ffmpeg", "-nostdin", "-loglevel", "warning", "-re", "-i", str(clip), *tracks, "-c", "copy",
             "-f", "flv", url]
     return _spawn("ffmpeg", argv, workdir / f"ffmpeg-{url.rsplit('/', 1)[-1]}.log", None, url)

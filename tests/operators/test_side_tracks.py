@@ -100,3 +100,22 @@ def test_a_sidecar_is_read_only_for_a_recording_without_a_subtitle_track(tmp_pat
     assert sidecars.lines_of(everything) == []
     sidecars.load("t", "s", plain)
     assert [line.text for line in sidecars.lines_of(everything)] == [words for _, _, words in CUES]
+
+
+def test_an_audio_track_that_never_sent_a_packet_stays_behind(tmp_path: Path, real_video_dir: Path) -> None:
+    """nginx-rtmp's live HLS lists an AAC track in every fragment's PMT, audio or not: FFmpeg finds no sample
+    rate or channels for it, and the MPEG-TS muxer refused a segment carrying it (EINVAL at its first packet)."""
+    phantom = tmp_path / "phantom.ts"
+    with av.open(str(real_video_dir / "friday.mp4")) as src, av.open(str(phantom), "w", format="mpegts") as out:
+        video = out.add_stream_from_template(src.streams.video[0])
+        out.add_stream("aac", rate=44100)  # declared, never written to
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.stream = video
+                out.mux(packet)
+    with av.open(str(phantom)) as probed:
+        [listed] = probed.streams.audio
+        assert (listed.codec_context.name, listed.codec_context.sample_rate) == ("aac", 0)
+    segments, batches = decode_all(phantom, audio=True)
+    assert len(segments) >= 2 and {m.tracks for m in segments} == {("video",)}
+    assert all(batch.audio is None and len(batch) for batch in batches)
