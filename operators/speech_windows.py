@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operators.config import SpeechConfig
-from operators.speech.audio import SAMPLE_RATE, SpeechRegion
+from operators.speech.audio import SAMPLE_RATE, SpeechRegion, checked_audio
 from operators.speech.vad import FRAME, VadState, VoiceActivityDetector
 
 StreamKey = tuple[str, str]
@@ -84,6 +84,7 @@ class SpeechWindows:
         """Append a segment's audio (float32 mono 16 kHz from ``start_s``) and the spans its captions and subtitles
         cover to the stream's buffer; the windows that end in a pause (or reached ``max_window_s``), oldest
         first."""
+        samples = checked_audio(samples, "transcript")  # bad audio is the segment's dead letter, not the buffer's
         windows = []
         buffer = self._streams.get(key)
         if buffer is not None and (abs(start_s - buffer.end_s) > GAP_S or channel != buffer.channel):
@@ -91,7 +92,7 @@ class SpeechWindows:
             buffer = None
         if buffer is None:
             buffer = self._streams[key] = _Buffer(start_s, channel, self.vad.start() if self.vad else None)
-        buffer.samples = np.concatenate((buffer.samples, np.asarray(samples, np.float32)))
+        buffer.samples = np.concatenate((buffer.samples, samples))
         buffer.covered += covered
         if self.vad is None:
             if buffer.samples.size >= self.max_window_s * SAMPLE_RATE:

@@ -134,3 +134,28 @@ def test_every_spoken_phrase_of_the_sample_is_found_from_speech(tmp_path, redis_
         said = ask(engine, phrase["text"])
         assert (said.stream_id, said.source) == ("sample", "asr"), (phrase, said.text)
         assert abs(said.t_start - phrase["start"]) <= 2.0, (phrase, said)
+
+
+def test_live_operators_hear_the_speech_backfill_hears(tmp_path, redis_server, tiny_models) -> None:
+    """Speech recognised in windows across segments: the live path (each segment over the wire, then the
+    transcript stage, the stream's buffer flushed at its end) gives the lines backfill stores."""
+    config = LivelensConfig(data_dir=tmp_path / "data", encode=dict(model=str(tiny_models["clip"])),
+                            ocr=dict(enabled=False), decode=dict(audio=True), transcript=dict(asr=True),
+                            speech=dict(engine="pocketsphinx"))
+    sample = tmp_path / "sample.mp4"
+    write_sample_video(sample, duration_s=24.0, seed=3)
+    backfilled = store_for(redis_server, 3, config)
+    Backfill(config, backfilled, workers=1, progress=False).run([BackfillJob(sample, "sample", wallclock_start=START)])
+
+    decoder, live = SegmentDecoder(config.decode, frame_px=config.decode.frame_px), transcriber(config)
+    lines = []
+    for media in iter_segments(str(sample)):
+        header = segment_header(media, stream_id="sample", tenant_id="default", start=START)
+        value, headers = messages.segment_record(header, media.payload)
+        received, _ = messages.decode(value, expect=messages.VideoSegment, headers=headers)
+        lines += live.read(decoder.decode(segment_info(received), media.payload)).lines
+    lines += live.flush("default", "sample").lines
+    heard = sorted((line.start_s, line.end_s, line.text) for line in lines if line.source == "asr")
+    assert len(heard) == 3  # the sample's three phrases
+    assert heard == [(line.start_s, line.end_s, line.text) for line in backfilled.transcript("default", "sample")
+                     if line.source == "asr"]

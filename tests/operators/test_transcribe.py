@@ -21,6 +21,7 @@ from operators.speech.engine import Recognised
 from operators.speech.recognizer import SpeechRecognizer
 from operators.transcribe import Transcriber
 from pipelines.config import LivelensConfig
+from pipelines.ingest.backfill import _pack, _unpack
 from pipelines.segmenter import iter_segments
 from tests.transcripts.media import POP_ON
 
@@ -94,7 +95,7 @@ def test_speech_state_is_snapshot_restored_and_forgotten(real_video_dir: Path, e
     key = ("t", "s")
     assert first.speech.buffered_s(key) > 0
     second = Transcriber(TranscriptConfig(asr=True), embedder, scripted())
-    second.restore(first.snapshot())
+    second.restore(_unpack(_pack(first.snapshot())))  # through the backfill manifest's JSON, as a resume reads it
     def rest(stage: Transcriber) -> list[tuple[float, float]]:
         lines = [line for b in batches[1:] for line in stage.read(b).lines] + stage.flush(*key).lines
         return [(line.start_s, line.end_s) for line in lines]

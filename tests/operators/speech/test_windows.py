@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from operators.frames import StageError
 from operators.speech import SAMPLE_RATE, SpeechRecognizer
 from operators.speech_windows import SpeechWindows, Window
 
@@ -105,3 +106,14 @@ def test_a_restored_snapshot_continues_the_utterance(pocketsphinx: SpeechRecogni
     with pytest.raises(ValueError, match="version"):
         second.restore({"version": 0, "streams": []})
 
+
+
+def test_bad_audio_is_the_segments_error_and_leaves_the_buffer_as_it_was(pocketsphinx: SpeechRecognizer,
+                                                                         sample_speech) -> None:
+    audio, _ = sample_speech
+    windows = SpeechWindows(pocketsphinx.vad, pocketsphinx.config, max_window_s=20.0)
+    windows.add(KEY, audio[: 2 * SAMPLE_RATE], 0.0, "audio")
+    before = windows.buffered_s(KEY)
+    with pytest.raises(StageError) as error:
+        windows.add(KEY, np.full(SAMPLE_RATE, np.nan, np.float32), 2.0, "audio")
+    assert error.value.code == "bad_audio" and windows.buffered_s(KEY) == before
