@@ -25,8 +25,7 @@ def _streams_held(step: CompressStep) -> tuple[int, int]:
 def test_ten_thousand_short_lived_streams_leave_bounded_state():
     config = LivelensConfig(pipeline=dict(max_streams_per_actor=256, stream_idle_s=3600))
     step = CompressStep.build(config)
-    states = StreamStates(step.forget, idle_s=config.pipeline.stream_idle_s,
-                          max_streams=config.pipeline.max_streams_per_actor)
+    states = StreamStates(step, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor)
     rng = np.random.default_rng(0)
     for i in range(10_000):
         batch = _features(f"s{i}", rng)
@@ -36,11 +35,11 @@ def test_ten_thousand_short_lived_streams_leave_bounded_state():
     assert _streams_held(step) == (256, 256)
 
 
-def test_a_stream_idle_past_the_limit_is_forgotten_and_starts_afresh_when_it_returns():
+def test_a_stream_idle_past_the_limit_is_forgotten_and_without_a_store_starts_afresh_when_it_returns():
     now = [0.0]
     config = LivelensConfig(pipeline=dict(stream_idle_s=60))
     step = CompressStep.build(config)
-    states = StreamStates(step.forget, idle_s=60, max_streams=1000, clock=lambda: now[0])
+    states = StreamStates(step, idle_s=60, max_streams=1000, clock=lambda: now[0])
     rng = np.random.default_rng(1)
     for stream in ("quiet", "busy"):
         states.seen("t", stream)
