@@ -105,6 +105,56 @@ def test_sigkill_of_the_query_consumer_then_a_kafka_query_is_answered(stack):
                       + "\n")
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return out
+
+
+def _title(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def bare_workers(task_name: str) -> list[int]:
+    """This session's Ray worker processes that host no actor: idle ones of the pool (``ray::IDLE``) and those
+    running the task ``task_name``. Found under this test process's own raylet, never another session's."""
+    raylets = [pid for pid in _children(os.getpid()) if "raylet" in _title(pid)]
+    assert len(raylets) == 1, f"this session's raylet: {raylets}"
+    return [pid for pid in _children(raylets[0]) if _title(pid) in ("ray::IDLE", f"ray::{task_name}")]
+
+
+@ray.remote(num_cpus=0)
+def occupied_worker() -> int:
+    time.sleep(20)
+    return os.getpid()
+
+
+def test_sigkill_of_the_bare_ray_workers(stack, short_segments):
+    """Every Ray worker process of the session that hosts no actor (the idle pool, and one running a task of its
+    own) killed during ingest: the raylet replaces them, and no pipeline actor may notice."""
+    victims = []
+
+    def inject() -> None:
+        task = occupied_worker.remote()
+        wait_for(lambda: any(_title(pid) == "ray::occupied_worker" for pid in bare_workers("occupied_worker")),
+                 60, "a worker to run the task")
+        victims.extend(bare_workers("occupied_worker"))
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        ray.cancel(task, force=True)
+    row = run_fault(stack, short_segments, "kill-bare-workers", inject)
+    assert victims, "no bare worker to kill"
+    assert_nothing_lost_doubled_or_reordered(row)
+
+
 def test_redis_server_sigkill_with_aof_always(stack, short_segments, fault_redis):
     def inject() -> None:
         fault_redis.stop(sig=signal.SIGKILL)
