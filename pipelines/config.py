@@ -225,11 +225,19 @@ class PipelineConfig(Section):
         "input nor infrastructure away) is dead-lettered. Infrastructure failures (Redis, Kafka, a Ray actor) are "
         "retried without limit and never dead-lettered.")
     stream_idle_s: float = Field(
-        900.0, gt=0, description="Seconds without a segment after which a live actor forgets a stream's state "
-        "(compressor, boundaries, frame skip, ViT token cache, encoder stats, OCR); it starts afresh if it returns.")
+        900.0, gt=0, description="Seconds without a segment after which a live actor evicts a stream's state "
+        "(compressor, boundaries, frame skip, ViT token cache, encoder stats, OCR, captions): the state is kept in "
+        "Redis for evicted_state_ttl_s and restored if the stream returns (the ViT token cache and the encoder's "
+        "stats are not kept: they restart).")
+    evicted_state_ttl_s: float = Field(
+        86400.0, ge=0, description="Seconds Redis keeps an evicted stream's operator state for its return; 0 keeps "
+        "none (a returning stream starts afresh: its first frame kept whole, its event boundaries restarted). A "
+        "stream's state is about 0.8 MB with a ViT-B/16 in feature mode (its last frame's tokens, twice with frame "
+        "skip), tens of KB in pixel mode.")
     max_streams_per_actor: int = Field(
         1000, ge=1, description="Streams whose state one encode / compress / OCR actor keeps at most; past it the "
-        "least recently seen is forgotten. With the ViT token cache on, each costs about 14.5 MB in the encoder.")
+        "least recently seen is evicted (as above). With the ViT token cache on, each costs about 14.5 MB in the "
+        "encoder.")
     chunk_idle_s: float = Field(
         60.0, gt=0, description="Seconds a half-reassembled chunked segment may go without its next chunk, while its "
         "partition is being read, before it is dead-lettered as incomplete (its publisher stopped mid-segment). Time "

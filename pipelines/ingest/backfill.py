@@ -49,7 +49,6 @@ order; `pipelines.ingest.replay` drives it from a Kafka topic with ``replace=Tru
 
 from __future__ import annotations
 
-import base64
 import functools
 import glob
 import hashlib
@@ -66,7 +65,6 @@ from urllib.parse import urlparse
 
 import av
 import httpx
-import numpy as np
 import redis
 from rich.console import Console
 from rich.progress import (
@@ -93,6 +91,7 @@ from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
 from pipelines.ingest.chain import OperatorChain
 from pipelines.ingest.sidecars import Sidecars
+from pipelines.ingest.snapshots import pack, unpack
 from pipelines.ingest.source import segment_info
 from pipelines.kafka.publish import (
     segment_header,  # the publisher's own header: SegmentInfo exactly as live
@@ -238,42 +237,14 @@ class Manifest:
             raise BackfillError(f"backfill manifest {self.key} was written for another version of the file or "
                                 f"another configuration; delete it (redis-cli DEL '{self.key}') to start over. "
                                 "Segments already in memory are kept: their writes are skipped as replays")
-        return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), _unpack(found[b"state"]))
+        return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), unpack(found[b"state"]))
 
     def complete(self, info: SegmentInfo, state: dict[str, dict[str, Any]]) -> None:
         """Record segment ``info.seq`` (and so every earlier one) as done, with the operator chain's state after
         it (whatever each stateful step's snapshot returned). One HSET: atomic."""
         self.r.hset(self.key, mapping={
             "version": _MANIFEST_VERSION, "fingerprint": self.fingerprint, "next_seq": info.seq + 1,
-            "next_media_s": info.media_start_s + info.duration_s, "state": _pack(state), "updated_at": time.time()})
-
-
-def _pack(state: Any) -> bytes:
-    """Operator snapshots (dicts, lists, tuples, numbers, strings, numpy arrays) as JSON: no pickle from Redis."""
-
-    def encode(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            return {"__ndarray__": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode(),
-                    "dtype": value.dtype.str, "shape": list(value.shape)}
-        if isinstance(value, dict):
-            return {k: encode(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [encode(v) for v in value]
-        if isinstance(value, np.generic):
-            return value.item()
-        return value
-
-    return json.dumps(encode(state)).encode()
-
-
-def _unpack(data: bytes) -> Any:
-    def decode(value: dict[str, Any]) -> Any:
-        if "__ndarray__" in value:
-            flat = np.frombuffer(base64.b64decode(value["__ndarray__"]), dtype=np.dtype(value["dtype"]))
-            return flat.reshape(value["shape"]).copy()
-        return value
-
-    return json.loads(data, object_hook=decode)
+            "next_media_s": info.media_start_s + info.duration_s, "state": pack(state), "updated_at": time.time()})
 
 
 # -- progress ----------------------------------------------------------------------------------

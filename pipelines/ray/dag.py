@@ -52,11 +52,16 @@ log = logging.getLogger(__name__)
 RESTART = dict(max_restarts=-1, max_task_retries=3)
 
 
-def stream_states(config: LivelensConfig, forget):
-    """The bound on an actor's per-stream state (pipelines/ingest/idle.py)."""
+def stream_states(config: LivelensConfig, step, stage: str):
+    """The bound on an actor's per-stream state, evicted streams' state kept in Redis for their return
+    (pipelines/ingest/idle.py)."""
     from pipelines.ingest.idle import StreamStates
+    from pipelines.ingest.snapshots import EvictedStates
 
-    return StreamStates(forget, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor)
+    ttl_s = config.pipeline.evicted_state_ttl_s
+    kept = EvictedStates(redis_client(config.redis), stage, ttl_s) if ttl_s > 0 else None
+    return StreamStates(step, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor,
+                        kept=kept)
 
 
 @ray.remote(**RESTART)
@@ -90,7 +95,7 @@ class EncodeActor:
         self.step = FusedEncodeCompress.build(config) if self.fused else EncodeStep.build(config)
         self.encoder = self.step.encoder
         self.skipper = None if self.fused else self.step.skipper
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "encode")
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
@@ -197,7 +202,7 @@ class CompressActor:
         # Per-stream state (the compressor's, the boundary detector's): streams are sharded here by a stable
         # hash, in order.
         self.step = CompressStep.build(config)
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "compress")
 
     def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
         call = metrics.StageCall("compress", batch.segment, len(batch))
@@ -215,7 +220,7 @@ class OcrActor:
         from operators.ocr import ScreenTextReader
 
         self.reader = ScreenTextReader(config.ocr)
-        self.streams = stream_states(config, self.reader.forget)
+        self.streams = stream_states(config, self.reader, "ocr")
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("ocr", batch.segment, len(batch))
@@ -232,7 +237,7 @@ class TranscriptActor:
         from pipelines.ingest.chain import transcriber
 
         self.step = transcriber(config)
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "transcript")
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("transcript", batch.segment, len(batch))
