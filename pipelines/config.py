@@ -203,6 +203,9 @@ class MetricsConfig(Section):
     memory_interval_s: float = Field(
         10.0, gt=0, description="Seconds between a memory shard's stats readings (Redis counts per tenant) for its "
         "frames / tokens / bytes gauges.")
+    max_stream_series: int = Field(
+        2000, ge=0, description="Streams each process names in the `stream` label; later ones count under "
+        "stream=\"_other\". Ray cannot remove a series, so this bounds them however many streams come and go.")
 
 
 class PipelineConfig(Section):

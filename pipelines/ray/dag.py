@@ -67,6 +67,7 @@ def stream_states(config: LivelensConfig, step, stage: str):
 @ray.remote(**RESTART)
 class DecodeActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from operators.decode import SegmentDecoder
 
         self.decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
@@ -87,6 +88,7 @@ class EncodeActor:
     """
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import EncodeStep, FusedEncodeCompress
 
         self.config = config.encode
@@ -197,6 +199,7 @@ class EncodeActor:
 @ray.remote(**RESTART)
 class CompressActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import CompressStep
 
         # Per-stream state (the compressor's, the boundary detector's): streams are sharded here by a stable
@@ -217,6 +220,7 @@ class OcrActor:
     """On-screen text of each frame; keeps per-stream state (the last read frame), so sharded by stream."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from operators.ocr import ScreenTextReader
 
         self.reader = ScreenTextReader(config.ocr)
@@ -234,6 +238,7 @@ class TranscriptActor:
     (operators/transcribe.py). Caption rows outlive segments, so it keeps per-stream state: sharded by stream."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import transcriber
 
         self.step = transcriber(config)
@@ -253,6 +258,7 @@ class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
 
     def __init__(self, config: LivelensConfig, shard_index: int):
+        metrics.configure(config.metrics)
         from memory_store.service import MemoryStore
 
         if not config.redis.url:
@@ -305,6 +311,7 @@ class StandingActor:
     """Evaluates standing queries on each stored segment; alerts are acknowledged before the source commits."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.kafka.client import make_producer
         from pipelines.moderation.alerts import AlertLog
         from pipelines.query.outbox import WebhookOutbox
@@ -533,6 +540,7 @@ class SourceActor:
     """Runs a KafkaSegmentSource in a thread from its constructor, so a restarted actor resumes by itself."""
 
     def __init__(self, config: LivelensConfig, source_id: str):
+        metrics.configure(config.metrics)
         from pipelines.ingest.source import KafkaSegmentSource
         from pipelines.redis_io import redis_client
         from pipelines.stream_state import StreamSettings

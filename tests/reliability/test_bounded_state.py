@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from operators.frames import FeatureBatch, SegmentInfo
+from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.ingest.chain import CompressStep
 from pipelines.ingest.idle import StreamStates
@@ -59,3 +60,19 @@ def test_a_stream_idle_past_the_limit_is_forgotten_and_without_a_store_starts_af
     assert _streams_held(step) == (1, 1) and len(states) == 1
     returning = step.compress(_features("quiet", rng), None)
     assert bool(returning.kept[0].all())  # its first frame is kept whole: no stale reference to compare with
+
+
+def test_ten_thousand_streams_make_a_bounded_number_of_metric_series():
+    # Ray cannot remove a series, so each process names at most metrics.max_stream_series streams.
+    labels = metrics.StreamLabels(limit=100)
+    seen = {labels.label("t", f"s{i}") for i in range(10_000)}
+    assert len(seen) == 101 and metrics.StreamLabels.OTHER_STREAMS in seen
+    assert labels.label("t", "s7") == "s7" and labels.label("u", "s7") == "_other"  # the first 100 keep their names
+    tags = metrics._tags(metrics.SEGMENTS_IN, {"stage": "memory", "tenant": "t", "stream": "s-new"})
+    assert tags["stream"] == "s-new"  # the process-wide budget (2000 by default) is not spent here
+    metrics.configure(LivelensConfig(metrics=dict(max_stream_series=0)).metrics)
+    try:
+        assert metrics._tags(metrics.SEGMENTS_IN, {"stage": "memory", "tenant": "t", "stream": "s-newer"})[
+            "stream"] == "_other"
+    finally:
+        metrics.configure(LivelensConfig().metrics)
