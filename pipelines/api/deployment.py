@@ -13,7 +13,8 @@ import ray
 
 from pipelines.api.guard import check_exposure
 from pipelines.api.http import LivelensAPI, start_http
-from pipelines.config import TENANT_TOPIC_ID, LivelensConfig
+from pipelines.config import LivelensConfig
+from pipelines.settings.connections import TENANT_TOPIC_ID
 from pipelines.kafka.client import ensure_topics
 from pipelines.ray.control import start_stream_control
 from pipelines.ray.query import start_answerers, start_query_consumer

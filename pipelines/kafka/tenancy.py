@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaConsumer
 
-from pipelines.config import TENANT_TOPIC_ID, TENANT_TOPICS, KafkaConfig
+from pipelines.settings.connections import TENANT_TOPIC_ID, TENANT_TOPICS, KafkaConfig
 
 log = logging.getLogger(__name__)
 
