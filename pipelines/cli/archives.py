@@ -33,7 +33,8 @@ def backfill(
     from pipelines.redis_io import redis_client
 
     from memory_store.service import MemoryStore
-    from pipelines.ingest.backfill import Backfill, BackfillJob, consecutive_starts, expand_sources, stream_id_for
+    from pipelines.ingest.backfill import Backfill, BackfillJob
+    from pipelines.ingest.recordings import consecutive_starts, expand_sources, stream_id_for
 
     config = effective_config()
     os.nice(config.backfill.nice)  # first: the decode workers and torch's threads inherit it (live has priority)
