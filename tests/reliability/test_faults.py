@@ -108,6 +108,19 @@ def test_sigkill_of_the_query_consumer_then_a_kafka_query_is_answered(stack):
                       + "\n")
 
 
+def test_sigkill_of_the_answer_actor_then_a_question_is_answered(stack):
+    """The answer actor (max_restarts) killed: the next question that needs an answer waits for its restart
+    and is answered, over Kafka (the query consumer's path) and HTTP's engine alike."""
+    os.kill(actor_pid(stack, "answer-0"), signal.SIGKILL)
+    started = time.monotonic()
+    answer = Client(stack, timeout_s=120).ask_kafka(messages.Query(tenant_id="default", text="anything", top_k=1))
+    assert answer.error is None and answer.answer, answer
+    if os.environ.get("LIVELENS_FAULT_REPORT"):
+        with open(os.environ["LIVELENS_FAULT_REPORT"], "a") as out:
+            out.write(json.dumps(dict(fault="kill-answer", answered_after_s=round(time.monotonic() - started, 1)))
+                      + "\n")
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
