@@ -35,10 +35,9 @@ import numpy as np
 
 from operators.config import BoundaryConfig
 from operators.frames import CompressedBatch
+from operators.state import StreamKey, replace_stream
 
 logger = logging.getLogger(__name__)
-
-StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 
 # Below this velocity norm an embedding trajectory counts as at rest (float noise of an unchanged frame).
 _REST = 1e-6
@@ -129,22 +128,36 @@ class BoundaryDetector:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, picklable state: per stream the current event's start and statistics, and the trajectory tail."""
-        return {
-            "version": _SNAPSHOT_VERSION,
-            "streams": [
-                {"tenant_id": tenant, "stream_id": stream, "last_pts": s.last_pts, "event_start": s.event_start,
-                 "n": s.n, "mean": s.mean, "m2": s.m2,
-                 "embedding": None if s.embedding is None else s.embedding.copy(),
-                 "velocity": None if s.velocity is None else s.velocity.copy()}
-                for (tenant, stream), s in self._streams.items()
-            ],
-        }
+        return self._snapshot(list(self._streams))
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+        """`snapshot` of one stream; None when it has no state here."""
+        key = (tenant_id, stream_id)
+        return self._snapshot([key]) if key in self._streams else None
+
+    def _snapshot(self, keys: list[StreamKey]) -> dict[str, Any]:
+        def entry(s: _Stream) -> dict[str, Any]:
+            return {"last_pts": s.last_pts, "event_start": s.event_start, "n": s.n, "mean": s.mean, "m2": s.m2,
+                    "embedding": None if s.embedding is None else s.embedding.copy(),
+                    "velocity": None if s.velocity is None else s.velocity.copy()}
+
+        return {"version": _SNAPSHOT_VERSION,
+                "streams": [{"tenant_id": tenant, "stream_id": stream, **entry(self._streams[(tenant, stream)])}
+                            for tenant, stream in keys]}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace all state with a snapshot's."""
+        self._streams = self._parse(state)
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict[str, Any]) -> None:
+        """Take back `snapshot_stream`'s result: the stream's current event goes on; others are untouched."""
+        replace_stream(self._streams, tenant_id, stream_id, self._parse(state))
+
+    @staticmethod
+    def _parse(state: dict[str, Any]) -> dict[StreamKey, _Stream]:
         if state.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"boundary snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
-        self._streams = {
+        return {
             (s["tenant_id"], s["stream_id"]): _Stream(
                 float(s["last_pts"]), float(s["event_start"]), int(s["n"]), float(s["mean"]), float(s["m2"]),
                 None if s["embedding"] is None else np.asarray(s["embedding"], np.float64).copy(),

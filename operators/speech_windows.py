@@ -33,8 +33,8 @@ import numpy as np
 from operators.config import SpeechConfig
 from operators.speech.audio import SAMPLE_RATE, SpeechRegion, checked_audio
 from operators.speech.vad import FRAME, VadState, VoiceActivityDetector
+from operators.state import StreamKey, replace_stream
 
-StreamKey = tuple[str, str]
 GAP_S = 0.1  # audio starting further than this from where the buffer ends does not continue it
 _SNAPSHOT_VERSION = 1
 
@@ -160,22 +160,41 @@ class SpeechWindows:
 
     def snapshot(self) -> dict:
         """Plain values and numpy arrays: the buffered samples, their VAD probabilities and the VAD's state."""
+        return self._snapshot(list(self._streams))
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict | None:
+        """`snapshot` of one stream; None when nothing of it is buffered."""
+        key = (tenant_id, stream_id)
+        return self._snapshot([key]) if key in self._streams else None
+
+    def _snapshot(self, keys: list[StreamKey]) -> dict:
+        def entry(b: _Buffer) -> dict:
+            return {"start_s": b.start_s, "channel": b.channel, "samples": b.samples.copy(), "probs": b.probs.copy(),
+                    "covered": [list(span) for span in b.covered],
+                    "vad": None if b.vad is None else [b.vad.context.copy(), b.vad.h.copy(), b.vad.c.copy()]}
+
         return {"version": _SNAPSHOT_VERSION, "streams": [
-            {"tenant_id": tenant, "stream_id": stream, "start_s": b.start_s, "channel": b.channel,
-             "samples": b.samples.copy(), "probs": b.probs.copy(), "covered": [list(span) for span in b.covered],
-             "vad": None if b.vad is None else [b.vad.context.copy(), b.vad.h.copy(), b.vad.c.copy()]}
-            for (tenant, stream), b in self._streams.items()]}
+            {"tenant_id": tenant, "stream_id": stream, **entry(self._streams[(tenant, stream)])}
+            for tenant, stream in keys]}
 
     def restore(self, state: dict) -> None:
+        self._streams = self._parse(state)
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict) -> None:
+        """Take back `snapshot_stream`'s result; other streams' buffers are untouched."""
+        replace_stream(self._streams, tenant_id, stream_id, self._parse(state))
+
+    @staticmethod
+    def _parse(state: dict) -> dict[StreamKey, _Buffer]:
         if state.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"speech window snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
-        self._streams = {}
+        out = {}
         for s in state["streams"]:
             vad = None if s["vad"] is None else VadState(*(np.asarray(a, np.float32) for a in s["vad"]))
-            self._streams[(s["tenant_id"], s["stream_id"])] = _Buffer(
+            out[(s["tenant_id"], s["stream_id"])] = _Buffer(
                 float(s["start_s"]), s["channel"], vad, np.asarray(s["samples"], np.float32),
                 np.asarray(s["probs"], np.float32), [(float(start), float(end)) for start, end in s["covered"]])
-
+        return out
 
 def _frame_edge(seconds: float, up: bool) -> int:
     """``seconds`` from a buffer's start as a sample count on a VAD frame edge (what stays is framed as before)."""

@@ -179,3 +179,24 @@ class Transcriber:
             self.captions.restore(state)
         if self.speech is not None:  # a snapshot taken with asr off has no speech buffered
             self.speech.restore(state.get("speech", SpeechWindows.EMPTY))
+
+    def _parts(self) -> dict[str, CaptionReader | SpeechWindows]:
+        return {name: part for name, part in (("captions", self.captions), ("speech", self.speech))
+                if part is not None}
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict | None:
+        """One stream's caption and speech state, by part; None when neither holds any."""
+        held = {name: part.snapshot_stream(tenant_id, stream_id) for name, part in self._parts().items()}
+        return {name: state for name, state in held.items() if state is not None} or None
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict) -> None:
+        """Take back `snapshot_stream`'s result; a part it holds nothing of starts the stream afresh. ValueError
+        for a part not here (kept while captions or asr were configured otherwise)."""
+        parts = self._parts()
+        if set(state) - set(parts):
+            raise ValueError(f"transcript state of {sorted(set(state) - set(parts))}, not configured here")
+        for name, part in parts.items():
+            if name in state:
+                part.restore_stream(tenant_id, stream_id, state[name])
+            else:
+                part.forget(tenant_id, stream_id)

@@ -52,16 +52,22 @@ log = logging.getLogger(__name__)
 RESTART = dict(max_restarts=-1, max_task_retries=3)
 
 
-def stream_states(config: LivelensConfig, forget):
-    """The bound on an actor's per-stream state (pipelines/ingest/idle.py)."""
+def stream_states(config: LivelensConfig, step, stage: str):
+    """The bound on an actor's per-stream state, evicted streams' state kept in Redis for their return
+    (pipelines/ingest/idle.py)."""
     from pipelines.ingest.idle import StreamStates
+    from pipelines.ingest.snapshots import EvictedStates
 
-    return StreamStates(forget, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor)
+    ttl_s = config.pipeline.evicted_state_ttl_s
+    kept = EvictedStates(redis_client(config.redis), stage, ttl_s) if ttl_s > 0 else None
+    return StreamStates(step, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor,
+                        kept=kept)
 
 
 @ray.remote(**RESTART)
 class DecodeActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from operators.decode import SegmentDecoder
 
         self.decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
@@ -82,6 +88,7 @@ class EncodeActor:
     """
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import EncodeStep, FusedEncodeCompress
 
         self.config = config.encode
@@ -90,7 +97,7 @@ class EncodeActor:
         self.step = FusedEncodeCompress.build(config) if self.fused else EncodeStep.build(config)
         self.encoder = self.step.encoder
         self.skipper = None if self.fused else self.step.skipper
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "encode")
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
@@ -192,12 +199,13 @@ class EncodeActor:
 @ray.remote(**RESTART)
 class CompressActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import CompressStep
 
         # Per-stream state (the compressor's, the boundary detector's): streams are sharded here by a stable
         # hash, in order.
         self.step = CompressStep.build(config)
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "compress")
 
     def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
         call = metrics.StageCall("compress", batch.segment, len(batch))
@@ -212,10 +220,11 @@ class OcrActor:
     """On-screen text of each frame; keeps per-stream state (the last read frame), so sharded by stream."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from operators.ocr import ScreenTextReader
 
         self.reader = ScreenTextReader(config.ocr)
-        self.streams = stream_states(config, self.reader.forget)
+        self.streams = stream_states(config, self.reader, "ocr")
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("ocr", batch.segment, len(batch))
@@ -229,10 +238,11 @@ class TranscriptActor:
     (operators/transcribe.py). Caption rows outlive segments, so it keeps per-stream state: sharded by stream."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import transcriber
 
         self.step = transcriber(config)
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "transcript")
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("transcript", batch.segment, len(batch))
@@ -248,6 +258,7 @@ class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
 
     def __init__(self, config: LivelensConfig, shard_index: int):
+        metrics.configure(config.metrics)
         from memory_store.service import MemoryStore
 
         if not config.redis.url:
@@ -300,6 +311,7 @@ class StandingActor:
     """Evaluates standing queries on each stored segment; alerts are acknowledged before the source commits."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.kafka.client import make_producer
         from pipelines.moderation.alerts import AlertLog
         from pipelines.query.outbox import WebhookOutbox
@@ -528,6 +540,7 @@ class SourceActor:
     """Runs a KafkaSegmentSource in a thread from its constructor, so a restarted actor resumes by itself."""
 
     def __init__(self, config: LivelensConfig, source_id: str):
+        metrics.configure(config.metrics)
         from pipelines.ingest.source import KafkaSegmentSource
         from pipelines.redis_io import redis_client
         from pipelines.stream_state import StreamSettings

@@ -18,6 +18,7 @@ import ray
 from contracts import messages
 from operators.frames import FrameBatch
 from operators.moderation.risk import RiskDecision, Verdict
+from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.kafka.client import make_producer
 from pipelines.moderation.alerts import AlertLog
@@ -38,6 +39,7 @@ class VerifierActor:
     the decision alone, so a re-run reaches the same verdict)."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         self.verifier = build_verifier(config)
         self.verified = 0
 
@@ -56,6 +58,7 @@ class ModerationActor:
     stream order (the RiskEngine ignores frames older than the newest it has seen)."""
 
     def __init__(self, config: LivelensConfig, shard_index: int, verifiers: list):
+        metrics.configure(config.metrics)
         setup_logging()
         shards = config.moderation.moderators
         client = redis_client(config.redis)

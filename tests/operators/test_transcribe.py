@@ -7,6 +7,7 @@ what it does with the answer, not recognition.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from operators.speech.engine import Recognised
 from operators.speech.recognizer import SpeechRecognizer
 from operators.transcribe import Transcriber
 from pipelines.config import LivelensConfig
-from pipelines.ingest.backfill import _pack, _unpack
+from pipelines.ingest.snapshots import pack, unpack
 from pipelines.segmenter import iter_segments
 from tests.transcripts.media import POP_ON
 
@@ -95,12 +96,24 @@ def test_speech_state_is_snapshot_restored_and_forgotten(real_video_dir: Path, e
     key = ("t", "s")
     assert first.speech.buffered_s(key) > 0
     second = Transcriber(TranscriptConfig(asr=True), embedder, scripted())
-    second.restore(_unpack(_pack(first.snapshot())))  # through the backfill manifest's JSON, as a resume reads it
+    second.restore(unpack(pack(first.snapshot())))  # through the backfill manifest's JSON, as a resume reads it
     def rest(stage: Transcriber) -> list[tuple[float, float]]:
         lines = [line for b in batches[1:] for line in stage.read(b).lines] + stage.flush(*key).lines
         return [(line.start_s, line.end_s) for line in lines]
 
     assert rest(first) == rest(second) != []
+    # A live actor evicting the quiet stream keeps its state in Redis (as JSON) and restores it on its return.
+    third = Transcriber(TranscriptConfig(asr=True), embedder, scripted())
+    third.read(batches[0])
+    third.read(replace(batches[0], segment=replace(batches[0].segment, stream_id="other")))
+    kept = unpack(pack(third.snapshot_stream(*key)))
+    third.forget(*key)
+    assert third.snapshot_stream(*key) is None and third.speech.buffered_s(("t", "other")) > 0
+    third.restore_stream(*key, kept)
+    assert third.speech.buffered_s(("t", "other")) > 0 and rest(third) == rest(first)
+    with pytest.raises(ValueError, match="speech"):
+        Transcriber(TranscriptConfig(), embedder).restore_stream(*key, kept)  # asr off here
+
     second.read(batches[0])
     second.forget(*key)
     assert second.speech.buffered_s(key) == 0.0 and second.flush(*key).lines == []
