@@ -1,7 +1,7 @@
 """The protocol of a stateful operator: per-stream state it can hand over and take back.
 
-The compressor (with its pruner), the boundary detector, the frame skipper, the text reader and the caption
-reader keep state per (tenant, stream). A runtime that stores or moves that state (the backfill manifest, a
+The compressor (with its pruner), the boundary detector, the frame skipper, the text reader, the caption
+reader and the speech windows keep state per (tenant, stream). A runtime that stores or moves that state (the backfill manifest, a
 live actor evicting a quiet stream) sees only this protocol, never an operator's fields; what `snapshot`
 returns is plain data (dicts, lists, numbers, strings, numpy arrays) that the caller serialises as it likes.
 

@@ -1,8 +1,8 @@
 """Per-stream state that ends, and comes back: a live actor evicts the state of streams that went quiet.
 
 The compressor, the boundary detector, the frame skipper, the ViT token cache (about 14.5 MB a stream), the
-encoder's stats, the text reader and the caption reader keep state per (tenant, stream). Without an end, an
-actor's memory grows with every stream it has ever seen. `StreamStates` bounds it: a stream not seen for
+encoder's stats, the text reader, the caption reader and the speech windows keep state per (tenant, stream).
+Without an end, an actor's memory grows with every stream it has ever seen. `StreamStates` bounds it: a stream not seen for
 `pipeline.stream_idle_s` is evicted, and past `pipeline.max_streams_per_actor` streams the least recently seen
 goes first.
 
