@@ -2,9 +2,9 @@
 
 The compressor, the boundary detector, the frame skipper, the ViT token cache (about 14.5 MB a stream), the
 encoder's stats, the text reader, the caption reader and the speech windows keep state per (tenant, stream).
-Without an end, an actor's memory grows with every stream it has ever seen. `StreamStates` bounds it: a stream not seen for
-`pipeline.stream_idle_s` is evicted, and past `pipeline.max_streams_per_actor` streams the least recently seen
-goes first.
+Without an end, an actor's memory grows with every stream it has ever seen. `StreamStates` bounds it: a stream
+not seen for `pipeline.stream_idle_s` is evicted, and past `pipeline.max_streams_per_actor` streams the least
+recently seen goes first.
 
 Evicting keeps the stream's state (the step's `snapshot_stream`) in Redis for `pipeline.evicted_state_ttl_s`
 (`EvictedStates`), and the next batch of the stream restores it (`restore_stream`) before the step sees the
