@@ -475,8 +475,9 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
 
 @dataclass(frozen=True, eq=False)
 class SegmentRefs:
-    """A segment's handle in the DAG: its last step (``done``), and the steps its stream's next segment must
-    wait for (its memory write, its standing-query evaluation)."""
+    """A segment's handle in the DAG: its last step (``done``: moderation's screening when moderation is on),
+    and the steps its stream's next segment must wait for (its memory write, its standing-query evaluation, and
+    ``done``)."""
 
     done: Any
     written: Any
@@ -521,7 +522,7 @@ class RayIngest:
         done = evaluated
         if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
             done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(
-                done, frames, texts, [compressed], transcript)
+                done, frames, texts, [compressed], transcript, after=[a.done for a in after] or None)
         return SegmentRefs(done, written, evaluated)
 
     def wait(self, handles: list[SegmentRefs], timeout_s: float) -> list[SegmentRefs]:
