@@ -12,7 +12,7 @@ restores it when the stream returns (pipelines/ingest/idle.py).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 _State = TypeVar("_State")
@@ -54,3 +54,47 @@ def replace_stream(held: dict[StreamKey, _State], tenant_id: str, stream_id: str
         raise ValueError(f"a snapshot of {sorted(restored)} given to restore stream {key}")
     held.pop(key, None)
     held.update(restored)
+
+
+class PerStreamState(Generic[_State]):
+    """The snapshot plumbing of an operator whose state is one ``_State`` per stream in ``self._streams``
+    (`Stateful` and `StreamStateful`): a subclass says how one stream's state becomes plain data (`_dump`) and
+    back (`_load`), and names its snapshot format (``SNAPSHOT_NAME``, ``SNAPSHOT_VERSION``)."""
+
+    SNAPSHOT_NAME: ClassVar[str]
+    SNAPSHOT_VERSION: ClassVar[int]
+    _streams: dict[StreamKey, _State]
+
+    def _dump(self, state: _State) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load(self, entry: dict[str, Any]) -> _State:
+        raise NotImplementedError
+
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        self._streams.pop((tenant_id, stream_id), None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._snapshot(list(self._streams))
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+        key = (tenant_id, stream_id)
+        return self._snapshot([key]) if key in self._streams else None
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace all state with a snapshot's."""
+        self._streams = self._parse(state)
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict[str, Any]) -> None:
+        replace_stream(self._streams, tenant_id, stream_id, self._parse(state))
+
+    def _snapshot(self, keys: list[StreamKey]) -> dict[str, Any]:
+        return {"version": self.SNAPSHOT_VERSION,
+                "streams": [{"tenant_id": tenant, "stream_id": stream, **self._dump(self._streams[(tenant, stream)])}
+                            for tenant, stream in keys]}
+
+    def _parse(self, state: dict[str, Any]) -> dict[StreamKey, _State]:
+        if state.get("version") != self.SNAPSHOT_VERSION:
+            raise ValueError(f"{self.SNAPSHOT_NAME} snapshot version {state.get('version')!r}, "
+                             f"expected {self.SNAPSHOT_VERSION}")
+        return {(entry["tenant_id"], entry["stream_id"]): self._load(entry) for entry in state["streams"]}

@@ -18,7 +18,8 @@ from pipelines.settings.connections import TENANT_TOPIC_ID
 from pipelines.kafka.client import ensure_topics
 from pipelines.ray.control import start_stream_control
 from pipelines.ray.query import start_answerers, start_query_consumer
-from pipelines.ray.dag import start_sources, start_stages
+from pipelines.ray.dag import start_stages
+from pipelines.ray.sources import start_sources
 from pipelines.ray.runtime import connect_ray, effective_config
 from pipelines.redis_io import check_durability, redis_client
 

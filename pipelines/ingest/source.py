@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 
 class IngestBackend(Protocol):
-    """Where segments go. `pipelines.ray.dag.RayIngest` is the real one; tests may use an in-process one."""
+    """Where segments go. `pipelines.ray.sources.RayIngest` is the real one; tests may use an in-process one."""
 
     def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[Any] = ()) -> Any:
         """Start the segment through the DAG; ``after``: the handles of the earlier segments of its stream still

@@ -211,7 +211,7 @@ def test_broker_unreachable_longer_than_every_kafka_timeout(stack, short_segment
 
 
 def test_a_second_source_joins_then_leaves(stack, short_segments):
-    from pipelines.ray.dag import SourceActor
+    from pipelines.ray.sources import SourceActor
 
     joined = []
 
