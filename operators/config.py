@@ -119,6 +119,10 @@ class OcrConfig(Section):
     max_changed_fraction: float = Field(
         0.35, gt=0.0, le=1.0, description="Incremental reads: when the changed regions cover more than this share "
         "of the frame (a cut, a camera move) the whole frame is read, which then costs less than the regions.")
+    recognition_batch: int = Field(
+        8, ge=1, description="Text crops of about the same width (all streams' changed lines of a batch of "
+        "calls) recognised per model run. A crop's text does not depend on it; on a CPU it changes little "
+        "(BENCHMARKS.md, issue 18), on a GPU larger runs use the device better.")
 
 
 class TranscriptConfig(Section):
