@@ -209,49 +209,18 @@ class CompressActor:
 
 @ray.remote(**RESTART)
 class OcrActor:
-    """On-screen text of each frame; keeps per-stream state (the last read frame), so sharded by stream.
-
-    Calls that arrive while a read runs wait for it and are then read together (``read_many``: the changed
-    text boxes of all their streams share the recogniser's model runs). Nothing waits for company: under light
-    load each call is read alone at once. The reader runs in a worker thread, so the event loop keeps
-    collecting the next calls; segments of one stream are read in the order their calls came.
-    """
+    """On-screen text of each frame; keeps per-stream state (the last read frame), so sharded by stream."""
 
     def __init__(self, config: LivelensConfig):
         from operators.ocr import ScreenTextReader
 
         self.reader = ScreenTextReader(config.ocr)
         self.streams = stream_states(config, self.reader.forget)
-        self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
-        self._runner: asyncio.Task | None = None
 
-    async def read(self, batch: FrameBatch):
+    def read(self, batch: FrameBatch):
         call = metrics.StageCall("ocr", batch.segment, len(batch))
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((batch, future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.get_running_loop().create_task(self._run())
-        return call.done(await future)
-
-    async def _run(self) -> None:
-        while self._queue:
-            taken, self._queue = self._queue, []
-            try:
-                results = await asyncio.to_thread(self._read, [b for b, _ in taken])
-            except Exception as exc:  # our own failure: its callers fail, the actor goes on
-                results = [exc] * len(taken)
-            for (_, future), result in zip(taken, results):
-                if isinstance(result, Exception):  # StageError: that segment's bad input
-                    if isinstance(result, StageError):
-                        result.stage = result.stage or "ocr"
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
-
-    def _read(self, batches: list[FrameBatch]) -> list:
-        for batch in batches:
-            self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
-        return self.reader.read_many(batches)
+        self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
+        return call.done(tag_stage("ocr", self.reader.read, batch))
 
 
 @ray.remote(**RESTART)
