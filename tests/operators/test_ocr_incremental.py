@@ -77,7 +77,8 @@ def test_the_acceptance_headline_reads_with_its_spaces(reader: ScreenTextReader)
 
 
 def test_reading_streams_together_equals_reading_each(embedder: TextEmbedder, work: Path):
-    together, alone = ScreenTextReader(OcrConfig(), embedder), ScreenTextReader(OcrConfig(), embedder)
+    together = ScreenTextReader(OcrConfig(recognition_batch=8), embedder)  # as on a GPU host
+    alone = ScreenTextReader(OcrConfig(), embedder)
     streams = {name: make(work) for name, make in SEQUENCES.items()}
     # Two segments per stream, all handed over at once, as the OCR actor drains its queue.
     batches = [batch(frames[half], start_s=float(i), stream=name) for name, frames in streams.items()
@@ -99,7 +100,8 @@ def test_reading_streams_together_equals_reading_each(embedder: TextEmbedder, wo
 def test_changed_lines_of_several_streams_share_one_recogniser_run(embedder: TextEmbedder):
     """Two channels switch to the same syndicated headline: its crops, one per stream, are read in one model
     run (crops share a run at the same input width: every crop up to 320/48 as wide as high, or equal lines)."""
-    together, alone = ScreenTextReader(OcrConfig(), embedder), ScreenTextReader(OcrConfig(), embedder)
+    together = ScreenTextReader(OcrConfig(recognition_batch=8), embedder)  # as on a GPU host
+    alone = ScreenTextReader(OcrConfig(), embedder)
     for reader in (together, alone):
         reader.read_many([batch([frame(HEADLINES[i], corners=("14:05", "LIVE"))], stream=f"s{i}") for i in range(3)])
     runs_together, runs_alone = _count_recogniser_runs(together), _count_recogniser_runs(alone)
