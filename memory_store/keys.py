@@ -47,6 +47,8 @@ Beside memory, the layers above keep these (built here too, so that one module n
     ll:moderation:pending              hash    decision_id -> RiskDecision JSON, every tenant's, until its verdict
     ll:webhooks:outbox                 stream  standing-query webhooks to deliver, every tenant's (pipelines.query.outbox)
     ll:{t}:backfill:<stream>:<digest>  hash    a backfill's manifest: finished segments, operator snapshots
+    ll:{t}:evicted:<stream>:<stage>    string  the operator state of a stream a live stage evicted (idle), kept
+                                               pipeline.evicted_state_ttl_s to restore if it returns
     ll:{t}:alerts, alert-index, alert-acks, audit:<room>   the alert log (pipelines.moderation.alerts)
     ll:{t}:settings:<stream>           hash    a stream's overrides of global settings (retention_s, sample_fps)
     ll:{t}:control:<stream>            hash    a stream's state as operators set it: live, paused, deleted
@@ -237,6 +239,10 @@ def backfill_manifest(tenant_id: str, stream_id: str, source_digest: str) -> str
     return f"{_tenant(tenant_id)}:backfill:{check_id('stream', stream_id)}:{source_digest}"
 
 
+def evicted_state(tenant_id: str, stream_id: str, stage: str) -> str:
+    return f"{_tenant(tenant_id)}:evicted:{check_id('stream', stream_id)}:{stage}"
+
+
 def stream_settings(tenant_id: str, stream_id: str) -> str:
     return f"{_tenant(tenant_id)}:settings:{check_id('stream', stream_id)}"
 
@@ -272,7 +278,7 @@ _STREAM_KINDS: list[str] = ["stream", "timeline", "short", "mid", "long", "bound
                             "clip:loc", "clip:media", "clip:wall", "clip:archived", "moderation:room", "audit", "gaps",
                             "lines"]
 # ``ll:{t}:<kind>:<stream>:<anything>``
-_PREFIXED_KINDS: list[str] = ["segment", "backfill", "skipped"]
+_PREFIXED_KINDS: list[str] = ["segment", "backfill", "skipped", "evicted"]
 # ``ll:{t}:<kind>:<tenant>/<stream>/<anything>``: keys named by an entry key (frame keys, event keys, ...)
 _ENTRY_KINDS: list[str] = ["frame", "thumb", "evtok", "line"]
 # Tenant-wide sorted sets whose members are entry keys (``<tenant>/<stream>/...``): the index id sets.

@@ -35,10 +35,9 @@ import numpy as np
 
 from operators.config import BoundaryConfig
 from operators.frames import CompressedBatch
+from operators.state import PerStreamState, StreamKey
 
 logger = logging.getLogger(__name__)
-
-StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 
 # Below this velocity norm an embedding trajectory counts as at rest (float noise of an unchanged frame).
 _REST = 1e-6
@@ -46,9 +45,6 @@ _REST = 1e-6
 # judged against it ordinary noise (0.1, 0.5, 0.1, ...) reads as a boundary. At 1 fps an event is thus at
 # least 4 s long before its end can be found; the sample broadcast's shortest scene is 6.5 s.
 _MIN_SAMPLES = 3
-_SNAPSHOT_VERSION = 1
-
-
 
 
 @dataclass
@@ -62,8 +58,11 @@ class _Stream:
     velocity: np.ndarray | None = field(default=None)
 
 
-class BoundaryDetector:
+class BoundaryDetector(PerStreamState["_Stream"]):
     """Marks the frames where a new event begins, online, per stream."""
+
+    SNAPSHOT_NAME = "boundary"
+    SNAPSHOT_VERSION = 1
 
     def __init__(self, config: BoundaryConfig):
         self.config = config
@@ -123,34 +122,17 @@ class BoundaryDetector:
         stream.m2 += delta * (value - stream.mean)
         return False
 
-    def forget(self, tenant_id: str, stream_id: str) -> None:
-        """Drop a stream's state; its next frame opens a new event."""
-        self._streams.pop((tenant_id, stream_id), None)
+    # Snapshots (operators.state.PerStreamState): per stream the current event's start and statistics, and the
+    # trajectory tail; a restored stream's current event goes on.
+    def _dump(self, s: _Stream) -> dict[str, Any]:
+        return {"last_pts": s.last_pts, "event_start": s.event_start, "n": s.n, "mean": s.mean, "m2": s.m2,
+                "embedding": None if s.embedding is None else s.embedding.copy(),
+                "velocity": None if s.velocity is None else s.velocity.copy()}
 
-    def snapshot(self) -> dict[str, Any]:
-        """Plain, picklable state: per stream the current event's start and statistics, and the trajectory tail."""
-        return {
-            "version": _SNAPSHOT_VERSION,
-            "streams": [
-                {"tenant_id": tenant, "stream_id": stream, "last_pts": s.last_pts, "event_start": s.event_start,
-                 "n": s.n, "mean": s.mean, "m2": s.m2,
-                 "embedding": None if s.embedding is None else s.embedding.copy(),
-                 "velocity": None if s.velocity is None else s.velocity.copy()}
-                for (tenant, stream), s in self._streams.items()
-            ],
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Replace all state with a snapshot's."""
-        if state.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(f"boundary snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
-        self._streams = {
-            (s["tenant_id"], s["stream_id"]): _Stream(
-                float(s["last_pts"]), float(s["event_start"]), int(s["n"]), float(s["mean"]), float(s["m2"]),
-                None if s["embedding"] is None else np.asarray(s["embedding"], np.float64).copy(),
-                None if s["velocity"] is None else np.asarray(s["velocity"], np.float64).copy())
-            for s in state["streams"]
-        }
+    def _load(self, s: dict[str, Any]) -> _Stream:
+        return _Stream(float(s["last_pts"]), float(s["event_start"]), int(s["n"]), float(s["mean"]), float(s["m2"]),
+                       None if s["embedding"] is None else np.asarray(s["embedding"], np.float64).copy(),
+                       None if s["velocity"] is None else np.asarray(s["velocity"], np.float64).copy())
 
 
 def _curvature(velocity: np.ndarray, previous: np.ndarray) -> float:

@@ -48,10 +48,9 @@ from operators.config import CompressConfig, DropConfig, DropMode, PruneConfig
 from operators.frame_skip import patch_change, pixel_cells
 from operators.frames import CompressedBatch, FeatureBatch
 from operators.pruning import DistinctivePruner
+from operators.state import StreamKey, replace_stream
 
 logger = logging.getLogger(__name__)
-
-StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 
 # Norm floor for the cosine: an all-zero token has no direction, so it compares as 0
 # (kept unless the threshold is negative) instead of dividing by zero.
@@ -157,19 +156,41 @@ class TokenDropCompressor:
     def snapshot(self) -> dict[str, Any]:
         """Plain, picklable state: the last full frame of every stream (``tokens`` in feature mode, ``cells`` in
         pixel mode) and the pruner's running means."""
+        return self._snapshot(list(self._last), self._pruner.snapshot() if self._pruner is not None else None)
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+        """`snapshot` of one stream; None when it has no state here."""
+        key = (tenant_id, stream_id)
+        pruner = self._pruner.snapshot_stream(tenant_id, stream_id) if self._pruner is not None else None
+        if key not in self._last and pruner is None:
+            return None
+        if self._pruner is not None and pruner is None:
+            pruner = self._pruner.snapshot_of([])
+        return self._snapshot([key] if key in self._last else [], pruner)
+
+    def _snapshot(self, keys: list[StreamKey], pruner: dict[str, Any] | None) -> dict[str, Any]:
         field = _REFERENCE_KEY[self.drop.mode]
         return {
             "version": _SNAPSHOT_VERSION,
             "mode": self.drop.mode,
-            "streams": [
-                {"tenant_id": tenant, "stream_id": stream, "pts_s": last.pts_s, field: last.reference.copy()}
-                for (tenant, stream), last in self._last.items()
-            ],
-            "pruner": self._pruner.snapshot() if self._pruner is not None else None,
+            "streams": [{"tenant_id": tenant, "stream_id": stream, "pts_s": self._last[(tenant, stream)].pts_s,
+                         field: self._last[(tenant, stream)].reference.copy()} for tenant, stream in keys],
+            "pruner": pruner,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace all state with a snapshot's, taken by a compressor of the same mode and pruning."""
+        self._last = self._parse(state)
+        if self._pruner is not None:
+            self._pruner.restore(state["pruner"])
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict[str, Any]) -> None:
+        """Take back `snapshot_stream`'s result: the stream continues from its last frame, others are untouched."""
+        replace_stream(self._last, tenant_id, stream_id, self._parse(state))
+        if self._pruner is not None:
+            self._pruner.restore_stream(tenant_id, stream_id, state["pruner"])
+
+    def _parse(self, state: dict[str, Any]) -> dict[StreamKey, _LastFrame]:
         if state.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"compressor snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
         if state["mode"] != self.drop.mode:
@@ -177,12 +198,10 @@ class TokenDropCompressor:
         if (state["pruner"] is None) != (self._pruner is None):
             raise ValueError("snapshot and compressor disagree on pruning: restore into the same configuration")
         field = _REFERENCE_KEY[self.drop.mode]
-        self._last = {
+        return {
             (s["tenant_id"], s["stream_id"]): _LastFrame(float(s["pts_s"]), np.asarray(s[field], np.float32).copy())
             for s in state["streams"]
         }
-        if self._pruner is not None:
-            self._pruner.restore(state["pruner"])
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

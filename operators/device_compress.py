@@ -246,23 +246,58 @@ class DeviceTokenCompressor:
 
     def snapshot(self) -> dict[str, Any]:
         """``TokenDropCompressor.snapshot``'s format (host arrays), so either operator restores it."""
+        return self._snapshot(list(self._pts), list(self._frames))
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+        """`snapshot` of one stream (``TokenDropCompressor.snapshot_stream``'s format); None when it has no state."""
+        key = (tenant_id, stream_id)
+        if key not in self._pts and key not in self._frames:
+            return None
+        return self._snapshot([key] if key in self._pts else [], [key] if key in self._frames else [])
+
+    def _snapshot(self, referenced: list[StreamKey], averaged: list[StreamKey]) -> dict[str, Any]:
         field = _REFERENCE_KEY[self.drop.mode]
         pruner = None
         if self.prune is not None:
             pruner = {"version": _PRUNER_SNAPSHOT_VERSION,
                       "streams": [{"tenant_id": tenant, "stream_id": stream,
                                    "mean": self._means.rows[self._slots[(tenant, stream)]].cpu().numpy(),
-                                   "frames": frames} for (tenant, stream), frames in self._frames.items()]}
+                                   "frames": self._frames[(tenant, stream)]} for tenant, stream in averaged]}
         return {
             "version": _COMPRESSOR_SNAPSHOT_VERSION,
             "mode": self.drop.mode,
-            "streams": [{"tenant_id": tenant, "stream_id": stream, "pts_s": pts,
+            "streams": [{"tenant_id": tenant, "stream_id": stream, "pts_s": self._pts[(tenant, stream)],
                          field: self._references.rows[self._slots[(tenant, stream)]].cpu().numpy()}
-                        for (tenant, stream), pts in self._pts.items()],
+                        for tenant, stream in referenced],
             "pruner": pruner,
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict[str, Any]) -> None:
+        """Take back `snapshot_stream`'s result (either compressor's) for this stream alone."""
+        self._check(state)
+        key = (tenant_id, stream_id)
+        streams = state["streams"] + (state["pruner"]["streams"] if state["pruner"] is not None else [])
+        if any((s["tenant_id"], s["stream_id"]) != key for s in streams):
+            raise ValueError(f"a snapshot of other streams given to restore stream {key}")
+        self.forget(tenant_id, stream_id)
+        for s in state["streams"]:
+            reference = torch.as_tensor(np.asarray(s[_REFERENCE_KEY[self.drop.mode]], np.float32))
+            self._references = self._put_row(self._references, key, reference, torch.float32, "reference", self._pts)
+            self._pts[key] = float(s["pts_s"])
+        for s in state["pruner"]["streams"] if state["pruner"] is not None else []:
+            mean = torch.as_tensor(np.asarray(s["mean"], np.float64))
+            self._means = self._put_row(self._means, key, mean, torch.float64, "token width", self._frames)
+            self._frames[key] = int(s["frames"])
+
+    def _put_row(self, table: _Table | None, key: StreamKey, row: torch.Tensor, dtype: torch.dtype, what: str,
+                 streams: dict[StreamKey, Any]) -> _Table:
+        table = self._fitted(table, tuple(row.shape), dtype, what, streams)
+        slot = self._slot(key)
+        table.grow_to(len(self._slots) + len(self._free))
+        table.rows[slot] = row.to(self.device, dtype)
+        return table
+
+    def _check(self, state: dict[str, Any]) -> None:
         if state.get("version") != _COMPRESSOR_SNAPSHOT_VERSION:
             raise ValueError(f"compressor snapshot version {state.get('version')!r}, "
                              f"expected {_COMPRESSOR_SNAPSHOT_VERSION}")
@@ -273,6 +308,9 @@ class DeviceTokenCompressor:
         if state["pruner"] is not None and state["pruner"].get("version") != _PRUNER_SNAPSHOT_VERSION:
             raise ValueError(f"pruner snapshot version {state['pruner'].get('version')!r}, "
                              f"expected {_PRUNER_SNAPSHOT_VERSION}")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._check(state)
         self._slots, self._free, self._pts, self._frames = {}, [], {}, {}
         self._references = self._means = None
         field = _REFERENCE_KEY[self.drop.mode]

@@ -22,13 +22,11 @@ import torch.nn.functional as F
 
 from operators.config import FrameSkipConfig
 from operators.frames import FeatureBatch, FrameBatch
-
-StreamKey = tuple[str, str]  # (tenant_id, stream_id)
+from operators.state import PerStreamState, StreamKey
 
 # Cells per token patch along each side for the pixel change test: 4x4 cells see an object that
 # covers a quarter of a patch move, with 16 values per patch instead of a 16x16 (or 56x56) pixel block.
 CELLS_PER_PATCH = 4
-_SNAPSHOT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +83,7 @@ class _SkipState:
     skipped: int
 
 
-class FrameSkipper:
+class FrameSkipper(PerStreamState["_SkipState"]):
     """Per stream: encode a frame only when enough of it changed since the last encoded frame.
 
     Use per batch: ``mask = plan(batch)``, encode ``batch.images[mask]``, then
@@ -95,6 +93,9 @@ class FrameSkipper:
     Comparing with the last encoded frame, not the previous frame, keeps slow
     drift from hiding: it adds up until it crosses the test or ``max_skip``.
     """
+
+    SNAPSHOT_NAME = "frame skipper"
+    SNAPSHOT_VERSION = 1
 
     def __init__(self, config: FrameSkipConfig):
         self.config = config
@@ -179,33 +180,16 @@ class FrameSkipper:
         """Frames seen and skipped per stream since its state began (or was restored)."""
         return {key: SkipStats(s.seen, s.skipped) for key, s in self._streams.items()}
 
-    def forget(self, tenant_id: str, stream_id: str) -> None:
-        """Drop a stream's state; its next frame is encoded."""
-        self._streams.pop((tenant_id, stream_id), None)
+    # Snapshots (operators.state.PerStreamState): per stream the last encoded frame's cells and features, and the
+    # counters; a restored stream's next frame is compared with its last encoded one.
+    def _dump(self, s: _SkipState) -> dict[str, Any]:
+        return {"cells": s.cells.copy(), "tokens": s.tokens.copy(), "embedding": s.embedding.copy(),
+                "grid": tuple(s.grid), "skipped_run": s.skipped_run, "seen": s.seen, "skipped": s.skipped}
 
-    def snapshot(self) -> dict[str, Any]:
-        """Plain, picklable state: per stream the last encoded frame's cells and features, and the counters."""
-        return {
-            "version": _SNAPSHOT_VERSION,
-            "streams": [
-                {"tenant_id": tenant, "stream_id": stream, "cells": s.cells.copy(), "tokens": s.tokens.copy(),
-                 "embedding": s.embedding.copy(), "grid": tuple(s.grid), "skipped_run": s.skipped_run,
-                 "seen": s.seen, "skipped": s.skipped}
-                for (tenant, stream), s in self._streams.items()
-            ],
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Replace all state with a snapshot's."""
-        if state.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(f"frame skipper snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
-        self._streams = {
-            (s["tenant_id"], s["stream_id"]): _SkipState(
-                np.asarray(s["cells"], np.float32).copy(), np.asarray(s["tokens"]).copy(),
-                np.asarray(s["embedding"], np.float32).copy(), tuple(s["grid"]), int(s["skipped_run"]),
-                int(s["seen"]), int(s["skipped"]))
-            for s in state["streams"]
-        }
+    def _load(self, s: dict[str, Any]) -> _SkipState:
+        return _SkipState(np.asarray(s["cells"], np.float32).copy(), np.asarray(s["tokens"]).copy(),
+                          np.asarray(s["embedding"], np.float32).copy(), tuple(s["grid"]), int(s["skipped_run"]),
+                          int(s["seen"]), int(s["skipped"]))
 
 
 def _key(batch: FrameBatch | FeatureBatch) -> StreamKey:

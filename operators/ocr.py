@@ -47,8 +47,8 @@ from operators.config import OcrConfig
 from operators.frames import FrameBatch, StageError
 from operators.ocr_engine import OcrEngine
 from operators.ocr_regions import Region
+from operators.state import StreamKey, replace_stream
 
-StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 Box = tuple[tuple[float, float], ...]  # a line's 4 corners (x, y) in [0, 1], clockwise from top-left
 
 # all-MiniLM-L6-v2 was trained on at most 256 word pieces (its sentence_bert_config.json).
@@ -299,25 +299,36 @@ class ScreenTextReader:
 
     def snapshot(self) -> dict:
         """Plain, picklable state: each stream's last read thumbnail and result."""
-        return {
-            "version": _SNAPSHOT_VERSION,
-            "streams": [
-                {
-                    "tenant_id": tenant,
-                    "stream_id": stream,
-                    "thumbnail": last.thumbnail.copy(),
+        return self._snapshot(list(self._last))
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict | None:
+        """`snapshot` of one stream; None when it has no state here."""
+        key = (tenant_id, stream_id)
+        return self._snapshot([key]) if key in self._last else None
+
+    def _snapshot(self, keys: list[StreamKey]) -> dict:
+        def entry(last: _LastRead) -> dict:
+            return {"thumbnail": last.thumbnail.copy(),
                     "lines": [(line.text, line.confidence, line.box) for line in last.lines],
-                    "embedding": None if last.embedding is None else last.embedding.copy(),
-                }
-                for (tenant, stream), last in self._last.items()
-            ],
-        }
+                    "embedding": None if last.embedding is None else last.embedding.copy()}
+
+        return {"version": _SNAPSHOT_VERSION,
+                "streams": [{"tenant_id": tenant, "stream_id": stream, **entry(self._last[(tenant, stream)])}
+                            for tenant, stream in keys]}
 
     def restore(self, state: dict) -> None:
         """Replace all state with a snapshot's."""
+        self._last = self._parse(state)
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict) -> None:
+        """Take back `snapshot_stream`'s result: an unchanged next frame reuses the last reading."""
+        replace_stream(self._last, tenant_id, stream_id, self._parse(state))
+
+    @staticmethod
+    def _parse(state: dict) -> dict[StreamKey, _LastRead]:
         if state.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"OCR snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
-        self._last = {}
+        out = {}
         for s in state["streams"]:
             embedding = s["embedding"]
             if embedding is not None:
@@ -326,7 +337,8 @@ class ScreenTextReader:
             lines = [TextLine(text, float(conf), tuple((float(x), float(y)) for x, y in box))
                      for text, conf, box in s["lines"]]
             thumbnail = np.array(s["thumbnail"], np.uint8)
-            self._last[(s["tenant_id"], s["stream_id"])] = _LastRead(thumbnail, lines, embedding)
+            out[(s["tenant_id"], s["stream_id"])] = _LastRead(thumbnail, lines, embedding)
+        return out
 
 
 def _normalised(boxes: np.ndarray, image: np.ndarray) -> list[Box]:

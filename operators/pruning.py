@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from operators.config import PruneConfig
+from operators.state import StreamKey, replace_stream
 
 logger = logging.getLogger(__name__)
 
-StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 
 # STC-Pruner's constants: half the channels (the low-variance half carries the frame's common
 # background; distinctive tokens stand out against it) and five kernel bandwidths an octave apart.
@@ -90,19 +90,33 @@ class DistinctivePruner:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain, picklable state: each stream's running mean and how many frames it covers."""
+        return self.snapshot_of(list(self._memory))
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+        key = (tenant_id, stream_id)
+        return self.snapshot_of([key]) if key in self._memory else None
+
+    def snapshot_of(self, keys: list[StreamKey]) -> dict[str, Any]:
+        """`snapshot` of the streams ``keys`` (held ones)."""
         return {
             "version": _SNAPSHOT_VERSION,
-            "streams": [{"tenant_id": tenant, "stream_id": stream, "mean": m.mean.copy(), "frames": m.frames}
-                        for (tenant, stream), m in self._memory.items()],
+            "streams": [{"tenant_id": tenant, "stream_id": stream, "mean": self._memory[(tenant, stream)].mean.copy(),
+                         "frames": self._memory[(tenant, stream)].frames} for tenant, stream in keys],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace all state with a snapshot's."""
+        self._memory = self._parse(state)
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict[str, Any]) -> None:
+        replace_stream(self._memory, tenant_id, stream_id, self._parse(state))
+
+    @staticmethod
+    def _parse(state: dict[str, Any]) -> dict[StreamKey, _Memory]:
         if state.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"pruner snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
-        self._memory = {(s["tenant_id"], s["stream_id"]): _Memory(np.asarray(s["mean"], np.float64).copy(),
-                                                                  int(s["frames"]))
-                        for s in state["streams"]}
+        return {(s["tenant_id"], s["stream_id"]): _Memory(np.asarray(s["mean"], np.float64).copy(), int(s["frames"]))
+                for s in state["streams"]}
 
 
 def distinctiveness(tokens: np.ndarray, memory_means: np.ndarray) -> np.ndarray:

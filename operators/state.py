@@ -1,14 +1,21 @@
 """The protocol of a stateful operator: per-stream state it can hand over and take back.
 
-The compressor (with its pruner), the boundary detector, the frame skipper and the text reader keep state per
-(tenant, stream). A runtime that stores or moves that state (the backfill manifest, a restarted actor) sees
-only this protocol, never an operator's fields; what `snapshot` returns is plain data (dicts, lists, numbers,
-strings, numpy arrays) that the caller serialises as it likes.
+The compressor (with its pruner), the boundary detector, the frame skipper, the text reader and the caption
+reader keep state per (tenant, stream). A runtime that stores or moves that state (the backfill manifest, a
+live actor evicting a quiet stream) sees only this protocol, never an operator's fields; what `snapshot`
+returns is plain data (dicts, lists, numbers, strings, numpy arrays) that the caller serialises as it likes.
+
+`snapshot_stream` is `snapshot` limited to one stream, in the same format, and `restore_stream` takes it back
+for that stream alone, leaving the others as they are: a live actor stores an evicted stream's state and
+restores it when the stream returns (pipelines/ingest/idle.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+StreamKey = tuple[str, str]  # (tenant_id, stream_id)
+_State = TypeVar("_State")
 
 
 class Stateful(Protocol):
@@ -23,3 +30,71 @@ class Stateful(Protocol):
     def forget(self, tenant_id: str, stream_id: str) -> None:
         """Drop one stream's state: its next frame starts from nothing."""
         ...
+
+
+class StreamStateful(Protocol):
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+        """One stream's state as plain data; None when the operator holds none for it."""
+        ...
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict[str, Any]) -> None:
+        """Take back what `snapshot_stream` returned for this stream; other streams keep their state."""
+        ...
+
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        ...
+
+
+def replace_stream(held: dict[StreamKey, _State], tenant_id: str, stream_id: str,
+                   restored: dict[StreamKey, _State]) -> None:
+    """Put a one-stream snapshot's parsed state into ``held``: the stream's old state goes, others stay.
+    ValueError when the snapshot holds another stream's state (a caller mixed up keys)."""
+    key = (tenant_id, stream_id)
+    if set(restored) - {key}:
+        raise ValueError(f"a snapshot of {sorted(restored)} given to restore stream {key}")
+    held.pop(key, None)
+    held.update(restored)
+
+
+class PerStreamState(Generic[_State]):
+    """The snapshot plumbing of an operator whose state is one ``_State`` per stream in ``self._streams``
+    (`Stateful` and `StreamStateful`): a subclass says how one stream's state becomes plain data (`_dump`) and
+    back (`_load`), and names its snapshot format (``SNAPSHOT_NAME``, ``SNAPSHOT_VERSION``)."""
+
+    SNAPSHOT_NAME: ClassVar[str]
+    SNAPSHOT_VERSION: ClassVar[int]
+    _streams: dict[StreamKey, _State]
+
+    def _dump(self, state: _State) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _load(self, entry: dict[str, Any]) -> _State:
+        raise NotImplementedError
+
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        self._streams.pop((tenant_id, stream_id), None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._snapshot(list(self._streams))
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+        key = (tenant_id, stream_id)
+        return self._snapshot([key]) if key in self._streams else None
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace all state with a snapshot's."""
+        self._streams = self._parse(state)
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict[str, Any]) -> None:
+        replace_stream(self._streams, tenant_id, stream_id, self._parse(state))
+
+    def _snapshot(self, keys: list[StreamKey]) -> dict[str, Any]:
+        return {"version": self.SNAPSHOT_VERSION,
+                "streams": [{"tenant_id": tenant, "stream_id": stream, **self._dump(self._streams[(tenant, stream)])}
+                            for tenant, stream in keys]}
+
+    def _parse(self, state: dict[str, Any]) -> dict[StreamKey, _State]:
+        if state.get("version") != self.SNAPSHOT_VERSION:
+            raise ValueError(f"{self.SNAPSHOT_NAME} snapshot version {state.get('version')!r}, "
+                             f"expected {self.SNAPSHOT_VERSION}")
+        return {(entry["tenant_id"], entry["stream_id"]): self._load(entry) for entry in state["streams"]}

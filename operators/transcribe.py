@@ -134,3 +134,10 @@ class Transcriber:
     def restore(self, state: dict) -> None:
         if self.captions is not None:
             self.captions.restore(state)
+
+    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict | None:
+        return self.captions.snapshot_stream(tenant_id, stream_id) if self.captions is not None else None
+
+    def restore_stream(self, tenant_id: str, stream_id: str, state: dict) -> None:
+        if self.captions is not None:
+            self.captions.restore_stream(tenant_id, stream_id, state)

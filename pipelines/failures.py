@@ -12,7 +12,7 @@ Three kinds of failure, three answers:
   case it was a fluke, then dead-lettered as ``pipeline_error``, so that one segment that trips a bug cannot
   hold its stream forever.
 
-The Ray-specific errors are mapped to `DependencyUnavailable` by the Ray backend (`pipelines.ray.dag.RayIngest`);
+The Ray-specific errors are mapped to `DependencyUnavailable` by the Ray backend (`pipelines.ray.sources.RayIngest`);
 this module knows only the client libraries' errors.
 """
 

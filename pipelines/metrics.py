@@ -20,10 +20,13 @@ Labels and cardinality. ``stage`` (source, decode, encode, compress, ocr, memory
 ``index``, ``state``, ``kind``, ``event``, ``reason``, ``outcome`` and ``mode`` take a handful of
 values each. ``tenant`` is bounded by the tenants of a deployment and ``shard``, ``source``,
 ``topic`` and ``partition`` by its configuration. ``stream`` is the one label that grows with the
-business: it is only on counters and one gauge (one series per stream and stage, never per
-histogram bucket), so 10,000 live streams make ~100,000 series. Past that, drop it at scrape
-time (``metric_relabel_configs: [{action: labeldrop, regex: stream}]``): every dashboard but
-the per-stream one keeps working. Histograms carry ``stage`` (or nothing) only.
+business: it is only on counters and gauges (one series per stream and stage, never per histogram
+bucket). Ray's metrics agent keeps every label set it was given until the Ray session ends (it has
+no call to remove one), so the bound is set where series are made: each process names at most
+``metrics.max_stream_series`` streams (`StreamLabels`) and counts every later one under
+``stream="_other"``. To drop the label altogether, drop it at scrape time
+(``metric_relabel_configs: [{action: labeldrop, regex: stream}]``): every dashboard but the
+per-stream one keeps working. Histograms carry ``stage`` (or nothing) only.
 
 Metric objects are created lazily, once per process, on first use: importing this module
 touches no Ray state, and `REGISTRY` can be read anywhere (the dashboard test reads it).
@@ -218,10 +221,48 @@ def _metric(spec: MetricSpec) -> Any:
     return metric
 
 
+class StreamLabels:
+    """The values the ``stream`` label takes in this process: a stream's own id for the first ``limit``
+    (tenant, stream) pairs that record anything, `OTHER_STREAMS` for every later one. Series Ray was given
+    stay until its session ends, so forgetting an evicted stream would free nothing; a fixed budget keeps the
+    series a process makes bounded however many streams come and go (issue: 10,000 short-lived streams)."""
+
+    OTHER_STREAMS = "_other"
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._named: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def label(self, tenant: str, stream: str) -> str:
+        key = (tenant, stream)
+        if key in self._named:
+            return stream
+        with self._lock:
+            if len(self._named) >= self.limit:
+                return self.OTHER_STREAMS
+            self._named.add(key)
+        return stream
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+
+STREAM_LABELS = StreamLabels(limit=2000)
+
+
+def configure(config: Any) -> None:
+    """Apply ``metrics`` settings (pipelines.config.MetricsConfig) to this process; every actor calls it."""
+    STREAM_LABELS.limit = config.max_stream_series
+
+
 def _tags(spec: MetricSpec, labels: Mapping[str, Any]) -> dict[str, str]:
     if set(labels) != set(spec.labels):
         raise ValueError(f"{spec.name} takes labels {spec.labels}, got {tuple(labels)}")
-    return {k: str(v) for k, v in labels.items()}
+    tags = {k: str(v) for k, v in labels.items()}
+    if "stream" in tags:
+        tags["stream"] = STREAM_LABELS.label(tags.get("tenant", ""), tags["stream"])
+    return tags
 
 
 def inc(spec: MetricSpec, value: float = 1.0, **labels: Any) -> None:

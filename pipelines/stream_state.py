@@ -128,7 +128,7 @@ class StreamStates:
 
 class StreamSettings:
     """A stream's own sampling rate (``sample_fps`` in its settings), cached like `StreamGate`'s states: the
-    live DAG stamps it on each segment's SegmentInfo before decode (`pipelines.ray.dag.RayIngest`)."""
+    live DAG stamps it on each segment's SegmentInfo before decode (`pipelines.ray.sources.RayIngest`)."""
 
     def __init__(self, client: redis.Redis, ttl_s: float, *, clock=time.monotonic):
         self.r = client

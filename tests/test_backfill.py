@@ -32,7 +32,8 @@ from operators.frames import FrameBatch
 from operators.parallel_decode import ParallelDecoder
 from pipelines.cli.sample_video import write_sample_video
 from pipelines.config import LivelensConfig
-from pipelines.ingest.backfill import Backfill, BackfillJob, _media_duration_s, consecutive_starts
+from pipelines.ingest.backfill import Backfill, BackfillJob
+from pipelines.ingest.recordings import consecutive_starts, media_duration_s
 from pipelines.ingest.source import segment_info
 from pipelines.kafka.publish import segment_header
 from pipelines.segmenter import iter_segments
@@ -265,7 +266,7 @@ def test_start_time_comes_from_metadata_else_modification_time(tmp_path, redis_s
     assert summary.segments == 10
     assert "no creation_time" in caplog.text and "modification time" in caplog.text
     archive = [v for k, v in memory(backfill.store).items() if k.startswith(f"{TENANT}/archive/")]
-    assert min(v[3] for v in archive) == pytest.approx(ended - _media_duration_s(unstamped), abs=0.05)
+    assert min(v[3] for v in archive) == pytest.approx(ended - media_duration_s(unstamped), abs=0.05)
 
     stamped = tmp_path / "stamped.mp4"
     _remux_with_creation_time(video, stamped, "2026-03-01T12:00:00.000000Z")
@@ -278,7 +279,7 @@ def test_start_time_comes_from_metadata_else_modification_time(tmp_path, redis_s
 def test_one_start_for_several_files_follows_on(video):
     """`--start` with several files: the first starts then, each later one where the one before ends."""
     starts = consecutive_starts([video, video, video], START)
-    duration = _media_duration_s(video)
+    duration = media_duration_s(video)
     assert [s.timestamp() - START.timestamp() for s in starts] == pytest.approx([0, duration, 2 * duration])
 
 

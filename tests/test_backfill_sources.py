@@ -24,13 +24,8 @@ import pytest
 import redis
 
 from pipelines.cli.sample_video import write_sample_video
-from pipelines.ingest.backfill import (
-    Backfill,
-    BackfillError,
-    BackfillJob,
-    expand_sources,
-    stream_id_for,
-)
+from pipelines.ingest.backfill import Backfill, BackfillJob
+from pipelines.ingest.recordings import BackfillError, expand_sources, stream_id_for
 from tests.test_backfill import (
     REPO,
     START,

@@ -120,14 +120,16 @@ def test_ray_accepts_the_options_and_rejects_bad_ones():
 
 def test_start_stages_passes_each_stage_its_options(monkeypatch):
     """The wiring in dag.py: every actor of a stage is created with that stage's options."""
-    from pipelines.ray import dag
+    from pipelines.ray import dag, sources
 
     made: list[tuple[str, dict]] = []
-    monkeypatch.setattr(dag, "_named", lambda cls, name, ns, detached, options, *args: made.append((name, options)))
+    for module in (dag, sources):
+        monkeypatch.setattr(module, "named_actor",
+                            lambda cls, name, ns, detached, options, *args: made.append((name, options)))
     config = LivelensConfig(profile="cluster", pipeline={"decoders": 3, "encoders": 2},
                             moderation={"enabled": True, "moderators": 2})
     dag.start_stages(config)
-    dag.start_sources(config)
+    sources.start_sources(config)
     by_name = dict(made)
     p = config.pipeline
     assert len(made) == (p.decoders + p.encoders + dag.compressor_count(config) + p.ocr_readers + config.memory.shards

@@ -60,6 +60,14 @@ def test_streams_and_thumbnails_go_through_the_memory_client(engine):
     assert engine.thumbnail("acme", keys.streams("acme")) is None
 
 
+@pytest.mark.parametrize("read", ["timeline", "transcript"])
+def test_a_stream_id_memory_could_not_hold_is_refused_before_memory_is_read(engine, read):
+    with pytest.raises(QueryError) as raised:
+        getattr(engine, read)("acme", "../cam 1", None, None, 10)
+    assert (raised.value.code, raised.value.status) == ("invalid_request", 422)
+    assert getattr(engine, read)("acme", "cam-1", None, None, 10) is not None
+
+
 def test_unreadable_example_image_is_a_query_error(engine):
     with pytest.raises(QueryError) as raised:
         engine.run(messages.Query(tenant_id="acme", image_jpeg_b64="bm90IGFuIGltYWdl"))

@@ -49,24 +49,17 @@ order; `pipelines.ingest.replay` drives it from a Kafka topic with ``replace=Tru
 
 from __future__ import annotations
 
-import base64
 import functools
-import glob
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from datetime import datetime
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import av
-import httpx
-import numpy as np
 import redis
 from rich.console import Console
 from rich.progress import (
@@ -92,14 +85,22 @@ from operators.frames import (
 from operators.parallel_decode import ParallelDecoder
 from pipelines.config import LivelensConfig
 from pipelines.ingest.chain import OperatorChain
+from pipelines.ingest.recordings import (
+    BackfillError,
+    assumed_start_time,
+    file_start_time,
+    is_url,
+    media_duration_s,
+    source_fingerprint,
+    source_name,
+)
 from pipelines.ingest.sidecars import Sidecars
+from pipelines.ingest.snapshots import pack, unpack
 from pipelines.ingest.source import segment_info
 from pipelines.kafka.publish import (
     segment_header,  # the publisher's own header: SegmentInfo exactly as live
 )
 from pipelines.segmenter import (
-    NETWORK_TIMEOUT_S,
-    VIDEO_EXTENSIONS,
     MediaSegment,
     iter_segments,
 )
@@ -107,10 +108,6 @@ from pipelines.segmenter import (
 log = logging.getLogger(__name__)
 
 _MANIFEST_VERSION = 3  # 2: boundary detector state; 3: one "state" field, the operator chain's snapshot
-
-
-class BackfillError(Exception):
-    """A file cannot be backfilled as asked: no start time, not a file, or a manifest from another file or config."""
 
 
 @dataclass(frozen=True)
@@ -148,63 +145,6 @@ class BackfillSummary:
         return self.stream_seconds / self.wall_seconds if self.wall_seconds else 0.0
 
 
-def file_start_time(source: Path | str) -> datetime | None:
-    """The file's ``creation_time`` metadata (container, else video track) as an aware datetime; None without one.
-
-    MP4/MOV store it in UTC by definition, so a value without an offset is read as UTC.
-    """
-    with _open(source) as container:
-        video = container.streams.video
-        value = container.metadata.get("creation_time") or (video[0].metadata.get("creation_time") if video else None)
-    if not value:
-        return None
-    try:
-        start = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise BackfillError(f"{source}: creation_time {value!r} is not an ISO 8601 time; give the start "
-                            "explicitly") from exc
-    return start if start.tzinfo is not None else start.replace(tzinfo=UTC)
-
-
-def assumed_start_time(source: Path | str, duration_s: float | None) -> datetime:
-    """The start of a recording with no ``creation_time``: its modification time minus its duration (a recorder
-    writes a file last when the recording ends). A URL has no modification time: it ends now."""
-    end = datetime.now(UTC) if _is_url(source) else datetime.fromtimestamp(Path(source).stat().st_mtime, UTC)
-    start = datetime.fromtimestamp(end.timestamp() - (duration_s or 0.0), UTC)
-    log.warning("%s has no creation_time metadata: assuming it starts at %s (%s minus its %.1f s); give --start "
-                "to set it", source, start.isoformat(timespec="seconds"),
-                "now" if _is_url(source) else "its modification time", duration_s or 0.0)
-    return start
-
-
-def consecutive_starts(sources: Sequence[Path | str], first: datetime) -> list[datetime]:
-    """One start for several files (in order): the first starts then, each later one where the one before ends."""
-    starts, at = [], first.timestamp()
-    for source in sources:
-        starts.append(datetime.fromtimestamp(at, first.tzinfo))
-        duration = _media_duration_s(source)
-        if duration is None:
-            if len(starts) < len(sources):
-                raise BackfillError(f"{source}: its container does not say how long it is, so the next file's "
-                                    "start is unknown; backfill the files one at a time, each with its --start")
-            break
-        at += duration
-    return starts
-
-
-def _open(source: Path | str) -> av.container.InputContainer:
-    try:
-        return av.open(str(source), timeout=NETWORK_TIMEOUT_S)
-    except av.FFmpegError as exc:  # missing, unreadable, an HTTP error: before any work, with the source named
-        raise BackfillError(f"{source}: cannot open: {exc}") from exc
-
-
-def _media_duration_s(source: Path | str) -> float | None:
-    """The file's duration for the progress bar; None when the container does not say."""
-    with _open(source) as container:
-        return container.duration / av.time_base if container.duration else None
-
-
 # -- the manifest ------------------------------------------------------------------------------
 
 
@@ -224,7 +164,7 @@ class Manifest:
 
     def __init__(self, client: redis.Redis, job: BackfillJob, fingerprint: str):
         self.r = client
-        source = job.source if _is_url(job.source) else str(Path(job.source).resolve())
+        source = job.source if is_url(job.source) else str(Path(job.source).resolve())
         digest = hashlib.sha256(source.encode()).hexdigest()[:16]
         self.key = keys.backfill_manifest(job.tenant_id, job.stream_id, digest)
         self.fingerprint = fingerprint
@@ -238,42 +178,14 @@ class Manifest:
             raise BackfillError(f"backfill manifest {self.key} was written for another version of the file or "
                                 f"another configuration; delete it (redis-cli DEL '{self.key}') to start over. "
                                 "Segments already in memory are kept: their writes are skipped as replays")
-        return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), _unpack(found[b"state"]))
+        return _Resume(int(found[b"next_seq"]), float(found[b"next_media_s"]), unpack(found[b"state"]))
 
     def complete(self, info: SegmentInfo, state: dict[str, dict[str, Any]]) -> None:
         """Record segment ``info.seq`` (and so every earlier one) as done, with the operator chain's state after
         it (whatever each stateful step's snapshot returned). One HSET: atomic."""
         self.r.hset(self.key, mapping={
             "version": _MANIFEST_VERSION, "fingerprint": self.fingerprint, "next_seq": info.seq + 1,
-            "next_media_s": info.media_start_s + info.duration_s, "state": _pack(state), "updated_at": time.time()})
-
-
-def _pack(state: Any) -> bytes:
-    """Operator snapshots (dicts, lists, tuples, numbers, strings, numpy arrays) as JSON: no pickle from Redis."""
-
-    def encode(value: Any) -> Any:
-        if isinstance(value, np.ndarray):
-            return {"__ndarray__": base64.b64encode(np.ascontiguousarray(value).tobytes()).decode(),
-                    "dtype": value.dtype.str, "shape": list(value.shape)}
-        if isinstance(value, dict):
-            return {k: encode(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [encode(v) for v in value]
-        if isinstance(value, np.generic):
-            return value.item()
-        return value
-
-    return json.dumps(encode(state)).encode()
-
-
-def _unpack(data: bytes) -> Any:
-    def decode(value: dict[str, Any]) -> Any:
-        if "__ndarray__" in value:
-            flat = np.frombuffer(base64.b64decode(value["__ndarray__"]), dtype=np.dtype(value["dtype"]))
-            return flat.reshape(value["shape"]).copy()
-        return value
-
-    return json.loads(data, object_hook=decode)
+            "next_media_s": info.media_start_s + info.duration_s, "state": pack(state), "updated_at": time.time()})
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -341,9 +253,9 @@ class Backfill:
         if len(set(streams)) != len(streams):
             raise ValueError("two jobs name the same stream: a stream's segment numbers start at 0 in each file")
         for job in jobs:
-            if not _is_url(job.source) and not Path(job.source).is_file():
+            if not is_url(job.source) and not Path(job.source).is_file():
                 raise BackfillError(f"{job.source}: not a file")
-        durations = [_media_duration_s(job.source) for job in jobs]
+        durations = [media_duration_s(job.source) for job in jobs]
         # Fail (or warn) before any work.
         starts = [job.wallclock_start or file_start_time(job.source) or assumed_start_time(job.source, duration)
                   for job, duration in zip(jobs, durations)]
@@ -364,7 +276,7 @@ class Backfill:
 
     def _run_file(self, job: BackfillJob, start: datetime, duration: float | None, decoder: ParallelDecoder,
                   progress: Progress, overall: TaskID, summary: BackfillSummary) -> None:
-        fingerprint = f"{_source_fingerprint(job.source)}|{self._config_digest}"
+        fingerprint = f"{source_fingerprint(job.source)}|{self._config_digest}"
         manifest = Manifest(self.store.tier.r, job, fingerprint)
         resume = manifest.load()
         key = (job.tenant_id, job.stream_id)
@@ -378,7 +290,7 @@ class Backfill:
             except ValueError as exc:
                 raise BackfillError(f"{manifest.key}: {exc}") from None
             log.info("%s: resuming at segment %d (%.1f s)", job.source, next_seq, done_s)
-        task = progress.add_task(_source_name(job.source), total=duration, completed=done_s)
+        task = progress.add_task(source_name(job.source), total=duration, completed=done_s)
         overall_total = next(t.total for t in progress.tasks if t.id == overall)
         if overall_total is not None:  # the overall bar counts this run's work: its rate must not include skips
             progress.update(overall, total=overall_total - done_s)
@@ -494,64 +406,6 @@ class Backfill:
                     exc.stage or "?", exc.reason)
         if self.on_dead_letter is not None:
             self.on_dead_letter(info, exc)
-
-
-def expand_sources(sources: Sequence[str]) -> list[Path | str]:
-    """The files of the given files, directories (their video files) and globs, each once, in name order;
-    then the http(s) URLs as given."""
-    urls = [s for s in sources if _is_url(s)]
-    paths = {Path(f) for s in sources if not _is_url(s) for f in (glob.glob(s) or [s])}
-    files = {f for p in paths for f in ([c for c in p.iterdir() if c.is_file() and c.suffix.lower() in VIDEO_EXTENSIONS]
-                                        if p.is_dir() else [p])}
-    return [*sorted(files), *urls]
-
-
-def stream_id_for(source: Path | str, pattern: str | None = None) -> str:
-    """A source's stream id from its file name (a URL's last path component).
-
-    pattern: a regex searched in the name; its group ``stream`` (else its first group, else the whole
-        match) is the id, e.g. ``^(cam-\\d+)_`` makes ``cam-07_2026-03-01.mp4`` stream ``cam-07``. None:
-        the name without its extension. Characters a stream id cannot hold become '-'.
-    """
-    name = _source_name(source)
-    if pattern is None:
-        found = PurePosixPath(name).stem
-    else:
-        match = re.search(pattern, name)
-        if match is None:
-            raise BackfillError(f"{source}: stream pattern {pattern!r} does not match {name!r}")
-        groups = match.groupdict()
-        found = groups["stream"] if "stream" in groups else match.group(1) if match.re.groups else match.group(0)
-        if not found:
-            raise BackfillError(f"{source}: stream pattern {pattern!r} matched {name!r} but captured nothing")
-    return re.sub(r"[^A-Za-z0-9_.:-]", "-", found)[:128]
-
-
-def _is_url(source: Path | str) -> bool:
-    return isinstance(source, str) and urlparse(source).scheme.lower() in {"http", "https"}
-
-
-def _source_name(source: Path | str) -> str:
-    """File name, or the last path component of a URL: for progress bars and stream ids."""
-    return PurePosixPath(urlparse(source).path).name or source if _is_url(source) else Path(source).name
-
-
-def _source_fingerprint(source: Path | str) -> str:
-    """What identifies the content a manifest describes: a file's path, size and mtime; a URL and the
-    validators its server sends (ETag, Last-Modified, Content-Length)."""
-    if not _is_url(source):
-        stat = Path(source).stat()
-        return f"{Path(source).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    try:
-        head = httpx.head(source, follow_redirects=True, timeout=NETWORK_TIMEOUT_S[0])
-        head.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise BackfillError(f"{source}: cannot reach it: {exc}") from exc
-    validators = [head.headers.get(h, "") for h in ("etag", "last-modified", "content-length")]
-    if not any(validators):
-        log.warning("%s: the server sends no ETag, Last-Modified or Content-Length: a resume cannot tell "
-                    "whether the content changed since the manifest was written", source)
-    return "|".join([source, *validators])
 
 
 def _info(media: MediaSegment, job: BackfillJob, start: datetime) -> SegmentInfo:

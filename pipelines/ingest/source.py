@@ -30,6 +30,7 @@ the group's poll deadline and is never kicked out of the group for being slow.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -38,7 +39,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from kafka import ConsumerRebalanceListener
-from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from contracts import messages
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 
 class IngestBackend(Protocol):
-    """Where segments go. `pipelines.ray.dag.RayIngest` is the real one; tests may use an in-process one."""
+    """Where segments go. `pipelines.ray.sources.RayIngest` is the real one; tests may use an in-process one."""
 
     def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[Any] = ()) -> Any:
         """Start the segment through the DAG; ``after``: the handles of the earlier segments of its stream still
@@ -128,6 +128,9 @@ class KafkaSegmentSource:
         self._assemblers: dict[TopicPartition, SegmentAssembler] = {}
         self._lanes = StreamLanes()
         self._inflight: dict[Any, Held] = {}
+        # Partitions the group took away or gave, told by the rebalance listener on kafka-python's IO thread
+        # and applied by the loop thread (`_apply_rebalances`), which alone touches the state above.
+        self._rebalances: queue.SimpleQueue[tuple[str, list[TopicPartition]]] = queue.SimpleQueue()
         self._backoff = Backoff(config.pipeline.retry_initial_s, config.pipeline.retry_max_s)
         self._paused_since: float | None = None
         self._reported_waiting: set[str] = set()
@@ -177,9 +180,9 @@ class KafkaSegmentSource:
             self.config.kafka, self.config.kafka.ingest_group, [],
             client_id=self.source_id, max_poll_records=self.config.pipeline.max_inflight_segments * 4,
         )
-        # Subscribe with a listener, so revoked partitions are drained and committed first; with tenant topics,
-        # to every tenant's segments topic (rebuilt when a tenant's appears: `_step`).
-        self._topics.subscribe(self._consumer, listener=_Rebalance(self))
+        # Subscribe with a listener, so the state of revoked partitions is dropped before any record of the
+        # next assignment is accepted; with tenant topics, to every tenant's segments topic (`_step` refreshes).
+        self._topics.subscribe(self._consumer, listener=_Rebalance(self._rebalances))
 
     def _disconnect(self, *, drain: bool) -> None:
         """Close the clients and forget every held segment: a new connection resumes from the committed
@@ -203,6 +206,7 @@ class KafkaSegmentSource:
         self._assemblers = {}
         self._lanes.clear()
         self._inflight = {}
+        self._rebalances = queue.SimpleQueue()  # what the old consumer was told concerns only it
         self._paused_since = None
         self.stats.paused = False
 
@@ -218,6 +222,9 @@ class KafkaSegmentSource:
         room = self.config.pipeline.max_inflight_segments - len(self._lanes)
         self._set_paused(room <= 0)
         batch = self._consumer.poll(timeout_ms=50, max_records=max(1, room * 4))
+        # A rebalance happens inside poll(): forget what was revoked before accepting what the new assignment
+        # fetched (it may hand a partition back, from its committed offset).
+        self._apply_rebalances()
         for tp, records in batch.items():
             for record in records:
                 self._accept(tp, record)
@@ -399,34 +406,43 @@ class KafkaSegmentSource:
 
     # -- rebalancing -------------------------------------------------------------------------
 
-    def on_revoked(self, revoked: list[TopicPartition]) -> None:
-        """Finish and commit what we hold for partitions that move, so their new owner redoes little."""
-        mine = [h for h, item in self._inflight.items() if item.tp in set(revoked)]
-        self._drain(mine, timeout_s=self.config.kafka.session_timeout_ms / 1000)
-        try:
-            self._commit()
-        except (KafkaError, RuntimeError) as exc:
-            # RuntimeError: kafka-python 3 runs a synchronous listener on its IO thread, where a blocking commit is
-            # refused ("Cannot block on net.run() from the IO thread"). Raising here would come back out of poll()
-            # and make the loop rebuild its consumer mid-join, which can wedge the group; uncommitted offsets only
-            # mean the new owner replays from the last commit, and writes are idempotent.
-            log.warning("%s: commit on revoke failed (%s); the new owner replays", self.source_id, exc)
-        for item in self._lanes.drop_partitions(revoked):  # the new owner replays these; writes are idempotent
-            self._inflight.pop(item.handle, None)
-        self._tracker.forget(revoked)
-        self._gauges.revoked(revoked)
-        for tp in revoked:
-            self._assemblers.pop(tp, None)
+    def _apply_rebalances(self) -> None:
+        """Apply what the rebalance listener told, in order. Revoked partitions are dropped, not drained: their
+        new owner resumes from the last commit (the loop commits every step, so little), and a replayed
+        segment whose chain finished is recognised before decode (`_kept_before`); writes still running in
+        the DAG complete and are idempotent."""
+        while True:
+            try:
+                event, partitions = self._rebalances.get_nowait()
+            except queue.Empty:
+                return
+            if event == "assigned":
+                # pause() does not carry over to newly assigned partitions; the next step re-applies it.
+                self._stop_pause_clock()
+                self.stats.paused = False
+                continue
+            for item in self._lanes.drop_partitions(partitions):
+                self._inflight.pop(item.handle, None)
+            self._tracker.forget(partitions)
+            self._gauges.revoked(partitions)
+            for tp in partitions:
+                self._assemblers.pop(tp, None)
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, source: KafkaSegmentSource):
-        self.source = source
+    """Hands the group's changes to the source's loop thread, and returns at once.
+
+    kafka-python 3 calls a synchronous listener on its IO thread, the one that sends heartbeats: draining
+    in-flight segments there (seconds while the DAG is busy) missed heartbeats and got the member evicted
+    mid-rebalance, after which the local broker could leave the whole group stalled; and a blocking commit
+    there is refused outright ("Cannot block on net.run() from the IO thread"). So nothing here blocks or
+    touches the loop's state: it only queues the partitions."""
+
+    def __init__(self, events: queue.SimpleQueue):
+        self.events = events
 
     def on_partitions_revoked(self, revoked):
-        self.source.on_revoked(list(revoked))
+        self.events.put(("revoked", list(revoked)))
 
     def on_partitions_assigned(self, assigned):
-        # pause() does not carry over to newly assigned partitions; re-apply on the next step.
-        self.source._stop_pause_clock()
-        self.source.stats.paused = False
+        self.events.put(("assigned", list(assigned)))

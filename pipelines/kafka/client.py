@@ -14,7 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipelines.config import TENANT_TOPICS, KafkaConfig
+from pipelines.settings.connections import TENANT_TOPICS, KafkaConfig
 from pipelines.kafka.checksum import check_fast_checksum
 
 log = logging.getLogger(__name__)

@@ -300,24 +300,12 @@ class QueryEngine:
 
     def timeline(self, tenant_id: str, stream_id: str, t_from: float | None, t_to: float | None,
                  limit: int) -> list[Any]:
-        from memory_store.keys import check_id
-
-        try:
-            check_id("stream", stream_id)
-        except ValueError as exc:
-            raise QueryError("invalid_request", str(exc), 422) from None
-        return self.memory.timeline(tenant_id, stream_id, t_from, t_to, limit)
+        return self.memory.timeline(tenant_id, _checked_stream(stream_id), t_from, t_to, limit)
 
     def transcript(self, tenant_id: str, stream_id: str, t_from: float | None, t_to: float | None,
                    limit: int) -> list[Any]:
         """The stream's transcript lines starting in [t_from, t_to] (epoch s), oldest first."""
-        from memory_store.keys import check_id
-
-        try:
-            check_id("stream", stream_id)
-        except ValueError as exc:
-            raise QueryError("invalid_request", str(exc), 422) from None
-        return self.memory.transcript(tenant_id, stream_id, t_from, t_to, limit)
+        return self.memory.transcript(tenant_id, _checked_stream(stream_id), t_from, t_to, limit)
 
     def streams(self, tenant_id: str) -> list[Any]:
         return self.memory.streams(tenant_id)
@@ -330,6 +318,17 @@ class QueryEngine:
             return self.memory.thumbnail(key)
         except ValueError:
             return None
+
+
+def _checked_stream(stream_id: str) -> str:
+    """A stream id from a request, refused (422) unless it is one memory could hold."""
+    from memory_store.keys import check_id
+
+    try:
+        check_id("stream", stream_id)
+    except ValueError as exc:
+        raise QueryError("invalid_request", str(exc), 422) from None
+    return stream_id
 
 
 class QueryConsumer:

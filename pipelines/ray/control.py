@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.ray.clients import RayMemoryClient
 from pipelines.ray.dag import find_stages
@@ -36,6 +37,7 @@ def stream_control(config: LivelensConfig):
 @ray.remote(max_restarts=-1, max_concurrency=4)
 class StreamControlActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.redis_io import redis_client
         from pipelines.streams.catchup import CatchUpRunner
         from pipelines.streams.commands import StreamCommandConsumer

@@ -24,7 +24,6 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +41,8 @@ from operators.frames import (
 from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.failures import DependencyUnavailable
-from pipelines.ray.placement import actor_options, memory_shard, shard
-from pipelines.ray.runtime import setup_logging
-from pipelines.ray.supervision import require_predecessor, settle, supervised
+from pipelines.ray.placement import actor_options, memory_shard, named_actor, shard
+from pipelines.ray.supervision import require_predecessor
 from pipelines.redis_io import redis_client
 
 log = logging.getLogger(__name__)
@@ -52,16 +50,22 @@ log = logging.getLogger(__name__)
 RESTART = dict(max_restarts=-1, max_task_retries=3)
 
 
-def stream_states(config: LivelensConfig, forget):
-    """The bound on an actor's per-stream state (pipelines/ingest/idle.py)."""
+def stream_states(config: LivelensConfig, step, stage: str):
+    """The bound on an actor's per-stream state, evicted streams' state kept in Redis for their return
+    (pipelines/ingest/idle.py)."""
     from pipelines.ingest.idle import StreamStates
+    from pipelines.ingest.snapshots import EvictedStates
 
-    return StreamStates(forget, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor)
+    ttl_s = config.pipeline.evicted_state_ttl_s
+    kept = EvictedStates(redis_client(config.redis), stage, ttl_s) if ttl_s > 0 else None
+    return StreamStates(step, idle_s=config.pipeline.stream_idle_s, max_streams=config.pipeline.max_streams_per_actor,
+                        kept=kept)
 
 
 @ray.remote(**RESTART)
 class DecodeActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from operators.decode import SegmentDecoder
 
         self.decoder = SegmentDecoder(config.decode, frame_px=config.decode.frame_px)
@@ -82,6 +86,7 @@ class EncodeActor:
     """
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import EncodeStep, FusedEncodeCompress
 
         self.config = config.encode
@@ -90,7 +95,7 @@ class EncodeActor:
         self.step = FusedEncodeCompress.build(config) if self.fused else EncodeStep.build(config)
         self.encoder = self.step.encoder
         self.skipper = None if self.fused else self.step.skipper
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "encode")
         self._queue: list[tuple[FrameBatch, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
@@ -192,12 +197,13 @@ class EncodeActor:
 @ray.remote(**RESTART)
 class CompressActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import CompressStep
 
         # Per-stream state (the compressor's, the boundary detector's): streams are sharded here by a stable
         # hash, in order.
         self.step = CompressStep.build(config)
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "compress")
 
     def compress(self, batch: FeatureBatch, frames: FrameBatch | None = None) -> CompressedBatch:
         call = metrics.StageCall("compress", batch.segment, len(batch))
@@ -212,10 +218,11 @@ class OcrActor:
     """On-screen text of each frame; keeps per-stream state (the last read frame), so sharded by stream."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from operators.ocr import ScreenTextReader
 
         self.reader = ScreenTextReader(config.ocr)
-        self.streams = stream_states(config, self.reader.forget)
+        self.streams = stream_states(config, self.reader, "ocr")
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("ocr", batch.segment, len(batch))
@@ -229,10 +236,11 @@ class TranscriptActor:
     (operators/transcribe.py). Caption rows outlive segments, so it keeps per-stream state: sharded by stream."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.ingest.chain import transcriber
 
         self.step = transcriber(config)
-        self.streams = stream_states(config, self.step.forget)
+        self.streams = stream_states(config, self.step, "transcript")
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("transcript", batch.segment, len(batch))
@@ -248,6 +256,7 @@ class MemoryActor:
     """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
 
     def __init__(self, config: LivelensConfig, shard_index: int):
+        metrics.configure(config.metrics)
         from memory_store.service import MemoryStore
 
         if not config.redis.url:
@@ -300,6 +309,7 @@ class StandingActor:
     """Evaluates standing queries on each stored segment; alerts are acknowledged before the source commits."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from pipelines.kafka.client import make_producer
         from pipelines.moderation.alerts import AlertLog
         from pipelines.query.outbox import WebhookOutbox
@@ -395,13 +405,6 @@ class PipelineHandles:
         return self.memory[memory_shard(tenant_id, len(self.memory))]
 
 
-def _named(cls, name: str, namespace: str, detached: bool, options: dict, *args):
-    opts = dict(name=name, namespace=namespace, get_if_exists=True, **options)
-    if detached:
-        opts["lifetime"] = "detached"
-    return cls.options(**opts).remote(*args)
-
-
 def _ocr_count(config: LivelensConfig) -> int:
     return config.pipeline.ocr_readers if config.ocr.enabled else 0
 
@@ -426,19 +429,19 @@ def start_stages(config: LivelensConfig, *, detached: bool = False) -> PipelineH
 
     # Their actors are named "<stage>-<i>": moderate-0.., verify-0.
     moderators, verifiers = start_moderation(
-        config, lambda cls, name, *args: _named(cls, name, ns, detached, place(name.rsplit("-", 1)[0]), *args))
+        config, lambda cls, name, *args: named_actor(cls, name, ns, detached, place(name.rsplit("-", 1)[0]), *args))
     return PipelineHandles(
-        decoders=[_named(DecodeActor, f"decode-{i}", ns, detached, place("decode"), config) for i in range(p.decoders)],
-        encoders=[_named(EncodeActor, f"encode-{i}", ns, detached, place("encode"), config) for i in range(p.encoders)],
-        compressors=[_named(CompressActor, f"compress-{i}", ns, detached, place("compress"), config)
+        decoders=[named_actor(DecodeActor, f"decode-{i}", ns, detached, place("decode"), config) for i in range(p.decoders)],
+        encoders=[named_actor(EncodeActor, f"encode-{i}", ns, detached, place("encode"), config) for i in range(p.encoders)],
+        compressors=[named_actor(CompressActor, f"compress-{i}", ns, detached, place("compress"), config)
                      for i in range(compressor_count(config))],
-        ocr=[_named(OcrActor, f"ocr-{i}", ns, detached, place("ocr"), config) for i in range(_ocr_count(config))],
-        memory=[_named(MemoryActor, f"memory-{i}", ns, detached, place("memory"), config, i)
+        ocr=[named_actor(OcrActor, f"ocr-{i}", ns, detached, place("ocr"), config) for i in range(_ocr_count(config))],
+        memory=[named_actor(MemoryActor, f"memory-{i}", ns, detached, place("memory"), config, i)
                 for i in range(config.memory.shards)],
-        standing=[_named(StandingActor, f"standing-{i}", ns, detached, place("standing"), config)
+        standing=[named_actor(StandingActor, f"standing-{i}", ns, detached, place("standing"), config)
                   for i in range(p.standing_evaluators)],
         moderators=moderators, verifiers=verifiers,
-        transcripts=[_named(TranscriptActor, f"transcript-{i}", ns, detached, place("transcript"), config)
+        transcripts=[named_actor(TranscriptActor, f"transcript-{i}", ns, detached, place("transcript"), config)
                      for i in range(_transcript_count(config))],
     )
 
@@ -459,99 +462,3 @@ def find_stages(config: LivelensConfig) -> PipelineHandles:
         moderators=[get(f"moderate-{i}") for i in range(config.moderation.moderators if config.moderation.enabled else 0)],
         transcripts=[get(f"transcript-{i}") for i in range(_transcript_count(config))],
     )
-
-
-@dataclass(frozen=True, eq=False)
-class SegmentRefs:
-    """A segment's handle in the DAG: its last step (``done``), and the steps its stream's next segment must
-    wait for (its memory write, its standing-query evaluation)."""
-
-    done: Any
-    written: Any
-    evaluated: Any
-
-
-class RayIngest:
-    """The source's view of the DAG: submit a segment, learn when its write is durable."""
-
-    def __init__(self, handles: PipelineHandles, *, pixel_mode: bool = False, settings: Any = None):
-        self.h = handles
-        self.pixel_mode = pixel_mode
-        self.settings = settings  # pipelines.stream_state.StreamSettings: per-stream sampling; None: none
-        self._next_decoder = 0
-
-    def submit(self, info: SegmentInfo, payload: bytes, *, after: Sequence[SegmentRefs] = ()) -> SegmentRefs:
-        own_fps = self.settings.sample_fps(info.tenant_id, info.stream_id) if self.settings else None
-        if own_fps is not None:
-            info = dataclasses.replace(info, sample_fps=own_fps)
-        decoder = self.h.decoders[self._next_decoder % len(self.h.decoders)]
-        self._next_decoder += 1
-        stream = f"{info.tenant_id}/{info.stream_id}"
-        frames = decoder.decode.remote(info, payload)
-        encoder = self.h.encoders[shard(stream, len(self.h.encoders))]
-        if self.h.compressors:
-            features = encoder.encode.remote(frames)
-            # Pixel-mode drop compares frame patches, so the compressor then gets the frames as well.
-            compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(
-                features, frames if self.pixel_mode else None)
-        else:  # encode.fused: the encoder compresses on its device
-            compressed = encoder.encode_compress.remote(frames)
-        texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
-        transcript = (self.h.transcripts[shard(stream, len(self.h.transcripts))].read.remote(frames)
-                      if self.h.transcripts else None)
-        # The ordered steps get the earlier segments' steps nested in a list: Ray passes them unresolved, so the
-        # step checks them (require_predecessor) instead of failing with a predecessor's own error.
-        written = self.h.memory_for(info.tenant_id).write.remote(
-            compressed, texts, False, transcript, after=[a.written for a in after] or None)
-        # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
-        evaluated = self.h.standing[shard(stream, len(self.h.standing))].evaluate.remote(
-            written, compressed, texts, transcript, after=[a.evaluated for a in after] or None)
-        done = evaluated
-        if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
-            done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(
-                done, frames, texts, [compressed], transcript)
-        return SegmentRefs(done, written, evaluated)
-
-    def wait(self, handles: list[SegmentRefs], timeout_s: float) -> list[SegmentRefs]:
-        by_ref = {h.done: h for h in handles}
-        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s, fetch_local=False)
-        return [by_ref[r] for r in ready]
-
-    def result(self, handle: SegmentRefs):
-        """The write's result; StageError for bad input, DependencyUnavailable for a dependency away (Redis,
-        Kafka, an actor); anything else is a crash of our code (pipelines/failures.py)."""
-        return settle(handle.done)
-
-
-@ray.remote(max_restarts=-1, max_concurrency=4)
-class SourceActor:
-    """Runs a KafkaSegmentSource in a thread from its constructor, so a restarted actor resumes by itself."""
-
-    def __init__(self, config: LivelensConfig, source_id: str):
-        from pipelines.ingest.source import KafkaSegmentSource
-        from pipelines.redis_io import redis_client
-        from pipelines.stream_state import StreamSettings
-
-        setup_logging()
-        ingest = RayIngest(find_stages(config), pixel_mode=config.drop.mode == "pixel",
-                           settings=StreamSettings(redis_client(config.redis), config.streams.state_ttl_s))
-        self.source = KafkaSegmentSource(config, ingest, source_id=source_id)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=source_id, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        supervised(self.source.run, self._stop, "source loop")
-
-    def stats(self) -> dict[str, Any]:
-        return {**self.source.stats.as_dict(), "alive": self._thread.is_alive()}
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-
-def start_sources(config: LivelensConfig, *, detached: bool = False) -> list:
-    ns = config.ray.namespace
-    return [_named(SourceActor, f"source-{i}", ns, detached, actor_options(config, "source"), config, f"source-{i}")
-            for i in range(config.pipeline.sources)]

@@ -18,12 +18,14 @@ import ray
 from contracts import messages
 from operators.frames import FrameBatch
 from operators.moderation.risk import RiskDecision, Verdict
+from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.kafka.client import make_producer
 from pipelines.moderation.alerts import AlertLog
 from pipelines.moderation.moderator import Moderator, build_verifier
 from pipelines.ray.placement import shard
 from pipelines.ray.runtime import setup_logging
+from pipelines.ray.supervision import require_predecessor
 from pipelines.redis_io import redis_client
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class VerifierActor:
     the decision alone, so a re-run reaches the same verdict)."""
 
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         self.verifier = build_verifier(config)
         self.verified = 0
 
@@ -56,6 +59,7 @@ class ModerationActor:
     stream order (the RiskEngine ignores frames older than the newest it has seen)."""
 
     def __init__(self, config: LivelensConfig, shard_index: int, verifiers: list):
+        metrics.configure(config.metrics)
         setup_logging()
         shards = config.moderation.moderators
         client = redis_client(config.redis)
@@ -76,10 +80,14 @@ class ModerationActor:
         for decision in self.moderator.pending():  # asked for before a restart, never applied
             self._ask(decision)
 
-    def screen(self, written, frames: FrameBatch, texts: list | None, batch: list, transcript=None):
+    def screen(self, written, frames: FrameBatch, texts: list | None, batch: list, transcript=None,
+               after: list | None = None):
         """Moderate one stored segment; returns ``written`` (the memory write's result) for the source.
         ``batch``: [the segment's CompressedBatch ref], fetched only when a policy scores prompts;
-        ``transcript``: its transcript lines, screened by the lexicon too."""
+        ``transcript``: its transcript lines, screened by the lexicon too; ``after``: the screenings of the room's
+        earlier segments in flight. One that failed (this actor was restarted under it) is retried first: the
+        RiskEngine ignores frames older than the newest it has seen, so screening this one now would lose it."""
+        require_predecessor(after, "moderation")
         self.moderator.screen(frames, texts, lambda: ray.get(batch[0]).embedding, transcript)
         return written
 

@@ -65,3 +65,12 @@ def memory_shard(tenant_id: str, shards: int) -> int:
     """The memory shard that owns a tenant: every tenant's data and FAISS indexes live on exactly one. The
     memory actors, the live chain's writes and `RayMemoryClient` all route by this one function."""
     return shard(tenant_id, shards)
+
+
+def named_actor(cls, name: str, namespace: str, detached: bool, options: dict, *args):
+    """The actor ``name`` of ``namespace``: the running one, or a new one of ``cls`` started with ``options``
+    (detached: it outlives the driver that started it)."""
+    opts = dict(name=name, namespace=namespace, get_if_exists=True, **options)
+    if detached:
+        opts["lifetime"] = "detached"
+    return cls.options(**opts).remote(*args)

@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.query.engine import QueryConsumer, QueryEngine
 from pipelines.ray.clients import RayAnswerer, RayMemoryClient, RayQueryEncoder
@@ -26,6 +27,7 @@ def query_engine(config: LivelensConfig) -> QueryEngine:
 @ray.remote(max_restarts=-1, max_task_retries=3)
 class AnswerActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         from operators.answer import Answerer
         from pipelines.models import answer_model
 
@@ -49,6 +51,7 @@ def start_answerers(config: LivelensConfig, *, detached: bool = False) -> list:
 @ray.remote(max_restarts=-1, max_concurrency=4)
 class QueryConsumerActor:
     def __init__(self, config: LivelensConfig):
+        metrics.configure(config.metrics)
         setup_logging()
         self.consumer = QueryConsumer(config, query_engine(config))
         self._stop = threading.Event()

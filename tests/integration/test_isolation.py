@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+import ray
 from kafka import KafkaConsumer
 
 from contracts import messages
@@ -138,7 +139,10 @@ def test_no_response_carries_another_tenants_data(deployed, real_video_dir, tmp_
     try:
         wait_for(lambda: stored() == wanted, 360, "every tenant's streams")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: stored {stored()} of {wanted}") from None
+        sources = [ray.get(ray.get_actor(f"source-{i}", namespace=config.ray.namespace).stats.remote())
+                   for i in range(config.pipeline.sources)]
+        seen = [{k: v for k, v in s.items() if k != "latencies_s"} for s in sources]
+        raise AssertionError(f"{exc}: stored {stored()} of {wanted}; sources {seen}") from None
     wait_for(lambda: all(call(t, "GET", "/v1/alerts").json() for t in TENANTS), 60, "every tenant's alert")
 
     # What each tenant legitimately owns, to be tried by the others.

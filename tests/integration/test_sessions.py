@@ -11,7 +11,7 @@ import ray
 from memory_store.redis_tier import RedisTier
 from contracts import messages
 from pipelines.api.client import Client
-from pipelines.ray.dag import SourceActor
+from pipelines.ray.sources import SourceActor
 from pipelines.ray.placement import actor_options
 from pipelines.kafka.publish import SegmentPublisher
 from pipelines.segmenter import iter_segments

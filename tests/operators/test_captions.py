@@ -16,6 +16,7 @@ from operators.config import DecodeConfig, TranscriptConfig
 from operators.decode import SegmentDecoder
 from operators.frames import FrameBatch, SegmentInfo
 from operators.transcript import TranscriptLine
+from pipelines.ingest.snapshots import pack, unpack
 from pipelines.segmenter import iter_segments
 from tests.transcripts.media import POP_ON, ROLL_UP, muxjs_cues
 
@@ -82,6 +83,20 @@ def test_a_restored_reader_continues_as_an_uninterrupted_one(muxjs: Path) -> Non
     restarted.restore(first.snapshot())
     after = caption_lines(batches[1:], restarted)
     assert before + after == whole
+
+
+def test_one_stream_taken_back_alone_continues_as_an_uninterrupted_one(muxjs: Path) -> None:
+    """A live transcript actor evicts a quiet stream and restores it when it returns (pipelines/ingest/idle.py)."""
+    batches = decoded(muxjs / POP_ON)
+    whole = caption_lines(batches, CaptionReader(TranscriptConfig()))
+    first = CaptionReader(TranscriptConfig())
+    before = first.read(batches[0])
+    taker = CaptionReader(TranscriptConfig())
+    taker.read(decoded(muxjs / POP_ON, "busy")[0])
+    taker.restore_stream("t", batches[0].segment.stream_id,
+                         unpack(pack(first.snapshot_stream("t", batches[0].segment.stream_id))))
+    assert before + caption_lines(batches[1:], taker) == whole
+    assert taker.snapshot_stream("t", "busy") is not None
 
 
 def test_a_caption_left_up_is_stored_every_max_caption_s(muxjs: Path) -> None:

@@ -17,6 +17,7 @@ from operators.config import OcrConfig
 from operators.frames import FrameBatch, SegmentInfo, StageError
 from operators.ocr import ScreenTextReader, TextEmbedder
 from operators.ocr_engine import OcrEngine
+from pipelines.ingest.snapshots import pack, unpack
 
 HEADLINES = ["STORM WARNING FOR COASTAL TOWNS", "MARKETS RALLY AS RATES FALL", "LOCAL TEAM WINS CHAMPIONSHIP"]
 WIDTH, HEIGHT = 640, 360
@@ -206,6 +207,19 @@ def test_state_is_per_stream_and_survives_snapshot_and_restore(reader: CountingR
     assert reader.engine.detections == calls + 3
     with pytest.raises(ValueError, match="version"):
         reader.restore({**state, "version": 0})
+
+
+def test_one_stream_is_handed_over_and_taken_back_alone(reader: CountingReader):
+    """What a live OCR actor does when it evicts a quiet stream and the stream returns (pipelines/ingest/idle.py)."""
+    image = frame(HEADLINES[0])
+    (first,) = reader.read(batch([image], stream="leaves"))
+    state = unpack(pack(reader.snapshot_stream("t1", "leaves")))
+    reader.forget("t1", "leaves")
+    assert reader.snapshot_stream("t1", "leaves") is None
+    calls = reader.engine.detections
+    reader.restore_stream("t1", "leaves", state)
+    (back,) = reader.read(batch([image], start_s=5.0, stream="leaves"))
+    assert back.reused and back.lines == first.lines and reader.engine.detections == calls  # not read again
 
 
 def test_engine_failure_is_a_stage_error(embedder: TextEmbedder):

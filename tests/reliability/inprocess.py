@@ -1,6 +1,6 @@
 """An ingest backend that runs in the test's process, for testing the source without Ray.
 
-It stands in for `pipelines.ray.dag.RayIngest` the way the `IngestBackend` protocol allows: each segment is
+It stands in for `pipelines.ray.sources.RayIngest` the way the `IngestBackend` protocol allows: each segment is
 "written" once per id (idempotent, like memory), a segment one of whose predecessors (``after``) failed for any
 reason but bad input fails with PredecessorFailed (as the memory actor's check does), and a test decides which
 attempts fail and how.

@@ -48,8 +48,10 @@ def sigkill_actor(config, name: str) -> Callable[[], None]:
     return inject
 
 
-def run_fault(config, segments, name: str, inject: Callable[[], None], *, poison=frozenset()) -> dict:
-    """Publish STREAMS streams, inject the fault once ingest runs, wait for every segment, check memory."""
+def run_fault(config, segments, name: str, inject: Callable[[], None], *, poison=frozenset(),
+              details: dict | None = None) -> dict:
+    """Publish STREAMS streams, inject the fault once ingest runs, wait for every segment, check memory.
+    ``details``: what the fault filled in about itself, reported with the row."""
     streams = [f"{name}-{i}" for i in range(STREAMS)]
     generator = StreamGenerator(config, segments, streams, poison=poison).start()
     total = STREAMS * len(segments) - len(poison)
@@ -74,7 +76,8 @@ def run_fault(config, segments, name: str, inject: Callable[[], None], *, poison
                reordered=sum(len(r.order_violations) for r in reports),
                resume_s=round(resumed_at - fault_over, 1) if resumed_at else None,
                complete_s=round(complete_at - fault_over, 1) if complete_at else None,
-               dead_letters=sorted({(d.stage, d.code) for d in letters}), dead_letter_count=len(letters))
+               dead_letters=sorted({(d.stage, d.code) for d in letters}), dead_letter_count=len(letters),
+               **(details or {}))
     if os.environ.get("LIVELENS_FAULT_REPORT"):
         with open(os.environ["LIVELENS_FAULT_REPORT"], "a") as out:
             out.write(json.dumps(row) + "\n")
@@ -103,6 +106,72 @@ def test_sigkill_of_the_query_consumer_then_a_kafka_query_is_answered(stack):
         with open(os.environ["LIVELENS_FAULT_REPORT"], "a") as out:
             out.write(json.dumps(dict(fault="kill-query-consumer", answered_after_s=round(time.monotonic() - started, 1)))
                       + "\n")
+
+
+def test_sigkill_of_the_answer_actor_then_a_question_is_answered(stack):
+    """The answer actor (max_restarts) killed: the next question that needs an answer waits for its restart
+    and is answered, over Kafka (the query consumer's path) and HTTP's engine alike."""
+    os.kill(actor_pid(stack, "answer-0"), signal.SIGKILL)
+    started = time.monotonic()
+    answer = Client(stack, timeout_s=120).ask_kafka(messages.Query(tenant_id="default", text="anything", top_k=1))
+    assert answer.error is None and answer.answer, answer
+    if os.environ.get("LIVELENS_FAULT_REPORT"):
+        with open(os.environ["LIVELENS_FAULT_REPORT"], "a") as out:
+            out.write(json.dumps(dict(fault="kill-answer", answered_after_s=round(time.monotonic() - started, 1)))
+                      + "\n")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return out
+
+
+def _title(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def bare_workers(task_name: str) -> list[int]:
+    """This session's Ray worker processes that host no actor: idle ones of the pool (``ray::IDLE``) and those
+    running the task ``task_name``. Found under this test process's own raylet, never another session's."""
+    raylets = [pid for pid in _children(os.getpid()) if "raylet" in _title(pid)]
+    assert len(raylets) == 1, f"this session's raylet: {raylets}"
+    return [pid for pid in _children(raylets[0]) if _title(pid) in ("ray::IDLE", f"ray::{task_name}")]
+
+
+@ray.remote(num_cpus=0)
+def occupied_worker() -> int:
+    time.sleep(60)
+    return os.getpid()
+
+
+def test_sigkill_of_the_bare_ray_workers(stack, short_segments):
+    """Every Ray worker process of the session that hosts no actor (the idle pool, and one running a task of its
+    own, started before ingest) killed during ingest: the raylet replaces them, and no pipeline actor may
+    notice."""
+    task = occupied_worker.remote()
+    wait_for(lambda: "ray::occupied_worker" in map(_title, bare_workers("occupied_worker")), 60,
+             "a worker to run the task")
+    victims: dict = {}
+
+    def inject() -> None:
+        victims["pids"] = bare_workers("occupied_worker")
+        for pid in victims["pids"]:
+            os.kill(pid, signal.SIGKILL)
+    try:
+        row = run_fault(stack, short_segments, "kill-bare-workers", inject, details=victims)
+    finally:
+        ray.cancel(task, force=True)
+    assert victims["pids"], "no bare worker to kill"
+    assert_nothing_lost_doubled_or_reordered(row)
 
 
 def test_redis_server_sigkill_with_aof_always(stack, short_segments, fault_redis):
@@ -142,7 +211,7 @@ def test_broker_unreachable_longer_than_every_kafka_timeout(stack, short_segment
 
 
 def test_a_second_source_joins_then_leaves(stack, short_segments):
-    from pipelines.ray.dag import SourceActor
+    from pipelines.ray.sources import SourceActor
 
     joined = []
 

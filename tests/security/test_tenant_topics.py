@@ -69,6 +69,29 @@ class RecordingBackend(InProcessDag):
         return super().submit(info, payload, after=after)
 
 
+def test_the_tenants_the_config_names_get_their_topics_at_deploy(kafka_broker):
+    from kafka import KafkaAdminClient
+
+    from pipelines.api.deployment import provision_known_tenants
+
+    tag = f"p{int(time.time() * 1000) % 10**8}."
+    kafka = dict(bootstrap=kafka_broker.address, topic_prefix=tag, partitions=1)
+    keys = {"key-acme-0123456789abcdef": "acme", "key-globex-0123456789abcd": "globex"}
+    config = LivelensConfig(kafka=dict(kafka, tenant_topics=True), serve=dict(api_keys=keys),
+                            webhooks=dict(signing_secrets={"initech": "hook-initech-0123456789"}))
+    # Consumers started now join once with all three tenants' topics, instead of a rebalance per tenant.
+    created = provision_known_tenants(config)
+    assert set(created) == {config.kafka.topic(name, tenant) for tenant in ("acme", "globex", "initech")
+                            for name in tenancy.TENANT_TOPICS} | set(topic_names(config.kafka))
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.address)
+    try:
+        assert set(created) <= set(admin.list_topics())
+    finally:
+        admin.close()
+    assert provision_known_tenants(config) == []  # there already
+    assert provision_known_tenants(LivelensConfig(kafka=kafka, serve=dict(api_keys=keys))) == []  # shared topics
+
+
 def test_a_segment_claiming_another_tenant_on_a_tenants_topic_is_dead_lettered(
         kafka_broker, redis_server, tmp_path):
     from pipelines.cli.sample_video import write_sample_video
