@@ -1,6 +1,6 @@
 """OCR cost per live frame, reading changed frames whole against reading them only where they changed (issue 18).
 
-    python benchmarks/ocr_incremental.py [--seconds 60] [--fps 1] [--size 640x360] [--video FILE]
+    python benchmarks/ocr_incremental.py [--seconds 60] [--fps 1] [--size 640x360] [--video FILE] [--streams K]
 
 Frames: the sample broadcast (pipelines/cli/sample_video.py: scenes with moving shapes above a lower-third
 headline banner that changes at known times, hard cuts), or --video, sampled at --fps as a live decoder does.
@@ -8,7 +8,12 @@ The same frames go through `ScreenTextReader` twice, one stream each: `ocr.incre
 is read whole) and on (read only in the regions that changed). Cost is CPU seconds of this process
 (`time.process_time`: every onnxruntime and OpenCV thread counted), so the figure holds on a loaded shared
 machine, where wall time does not; wall time is printed beside it. Text agreement: per frame, whether the
-incremental reader's lines say what the whole reads say (character similarity >= 0.9 per line, same line count).
+incremental reader's lines are the whole reads' lines, word for word.
+
+--streams K: then K streams of the same frames, each starting at another point of the video (so their changes
+do not coincide), one frame per stream per second, read by one reader with a call per stream (`read`) and with
+one call for all (`read_many`: their changed boxes share the recogniser's model runs, up to
+`ocr.recognition_batch` crops of one input width per run).
 
 The capacity figure: live streams whose OCR fits in C cores at --fps = C / (fps x CPU seconds per frame), OCR
 alone (decode, encode and memory need their share of the same cores).
@@ -17,7 +22,6 @@ alone (decode, encode and memory need their share of the same cores).
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import tempfile
 import time
@@ -57,9 +61,22 @@ def run(reader: ScreenTextReader, frames: list[np.ndarray]) -> tuple[list, list[
 
 
 def same_text(a, b) -> bool:
-    if len(a.lines) != len(b.lines):
-        return False
-    return all(difflib.SequenceMatcher(None, x.text, y.text).ratio() >= 0.9 for x, y in zip(a.lines, b.lines))
+    return [line.text for line in a.lines] == [line.text for line in b.lines]
+
+
+def run_streams(reader: ScreenTextReader, frames: list[np.ndarray], streams: int, together: bool) -> float:
+    """CPU seconds per frame reading ``streams`` staggered copies of the frames, one second at a time."""
+    n = len(frames)
+    cpu0 = time.process_time()
+    for t in range(n):
+        batches = [FrameBatch(SegmentInfo("bench", f"s{k}", t, 1.7e9 + t, float(t), 1.0), np.array([float(t)]),
+                              frames[(t + k * n // streams) % n][None]) for k in range(streams)]
+        if together:
+            reader.read_many(batches)
+        else:
+            for batch in batches:
+                reader.read(batch)
+    return (time.process_time() - cpu0) / (n * streams)
 
 
 def random_embedder(out: Path) -> TextEmbedder:
@@ -87,6 +104,7 @@ def main() -> int:
     parser.add_argument("--cores", type=float, default=2.0)
     parser.add_argument("--threads", type=int, help="ocr.threads (and torch's threads for the text embedder).")
     parser.add_argument("--random-embedder", action="store_true", help="MiniLM's shape with random weights.")
+    parser.add_argument("--streams", type=int, default=0, help="Also read K staggered streams, per call and together.")
     args = parser.parse_args()
     size = tuple(map(int, args.size.split("x")))
     video = args.video
@@ -122,6 +140,16 @@ def main() -> int:
         print(f"| {'on' if incremental else 'off'} | {s.whole} | {share} | {s.reused} | {1000 * per_frame:.1f} | "
               f"{1000 * float(np.mean(reread)):.1f} | {1000 * float(np.mean(wall)):.1f} | {agree}/{len(texts)} | "
               f"{args.cores / (args.fps * per_frame):.0f} |")
+    if args.streams:
+        print(f"\n{args.streams} staggered streams, ocr.incremental on:")
+        print("| reads | ocr.recognition_batch | CPU ms a frame | streams at 1 frame/s on "
+              f"{args.cores:g} cores |\n| --- | ---: | ---: | ---: |")
+        for together, batch in ((False, 1), (True, 1), (True, 8)):
+            reader = ScreenTextReader(OcrConfig(threads=args.threads, recognition_batch=batch), embedder)
+            reader.recognise(frames[0])
+            per_frame = run_streams(reader, frames, args.streams, together)
+            print(f"| {'read_many (one call for all streams)' if together else 'read (a call per stream)'} | "
+                  f"{batch} | {1000 * per_frame:.1f} | {args.cores / (args.fps * per_frame):.0f} |")
     return 0
 
 

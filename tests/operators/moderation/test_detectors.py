@@ -113,13 +113,12 @@ def test_lexicon_on_real_ocr_alerts_within_3s():
         frames = batch([frame(h) for h in shown[start : start + 2]], float(start))
         decisions += engine.observe(frames.segment, lexicon.score(frames, reader.read(frames)))
     alerts = [d for d in decisions if d.event == "alert"]
-    # Incremental OCR (issue 18) reads the changed region and runs words together ("BEST COCAINEIN TOWN"):
-    # the term then matches fuzzily (term~) where a whole read matched it exactly (term:), and still alerts RED.
-    assert [(a.state, a.pts_s) for a in alerts] == [("RED", 3.0), ("RED", 14.0)]
-    assert alerts[0].drivers[0].labels == ("phone_number",)
-    assert alerts[1].drivers[0].labels in {("term:cocaine",), ("term~cocaine",)}
+    assert [(a.state, a.pts_s, a.drivers[0].labels) for a in alerts] == [
+        ("RED", 3.0, ("phone_number",)), ("RED", 14.0, ("term:cocaine",))]
     assert [e.frame_key for e in alerts[1].evidence] == ["t1/room-1/14/14000"]
-    assert "COCAINE" in alerts[1].evidence[0].text.upper()
+    # Read incrementally (the banner changed, the sky did not), with the words a whole read gives.
+    assert alerts[1].evidence[0].text == "BEST COCAINE IN TOWN"
+    assert reader.stats.regions > 0
 
 
 def test_prompt_similarity_with_tiny_clip(tiny_models):
