@@ -11,8 +11,8 @@ payload from the archive when it holds it, else from Kafka by offset with a cons
 (`pipelines.kafka.client.make_reader`, as replay reads), decoding records with `messages.decode`. The packets are remuxed,
 never re-encoded, into a fragmented MP4 (``frag_keyframe+empty_moov``: playable by browsers while it streams and
 written in one pass) that starts at the last keyframe at or before ``from`` and ends before the first keyframe at
-or after ``to``: the clip covers the span, give or take one GOP at each end. Video only: segments carry no audio
-(pipelines/segmenter.py drops it), so there is none to copy.
+or after ``to``: the clip covers the span, give or take one GOP at each end. The audio the segments carry
+(pipelines/segment_tracks.py) goes along for the same span; subtitles do not.
 
 Errors a caller can act on are `ClipError` with an HTTP status: 404 for a stream the tenant does not have (other
 tenants' streams included) or a span with no video, 410 for a span whose video aged out (the message names the
@@ -21,19 +21,17 @@ retention that ran out), 422 for a malformed span, 503 when Kafka does not answe
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-import av
 import redis
 from kafka.structs import TopicPartition
 from pydantic import BaseModel, ConfigDict
@@ -45,22 +43,9 @@ from pipelines.config import ClipConfig, KafkaConfig, LivelensConfig
 from pipelines.kafka import tenancy
 from pipelines.kafka.client import make_reader
 from pipelines.kafka.retained import retained_segments
-from pipelines.segmenter import SEGMENT_TS_OFFSET_S
+from pipelines.clip_media import ClipError, remux
 
 log = logging.getLogger(__name__)
-
-
-# Fragmented MP4: the moov box comes first (empty), each keyframe starts a fragment. Browsers play it as it
-# arrives and the muxer never seeks back, so it is written to memory in one pass.
-MP4_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
-
-
-class ClipError(Exception):
-    """A clip that cannot be served as asked. ``code`` is stable (HTTP error bodies)."""
-
-    def __init__(self, code: str, message: str, status: int):
-        super().__init__(f"{code}: {message}")
-        self.code, self.message, self.status = code, message, status
 
 
 class SegmentLocation(BaseModel):
@@ -389,54 +374,6 @@ class ClipCutter:
 
 
 # -- remux -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Gop:
-    start_s: float  # stream seconds of its keyframe
-    packets: list[tuple[av.Packet, float]] = field(default_factory=list)  # (packet, stream seconds of pts 0)
-
-
-def remux(pieces: Sequence[tuple[SegmentLocation, bytes]], t_from: float, t_to: float) -> tuple[bytes, float, float]:
-    """The GOPs of the segments' video that overlap [t_from, t_to), remuxed into one fragmented MP4 whose time 0
-    is the first kept keyframe. Returns (mp4 bytes, stream seconds of its start, of its end)."""
-    inputs, gops, template = [], [], None
-    try:
-        for location, payload in pieces:
-            container = av.open(io.BytesIO(payload), format=location.container)
-            inputs.append(container)
-            if not container.streams.video:
-                raise ClipError("unreadable_segment", f"segment {location.segment_id} has no video track", 500)
-            video = container.streams.video[0]
-            template = template or video
-            # Payload times are segment-relative, the first frame at SEGMENT_TS_OFFSET_S (pipelines/segmenter.py).
-            origin = location.media_start_s - SEGMENT_TS_OFFSET_S
-            for packet in container.demux(video):
-                if not packet.size:
-                    continue
-                if packet.is_keyframe or not gops:
-                    gops.append(_Gop(origin + float(packet.pts * packet.time_base)))
-                gops[-1].packets.append((packet, origin))
-        end_of_video = pieces[-1][0].media_end_s
-        ends = [g.start_s for g in gops[1:]] + [end_of_video]
-        kept = [(g, end) for g, end in zip(gops, ends) if g.start_s < t_to and end > t_from]
-        if not kept:
-            raise ClipError("no_video", f"no frame of the stream falls in {t_from:.1f}-{t_to:.1f} s", 404)
-        start, end = kept[0][0].start_s, kept[-1][1]
-        out_buffer = io.BytesIO()
-        with av.open(out_buffer, "w", format="mp4", options=MP4_OPTIONS) as output:
-            stream = output.add_stream_from_template(template)
-            for gop, _ in kept:
-                for packet, origin in gop.packets:
-                    shift = round((origin - start) / packet.time_base)
-                    packet.pts += shift
-                    packet.dts += shift
-                    packet.stream = stream
-                    output.mux(packet)
-        return out_buffer.getvalue(), start, end
-    finally:
-        for container in inputs:
-            container.close()
 
 
 def clip_threads(config: ClipConfig, workers: int = 2) -> ThreadPoolExecutor:

@@ -18,7 +18,8 @@ import redis
 from kafka import KafkaAdminClient, TopicPartition
 
 from contracts import messages
-from pipelines.clips import ClipCutter, ClipError, ClipKeeper, clip_url, remux
+from pipelines.clip_media import remux
+from pipelines.clips import ClipCutter, ClipError, ClipKeeper, clip_url
 from pipelines.config import LivelensConfig
 from pipelines.kafka.client import ensure_topics
 from pipelines.kafka.publish import SegmentPublisher
@@ -101,6 +102,30 @@ def test_a_clip_shows_the_source_frames_of_the_span_cut_at_keyframes(pieces, tru
         stream = c.streams.video[0]
         assert (c.format.name.split(",")[0], stream.codec_context.name, stream.width, stream.height) == \
             ("mov", "h264", 640, 360)
+
+
+def test_a_clip_of_a_source_with_sound_carries_its_audio_over_the_same_span(real_video_dir):
+    from pipelines.clips import SegmentLocation
+
+    pieces = []
+    for seg in iter_segments(str(real_video_dir / "friday.mp4"), target_s=2.0):
+        assert tuple(seg.tracks) == ("video", "audio")
+        loc = SegmentLocation(seq=seg.seq, media_start_s=seg.media_start_s, duration_s=seg.duration_s,
+                              wallclock_start=0.0, codec=seg.codec, container=seg.container, width=seg.width,
+                              height=seg.height, topic="t", partition=0, first_offset=seg.seq, last_offset=seg.seq,
+                              payload_bytes=len(seg.payload))
+        pieces.append((loc, seg.payload))
+        if seg.media_start_s > 12:
+            break
+    data, start, end = remux(pieces, 3.0, 9.0)
+    with av.open(io.BytesIO(data)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        samples = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+        rate = c.streams.audio[0].rate
+    # The sound lasts as long as the clip's video, give or take an AAC frame at each end, and is not silence.
+    channels = 2 if samples.size > (end - start) * rate * 1.5 else 1
+    assert samples.size / channels / rate == pytest.approx(end - start, abs=0.1)
+    assert float(np.abs(samples).max()) > 0.01
 
 
 def test_a_span_without_frames_is_refused(pieces):
