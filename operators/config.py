@@ -95,9 +95,9 @@ class OcrConfig(Section):
         0.01, ge=0.0, le=1.0,
         description="A frame is read again when the mean absolute grey difference (0..1, on a 128x72 thumbnail) to "
         "the last read frame of its stream is at or above this. Lower re-reads more often (cost); higher reuses "
-        "stale text longer. 0.01 re-reads on a swapped lower-third headline (~0.016) and on cuts, not on the noise "
-        "of a static shot (~0.003). No value catches a one-digit change (a score, a clock: ~0.0005, below the "
-        "noise); 0 reads every frame.",
+        "stale text longer. 0.01 re-reads on cuts, not on the noise of a static shot (~0.003). Whatever the value, a "
+        "frame whose picture changed under a line of the last read (a swapped headline, a ticking score) is read "
+        "again; 0 reads every frame.",
     )
     max_side: int = Field(
         960, ge=32,

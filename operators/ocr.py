@@ -4,8 +4,10 @@ OCR is the most expensive thing done per frame on a CPU (hundreds of ms), while
 broadcast text changes every few seconds at most. So a frame is read only when
 its picture changed: the reader keeps, per (tenant_id, stream_id), a small grey
 thumbnail of the last frame it actually read, and a frame whose mean absolute
-difference to it is below ``OcrConfig.change_threshold`` gets that read's result
-again (``FrameText.reused``). The comparison is with the last READ frame, not the
+difference to it is below ``OcrConfig.change_threshold``, and whose picture did not
+change under any line of that read, gets that read's result again
+(``FrameText.reused``): a swapped headline or a ticking score is re-read however
+small a part of the frame it is. The comparison is with the last READ frame, not the
 previous frame: slow drift then accumulates until it forces a re-read, so a
 reused result never describes a picture further than the threshold from the one
 it was read on. Whether a result can be reused depends only on pictures, not on
@@ -207,13 +209,14 @@ class ScreenTextReader:
         """The frame's text if it can be had without recognition; else what to recognise."""
         thumbnail = ocr_regions.thumbnail(image)
         last = self._last.get(key)
-        if last is not None and ocr_regions.change(thumbnail, last.thumbnail) < self.config.change_threshold:
+        read_lines = [ocr_regions.bounds(line.box) for line in last.lines] if last is not None else []
+        if (last is not None and ocr_regions.change(thumbnail, last.thumbnail) < self.config.change_threshold
+                and not ocr_regions.lines_changed(thumbnail, last.thumbnail, read_lines)):
             self.stats.reused += 1
             return FrameText(pts_s, list(last.lines), last.embedding, reused=True)
         regions = None
         if last is not None and self.config.incremental:
-            regions = ocr_regions.changed_regions(thumbnail, last.thumbnail,
-                                                  [ocr_regions.bounds(line.box) for line in last.lines])
+            regions = ocr_regions.changed_regions(thumbnail, last.thumbnail, read_lines)
             if ocr_regions.area(regions) > self.config.max_changed_fraction:
                 regions = None
         image = OcrEngine.detector_input(image, self.config.max_side)

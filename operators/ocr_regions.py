@@ -39,6 +39,16 @@ def change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b).mean()) / 255.0
 
 
+def lines_changed(now: np.ndarray, before: np.ndarray, lines: list[Region]) -> bool:
+    """Whether the picture changed under any of ``lines`` (the last read's line bounds). A swapped headline or
+    a ticking score moves the cells under its letters by tens of grey levels however small a part of the frame
+    it is, while the mean difference of the whole frame can stay below any threshold that ignores noise."""
+    changed = np.abs(now.astype(np.int16) - before) > _CELL_CHANGE
+    rows, cols = now.shape
+    return any(changed[int(y0 * rows):int(np.ceil(y1 * rows)), int(x0 * cols):int(np.ceil(x1 * cols))].any()
+               for x0, y0, x1, y1 in lines)
+
+
 def changed_regions(now: np.ndarray, before: np.ndarray, lines: list[Region]) -> list[Region]:
     """Regions around the cells that changed between two thumbnails, each widened to the whole of any of
     ``lines`` (the last read's line bounds) it touches, overlapping ones merged."""

@@ -76,6 +76,22 @@ def test_the_acceptance_headline_reads_with_its_spaces(reader: ScreenTextReader)
     assert [t.text for t in texts] == ["EVENING NEWS WITH DANA", "BEST COCAINE IN TOWN"]
 
 
+def test_a_headline_swapped_on_the_same_banner_is_read_again_not_reused(reader: ScreenTextReader):
+    """Two headlines on one banner differ in a small part of the frame: the mean difference stays under
+    ocr.change_threshold (DOW -> $AAPL: below 0.01), but the cells under the read line changed."""
+    from operators import ocr_regions
+
+    headlines = rooms.BENIGN[:6]
+    frames = [rooms.frame(h) for h in headlines]
+    quiet = [ocr_regions.change(ocr_regions.thumbnail(a), ocr_regions.thumbnail(b)) for a, b in zip(frames, frames[1:])]
+    assert min(quiet) < OcrConfig().change_threshold  # the case the mean alone misses is in the table
+    texts = reader.read(batch(frames + [frames[-1]], stream="swaps"))
+    # What a whole read of each frame gives (the recogniser reads "DOW 38, 123.45": its own reading, not ours).
+    assert [[line.text for line in t.lines] for t in texts] == [
+        [line.text for line in reader.recognise(f)] for f in frames + [frames[-1]]]
+    assert [t.reused for t in texts] == [False] * len(headlines) + [True]  # the same picture again is reused
+
+
 def test_reading_streams_together_equals_reading_each(embedder: TextEmbedder, work: Path):
     together = ScreenTextReader(OcrConfig(recognition_batch=8), embedder)  # as on a GPU host
     alone = ScreenTextReader(OcrConfig(), embedder)
