@@ -31,11 +31,10 @@ import av
 from operators.config import TranscriptConfig
 from operators.frames import CaptionData, FrameBatch
 from operators.side_tracks import ass_words
-from operators.state import StreamKey, replace_stream
+from operators.state import PerStreamState, StreamKey
 from operators.transcript import TranscriptLine
 
 CHANNEL = "CC1"
-_SNAPSHOT_VERSION = 1
 # Caption bytes kept for a restore: a screen is rebuilt from at most this many frames' data (a pop-on caption
 # loads in a second or two; 900 frames is 30 s at 30 fps).
 _MAX_TAIL = 900
@@ -74,8 +73,11 @@ def _packet(data: CaptionData) -> av.Packet:
     return packet
 
 
-class CaptionReader:
+class CaptionReader(PerStreamState["_Stream"]):
     """CC1 caption lines of each stream, from its batches in stream order; state per stream, explicit."""
+
+    SNAPSHOT_NAME = "caption"
+    SNAPSHOT_VERSION = 1
 
     def __init__(self, config: TranscriptConfig, language: str = "en"):
         self.max_row_s = config.max_caption_s
@@ -159,46 +161,17 @@ class CaptionReader:
         state = self._streams.pop((tenant_id, stream_id), None)
         return [self._line(row) for row in state.rows] if state is not None else []
 
-    def forget(self, tenant_id: str, stream_id: str) -> None:
-        self._streams.pop((tenant_id, stream_id), None)
+    # Snapshots (operators.state.PerStreamState): plain values only (the backfill manifest stores them as JSON),
+    # caption bytes as hex; a restored stream's rows on screen stay open.
+    def _dump(self, state: _Stream) -> dict:
+        return {"rows": [(row.text, row.start_s, row.end_s) for row in state.rows],
+                "tail": [(data.pts_s, data.data.hex()) for data in state.tail], "first_s": state.first_s,
+                "last_words_s": state.last_words_s}
 
-    def snapshot(self) -> dict:
-        """Plain values only (the backfill manifest stores it as JSON): caption bytes as hex."""
-        return self._snapshot(list(self._streams))
-
-    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict | None:
-        """`snapshot` of one stream; None when it has no state here."""
-        key = (tenant_id, stream_id)
-        return self._snapshot([key]) if key in self._streams else None
-
-    def _snapshot(self, keys: list[StreamKey]) -> dict:
-        def entry(state: _Stream) -> dict:
-            return {"rows": [(row.text, row.start_s, row.end_s) for row in state.rows],
-                    "tail": [(data.pts_s, data.data.hex()) for data in state.tail], "first_s": state.first_s,
-                    "last_words_s": state.last_words_s}
-
-        return {"version": _SNAPSHOT_VERSION,
-                "streams": [{"tenant_id": tenant, "stream_id": stream, **entry(self._streams[(tenant, stream)])}
-                            for tenant, stream in keys]}
-
-    def restore(self, state: dict) -> None:
-        self._streams = self._parse(state)
-
-    def restore_stream(self, tenant_id: str, stream_id: str, state: dict) -> None:
-        """Take back `snapshot_stream`'s result: the rows on screen stay open; others are untouched."""
-        replace_stream(self._streams, tenant_id, stream_id, self._parse(state))
-
-    @staticmethod
-    def _parse(state: dict) -> dict[StreamKey, _Stream]:
-        if state.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(f"caption snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
-        out = {}
-        for s in state["streams"]:
-            stream = _Stream(_new_decoder(), [_Row(text, float(start), float(end)) for text, start, end in s["rows"]],
-                             deque((CaptionData(float(pts), bytes.fromhex(data)) for pts, data in s["tail"]),
-                                   maxlen=_MAX_TAIL), s["first_s"],
-                             s["last_words_s"])
-            for data in stream.tail:  # back to the decoder's state: what it saw since the screen last changed
-                stream.decoder.decode2(_packet(data))
-            out[(s["tenant_id"], s["stream_id"])] = stream
-        return out
+    def _load(self, s: dict) -> _Stream:
+        stream = _Stream(_new_decoder(), [_Row(text, float(start), float(end)) for text, start, end in s["rows"]],
+                         deque((CaptionData(float(pts), bytes.fromhex(data)) for pts, data in s["tail"]),
+                               maxlen=_MAX_TAIL), s["first_s"], s["last_words_s"])
+        for data in stream.tail:  # back to the decoder's state: what it saw since the screen last changed
+            stream.decoder.decode2(_packet(data))
+        return stream

@@ -33,10 +33,9 @@ import numpy as np
 from operators.config import SpeechConfig
 from operators.speech.audio import SAMPLE_RATE, SpeechRegion, checked_audio
 from operators.speech.vad import FRAME, VadState, VoiceActivityDetector
-from operators.state import StreamKey, replace_stream
+from operators.state import PerStreamState, StreamKey
 
 GAP_S = 0.1  # audio starting further than this from where the buffer ends does not continue it
-_SNAPSHOT_VERSION = 1
 
 
 @dataclass
@@ -65,10 +64,12 @@ class _Buffer:
         return self.start_s + self.samples.size / SAMPLE_RATE
 
 
-class SpeechWindows:
+class SpeechWindows(PerStreamState["_Buffer"]):
     """Each stream's buffered audio; ``add`` answers the windows that closed. State per stream, explicit."""
 
-    EMPTY = {"version": _SNAPSHOT_VERSION, "streams": []}  # the snapshot of nothing buffered
+    SNAPSHOT_NAME = "speech window"
+    SNAPSHOT_VERSION = 1
+    EMPTY = {"version": SNAPSHOT_VERSION, "streams": []}  # the snapshot of nothing buffered
 
     def __init__(self, vad: VoiceActivityDetector | None, speech: SpeechConfig, max_window_s: float):
         """``vad``: the recogniser's (None: ``speech.vad`` off); ``speech``: its config (pauses, onsets)."""
@@ -155,46 +156,18 @@ class SpeechWindows:
         buffer = self._streams.pop((tenant_id, stream_id), None)
         return self._whole(buffer) if buffer is not None else []
 
-    def forget(self, tenant_id: str, stream_id: str) -> None:
-        self._streams.pop((tenant_id, stream_id), None)
+    # Snapshots (operators.state.PerStreamState): plain values and numpy arrays, the buffered samples, their VAD
+    # probabilities and the VAD's state; a restored stream's utterance goes on.
+    def _dump(self, b: _Buffer) -> dict:
+        return {"start_s": b.start_s, "channel": b.channel, "samples": b.samples.copy(), "probs": b.probs.copy(),
+                "covered": [list(span) for span in b.covered],
+                "vad": None if b.vad is None else [b.vad.context.copy(), b.vad.h.copy(), b.vad.c.copy()]}
 
-    def snapshot(self) -> dict:
-        """Plain values and numpy arrays: the buffered samples, their VAD probabilities and the VAD's state."""
-        return self._snapshot(list(self._streams))
+    def _load(self, s: dict) -> _Buffer:
+        vad = None if s["vad"] is None else VadState(*(np.asarray(a, np.float32) for a in s["vad"]))
+        return _Buffer(float(s["start_s"]), s["channel"], vad, np.asarray(s["samples"], np.float32),
+                       np.asarray(s["probs"], np.float32), [(float(start), float(end)) for start, end in s["covered"]])
 
-    def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict | None:
-        """`snapshot` of one stream; None when nothing of it is buffered."""
-        key = (tenant_id, stream_id)
-        return self._snapshot([key]) if key in self._streams else None
-
-    def _snapshot(self, keys: list[StreamKey]) -> dict:
-        def entry(b: _Buffer) -> dict:
-            return {"start_s": b.start_s, "channel": b.channel, "samples": b.samples.copy(), "probs": b.probs.copy(),
-                    "covered": [list(span) for span in b.covered],
-                    "vad": None if b.vad is None else [b.vad.context.copy(), b.vad.h.copy(), b.vad.c.copy()]}
-
-        return {"version": _SNAPSHOT_VERSION, "streams": [
-            {"tenant_id": tenant, "stream_id": stream, **entry(self._streams[(tenant, stream)])}
-            for tenant, stream in keys]}
-
-    def restore(self, state: dict) -> None:
-        self._streams = self._parse(state)
-
-    def restore_stream(self, tenant_id: str, stream_id: str, state: dict) -> None:
-        """Take back `snapshot_stream`'s result; other streams' buffers are untouched."""
-        replace_stream(self._streams, tenant_id, stream_id, self._parse(state))
-
-    @staticmethod
-    def _parse(state: dict) -> dict[StreamKey, _Buffer]:
-        if state.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(f"speech window snapshot version {state.get('version')!r}, expected {_SNAPSHOT_VERSION}")
-        out = {}
-        for s in state["streams"]:
-            vad = None if s["vad"] is None else VadState(*(np.asarray(a, np.float32) for a in s["vad"]))
-            out[(s["tenant_id"], s["stream_id"])] = _Buffer(
-                float(s["start_s"]), s["channel"], vad, np.asarray(s["samples"], np.float32),
-                np.asarray(s["probs"], np.float32), [(float(start), float(end)) for start, end in s["covered"]])
-        return out
 
 def _frame_edge(seconds: float, up: bool) -> int:
     """``seconds`` from a buffer's start as a sample count on a VAD frame edge (what stays is framed as before)."""
