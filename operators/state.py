@@ -98,3 +98,23 @@ class PerStreamState(Generic[_State]):
             raise ValueError(f"{self.SNAPSHOT_NAME} snapshot version {state.get('version')!r}, "
                              f"expected {self.SNAPSHOT_VERSION}")
         return {(entry["tenant_id"], entry["stream_id"]): self._load(entry) for entry in state["streams"]}
+
+
+def snapshot_steps(steps: dict[str, StreamStateful | None], tenant_id: str, stream_id: str) -> dict[str, Any] | None:
+    """One stream's state in each of ``steps`` (None: a step switched off), by step name; None when none has any."""
+    held = {name: step.snapshot_stream(tenant_id, stream_id) for name, step in steps.items() if step is not None}
+    return {name: state for name, state in held.items() if state is not None} or None
+
+
+def restore_steps(steps: dict[str, StreamStateful | None], tenant_id: str, stream_id: str,
+                  state: dict[str, Any]) -> None:
+    """Take back `snapshot_steps`' result; a step it holds nothing of starts the stream afresh. ValueError when
+    it holds the state of a step not here (taken with another configuration: frame skip switched off since)."""
+    present = {name: step for name, step in steps.items() if step is not None}
+    if set(state) - set(present):
+        raise ValueError(f"the stream's state holds {sorted(state)}, but the steps here are {sorted(present)}")
+    for name, step in present.items():
+        if name in state:
+            step.restore_stream(tenant_id, stream_id, state[name])
+        else:
+            step.forget(tenant_id, stream_id)

@@ -30,6 +30,7 @@ from operators.captions import CaptionReader
 from operators.config import TranscriptConfig
 from operators.frames import FrameBatch, StageError
 from operators.speech_windows import SpeechWindows, Window
+from operators.state import restore_steps, snapshot_steps
 from operators.transcript import TranscriptLine
 
 if TYPE_CHECKING:
@@ -186,17 +187,9 @@ class Transcriber:
 
     def snapshot_stream(self, tenant_id: str, stream_id: str) -> dict | None:
         """One stream's caption and speech state, by part; None when neither holds any."""
-        held = {name: part.snapshot_stream(tenant_id, stream_id) for name, part in self._parts().items()}
-        return {name: state for name, state in held.items() if state is not None} or None
+        return snapshot_steps(self._parts(), tenant_id, stream_id)
 
     def restore_stream(self, tenant_id: str, stream_id: str, state: dict) -> None:
         """Take back `snapshot_stream`'s result; a part it holds nothing of starts the stream afresh. ValueError
         for a part not here (kept while captions or asr were configured otherwise)."""
-        parts = self._parts()
-        if set(state) - set(parts):
-            raise ValueError(f"transcript state of {sorted(set(state) - set(parts))}, not configured here")
-        for name, part in parts.items():
-            if name in state:
-                part.restore_stream(tenant_id, stream_id, state[name])
-            else:
-                part.forget(tenant_id, stream_id)
+        restore_steps(self._parts(), tenant_id, stream_id, state)

@@ -28,7 +28,7 @@ from operators.encode import VisionEncoder
 from operators.encode_compress import EncodeCompressor
 from operators.frame_skip import FrameSkipper, encode_skipping
 from operators.frames import CompressedBatch, FeatureBatch, FrameBatch, StageError, tag_stage
-from operators.state import Stateful, StreamStateful
+from operators.state import Stateful, restore_steps, snapshot_steps
 from operators.transcribe import Recognizer, Transcriber
 from pipelines.config import LivelensConfig
 from pipelines.models import vision_encoder
@@ -170,26 +170,6 @@ class FusedEncodeCompress:
 
     def restore_stream(self, tenant_id: str, stream_id: str, state: dict[str, Any]) -> None:
         restore_steps(self.stateful(), tenant_id, stream_id, state)
-
-
-def snapshot_steps(steps: dict[str, StreamStateful | None], tenant_id: str, stream_id: str) -> dict[str, Any] | None:
-    """One stream's state in each of ``steps`` (None: a step switched off), by step name; None when none has any."""
-    held = {name: step.snapshot_stream(tenant_id, stream_id) for name, step in steps.items() if step is not None}
-    return {name: state for name, state in held.items() if state is not None} or None
-
-
-def restore_steps(steps: dict[str, StreamStateful | None], tenant_id: str, stream_id: str,
-                  state: dict[str, Any]) -> None:
-    """Take back `snapshot_steps`' result; a step it holds nothing of starts the stream afresh. ValueError when
-    it holds the state of a step not here (taken with another configuration: frame skip switched off since)."""
-    present = {name: step for name, step in steps.items() if step is not None}
-    if set(state) - set(present):
-        raise ValueError(f"the stream's state holds {sorted(state)}, but the steps here are {sorted(present)}")
-    for name, step in present.items():
-        if name in state:
-            step.restore_stream(tenant_id, stream_id, state[name])
-        else:
-            step.forget(tenant_id, stream_id)
 
 
 def encode_compress(config: LivelensConfig) -> SeparateEncodeCompress | FusedEncodeCompress:
