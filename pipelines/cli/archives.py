@@ -3,7 +3,6 @@ operators into memory (registered on the app in pipelines/cli/main.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from datetime import UTC, datetime
 from typing import Annotated
@@ -11,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pipelines.cli.output import print_summary
 from pipelines.config import LivelensConfig
 from pipelines.ray.runtime import effective_config
 
@@ -47,7 +47,7 @@ def backfill(
     store = MemoryStore(redis_client(config.redis), config.memory)
     summary = Backfill(config, store, workers=workers).run(jobs)
     _rebuild_running_memory(config)
-    _print_summary("backfilled", summary, as_json=as_json)
+    print_summary("backfilled", summary, as_json=as_json)
 
 
 def replay(
@@ -70,17 +70,7 @@ def replay(
     what = replay_range(config, topic=topic, from_offset=from_offset, from_time=from_time, to_offset=to_offset,
                         to_time=to_time, partitions=partition or [])
     summary = Replay(config, memory_writer(config), workers=workers).run(what)
-    _print_summary("replayed", summary, as_json=as_json)
-
-
-def _print_summary(what: str, summary, *, as_json: bool) -> None:
-    """A run's totals (a dataclass): one JSON object, or rich's rendering of it."""
-    from pipelines.cli.output import print_json, stdout_console
-
-    if as_json:
-        print_json(dataclasses.asdict(summary))
-    else:
-        stdout_console().print(what, summary)
+    print_summary("replayed", summary, as_json=as_json)
 
 
 def _aware(when: datetime) -> datetime:

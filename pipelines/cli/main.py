@@ -21,7 +21,7 @@ from rich.table import Table
 
 from pipelines.cli import archives, questions
 from pipelines.cli import streams as stream_commands
-from pipelines.cli.output import duration_s
+from pipelines.cli.output import duration_s, print_summary
 from pipelines.config import LivelensConfig
 from pipelines.ray.runtime import effective_config
 from pipelines.secrets import redact_url
@@ -228,7 +228,7 @@ def publish(
     except SourceGone as exc:
         console.print(f"[red]gave up:[/red] {exc}")
         raise typer.Exit(3) from None
-    _print_summary("published", stats, as_json=as_json)
+    print_summary("published", stats, as_json=as_json)
 
 
 def _key_value(text: str) -> tuple[str, str]:

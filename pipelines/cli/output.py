@@ -43,6 +43,14 @@ def print_json(body: dict[str, Any]) -> None:
     print(json.dumps(body, default=_jsonable))
 
 
+def print_summary(what: str, summary: Any, *, as_json: bool) -> None:
+    """A run's totals (a dataclass: publish, backfill, replay): one JSON object, or rich's rendering of it."""
+    if as_json:
+        print_json(dataclasses.asdict(summary))
+    else:
+        stdout_console().print(what, summary)
+
+
 def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
