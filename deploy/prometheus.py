@@ -1,7 +1,7 @@
 """The Prometheus server's scrape config for livelens: Ray's metrics export ports, livelens names restored.
 
 Ray serves every application metric under its exporter's ``ray_`` namespace; the relabelling here stores
-them under the names defined in pipelines/metrics.py, which the Grafana dashboards under deploy/grafana/
+them under the names defined in pipelines/metric_specs.py, which the Grafana dashboards under deploy/grafana/
 query.
 """
 

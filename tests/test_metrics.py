@@ -14,7 +14,7 @@ from kafka.structs import TopicPartition
 
 from deploy import prometheus
 from operators.frames import SegmentInfo
-from pipelines import metrics
+from pipelines import metric_specs, metrics
 from pipelines.config import KafkaConfig
 from pipelines.kafka.client import ensure_topics
 from pipelines.kafka.offsets import OffsetTracker
@@ -25,14 +25,14 @@ _UNIT_SUFFIXES = ("_total", "_seconds", "_bytes", "_records", "_frames", "_token
 _UNITLESS = {"livelens_source_paused", "livelens_kafka_fast_checksum"}  # 0/1 states
 
 
-@pytest.mark.parametrize("spec", metrics.REGISTRY.values(), ids=lambda s: s.name)
-def test_definitions_follow_prometheus_conventions(spec: metrics.MetricSpec):
+@pytest.mark.parametrize("spec", metric_specs.REGISTRY.values(), ids=lambda s: s.name)
+def test_definitions_follow_prometheus_conventions(spec: metric_specs.MetricSpec):
     assert _NAME.match(spec.name) and spec.name.startswith("livelens_")
     assert spec.name.endswith(_UNIT_SUFFIXES) or spec.name in _UNITLESS, f"{spec.name}: no unit or _total suffix"
     assert spec.kind != "counter" or spec.name.endswith("_total")
     assert spec.kind == "counter" or not spec.name.endswith("_total")
     assert all(_NAME.match(label) and not label.startswith("__") for label in spec.labels)
-    assert not set(spec.labels) & {"le", *metrics.RAY_LABELS}, "a label Prometheus or Ray sets itself"
+    assert not set(spec.labels) & {"le", *metric_specs.RAY_LABELS}, "a label Prometheus or Ray sets itself"
     assert spec.description
     if spec.kind == "histogram":
         assert list(spec.boundaries) == sorted(set(spec.boundaries)) and spec.boundaries[0] > 0
@@ -47,7 +47,7 @@ def test_definitions_cover_what_operators_ask_for():
               "livelens_frames_skipped_total", "livelens_tokens_dropped_total", "livelens_memory_tokens",
               "livelens_memory_bytes", "livelens_consumer_lag_records", "livelens_dead_letters_total",
               "livelens_query_latency_seconds", "livelens_alerts_total"}
-    assert wanted <= set(metrics.REGISTRY)
+    assert wanted <= set(metric_specs.REGISTRY)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_definitions_cover_what_operators_ask_for():
 )
 def test_bad_definitions_are_refused(kind, name, error):
     with pytest.raises(ValueError, match=error):
-        metrics._define(kind, name, "d")
+        metric_specs._define(kind, name, "d")
 
 
 def test_recording_checks_labels_and_is_a_no_op_outside_ray():

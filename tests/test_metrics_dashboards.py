@@ -1,6 +1,6 @@
 """Every Grafana panel under deploy/grafana/ queries only what pipelines/metrics.py exports, in valid PromQL.
 
-Metric names and labels come from `pipelines.metrics.REGISTRY` (not a list kept here); the PromQL
+Metric names and labels come from `pipelines.metric_specs.REGISTRY` (not a list kept here); the PromQL
 syntax is checked by the Prometheus package's own `promtool`.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.metrics import REGISTRY
+from pipelines.metric_specs import REGISTRY
 
 DASHBOARDS = sorted((Path(__file__).resolve().parents[1] / "deploy" / "grafana").glob("*.json"))
 

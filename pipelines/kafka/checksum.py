@@ -20,6 +20,7 @@ from kafka.record import _crc32c as python_crc32c
 from kafka.record import util as record_util
 
 from pipelines import metrics
+from pipelines.metric_specs import KAFKA_FAST_CHECKSUM
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def check_fast_checksum(role: str) -> bool:
     # Another thread may be importing Ray at this moment: its module is then listed but not yet filled in.
     is_initialized = getattr(sys.modules.get("ray"), "is_initialized", None)
     if is_initialized is not None and is_initialized():
-        metrics.set_gauge(metrics.KAFKA_FAST_CHECKSUM, 1.0 if fast else 0.0, role=role)
+        metrics.set_gauge(KAFKA_FAST_CHECKSUM, 1.0 if fast else 0.0, role=role)
     with _logged_lock:
         if _logged:
             return fast

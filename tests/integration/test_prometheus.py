@@ -20,7 +20,8 @@ from deploy.processes import start_prometheus
 from memory_store.redis_tier import RedisTier
 from pipelines.api.client import Client
 from pipelines.kafka.publish import SegmentPublisher
-from pipelines.metrics import MEMORY_TOKENS, memory_readings
+from pipelines.metric_specs import MEMORY_TOKENS
+from pipelines.metrics import memory_readings
 from pipelines.ray.query import query_engine
 from pipelines.ray.dag import find_stages
 from pipelines.segmenter import iter_segments
