@@ -54,6 +54,9 @@ class _Stream:
     tail: deque[CaptionData] = field(default_factory=lambda: deque(maxlen=_MAX_TAIL))  # since the last report
     first_s: float | None = None  # the first caption data's time: nothing was shown before it
     last_words_s: float | None = None  # the end of the last reported screen with words
+    # The newest caption data fed: a segment read again (a retry after later ones) must not feed the decoder old
+    # bytes, which would rebuild a screen out of order.
+    fed_s: float | None = None
 
 
 _US = 1_000_000  # packets carry stream time in microseconds, cc_dec's own output unit
@@ -94,6 +97,9 @@ class CaptionReader(PerStreamState["_Stream"]):
             state = self._streams[key] = _Stream(_new_decoder())
         lines: list[TranscriptLine] = []
         for data in batch.captions:
+            if state.fed_s is not None and data.pts_s <= state.fed_s:
+                continue  # already fed: this segment was read before
+            state.fed_s = data.pts_s
             if state.first_s is None:
                 state.first_s = data.pts_s
             shown = self._feed(state, data)
@@ -166,12 +172,12 @@ class CaptionReader(PerStreamState["_Stream"]):
     def _dump(self, state: _Stream) -> dict:
         return {"rows": [(row.text, row.start_s, row.end_s) for row in state.rows],
                 "tail": [(data.pts_s, data.data.hex()) for data in state.tail], "first_s": state.first_s,
-                "last_words_s": state.last_words_s}
+                "last_words_s": state.last_words_s, "fed_s": state.fed_s}
 
     def _load(self, s: dict) -> _Stream:
         stream = _Stream(_new_decoder(), [_Row(text, float(start), float(end)) for text, start, end in s["rows"]],
                          deque((CaptionData(float(pts), bytes.fromhex(data)) for pts, data in s["tail"]),
-                               maxlen=_MAX_TAIL), s["first_s"], s["last_words_s"])
+                               maxlen=_MAX_TAIL), s["first_s"], s["last_words_s"], s.get("fed_s"))
         for data in stream.tail:  # back to the decoder's state: what it saw since the screen last changed
             stream.decoder.decode2(_packet(data))
         return stream

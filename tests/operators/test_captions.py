@@ -85,6 +85,19 @@ def test_a_restored_reader_continues_as_an_uninterrupted_one(muxjs: Path) -> Non
     assert before + after == whole
 
 
+def test_a_segment_read_again_after_later_ones_changes_nothing(muxjs: Path) -> None:
+    """A retried segment reaches the transcript stage again after its successors were read (the source retries a
+    segment whose memory write waited): its caption bytes were fed already and must not rebuild old screens."""
+    for sample in (POP_ON, ROLL_UP):
+        batches = decoded(muxjs / sample)
+        assert len(batches) >= 2
+        whole = caption_lines(batches, CaptionReader(TranscriptConfig()))
+        reader = CaptionReader(TranscriptConfig())
+        lines = caption_lines([*batches[:2], batches[0], *batches[2:]], reader)
+        assert lines == whole, sample
+        assert whole, sample
+
+
 def test_one_stream_taken_back_alone_continues_as_an_uninterrupted_one(muxjs: Path) -> None:
     """A live transcript actor evicts a quiet stream and restores it when it returns (pipelines/ingest/idle.py)."""
     batches = decoded(muxjs / POP_ON)
