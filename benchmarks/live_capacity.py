@@ -3,6 +3,7 @@ p99 stays within 2 s (issue 18).
 
     python benchmarks/live_capacity.py --source CLIP.mp4 --streams 200 400 800 --modes keyframes 1fps
                                        [--decoders 11] [--memory 3] [--seconds 20] [--batch 256] [--device cuda]
+                                       [--skip-unsampled]
 
 What runs, the way the Ray actors would (Ray is not installed where this runs: the same operator classes
 are driven in plain processes, one per actor, joined by multiprocessing queues instead of Ray's object store):
@@ -12,7 +13,8 @@ are driven in plain processes, one per actor, joined by multiprocessing queues i
   when its last frame would have been captured (its start + 2 s), in real time.
 - decode actors (--decoders processes, one core each): SegmentDecoder (--decode nvdec: full decodes on
   NVDEC), frames resized to 640 px, JPEG thumbnails; "keyframes" samples the keyframe of each segment (skip_frame=NONKEY, one frame per 2 s),
-  "1fps" decodes every frame and keeps one a second.
+  "1fps" keeps one frame a second, decoding every frame, or with --skip-unsampled (decode.skip_unsampled)
+  only the frames a sample needs.
 - encoder actor (one process, the GPU): frame batches of many streams gathered for up to 30 ms or --batch
   frames, then the encode actor's fused step (pipelines/ingest/chain.py FusedEncodeCompress: resize, SigLIP-B/16
   tower with random weights in bf16, pixel-mode drop, pruning to 60/196, pooled embedding, all on the GPU;
@@ -80,13 +82,14 @@ def make_media(source: Path, out: Path, seconds: float, size: tuple[int, int]) -
 # actors, each in its own process
 
 
-def decode_actor(mode: str, hardware: str, segments: list, inbox: mp.Queue, outbox: mp.Queue, busy: mp.Value) -> None:
+def decode_actor(mode: str, hardware: str, skip_unsampled: bool, segments: list, inbox: mp.Queue, outbox: mp.Queue,
+                 busy: mp.Value) -> None:
     from operators.decode import SegmentDecoder
     from operators.frames import SegmentInfo
     from pipelines.config import DecodeConfig
 
     config = DecodeConfig(sample_fps=1.0 / SEGMENT_S if mode == "keyframes" else 1.0,
-                          keyframes_only=mode == "keyframes", hardware=hardware)
+                          keyframes_only=mode == "keyframes", hardware=hardware, skip_unsampled=skip_unsampled)
     decoder = SegmentDecoder(config, frame_px=config.frame_px, threads=1)
     while (job := inbox.get()) is not None:
         tenant, stream, seq, published = job
@@ -222,6 +225,8 @@ def main() -> int:
     parser.add_argument("--memory", type=int, default=3)
     parser.add_argument("--decode", choices=["cpu", "nvdec"], default="cpu", help="DecodeConfig.hardware: nvdec "
                         "decodes 1fps mode's full decodes on the GPU (keyframes stay on the CPU).")
+    parser.add_argument("--skip-unsampled", action="store_true", help="decode.skip_unsampled in 1fps mode: "
+                        "decode only the frames a sample needs (a deployment without closed captions).")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", default="1920x1080")
@@ -251,7 +256,8 @@ def main() -> int:
         import torch
 
         device = torch.cuda.get_device_name()
-    print(f"\n{device}, {mp.cpu_count()} cores; {args.decoders} decode processes ({args.decode}), 1 encoder, "
+    print(f"\n{device}, {mp.cpu_count()} cores; {args.decoders} decode processes ({args.decode}"
+          f"{', skip_unsampled' if args.skip_unsampled else ''}), 1 encoder, "
           f"{args.memory} memory "
           f"writers; batch {args.batch}; {args.seconds:g} s per trial; {time.strftime('%Y-%m-%d')}")
     print("| sampling | streams | segments measured | p50 s | p99 s | max s | late | decode util | encode util "
@@ -285,7 +291,8 @@ def run_mode(ctx, mode: str, args, segments: list, model: Path, redis_url: str, 
     busy = {stage: ctx.Value("d", 0.0) for stage in ("decode", "encode", "memory", "encode calls")}
     counts = {"decode": args.decoders, "encode": 1, "memory": args.memory, "encode calls": 1}
     ready = ctx.Event()
-    procs = [ctx.Process(target=decode_actor, args=(mode, args.decode, segments, decode_q, encode_q, busy["decode"]))
+    procs = [ctx.Process(target=decode_actor, args=(mode, args.decode, args.skip_unsampled, segments, decode_q, encode_q,
+                                                    busy["decode"]))
              for _ in range(args.decoders)]
     procs.append(ctx.Process(target=encode_actor, args=(model, args.device, args.batch, encode_q, memory_qs,
                                                         busy["encode"], busy["encode calls"], ready)))

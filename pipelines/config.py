@@ -127,6 +127,13 @@ class LivelensConfig(BaseSettings):
                 raise ValueError("transcript.asr needs a speech engine: set speech.engine (pocketsphinx, whisper)")
         return self
 
+    @model_validator(mode="after")
+    def _captions_see_every_frame(self) -> LivelensConfig:
+        if self.decode.skip_unsampled and self.transcript.enabled and self.transcript.captions:
+            raise ValueError("decode.skip_unsampled skips the frames closed captions ride on: set "
+                             "transcript.captions false too (or keep decoding every frame)")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

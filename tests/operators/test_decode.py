@@ -9,12 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import pytest
 from PIL import Image
 
 from operators.config import DecodeConfig
 from operators.decode import SegmentDecoder
 from operators.frames import StageError
+from pipelines.config import LivelensConfig
 from tests.operators.media import (
     Segment,
     encode_audio_only,
@@ -97,6 +99,30 @@ def test_threaded_decoding_matches_single_threaded(car, threads):
     many = SegmentDecoder(DecodeConfig(sample_fps=2.0), threads=threads).decode(car[1].info(), car[1].payload)
     np.testing.assert_array_equal(one.pts_s, many.pts_s)
     np.testing.assert_array_equal(one.images, many.images)
+
+
+@pytest.mark.parametrize("fps", [1.0, 0.5, 2.0, 1 / 3, 10.0])
+@pytest.mark.parametrize("clip", ["car", "person"])
+def test_skipping_unsampled_frames_keeps_the_same_samples_for_less_decoding(request, clip, fps):
+    """Person has B-frames (skipped unless sampled) and three GOPs a segment; car has neither."""
+    segments = request.getfixturevalue(clip)
+    full, lean = decoder(sample_fps=fps), decoder(sample_fps=fps, skip_unsampled=True)
+    for seq, seg in enumerate(segments):
+        every, needed = full.decode(seg.info(seq=seq), seg.payload), lean.decode(seg.info(seq=seq), seg.payload)
+        np.testing.assert_array_equal(needed.pts_s, every.pts_s)
+        np.testing.assert_array_equal(needed.images, every.images)
+        assert needed.thumbnails == every.thumbnails
+    if fps < 10.0:  # at the clips' native rate every frame is a sample
+        assert lean.frames_decoded < full.frames_decoded  # car: only the frames after each segment's last sample
+    if clip == "person" and fps <= 1.0:
+        assert lean.frames_decoded < 0.7 * full.frames_decoded
+
+
+def test_skipping_unsampled_frames_is_refused_while_captions_are_read():
+    with pytest.raises(pydantic.ValidationError, match="transcript.captions"):
+        LivelensConfig(decode=dict(skip_unsampled=True))
+    LivelensConfig(decode=dict(skip_unsampled=True), transcript=dict(captions=False))
+    LivelensConfig(decode=dict(skip_unsampled=True), transcript=dict(enabled=False))
 
 
 @pytest.mark.parametrize(
