@@ -196,7 +196,10 @@ class Answerer:
 
         Evidence is admitted best score first until ``max_evidence_frames`` or the position
         budget (the model's max positions less ``max_new_tokens``) is reached, then put in
-        chronological order so the model reads events in the order they happened.
+        chronological order so the model reads events in the order they happened. A VLM's frames are
+        marked by their time alone, under a ``[stream …]`` header where the stream changes: the prompt
+        is prefilled before the first token, and 64 full markers ("[stream cam-0, 2.0-4.0 s]", ~16
+        positions each) were 28% of a 20%-kept prompt's positions (BENCHMARKS.md, answer latency).
         """
         if self.model is None:
             raise RuntimeError("an extractive Answerer has no model inputs")
@@ -205,10 +208,13 @@ class Answerer:
         if budget < 0:
             reason = f"the question needs {-budget} more positions than {self.model_name} has"
             raise StageError("question_too_long", reason, stage="answer")
+        candidates = _by_score(evidence)[: self.config.max_evidence_frames]
+        headers, marks = self._markers(candidates)
         pieces: list[tuple[EvidenceItem, list[int], np.ndarray | None]] = []
-        for item in _by_score(evidence)[: self.config.max_evidence_frames]:
-            ids, visual = self._evidence_piece(item)
-            cost = len(ids) + (0 if visual is None else visual.shape[0])
+        for item, ids in zip(candidates, marks):
+            visual = self._visual(item)
+            # As if each frame opened a stream run: its header is counted whether or not it gets one.
+            cost = len(headers.get(item.stream_id, ())) + len(ids) + (0 if visual is None else visual.shape[0])
             if cost > budget:
                 break
             budget -= cost
@@ -217,6 +223,9 @@ class Answerer:
             reason = f"the best evidence frame does not fit in {self.model_name}'s positions"
             raise StageError("evidence_too_large", reason, stage="answer")
         pieces.sort(key=lambda piece: _chronological(piece[0]))
+        pieces = [(item, (headers[item.stream_id] if item.stream_id in headers and (
+            at == 0 or pieces[at - 1][0].stream_id != item.stream_id) else []) + ids, visual)
+            for at, (item, ids, visual) in enumerate(pieces)]
         used = tuple(item for item, _, _ in pieces)
         if self.kind == "llm":
             ids = prefix + [i for _, piece_ids, _ in pieces for i in piece_ids] + suffix
@@ -266,23 +275,32 @@ class Answerer:
         encode = self.tokenizer.encode
         return bos + encode(before, add_special_tokens=False), encode(after, add_special_tokens=False)
 
-    def _evidence_piece(self, item: EvidenceItem) -> tuple[list[int], np.ndarray | None]:
-        """One frame's text ids and, for a VLM, its stored visual tokens (host array, checked against the model)."""
-        on_screen = (f', on-screen text: "{item.text}"' if item.text else "") + (
-            f', said: "{item.said}"' if item.said else "")
-        if self.kind == "llm":
-            line = f"- {item.label()} ({item.wallclock_start}), score {item.score:.2f}{on_screen}\n"
-            return self.tokenizer.encode(line, add_special_tokens=False), None
-        if item.tokens is None:
-            marker = f"[stream {item.stream_id}, {item.t_start:.1f}-{item.t_end:.1f} s{on_screen}, no visual tokens]"
-            return self.tokenizer.encode(marker, add_special_tokens=False), None
+    def _markers(self, items: list[EvidenceItem]) -> tuple[dict[str, list[int]], list[list[int]]]:
+        """Token ids of each stream's header (a VLM's; none for an LLM) and of each frame's own text, in one
+        tokenizer call. An LLM's frame is a line that names its stream and times; a VLM's, its start time."""
+        texts = []
+        for item in items:
+            said = (f', on-screen text: "{item.text}"' if item.text else "") + (
+                f', said: "{item.said}"' if item.said else "")
+            if self.kind == "llm":
+                texts.append(f"- {item.label()} ({item.wallclock_start}), score {item.score:.2f}{said}\n")
+            else:
+                texts.append(f" {item.t_start:.1f} s{said}{'' if item.tokens is not None else ', no visual tokens'}:")
+        streams = [] if self.kind == "llm" else sorted({item.stream_id for item in items})
+        ids = self.tokenizer([f"\n[stream {stream}]" for stream in streams] + texts,
+                             add_special_tokens=False)["input_ids"] if items else []
+        return dict(zip(streams, ids)), ids[len(streams):]
+
+    def _visual(self, item: EvidenceItem) -> np.ndarray | None:
+        """A VLM's frame's stored tokens (host array), checked against the model; None for an LLM or none kept."""
+        if self.kind == "llm" or item.tokens is None:
+            return None
         if item.tokens.shape[1] != self.expects_token_dim:
             raise ValueError(
                 f"evidence tokens have dim {item.tokens.shape[1]} but {self.model_name} embeds to "
                 f"{self.expects_token_dim}: the encoder is not this VLM's own vision tower and projector"
             )
-        marker = f"[stream {item.stream_id}, {item.t_start:.1f}-{item.t_end:.1f} s{on_screen}]"
-        return self.tokenizer.encode(marker, add_special_tokens=False), item.tokens
+        return item.tokens
 
     def _ids_tensor(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor([ids], dtype=torch.long, device=self.config.device)

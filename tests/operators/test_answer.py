@@ -135,19 +135,23 @@ def test_vlm_prompt_grows_by_each_frames_tokens(vlm: Answerer, dtype: type):
 
 
 def test_vlm_inputs_hold_each_frames_tokens_and_text_in_prompt_order(vlm: Answerer):
-    evidence = [item("s", 30.0, 0.9), item("s", 10.0, 0.8, dim=None), item("s", 20.0, 0.7)]
+    evidence = [item("s", 30.0, 0.9), item("s", 10.0, 0.8, dim=None), item("t", 20.0, 0.7), item("t", 25.0, 0.6)]
     got = vlm.build_inputs("q", evidence).inputs_embeds[0]
-    # The same prompt embedded piece by piece: prefix, each frame's marker then its tokens, suffix.
+    # The same prompt embedded piece by piece: prefix; a stream's header where the stream changes, then
+    # each frame's time and its tokens; suffix.
     embed = vlm.model.get_input_embeddings()
     prefix, suffix = vlm._prompt_ids("q")
-    parts = [embed(torch.tensor(prefix))]
-    for frame in sorted(evidence, key=lambda e: e.t_start):
-        ids, tokens = vlm._evidence_piece(frame)
-        parts.append(embed(torch.tensor(ids)))
-        if tokens is not None:
-            parts.append(torch.from_numpy(tokens).to(vlm.model.dtype))
-    parts.append(embed(torch.tensor(suffix)))
-    torch.testing.assert_close(got, torch.cat(parts))
+
+    def text(words: str) -> torch.Tensor:
+        return embed(torch.tensor(vlm.tokenizer.encode(words, add_special_tokens=False)))
+
+    by_time = {e.t_start: e for e in evidence}
+    parts = [embed(torch.tensor(prefix)), text("\n[stream s]"), text(" 10.0 s, no visual tokens:"),
+             text("\n[stream t]"), text(" 20.0 s:"), torch.from_numpy(by_time[20.0].tokens),
+             text(" 25.0 s:"), torch.from_numpy(by_time[25.0].tokens),  # same stream: no header
+             text("\n[stream s]"), text(" 30.0 s:"), torch.from_numpy(by_time[30.0].tokens),
+             embed(torch.tensor(suffix))]
+    torch.testing.assert_close(got, torch.cat([part.to(vlm.model.dtype) for part in parts]))
 
 
 def test_vlm_evidence_is_chronological_and_frames_without_tokens_get_a_marker(vlm: Answerer):
@@ -169,8 +173,9 @@ def test_vlm_rejects_tokens_of_another_encoder(vlm: Answerer):
     [
         pytest.param(3, 8, 3, id="max-evidence-frames"),
         pytest.param(8, 8, 5, id="fewer-frames-than-allowed"),
-        # 2048 - 1790 = 258 positions: the prompt (36) and two frames (64 tokens + a 13-token marker each).
-        pytest.param(8, 1790, 2, id="position-budget"),
+        # 2048 - 1800 = 248 positions: the prompt (36) and two frames (64 tokens, and a 5-token time under a
+        # 4-token stream header each: counted as if each opened a stream run), not a third.
+        pytest.param(8, 1800, 2, id="position-budget"),
     ],
 )
 def test_vlm_evidence_is_bounded(tiny_models, max_frames, max_new_tokens, used):
