@@ -19,8 +19,10 @@ near-constant signal (a still scene: sigma ~ 0) from calling any flicker a bound
 
 A stream's first frame opens its first event and is not scored (its drop ratio is 0
 by construction: it is kept whole). State is per (tenant_id, stream_id), with
-snapshot / restore; a batch that goes back in time (a replay) restarts the stream's
-state, as the compressor keeps that batch's first frame whole.
+snapshot / restore. A segment read again while it is among the stream's latest (a live source's retry)
+gets the answer it got the first time and changes nothing (operators.state.RecentAnswers); any other batch
+that goes back in time (a replay) restarts the stream's state, as the compressor keeps that batch's first
+frame whole.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 
 from operators.config import BoundaryConfig
 from operators.frames import CompressedBatch
-from operators.state import PerStreamState, StreamKey
+from operators.state import PerStreamState, RecentAnswers, StreamKey
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +69,16 @@ class BoundaryDetector(PerStreamState["_Stream"]):
     def __init__(self, config: BoundaryConfig):
         self.config = config
         self._streams: dict[StreamKey, _Stream] = {}
+        self._recent: RecentAnswers[np.ndarray] = RecentAnswers()
 
     def detect(self, batch: CompressedBatch) -> np.ndarray:
         """bool [N]: True where a frame of ``batch`` starts a new event. Batches of a stream come in order."""
         boundaries = np.zeros(len(batch), dtype=bool)
         if not len(batch):
             return boundaries
+        answered = self._recent.get(batch.segment)
+        if answered is not None and len(answered) == len(batch):
+            return answered.copy()
         key = (batch.segment.tenant_id, batch.segment.stream_id)
         stream = self._streams.get(key)
         first = 0
@@ -87,6 +93,7 @@ class BoundaryDetector(PerStreamState["_Stream"]):
         for i in range(first, len(batch)):
             boundaries[i] = self._step(stream, float(batch.pts_s[i]), float(signal[i]))
         stream.last_pts = float(batch.pts_s[-1])
+        self._recent.put(batch.segment, boundaries.copy())
         return boundaries
 
     def mark(self, batch: CompressedBatch) -> CompressedBatch:

@@ -31,7 +31,7 @@ import av
 from operators.config import TranscriptConfig
 from operators.frames import CaptionData, FrameBatch
 from operators.side_tracks import ass_words
-from operators.state import PerStreamState, StreamKey
+from operators.state import PerStreamState, RecentAnswers, StreamKey
 from operators.transcript import TranscriptLine
 
 CHANNEL = "CC1"
@@ -86,11 +86,17 @@ class CaptionReader(PerStreamState["_Stream"]):
         self.max_row_s = config.max_caption_s
         self.language = language
         self._streams: dict[StreamKey, _Stream] = {}
+        self._recent: RecentAnswers[list[TranscriptLine]] = RecentAnswers()
 
     def read(self, batch: FrameBatch) -> list[TranscriptLine]:
-        """The caption lines that ended in this batch (or ran past ``max_caption_s``), in time order."""
+        """The caption lines that ended in this batch (or ran past ``max_caption_s``), in time order. A segment
+        read again while it is among the stream's latest (a live source's retry) gets the lines it got the first
+        time (operators.state.RecentAnswers); memory stores a line once."""
         if not batch.captions:
             return []
+        answered = self._recent.get(batch.segment)
+        if answered is not None:
+            return list(answered)
         key = (batch.segment.tenant_id, batch.segment.stream_id)
         state = self._streams.get(key)
         if state is None:
@@ -98,7 +104,7 @@ class CaptionReader(PerStreamState["_Stream"]):
         lines: list[TranscriptLine] = []
         for data in batch.captions:
             if state.fed_s is not None and data.pts_s <= state.fed_s:
-                continue  # already fed: this segment was read before
+                continue  # already fed: a segment read before, and no longer among the latest
             state.fed_s = data.pts_s
             if state.first_s is None:
                 state.first_s = data.pts_s
@@ -108,7 +114,9 @@ class CaptionReader(PerStreamState["_Stream"]):
                 state.tail.clear()
             else:
                 state.tail.append(data)
-        return sorted(lines, key=lambda line: line.start_s)
+        lines.sort(key=lambda line: line.start_s)
+        self._recent.put(batch.segment, list(lines))
+        return lines
 
     def _feed(self, state: _Stream, data: CaptionData) -> tuple[list[str], float, float] | None:
         """(rows, shown from, shown until) of the caption screen this frame's bytes ended, else None."""

@@ -8,14 +8,22 @@ returns is plain data (dicts, lists, numbers, strings, numpy arrays) that the ca
 `snapshot_stream` is `snapshot` limited to one stream, in the same format, and `restore_stream` takes it back
 for that stream alone, leaving the others as they are: a live actor stores an evicted stream's state and
 restores it when the stream returns (pipelines/ingest/idle.py).
+
+`RecentAnswers` lets such an operator answer a segment read again as it did the first time (a live source
+retries a segment after its successors; see there).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from operators.frames import SegmentInfo
 
 StreamKey = tuple[str, str]  # (tenant_id, stream_id)
 _State = TypeVar("_State")
+_Answer = TypeVar("_Answer")
 
 
 class Stateful(Protocol):
@@ -64,6 +72,7 @@ class PerStreamState(Generic[_State]):
     SNAPSHOT_NAME: ClassVar[str]
     SNAPSHOT_VERSION: ClassVar[int]
     _streams: dict[StreamKey, _State]
+    _recent: RecentAnswers[Any] | None = None  # an operator that answers segments read again sets one
 
     def _dump(self, state: _State) -> dict[str, Any]:
         raise NotImplementedError
@@ -73,6 +82,8 @@ class PerStreamState(Generic[_State]):
 
     def forget(self, tenant_id: str, stream_id: str) -> None:
         self._streams.pop((tenant_id, stream_id), None)
+        if self._recent is not None:
+            self._recent.forget(tenant_id, stream_id)
 
     def snapshot(self) -> dict[str, Any]:
         return self._snapshot(list(self._streams))
@@ -118,3 +129,36 @@ def restore_steps(steps: dict[str, StreamStateful | None], tenant_id: str, strea
             step.restore_stream(tenant_id, stream_id, state[name])
         else:
             step.forget(tenant_id, stream_id)
+
+
+class RecentAnswers(Generic[_Answer]):
+    """What a stateful operator answered for each stream's latest ``keep`` segments.
+
+    A live source retries a segment whose memory write gave up waiting for its predecessor
+    (pipelines/ray/supervision.py) after the segment's successors went through the operators. Read again, the
+    segment must get the answer it got the first time, which was never stored, and leave the stream's state
+    where its successors left it: restarting the state from an old segment loses what it was tracking (an
+    event's statistics, caption rows on screen), and skipping the segment loses its answer. A segment is known
+    by its session, sequence number and start, so a stream published again from the start is not mistaken
+    for a retry.
+    """
+
+    def __init__(self, keep: int = 16):
+        self.keep = keep
+        self._by_stream: dict[StreamKey, OrderedDict[tuple[str, int, float], _Answer]] = {}
+
+    def get(self, segment: SegmentInfo) -> _Answer | None:
+        return self._by_stream.get((segment.tenant_id, segment.stream_id), {}).get(_segment_key(segment))
+
+    def put(self, segment: SegmentInfo, answer: _Answer) -> None:
+        answers = self._by_stream.setdefault((segment.tenant_id, segment.stream_id), OrderedDict())
+        answers[_segment_key(segment)] = answer
+        while len(answers) > self.keep:
+            answers.popitem(last=False)
+
+    def forget(self, tenant_id: str, stream_id: str) -> None:
+        self._by_stream.pop((tenant_id, stream_id), None)
+
+
+def _segment_key(segment: SegmentInfo) -> tuple[str, int, float]:
+    return segment.session, segment.seq, segment.media_start_s

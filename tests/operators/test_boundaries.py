@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import pickle
 from pathlib import Path
@@ -93,14 +95,32 @@ def test_batching_snapshot_and_restore_do_not_change_the_result(signal):
 
 def test_streams_are_separate_and_a_replay_opens_a_new_event(caplog):
     d = BoundaryDetector(BoundaryConfig())
-    d.detect(signal_batch([1.0] + STILL))
+    first = signal_batch([1.0] + STILL)
+    d.detect(first)
     assert not d.detect(signal_batch([1.0, 0.0, 0.0], stream="other")).any()  # its own first frame
     assert d.detect(signal_batch([0.9], start_s=7.0)).tolist() == [True]
+    # The stream published again from its start: another session, not a segment read again.
+    replay = dataclasses.replace(first, segment=dataclasses.replace(first.segment, session="published-again"))
     with caplog.at_level(logging.WARNING, logger="operators.boundaries"):
-        replay = d.detect(signal_batch([1.0] + STILL, start_s=0.0))  # kept whole again by the compressor
-    assert not replay.any() and "replay" in caplog.text
+        assert not d.detect(replay).any()  # kept whole again by the compressor: opens a new event
+    assert "replay" in caplog.text
     d.forget("t1", "cam-1")
     assert not d.detect(signal_batch([1.0], start_s=50.0)).any()
+
+
+def test_segments_read_again_get_their_first_answers_and_change_nothing(caplog):
+    """A live source retries segments 1 and 2 after 2 went through (1's memory write gave up waiting)."""
+    segments = [signal_batch([1.0] + STILL), signal_batch([0.9] + STILL, start_s=7.0),
+                signal_batch(STILL + [0.9], start_s=14.0), signal_batch(STILL + [0.9], start_s=21.0)]
+    plain = BoundaryDetector(BoundaryConfig())
+    expected = [plain.detect(b).tolist() for b in segments]
+    assert expected[1][0] and expected[2][-1] and expected[3][-1]  # boundaries the retry must not lose
+
+    d = BoundaryDetector(BoundaryConfig())
+    with caplog.at_level(logging.WARNING, logger="operators.boundaries"):
+        got = [d.detect(b).tolist() for b in segments[:3] + segments[1:]]
+    assert got == expected[:3] + expected[1:]
+    assert "replay" not in caplog.text
 
 
 @pytest.mark.parametrize(
