@@ -123,6 +123,10 @@ class Answerer:
         self.model: PreTrainedModel | None = None
         self.kind: Kind = "extractive"
         self.expects_token_dim: int | None = None
+        # Host staging of the evidence tokens on CUDA: pinned, kept between calls, and the event after which
+        # the last copy out of it is done (pinning 18 MB a call cost more than copying it).
+        self._pinned: torch.Tensor | None = None
+        self._pinned_read: torch.cuda.Event | None = None
         if not self.model_name:
             log.info("answer stage: no model configured, answers are extractive")
             return
@@ -253,11 +257,25 @@ class Answerer:
         out = torch.empty((at, embed.embedding_dim), dtype=self.model.dtype, device=self.config.device)
         out[self._index(text_at)] = embed(self._ids_tensor(text_ids))[0]
         if visuals:
-            host = torch.from_numpy(np.ascontiguousarray(np.concatenate(visuals)))
-            if out.device.type == "cuda":
-                host = host.pin_memory()
+            host = self._staged(visuals) if out.device.type == "cuda" else torch.from_numpy(np.concatenate(visuals))
             out[self._index(visual_at)] = host.to(out.device, non_blocking=True).to(out.dtype)
+            if out.device.type == "cuda":
+                self._pinned_read = torch.cuda.Event()
+                self._pinned_read.record()
         return out
+
+    def _staged(self, visuals: list[np.ndarray]) -> torch.Tensor:
+        """Every frame's tokens in one pinned host tensor: written straight into the kept buffer (grown when too
+        small) once the previous call's copy out of it is done."""
+        rows, dim = sum(len(v) for v in visuals), visuals[0].shape[1]
+        dtype = torch.from_numpy(visuals[0][:0]).dtype
+        if self._pinned_read is not None:
+            self._pinned_read.synchronize()
+        if self._pinned is None or self._pinned.dtype != dtype or self._pinned.shape[1] != dim or len(self._pinned) < rows:
+            self._pinned = torch.empty((rows, dim), dtype=dtype, pin_memory=True)
+        staged = self._pinned[:rows]
+        np.concatenate(visuals, out=staged.numpy())
+        return staged
 
     def _prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
         """Token ids before and after the evidence: the chat template when there is one, else a plain prompt."""
@@ -285,7 +303,7 @@ class Answerer:
             if self.kind == "llm":
                 texts.append(f"- {item.label()} ({item.wallclock_start}), score {item.score:.2f}{said}\n")
             else:
-                texts.append(f" {item.t_start:.1f} s{said}{'' if item.tokens is not None else ', no visual tokens'}:")
+                texts.append(f" {item.t_start:.1f} s{said}{'' if item.tokens is not None else ', no visual tokens'}")
         streams = [] if self.kind == "llm" else sorted({item.stream_id for item in items})
         ids = self.tokenizer([f"\n[stream {stream}]" for stream in streams] + texts,
                              add_special_tokens=False)["input_ids"] if items else []

@@ -30,7 +30,7 @@ from operators.captions import CaptionReader
 from operators.config import TranscriptConfig
 from operators.frames import FrameBatch, StageError
 from operators.speech_windows import SpeechWindows, Window
-from operators.state import restore_steps, snapshot_steps
+from operators.state import RecentAnswers, restore_steps, snapshot_steps
 from operators.transcript import TranscriptLine
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ class Transcriber:
         self.captions = CaptionReader(config) if config.captions else None
         self.speech = (SpeechWindows(recognizer.vad, recognizer.config, config.asr_max_window_s)
                        if self.recognizer is not None else None)
+        # A segment read again (a live source's retry, after its successors) is not heard again: its audio is
+        # in the windows already, and fed twice it would be recognised twice (operators.state.RecentAnswers).
+        self._heard_before: RecentAnswers[list[TranscriptLine]] = RecentAnswers()
 
     def read(self, batch: FrameBatch) -> Transcript:
         lines = self.authored(batch)
@@ -107,6 +110,9 @@ class Transcriber:
         if self._captioned(batch):
             self.speech.forget(*key)  # the broadcaster's captions cover this stream now, what was buffered too
             return []
+        heard = self._heard_before.get(batch.segment)
+        if heard is not None:
+            return list(heard)
         audio = batch.audio
         try:
             windows = self.speech.add(key, audio.samples, audio.start_s, audio.channel,
@@ -115,7 +121,9 @@ class Transcriber:
             raise
         except Exception as exc:  # the VAD's own error on this audio: bad input for this stage
             raise StageError("asr_error", f"{type(exc).__name__}: {exc}", stage="transcript") from exc
-        return self._heard(windows)
+        heard = self._heard(windows)
+        self._heard_before.put(batch.segment, list(heard))
+        return heard
 
     def _heard(self, windows: list[Window]) -> list[TranscriptLine]:
         """What the recogniser hears in ``windows``, less what overlaps captions and subtitles of their time."""
@@ -162,6 +170,7 @@ class Transcriber:
         lines = self.captions.flush(tenant_id, stream_id) if self.captions is not None else []
         if self.speech is not None:
             lines += self._heard(self.speech.flush(tenant_id, stream_id))
+        self._heard_before.forget(tenant_id, stream_id)
         return self.embed(sorted(lines, key=lambda line: (line.start_s, line.source, line.channel)))
 
     def forget(self, tenant_id: str, stream_id: str) -> None:
@@ -169,6 +178,7 @@ class Transcriber:
             self.captions.forget(tenant_id, stream_id)
         if self.speech is not None:
             self.speech.forget(tenant_id, stream_id)
+        self._heard_before.forget(tenant_id, stream_id)
 
     def snapshot(self) -> dict:
         """The caption reader's snapshot, with the speech windows' under "speech"."""

@@ -146,12 +146,21 @@ def test_vlm_inputs_hold_each_frames_tokens_and_text_in_prompt_order(vlm: Answer
         return embed(torch.tensor(vlm.tokenizer.encode(words, add_special_tokens=False)))
 
     by_time = {e.t_start: e for e in evidence}
-    parts = [embed(torch.tensor(prefix)), text("\n[stream s]"), text(" 10.0 s, no visual tokens:"),
-             text("\n[stream t]"), text(" 20.0 s:"), torch.from_numpy(by_time[20.0].tokens),
-             text(" 25.0 s:"), torch.from_numpy(by_time[25.0].tokens),  # same stream: no header
-             text("\n[stream s]"), text(" 30.0 s:"), torch.from_numpy(by_time[30.0].tokens),
+    parts = [embed(torch.tensor(prefix)), text("\n[stream s]"), text(" 10.0 s, no visual tokens"),
+             text("\n[stream t]"), text(" 20.0 s"), torch.from_numpy(by_time[20.0].tokens),
+             text(" 25.0 s"), torch.from_numpy(by_time[25.0].tokens),  # same stream: no header
+             text("\n[stream s]"), text(" 30.0 s"), torch.from_numpy(by_time[30.0].tokens),
              embed(torch.tensor(suffix))]
     torch.testing.assert_close(got, torch.cat([part.to(vlm.model.dtype) for part in parts]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_vlm_inputs_on_cuda_are_the_cpu_inputs_through_the_kept_pinned_buffer(tiny_models, vlm: Answerer):
+    on_gpu = Answerer(AnswerConfig(max_new_tokens=8, device="cuda"), tiny_models["vlm"])
+    for evidence in (frames(2), frames(5), frames(3, dtype=np.float16), frames(4)):  # grows, changes dtype, reused
+        want = vlm.build_inputs("q", evidence).inputs_embeds
+        got = on_gpu.build_inputs("q", evidence).inputs_embeds
+        torch.testing.assert_close(got.cpu(), want)
 
 
 def test_vlm_evidence_is_chronological_and_frames_without_tokens_get_a_marker(vlm: Answerer):
@@ -173,7 +182,7 @@ def test_vlm_rejects_tokens_of_another_encoder(vlm: Answerer):
     [
         pytest.param(3, 8, 3, id="max-evidence-frames"),
         pytest.param(8, 8, 5, id="fewer-frames-than-allowed"),
-        # 2048 - 1800 = 248 positions: the prompt (36) and two frames (64 tokens, and a 5-token time under a
+        # 2048 - 1800 = 248 positions: the prompt (36) and two frames (64 tokens, and a 4-token time under a
         # 4-token stream header each: counted as if each opened a stream run), not a third.
         pytest.param(8, 1800, 2, id="position-budget"),
     ],

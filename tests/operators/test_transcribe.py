@@ -89,6 +89,23 @@ def test_captions_win_and_recognition_is_not_run_under_them(muxjs: Path, embedde
     assert stage.speech.buffered_s(key) == 0.0 and stage.recognizer.engine.clips == []  # captions cover it all
 
 
+def test_a_segment_read_again_is_not_heard_twice(real_video_dir: Path, embedder) -> None:
+    """The source retries segments 1 and 2 after 2 went through (1's memory write gave up waiting): they get their
+    first lines, their audio is not buffered again, and what follows is heard as without the retry."""
+    batches = decoded(real_video_dir / "friday.mp4")
+    assert len(batches) >= 3
+
+    def heard(order: list[int]) -> list[list[tuple[float, float, str]]]:
+        stage = Transcriber(TranscriptConfig(asr=True), embedder, scripted())
+        out = [stage.read(batches[i]).lines for i in order] + [stage.flush("t", "s").lines]
+        return [[(line.start_s, line.end_s, line.text) for line in lines] for lines in out]
+
+    plain = heard(list(range(len(batches))))
+    retried = heard([0, 1, 2, 1, 2, *range(3, len(batches))])
+    assert sum(map(len, plain)) > 0
+    assert retried == plain[:3] + plain[1:3] + plain[3:]
+
+
 def test_speech_state_is_snapshot_restored_and_forgotten(real_video_dir: Path, embedder) -> None:
     batches = decoded(real_video_dir / "friday.mp4")
     first = Transcriber(TranscriptConfig(asr=True), embedder, scripted())
