@@ -100,21 +100,28 @@ class EncodeActor:
         self._wakeup: asyncio.Event | None = None
         self._runner: asyncio.Task | None = None
 
-    async def encode(self, batch: FrameBatch) -> FeatureBatch:
-        """A segment's features (`encode.fused` off: a compress actor comes next)."""
+    async def encode(self, batch: FrameBatch, after: list | None = None) -> FeatureBatch:
+        """A segment's features (`encode.fused` off: a compress actor comes next). ``after``: as in
+        `encode_compress`."""
         if self.fused:
             raise RuntimeError("this encoder compresses too (encode.fused): call encode_compress")
-        return await self._batched(batch)
+        return await self._batched(batch, after)
 
-    async def encode_compress(self, batch: FrameBatch) -> CompressedBatch:
-        """What memory stores of a segment, boundaries marked (`encode.fused`)."""
+    async def encode_compress(self, batch: FrameBatch, after: list | None = None) -> CompressedBatch:
+        """What memory stores of a segment, boundaries marked (`encode.fused`). ``after``: the encodings of the
+        stream's earlier segments still in flight, which go first."""
         if not self.fused:
             raise RuntimeError("this encoder does not compress (encode.fused off): call encode")
-        compressed = await self._batched(batch)
+        compressed = await self._batched(batch, after)
         metrics.tokens(compressed)
         return compressed
 
-    async def _batched(self, batch: FrameBatch):
+    async def _batched(self, batch: FrameBatch, after: list | None):
+        # Ray runs an asyncio actor's calls as their arguments arrive, so a segment whose decode ended first
+        # would reach the stream's state (frame skip, compression, boundaries) before its predecessor: it waits
+        # for them here, on the event loop, whatever became of them (a failed one is no obstacle).
+        if after:
+            await asyncio.gather(*after, return_exceptions=True)
         if self._runner is None:
             self._wakeup = asyncio.Event()
             self._runner = asyncio.get_running_loop().create_task(self._run())

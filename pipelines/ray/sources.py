@@ -29,10 +29,11 @@ from pipelines.ray.supervision import settle, supervised
 @dataclass(frozen=True, eq=False)
 class SegmentRefs:
     """A segment's handle in the DAG: its last step (``done``: moderation's screening when moderation is on),
-    and the steps its stream's next segment must wait for (its memory write, its standing-query evaluation, and
-    ``done``)."""
+    and the steps its stream's next segment must wait for (its encoding, its memory write, its standing-query
+    evaluation, and ``done``)."""
 
     done: Any
+    encoded: Any
     written: Any
     evaluated: Any
 
@@ -55,18 +56,20 @@ class RayIngest:
         stream = f"{info.tenant_id}/{info.stream_id}"
         frames = decoder.decode.remote(info, payload)
         encoder = self.h.encoders[shard(stream, len(self.h.encoders))]
+        # The ordered steps get the earlier segments' steps nested in a list: Ray passes them unresolved, so the
+        # step checks them (require_predecessor) instead of failing with a predecessor's own error. The
+        # encoder, an asyncio actor, would otherwise take a stream's segments in the order their decodes end.
+        encoded_after = [a.encoded for a in after] or None
         if self.h.compressors:
-            features = encoder.encode.remote(frames)
+            features = encoded = encoder.encode.remote(frames, after=encoded_after)
             # Pixel-mode drop compares frame patches, so the compressor then gets the frames as well.
             compressed = self.h.compressors[shard(stream, len(self.h.compressors))].compress.remote(
                 features, frames if self.pixel_mode else None)
         else:  # encode.fused: the encoder compresses on its device
-            compressed = encoder.encode_compress.remote(frames)
+            compressed = encoded = encoder.encode_compress.remote(frames, after=encoded_after)
         texts = self.h.ocr[shard(stream, len(self.h.ocr))].read.remote(frames) if self.h.ocr else None
         transcript = (self.h.transcripts[shard(stream, len(self.h.transcripts))].read.remote(frames)
                       if self.h.transcripts else None)
-        # The ordered steps get the earlier segments' steps nested in a list: Ray passes them unresolved, so the
-        # step checks them (require_predecessor) instead of failing with a predecessor's own error.
         written = self.h.memory_for(info.tenant_id).write.remote(
             compressed, texts, False, transcript, after=[a.written for a in after] or None)
         # Standing queries see a segment once it is durable; the source's commit waits for their alerts.
@@ -76,7 +79,7 @@ class RayIngest:
         if self.h.moderators:  # moderation too, in stream order per room (pipelines/moderation/moderator.py)
             done = self.h.moderators[shard(stream, len(self.h.moderators))].screen.remote(
                 done, frames, texts, [compressed], transcript, after=[a.done for a in after] or None)
-        return SegmentRefs(done, written, evaluated)
+        return SegmentRefs(done, encoded, written, evaluated)
 
     def wait(self, handles: list[SegmentRefs], timeout_s: float) -> list[SegmentRefs]:
         by_ref = {h.done: h for h in handles}

@@ -47,3 +47,33 @@ def test_a_predecessor_still_running_past_the_wait_is_refused_not_waited_for(ray
     with pytest.raises(PredecessorFailed, match="not through yet"):
         require_predecessor([step.remote("ok", delay_s=30)], "memory write")
     assert time.monotonic() - started < 5
+
+
+@ray.remote(max_retries=0)
+def arrives(value, delay_s: float):
+    """A decode that ends ``delay_s`` late."""
+    time.sleep(delay_s)
+    return value
+
+
+def test_the_encoder_takes_a_stream_s_segments_in_order_whatever_order_their_frames_arrive_in(
+        ray_runtime, tmp_path, tiny_models):
+    """The encoder is an asyncio actor: Ray runs its calls as their frames arrive. A segment whose decode ended
+    first must still reach the stream's compression and boundary state after its predecessors."""
+    from pipelines.ingest.chain import OperatorChain
+    from pipelines.ray.dag import EncodeActor
+    from tests.test_chain import assert_same, config, segments
+
+    settings = config(tmp_path, tiny_models, "on")
+    settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(
+        update={"evicted_state_ttl_s": 0})})  # no Redis here: a quiet stream's state is not kept for its return
+    stream = [batch for batch in segments(range(4)) if batch.segment.stream_id == "a"]
+    want = OperatorChain.build(settings).visual.process(stream)  # in order, in process
+    assert any(w.boundaries.any() for w in want)  # the cut at segment 2: state the order matters to
+    encoder = EncodeActor.options(num_cpus=0).remote(settings)
+    encoded: list = []
+    for seq, batch in enumerate(stream):
+        frames = arrives.remote(batch, 3.0 if seq == 1 else 0.0)  # segment 1's decode ends after 2's and 3's
+        encoded.append(encoder.encode_compress.remote(frames, after=list(encoded) or None))
+    assert_same(ray.get(encoded, timeout=120), want)
+    ray.kill(encoder)
