@@ -28,17 +28,16 @@ thus serves exactly what Redis holds, and a replay from the committed offsets
 (segments between the committed offset and the snapshot's) changes nothing.
 
 Threads: the Ray actor serves several calls at once. Each `VectorIndex` has its
-own lock; this class only guards its own dicts.
+own lock, and `memory_store.indexes.TenantIndexes` guards the map of them.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
@@ -46,13 +45,13 @@ import redis
 from memory_store.config import MemoryConfig
 from memory_store.erase import erase_stream
 from memory_store.hits import Hit, TextHit, merge_episodes
-from memory_store.rebuild import add_entries, new_index, rebuild_index, reconcile
-from memory_store.records import FrameRecord, IndexKind, StreamInfo, WriteResult
+from memory_store.indexes import KINDS, TenantIndexes
+from memory_store.rebuild import add_entries, rebuild_index, reconcile
+from memory_store.records import FrameRecord, StreamInfo, WriteResult
 from memory_store.redis_tier import RedisTier
 from memory_store.report import TIERS, stream_tiers
 from memory_store.text import check_texts
 from memory_store.transcripts import TranscriptHit, TranscriptMemory
-from memory_store.vector_index import VectorIndex
 from operators.frames import CompressedBatch, SegmentInfo, StageError
 
 if TYPE_CHECKING:
@@ -61,8 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KINDS: tuple[IndexKind, ...] = get_args(IndexKind)
-_DIM_MISMATCH = {"visual": "embedding_dim_mismatch", "text": "text_embedding_dim_mismatch"}
 # Text search reads this many frames per hit wanted first, then 4 times more per round while the k
 # best episodes may still be incomplete, up to the last factor: 128 frames per hit is a headline on
 # screen for two minutes at 1 fps, and reading that many frames back from Redis takes milliseconds.
@@ -85,14 +82,8 @@ class MemoryStore:
                  owns_tenant: Callable[[str], bool] | None = None):
         self.config = config
         self.tier = RedisTier(client, config)
-        self.index_dir = Path(index_dir) if index_dir is not None else None
         self._owns = owns_tenant or (lambda tenant_id: True)
-        self._indexes: dict[tuple[str, IndexKind], VectorIndex] = {}
-        self._unsnapshotted: dict[tuple[str, IndexKind], int] = {}
-        # Per tenant, the Kafka offsets ("topic:partition" -> highest) of the segments applied to its indexes:
-        # what a snapshot's manifest says it covers.
-        self._offsets: dict[str, dict[str, int]] = {}
-        self._lock = threading.Lock()
+        self.indexes = TenantIndexes(self.tier, config, Path(index_dir) if index_dir is not None else None)
         # What was said: lines with their own records and index (memory_store.transcripts).
         self.transcripts = TranscriptMemory(client, config, self._tenants)
         self.rebuild()
@@ -120,8 +111,8 @@ class MemoryStore:
         with_text = [i for i, t in enumerate(stored_texts) if t is not None and t.embedding is not None]
         text_vectors = np.stack([stored_texts[i].embedding for i in with_text]) if with_text else None
         # Checked before Redis: a vector FAISS cannot take must never become durable.
-        index = self._index_for(seg.tenant_id, "visual", batch.embedding.shape[1])
-        text_index = self._index_for(seg.tenant_id, "text", text_vectors.shape[1]) if with_text else None
+        index = self.indexes.for_write(seg.tenant_id, "visual", batch.embedding.shape[1])
+        text_index = self.indexes.for_write(seg.tenant_id, "text", text_vectors.shape[1]) if with_text else None
         result = self.tier.write_segment(batch, texts, replace=replace)
         # Before returning either way: a replay after a failure between the two writes stores the lines then.
         self.transcripts.write(seg, transcript)
@@ -132,27 +123,20 @@ class MemoryStore:
             return None
         # Removals first: a merge may remove an entry and add its centroid in one write. A crash before the
         # indexes catch up costs nothing: Redis is done, and the restart reconciles the indexes with it.
-        for kind in KINDS:
-            with self._lock:
-                live = self._indexes.get((seg.tenant_id, kind))
-            if live is not None and result.removed_ids:
-                self._count_for_snapshot(seg.tenant_id, kind, live.remove(result.removed_ids))
+        self.indexes.remove(seg.tenant_id, result.removed_ids)
         added = index.add(result.ids, batch.embedding, [seg.stream_id] * len(result.ids), result.wallclocks)
         if result.entries:
             added += add_entries(index, result.entries)
-        self._count_for_snapshot(seg.tenant_id, "visual", added)
+        self.indexes.changed(seg.tenant_id, "visual", added)
         if text_index is not None:
             added = text_index.add([result.ids[i] for i in with_text], text_vectors, [seg.stream_id] * len(with_text),
                                    [result.wallclocks[i] for i in with_text])
-            self._count_for_snapshot(seg.tenant_id, "text", added)
+            self.indexes.changed(seg.tenant_id, "text", added)
         if result.text_entries:
-            text_index = self._index_for(seg.tenant_id, "text", len(result.text_entries[0].embedding))
-            self._count_for_snapshot(seg.tenant_id, "text", add_entries(text_index, result.text_entries))
+            text_index = self.indexes.for_write(seg.tenant_id, "text", len(result.text_entries[0].embedding))
+            self.indexes.changed(seg.tenant_id, "text", add_entries(text_index, result.text_entries))
         if seg.partition >= 0:
-            with self._lock:
-                applied = self._offsets.setdefault(seg.tenant_id, {})
-                source = f"{seg.topic}:{seg.partition}"
-                applied[source] = max(applied.get(source, -1), seg.offset)
+            self.indexes.applied(seg.tenant_id, f"{seg.topic}:{seg.partition}", seg.offset)
         return result
 
     def write_transcript(self, seg: SegmentInfo, transcript: Transcript) -> int:
@@ -168,64 +152,19 @@ class MemoryStore:
         restart), so a walk over the tenant's id set is affordable here.
         """
         for kind in KINDS:
-            with self._lock:
-                index = self._indexes.get((seg.tenant_id, kind))
+            index = self.indexes.get(seg.tenant_id, kind)
             if index is None:
                 rebuilt = rebuild_index(self.tier, seg.tenant_id, kind, None)
                 if rebuilt.index is None:
                     continue
-                with self._lock:
-                    index = self._indexes.setdefault((seg.tenant_id, kind), rebuilt.index)
+                index = self.indexes.adopt(seg.tenant_id, kind, rebuilt.index)
                 added, removed = rebuilt.from_redis, 0
             else:
                 added, removed = reconcile(self.tier, seg.tenant_id, kind, index)
             if added or removed:
                 log.warning("replay of %s/%s/%d: the %s index lacked %d entries Redis holds and held %d it no longer "
                             "does; reconciled", seg.tenant_id, seg.stream_id, seg.seq, kind, added, removed)
-                self._count_for_snapshot(seg.tenant_id, kind, added + removed)
-
-    def _index_for(self, tenant_id: str, kind: IndexKind, dim: int) -> VectorIndex:
-        with self._lock:
-            index = self._indexes.get((tenant_id, kind))
-            if index is None:
-                index = self._indexes[(tenant_id, kind)] = new_index(dim, self.config)
-        if index.dim != dim:
-            raise StageError(_DIM_MISMATCH[kind], f"tenant {tenant_id} indexes {index.dim}-dim {kind} embeddings; "
-                             f"this segment has {dim}", stage="memory")
-        return index
-
-    def _count_for_snapshot(self, tenant_id: str, kind: IndexKind, added: int) -> None:
-        if self.index_dir is None or added == 0:
-            return
-        with self._lock:
-            pending = self._unsnapshotted.get((tenant_id, kind), 0) + added
-            due = pending >= self.config.snapshot_every_frames
-            # Reset before writing, so concurrent writes do not start a second snapshot.
-            self._unsnapshotted[(tenant_id, kind)] = 0 if due else pending
-        if due:
-            self._snapshot(tenant_id, kind)
-
-    def _snapshot(self, tenant_id: str, kind: IndexKind) -> None:
-        with self._lock:
-            index = self._indexes[(tenant_id, kind)]
-            offsets = dict(self._offsets.get(tenant_id, {}))
-        started = time.monotonic()
-        try:
-            index.snapshot(self._snapshot_dir(tenant_id, kind), epoch=self.tier.epoch(tenant_id), offsets=offsets)
-        except OSError:
-            # The write itself is durable and indexed; without the snapshot the next start reads more from Redis.
-            log.exception("%s FAISS snapshot of tenant %s failed", kind, tenant_id)
-            return
-        log.info("%s FAISS snapshot of tenant %s: %d vectors in %.2f s", kind, tenant_id, len(index),
-                 time.monotonic() - started)
-
-    def _snapshot_dir(self, tenant_id: str, kind: IndexKind) -> Path:
-        assert self.index_dir is not None
-        # The prefix keeps every tenant id (".." included: it is a valid id) a plain folder name. The text
-        # index goes in a subfolder: no tenant's folder can collide with it, and the visual snapshot only
-        # ever replaces its own files (index-*.npz, manifest.json) in its folder.
-        tenant_dir = self.index_dir / f"tenant-{tenant_id}"
-        return tenant_dir if kind == "visual" else tenant_dir / "text"
+                self.indexes.changed(seg.tenant_id, kind, added + removed)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -236,8 +175,7 @@ class MemoryStore:
         stream_ids: None for every stream of the tenant. t_from / t_to: epoch seconds,
         inclusive, compared with a frame's start; None leaves that side open.
         """
-        with self._lock:
-            index = self._indexes.get((tenant_id, "visual"))
+        index = self.indexes.get(tenant_id, "visual")
         if index is None:
             return []
         found = index.search(vector, k, stream_ids=stream_ids, t_from=t_from, t_to=t_to)
@@ -254,8 +192,7 @@ class MemoryStore:
         every frame that scores as high as they do (frames of one text share its embedding), or
         the scope is exhausted, or it has read `_TEXT_DEPTH_MAX` * k frames.
         """
-        with self._lock:
-            index = self._indexes.get((tenant_id, "text"))
+        index = self.indexes.get(tenant_id, "text")
         if index is None or k < 1:
             return []
         depth = _TEXT_DEPTH_FIRST * k
@@ -328,10 +265,9 @@ class MemoryStore:
         tiers summed over the shard's streams (per stream: `memory_report`).
         """
         tenants = self._tenants()
-        with self._lock:
-            sizes = {kind: {tenant: len(index) for (tenant, of), index in self._indexes.items() if of == kind}
-                     for kind in KINDS}
-            types = {f"{tenant}/{kind}": index.kind for (tenant, kind), index in self._indexes.items()}
+        indexes = self.indexes.by_tenant()
+        sizes = {kind: {tenant: len(index) for (tenant, of), index in indexes.items() if of == kind} for kind in KINDS}
+        types = {f"{tenant}/{kind}": index.kind for (tenant, kind), index in indexes.items()}
         return {
             "tenants": len(tenants),
             "frames": sum(self.tier.frame_count(t, "visual") for t in tenants),
@@ -362,9 +298,8 @@ class MemoryStore:
         report = stream_tiers(self.tier.r, self.config, tenant_id, stream_id)
         if report is None:
             return None
-        with self._lock:
-            indexes = {kind: (index.kind, len(index)) for (tenant, kind), index in self._indexes.items()
-                       if tenant == tenant_id}
+        indexes = {kind: (index.kind, len(index)) for (tenant, kind), index in self.indexes.by_tenant().items()
+                   if tenant == tenant_id}
         return {"tiers": report, "indexes": indexes}
 
     # -- stream end and retention --------------------------------------------------------------
@@ -380,28 +315,18 @@ class MemoryStore:
         if closed is None:
             return False
         if closed:
-            index = self._index_for(tenant_id, "visual", len(closed[0].embedding))
-            self._count_for_snapshot(tenant_id, "visual", add_entries(index, closed))
+            index = self.indexes.for_write(tenant_id, "visual", len(closed[0].embedding))
+            self.indexes.changed(tenant_id, "visual", add_entries(index, closed))
         return True
 
     def purge_stream(self, tenant_id: str, stream_id: str) -> int:
         """Delete everything memory holds of a stream, at once: a rebuild from its first segment (`livelens
         replay`) then stores exactly what a fresh ingest would, events included. Returns entries deleted."""
         result = self.tier.expire_stream(tenant_id, stream_id, float("inf"))
-        self._drop_ids(tenant_id, result.removed_ids)
+        self.indexes.remove(tenant_id, result.removed_ids)
         self.transcripts.expire(tenant_id, stream_id, float("inf"))
         log.info("purged %s/%s: %d entries", tenant_id, stream_id, result.deleted)
         return result.deleted
-
-    def _drop_ids(self, tenant_id: str, removed_ids: Sequence[int]) -> None:
-        """Take ids Redis no longer holds out of the tenant's indexes."""
-        if not removed_ids:
-            return
-        for kind in KINDS:
-            with self._lock:
-                index = self._indexes.get((tenant_id, kind))
-            if index is not None:
-                self._count_for_snapshot(tenant_id, kind, index.remove(removed_ids))
 
     def expire(self, now: float | None = None) -> int:
         """Apply retention against the clock to every stream of this shard (writing streams apply it on each
@@ -419,7 +344,7 @@ class MemoryStore:
         if first_wallclock >= horizon:
             return 0
         result = self.tier.expire_stream(tenant_id, stream_id, horizon)
-        self._drop_ids(tenant_id, result.removed_ids)
+        self.indexes.remove(tenant_id, result.removed_ids)
         return result.deleted
 
     def set_retention(self, tenant_id: str, stream_id: str, seconds: float | None) -> int:
@@ -438,13 +363,9 @@ class MemoryStore:
         expired = self.tier.expire_stream(tenant_id, stream_id, float("inf"))  # also drops cached event refs
         self.transcripts.expire(tenant_id, stream_id, float("inf"))  # its lines and their transcript index entries
         erased = erase_stream(self.tier.r, tenant_id, stream_id)
-        self._drop_ids(tenant_id, sorted(set(expired.removed_ids) | set(erased.ids)))
-        if self.index_dir is not None:
-            for kind in KINDS:
-                with self._lock:
-                    present = (tenant_id, kind) in self._indexes
-                if present:
-                    self._snapshot(tenant_id, kind)
+        self.indexes.remove(tenant_id, sorted(set(expired.removed_ids) | set(erased.ids)))
+        for kind in KINDS:
+            self.indexes.snapshot(tenant_id, kind)
         log.info("erased %s/%s: %d keys, %d index entries, %d per-stream fields", tenant_id, stream_id,
                  erased.keys, len(expired.removed_ids) + len(erased.ids), erased.fields)
         return erased.keys + expired.deleted
@@ -452,36 +373,11 @@ class MemoryStore:
     # -- restart -------------------------------------------------------------------------------
 
     def rebuild(self) -> None:
-        """Make every index hold exactly the frames Redis holds for it: snapshot (if trusted), then catch up.
-
-        Runs in the constructor, before the actor serves anything; it replaces the
-        indexes, so it must not run beside writes.
-        """
-        started = time.monotonic()
-        indexes: dict[tuple[str, IndexKind], VectorIndex] = {}
-        caught_up: dict[tuple[str, IndexKind], int] = {}
-        for tenant in self._tenants():
-            for kind in KINDS:
-                index_started = time.monotonic()
-                snapshot_dir = self._snapshot_dir(tenant, kind) if self.index_dir is not None else None
-                rebuilt = rebuild_index(self.tier, tenant, kind, snapshot_dir)
-                if rebuilt.index is not None:
-                    indexes[(tenant, kind)] = rebuilt.index
-                    caught_up[(tenant, kind)] = rebuilt.from_redis + rebuilt.removed
-                log.info("tenant %s%s: %d entries from snapshot (%d of its removed since), %d from Redis in %.2f s",
-                         tenant, "" if kind == "visual" else f" {kind}", rebuilt.from_snapshot, rebuilt.removed,
-                         rebuilt.from_redis, time.monotonic() - index_started)
+        """Make every index hold exactly the entries Redis holds for it (`TenantIndexes.rebuild`), and the
+        transcript index too. Runs in the constructor, before the actor serves anything; it replaces the
+        indexes, so it must not run beside writes."""
+        self.indexes.rebuild(self._tenants())
         self.transcripts.rebuild()
-        with self._lock:
-            self._indexes = indexes
-            self._unsnapshotted = {}
-            # The indexes now hold exactly what Redis holds, so they cover every segment Redis recorded.
-            self._offsets = {tenant: self.tier.offsets(tenant) for tenant in self._tenants()}
-        log.info("rebuilt %d indexes, %d vectors, in %.2f s", len(indexes), sum(len(i) for i in indexes.values()),
-                 time.monotonic() - started)
-        # A long catch-up counts toward the next snapshot like any write, so the next start need not repeat it.
-        for (tenant, kind), added in caught_up.items():
-            self._count_for_snapshot(tenant, kind, added)
 
     def _tenants(self) -> list[str]:
         return [tenant for tenant in self.tier.tenants() if self._owns(tenant)]

@@ -56,7 +56,7 @@ def test_replace_swaps_a_segment_everywhere(open_store: StoreFactory, new_frames
     for reopened in (store, open_store(recent_frames=8, snapshot_every_frames=8)):  # live index; snapshot + rebuild
         stats = reopened.stats()
         assert stats["frames"] == stats["indexed"] == 6 + new_frames
-        assert not set(old_ids) & set(reopened._indexes[(TENANT, "visual")].ids().tolist())
+        assert not set(old_ids) & set(reopened.indexes.get(TENANT, "visual").ids().tolist())
         hit = reopened.search(TENANT, new_embedding[0], k=1)[0]
         assert (hit.frame_key, hit.score) == (now[0], pytest.approx(1.0, abs=1e-5))
         assert all(h.frame_key not in gone for h in reopened.search(TENANT, old_vector, k=8))

@@ -125,7 +125,7 @@ def test_new_store_on_the_same_redis_serves_the_same(open_store: StoreFactory, c
     for batch in workload():
         old.write(batch)
 
-    with caplog.at_level(logging.INFO, logger="memory_store.service"):
+    with caplog.at_level(logging.INFO, logger="memory_store"):
         new = open_store(snapshots=False)
     assert "tenant acme: 0 entries from snapshot (0 of its removed since), 24 from Redis" in caplog.text
     assert new.stats() == old.stats()
@@ -139,7 +139,7 @@ def test_new_store_loads_the_snapshot_and_catches_up(open_store: StoreFactory, t
         old.write(batch)
     assert (tmp_path / "faiss" / "tenant-acme" / MANIFEST).exists()
 
-    with caplog.at_level(logging.INFO, logger="memory_store.service"):
+    with caplog.at_level(logging.INFO, logger="memory_store"):
         new = open_store(snapshot_every_frames=10)
     assert "tenant acme: 20 entries from snapshot (0 of its removed since), 4 from Redis" in caplog.text
     assert "tenant other: 10 entries from snapshot (0 of its removed since), 2 from Redis" in caplog.text

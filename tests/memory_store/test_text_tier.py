@@ -257,7 +257,7 @@ def test_new_store_on_the_same_redis_serves_the_same_text(open_store: StoreFacto
     old = open_store(snapshots=False)
     news_workload(old)
 
-    with caplog.at_level(logging.INFO, logger="memory_store.service"):
+    with caplog.at_level(logging.INFO, logger="memory_store"):
         new = open_store(snapshots=False)
     assert "tenant acme text: 0 entries from snapshot (0 of its removed since), 20 from Redis" in caplog.text
     assert new.stats() == old.stats()
@@ -275,7 +275,7 @@ def test_new_store_loads_the_text_snapshot_and_catches_up(open_store: StoreFacto
     assert (tmp_path / "faiss" / "tenant-acme" / "text" / "manifest.json").exists()
     write_episodes(old, "cam-3", ["LATE NEWS"] * 4)  # a snapshot after its first segment, not its second
 
-    with caplog.at_level(logging.INFO, logger="memory_store.service"):
+    with caplog.at_level(logging.INFO, logger="memory_store"):
         new = open_store(snapshot_every_frames=10)
     # Frame ids: cam-1 1-16, cam-2 17-28, cam-3 29-32; the snapshot holds the text ids up to 30.
     assert "tenant acme text: 22 entries from snapshot (0 of its removed since), 2 from Redis" in caplog.text
@@ -297,7 +297,7 @@ def test_text_snapshot_with_a_gap_is_caught_up_exactly(open_store: StoreFactory,
                 [e.wallclock for e in entries])
     partial.snapshot(tmp_path / "faiss" / "tenant-acme" / "text", epoch=tier.epoch("acme"))
 
-    with caplog.at_level(logging.INFO, logger="memory_store.service"):
+    with caplog.at_level(logging.INFO, logger="memory_store"):
         new = open_store()
     # The snapshot lacks text id 11 only: that one is read from Redis.
     assert "tenant acme text: 19 entries from snapshot (0 of its removed since), 1 from Redis" in caplog.text

@@ -211,7 +211,7 @@ def test_crash_between_snapshot_and_offset_commit_rebuilds_the_same_index(
     committed = covered - 3  # the source had committed up to before the snapshot's last three segments
     assert manifest["epoch"] == store.tier.epoch(TENANT) and 0 < committed < len(batches) - 1
     queries = unit(np.random.default_rng(5).standard_normal((12, EMBED_DIM)))
-    before = store._indexes[(TENANT, "visual")]
+    before = store.indexes.get(TENANT, "visual")
     expected_ids, expected = (
         before.ids().tolist(),
         [store.search(TENANT, q, k=10) for q in queries],
@@ -226,12 +226,12 @@ def test_crash_between_snapshot_and_offset_commit_rebuilds_the_same_index(
         store = MemoryStore(client, config, index_dir=tmp_path / "faiss")
         replayed = [store.write(batch) for batch in batches[committed + 1 :]]
         assert replayed == [None] * len(replayed)
-        index = store._indexes[(TENANT, "visual")]
+        index = store.indexes.get(TENANT, "visual")
         assert index.ids().tolist() == expected_ids and len(index) == len(expected_ids)
         assert [store.search(TENANT, q, k=10) for q in queries] == expected
         # Without the snapshot, from Redis alone: the same again.
         fresh = MemoryStore(client, config)
-        assert fresh._indexes[(TENANT, "visual")].ids().tolist() == expected_ids
+        assert fresh.indexes.get(TENANT, "visual").ids().tolist() == expected_ids
         assert [fresh.search(TENANT, q, k=10) for q in queries] == expected
         client.close()
     finally:
