@@ -227,9 +227,11 @@ class Answerer:
             reason = f"the best evidence frame does not fit in {self.model_name}'s positions"
             raise StageError("evidence_too_large", reason, stage="answer")
         pieces.sort(key=lambda piece: _chronological(piece[0]))
-        pieces = [(item, (headers[item.stream_id] if item.stream_id in headers and (
-            at == 0 or pieces[at - 1][0].stream_id != item.stream_id) else []) + ids, visual)
-            for at, (item, ids, visual) in enumerate(pieces)]
+        stream = None
+        for at, (item, ids, visual) in enumerate(pieces):
+            if item.stream_id != stream:  # a stream's run begins: its header first
+                pieces[at] = (item, headers.get(item.stream_id, []) + ids, visual)
+                stream = item.stream_id
         used = tuple(item for item, _, _ in pieces)
         if self.kind == "llm":
             ids = prefix + [i for _, piece_ids, _ in pieces for i in piece_ids] + suffix
