@@ -131,6 +131,11 @@ class OcrConfig(Section):
         "together) recognised per model run. A crop's text does not depend on it. 1 on CPUs: onnxruntime's CPU "
         "kernels for this recogniser cost more per line in larger runs (an 832 px wide input: 54 ms alone, "
         "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18); raise it where the models run on a GPU.")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Where the detector and recogniser run. cuda: onnxruntime's CUDA execution provider, "
+        "which only the onnxruntime-gpu build has (k8s/Dockerfile puts it in place of onnxruntime; "
+        "docs/deploy.md). A reader asked for cuda where that provider is missing or does not take the models "
+        "refuses to start: it never reads on the CPU instead. The OCR actors then hold placement.ocr.num_gpus.")
 
 
 class TranscriptConfig(Section):

@@ -21,9 +21,12 @@ Windows only tell whether new text appeared.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime
+import rapidocr_onnxruntime
 from rapidocr_onnxruntime import RapidOCR
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
@@ -37,6 +40,11 @@ from operators.frames import StageError
 _SPACE_PROBABILITY = 0.01
 _REC_HEIGHT = 48  # PP-OCRv4's recogniser input height
 _REC_MIN_WIDTH = 320  # and its narrowest input (RapidOCR's rec_img_shape)
+# RapidOCR's model files (the version is pinned in pyproject.toml), and the CUDA provider's options: cuDNN
+# picks convolution algorithms heuristically instead of searching at every new input shape.
+_MODELS = Path(rapidocr_onnxruntime.__file__).parent / "models"
+_DETECTOR, _RECOGNISER = "ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx"
+_CUDA: tuple[str, dict[str, object]] = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
 
 
 class _SpaceRestoringDecoder:
@@ -69,6 +77,13 @@ class OcrEngine:
         # det_limit_type "max": RapidOCR's default ("min" 736) upscales a 640x360 frame to 1309x736, four times
         # the pixels; "max" leaves an image of at most 960 px as it is, so max_side bounds the cost.
         rapid = RapidOCR(use_cls=False, det_limit_type="max", det_limit_side_len=config.max_side, **threads)
+        if config.device == "cuda":
+            _require_cuda_provider()
+            # Not RapidOCR's own det/rec_use_cuda: it moves a model that CUDA does not take to the CPU with a log
+            # line, and asks cuDNN for an exhaustive algorithm search at every new input shape (the detector
+            # sees windows of many shapes).
+            rapid.text_det.infer.session = placed(rapid.text_det.infer.session, _DETECTOR, _CUDA)
+            rapid.text_rec.session.session = placed(rapid.text_rec.session.session, _RECOGNISER, _CUDA)
         self._detector = rapid.text_det
         # The recogniser's session and decoder are RapidOCR 1.4's attributes, not public API: check them on an
         # upgrade (tests/operators/test_ocr.py reads known text through them).
@@ -117,6 +132,31 @@ class OcrEngine:
                 for i, result in zip(chunk, self._decode(preds)):
                     out[i] = result
         return out
+
+
+def _require_cuda_provider() -> None:
+    available = onnxruntime.get_available_providers()
+    if _CUDA[0] not in available:
+        raise RuntimeError(
+            f"ocr.device is cuda but this onnxruntime ({onnxruntime.__version__}) has no {_CUDA[0]} "
+            f"(it has {', '.join(available)}): install onnxruntime-gpu in place of onnxruntime (docs/deploy.md), "
+            "or set ocr.device=cpu")
+
+
+def placed(session: onnxruntime.InferenceSession, model_file: str,
+           provider: tuple[str, dict[str, object]]) -> onnxruntime.InferenceSession:
+    """The model of ``session`` (one of RapidOCR's, by file name) in a new session on ``provider``, with the same
+    session options (threads); raises when onnxruntime puts the model on another provider instead."""
+    # The CPU provider after another: it runs the few operators that provider has no kernel for.
+    providers = [provider] if provider[0] == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    moved = onnxruntime.InferenceSession(str(_MODELS / model_file), sess_options=session.get_session_options(),
+                                         providers=providers)
+    if moved.get_providers()[0] != provider[0]:
+        raise RuntimeError(
+            f"ocr.device asks for {provider[0]} but onnxruntime put {model_file} on {moved.get_providers()[0]}: the "
+            "provider could not start (a CUDA or cuDNN version onnxruntime-gpu was not built for, or no visible "
+            "GPU); onnxruntime's log says why")
+    return moved
 
 
 def _padded_width(crop: np.ndarray) -> int:

@@ -21,10 +21,12 @@ STAGES: tuple[str, ...] = tuple(PlacementConfig.model_fields)
 
 
 def _device(config: LivelensConfig, stage: str) -> str:
-    """The torch device a stage computes on; only encode and answer (and a VLM verifier, which runs the answer
+    """The device a stage computes on; only encode, OCR and answer (and a VLM verifier, which runs the answer
     model: pipelines.moderation.moderator.build_verifier) load models that can use a GPU."""
     if stage == "encode":
         return config.encode.device
+    if stage == "ocr":
+        return config.ocr.device
     verifier = config.moderation.verifier
     if stage == "answer" or (stage == "verify" and (verifier == "vlm" or (verifier == "auto" and config.answer.model))):
         return config.answer.device

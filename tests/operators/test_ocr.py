@@ -8,6 +8,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import onnxruntime
 import pytest
 import rapidocr_onnxruntime
 from PIL import Image, ImageDraw, ImageFont
@@ -16,7 +17,7 @@ from rapidocr_onnxruntime import RapidOCR
 from operators.config import OcrConfig
 from operators.frames import FrameBatch, SegmentInfo, StageError
 from operators.ocr import ScreenTextReader, TextEmbedder
-from operators.ocr_engine import OcrEngine
+from operators.ocr_engine import OcrEngine, placed
 from pipelines.ingest.snapshots import pack, unpack
 
 HEADLINES = ["STORM WARNING FOR COASTAL TOWNS", "MARKETS RALLY AS RATES FALL", "LOCAL TEAM WINS CHAMPIONSHIP"]
@@ -231,6 +232,50 @@ def test_engine_failure_is_a_stage_error(embedder: TextEmbedder):
         broken.read(batch([frame(HEADLINES[0])]))
     assert (error.value.code, error.value.stage) == ("ocr_error", "ocr")
     assert "Traceback" not in error.value.reason
+
+
+CUDA_PROVIDER = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.skipif(CUDA_PROVIDER, reason="this onnxruntime has the CUDA provider")
+def test_cuda_without_onnxruntimes_cuda_provider_is_refused_not_read_on_the_cpu(embedder: TextEmbedder):
+    with pytest.raises(RuntimeError, match="no CUDAExecutionProvider.*install onnxruntime-gpu"):
+        ScreenTextReader(OcrConfig(device="cuda"), embedder)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own word for it
+def test_a_provider_that_does_not_take_the_models_is_refused():
+    session = OcrEngine(OcrConfig())._recogniser.session
+    with pytest.raises(RuntimeError, match="put ch_PP-OCRv4_rec_infer.onnx on CPUExecutionProvider"):
+        placed(session, "ch_PP-OCRv4_rec_infer.onnx", ("NoSuchExecutionProvider", {}))
+
+
+def read_lines(reader: ScreenTextReader) -> list[list[tuple[str, tuple]]]:
+    frames = [frame(HEADLINES[0]), frame(HEADLINES[1], corners=("14:05", "LIVE")), frame(HEADLINES[2])]
+    return [[(line.text, line.box) for line in text.lines] for text in reader.read(batch(frames, stream="placed"))]
+
+
+def test_models_placed_in_new_sessions_read_what_rapidocrs_sessions_read(reader: CountingReader,
+                                                                         embedder: TextEmbedder):
+    """The step ocr.device=cuda takes (each model into a session of its own on the chosen provider), taken on
+    the CPU: the model files and the sessions it replaces are the right ones."""
+    moved = ScreenTextReader(OcrConfig(), embedder)
+    cpu = ("CPUExecutionProvider", {})
+    det, rec = moved.engine._detector.infer, moved.engine._recogniser
+    det.session = placed(det.session, "ch_PP-OCRv4_det_infer.onnx", cpu)
+    rec.session = placed(rec.session, "ch_PP-OCRv4_rec_infer.onnx", cpu)
+    assert read_lines(moved) == read_lines(ScreenTextReader(OcrConfig(), embedder))
+
+
+@pytest.mark.skipif(not CUDA_PROVIDER, reason="no onnxruntime CUDA provider")
+def test_on_cuda_the_same_text_is_read_as_on_the_cpu(embedder: TextEmbedder):
+    on_gpu = ScreenTextReader(OcrConfig(device="cuda", recognition_batch=32), embedder)
+    assert on_gpu.engine._recogniser.session.get_providers()[0] == "CUDAExecutionProvider"
+    got, want = read_lines(on_gpu), read_lines(ScreenTextReader(OcrConfig(), embedder))
+    assert [[text for text, _ in lines] for lines in got] == [[text for text, _ in lines] for lines in want]
+    for lines, expected in zip(got, want):
+        for (_, box), (_, expected_box) in zip(lines, expected):
+            np.testing.assert_allclose(box, expected_box, atol=2 / WIDTH)  # a pixel or two of the frame
 
 
 def test_a_disabled_stage_builds_no_reader(embedder: TextEmbedder):
