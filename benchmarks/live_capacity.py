@@ -3,7 +3,7 @@ p99 stays within 2 s (issue 18).
 
     python benchmarks/live_capacity.py --source CLIP.mp4 --streams 200 400 800 --modes keyframes 1fps
                                        [--decoders 11] [--memory 3] [--seconds 20] [--batch 256] [--device cuda]
-                                       [--skip-unsampled]
+                                       [--skip-unsampled] [--recent-frames 600]
 
 What runs, the way the Ray actors would (Ray is not installed where this runs: the same operator classes
 are driven in plain processes, one per actor, joined by multiprocessing queues instead of Ray's object store):
@@ -22,6 +22,8 @@ are driven in plain processes, one per actor, joined by multiprocessing queues i
 - every process runs with one thread (OMP_NUM_THREADS=1), the encoder with 2, as Ray sizes actors.
 - memory actors (--memory processes): MemoryStore.write into a real redis-server (AOF, appendfsync always)
   and FAISS; a segment is memory-visible when its write returns. Streams are sharded over them by tenant.
+  A trial is too short to fill a stream's short tier (memory.recent_frames, 600 frames: 20 min at keyframe
+  rate); --recent-frames 4 fills it within seconds, so that every write evicts as a long-lived stream's does.
 Latency = visible - published, per segment, after a 6 s warm-up; a segment not visible 10 s after the last
 publish counts as infinitely late. Utilisation = busy seconds / (processes x wall seconds) per stage.
 """
@@ -149,13 +151,15 @@ def encode_actor(model: Path, device: str, batch_frames: int, inbox: mp.Queue, o
             outboxes[shard(batch.segment.tenant_id, len(outboxes))].put((batch.segment, compressed, published))
 
 
-def memory_actor(redis_url: str, index_dir: Path, inbox: mp.Queue, results: mp.Queue, busy: mp.Value) -> None:
+def memory_actor(redis_url: str, index_dir: Path, inbox: mp.Queue, results: mp.Queue, busy: mp.Value,
+                 recent_frames: int) -> None:
     import redis
 
     from memory_store.service import MemoryStore
     from pipelines.config import MemoryConfig
 
-    store = MemoryStore(redis.Redis.from_url(redis_url), MemoryConfig(), index_dir=index_dir)
+    store = MemoryStore(redis.Redis.from_url(redis_url), MemoryConfig(recent_frames=recent_frames),
+                        index_dir=index_dir)
     while (item := inbox.get()) is not None:
         segment, compressed, published = item
         started = time.perf_counter()
@@ -232,6 +236,7 @@ def main() -> int:
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--media-s", type=float, default=20.0, help="Seconds of distinct media (then repeated).")
     parser.add_argument("--bound-s", type=float, default=2.0)
+    parser.add_argument("--recent-frames", type=int, default=600, help="memory.recent_frames of the writers.")
     args = parser.parse_args()
 
     from deploy.processes import start_redis
@@ -259,7 +264,7 @@ def main() -> int:
     print(f"\n{device}, {mp.cpu_count()} cores; {args.decoders} decode processes ({args.decode}"
           f"{', skip_unsampled' if args.skip_unsampled else ''}), 1 encoder, "
           f"{args.memory} memory "
-          f"writers; batch {args.batch}; {args.seconds:g} s per trial; {time.strftime('%Y-%m-%d')}")
+          f"writers (recent_frames {args.recent_frames}); batch {args.batch}; {args.seconds:g} s per trial; {time.strftime('%Y-%m-%d')}")
     print("| sampling | streams | segments measured | p50 s | p99 s | max s | late | decode util | encode util "
           "| memory util | within bound |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -297,7 +302,8 @@ def run_mode(ctx, mode: str, args, segments: list, model: Path, redis_url: str, 
     procs.append(ctx.Process(target=encode_actor, args=(model, args.device, args.batch, encode_q, memory_qs,
                                                         busy["encode"], busy["encode calls"], ready)))
     procs += [ctx.Process(target=memory_actor, args=(redis_url, work / f"faiss-{mode}-{i}", q, results,
-                                                     busy["memory"])) for i, q in enumerate(memory_qs)]
+                                                     busy["memory"], args.recent_frames))
+              for i, q in enumerate(memory_qs)]
     # One core per actor, as Ray gives an actor with num_cpus=1 (OMP_NUM_THREADS=1): FFmpeg, FAISS and torch
     # would otherwise each start a thread per core in every process and the host would thrash.
     threads = [1] * args.decoders + [ENCODER_THREADS] + [1] * args.memory

@@ -107,11 +107,20 @@ class RedisTier:
         # outside it, because this key is in no tenant's hash slot.
         self.r.sadd(keys.TENANTS, tenant)
 
+        source = f"{seg.topic}:{seg.partition}" if seg.partition >= 0 else None
+
         def transaction(pipe: redis.client.Pipeline) -> tuple[WriteResult, StreamTxn] | None:
             # Reads run at once, under WATCH: if another writer touches any watched key before
-            # EXEC, EXEC fails and redis-py runs this function again on fresh values.
+            # EXEC, EXEC fails and redis-py runs this function again on fresh values. The first ones go in
+            # one round trip, on another connection of the pool (its replies are as fresh as WATCH's).
+            reads = pipe.pipeline(transaction=False)
+            reads.exists(marker)
+            reads.hmget(stats, _STATS_FIELDS)
+            reads.hget(keys.stream_settings(tenant, stream), "retention_s")
+            reads.hget(keys.offsets(tenant), source or "")
+            exists, stat_values, retention, offset = reads.execute()
             stored = None
-            if pipe.exists(marker):
+            if exists:
                 if not replace:
                     pipe.unwatch()
                     return None
@@ -119,9 +128,8 @@ class RedisTier:
             txn = StreamTxn(pipe, self.config, tenant, stream, self._refs)
             if stored is not None:
                 txn.remove_frames(stored.frame_keys)
-            old_stats = [None if v is None else float(v) for v in pipe.hmget(stats, _STATS_FIELDS)]
-            source = f"{seg.topic}:{seg.partition}" if seg.partition >= 0 else None
-            old_offset = int(pipe.hget(keys.offsets(tenant), source) or -1) if source else -1
+            old_stats = [None if v is None else float(v) for v in stat_values]
+            old_offset = int(offset or -1) if source else -1
             ids = txn.allocate(len(frames))
             for f, event in zip(frames, txn.fold(batch, frames)):
                 if event is not None:
@@ -129,7 +137,7 @@ class RedisTier:
             txn.add_frames(frames, ids)
             new_stats = merged_stats(old_stats, batch, frames)
             # Retention first: what it deletes need not be evicted or merged.
-            if txn.retain(new_stats["last_wallclock"] - self.retention_s(tenant, stream, pipe)):
+            if txn.retain(new_stats["last_wallclock"] - self._retention(retention)):
                 new_stats.update(txn.first_remaining(frames))
             txn.evict_short(frames, leaving=stored.in_short_tier if stored else ())
             txn.evict_mid()
@@ -213,9 +221,11 @@ class RedisTier:
         self._committed(txn)
         return result
 
-    def retention_s(self, tenant_id: str, stream_id: str, reader: redis.Redis | None = None) -> float:
+    def retention_s(self, tenant_id: str, stream_id: str) -> float:
         """The stream's retention: its own (`livelens streams set --retention`) or memory.retention_s."""
-        value = (reader or self.r).hget(keys.stream_settings(tenant_id, stream_id), "retention_s")
+        return self._retention(self.r.hget(keys.stream_settings(tenant_id, stream_id), "retention_s"))
+
+    def _retention(self, value: bytes | None) -> float:
         return float(value) if value else self.config.retention_s
 
     def set_retention_s(self, tenant_id: str, stream_id: str, seconds: float | None) -> None:

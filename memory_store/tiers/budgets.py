@@ -24,7 +24,11 @@ class BudgetSteps:
         gone = set(leaving) | self._deleted
         count = self.pipe.zcard(short) - len(gone & self._in_short(short, gone)) + len(new)
         mine = sorted((f.pts, f.key, int(f.fields["n_tokens"]), int(f.fields["token_bytes"])) for f in new)
-        oldest_first = heapq.merge(self._short_oldest(short, gone), mine)
+        # Once the tier is full every write evicts about as many frames as it adds: read that many of the oldest
+        # first (and, should the token or byte budgets want more, pages twice as large each time), not a page of
+        # 512 and their token counts on every write.
+        first_page = min(max(count - self.config.recent_frames, 0) + len(gone) + 8, PAGE)
+        oldest_first = heapq.merge(self._short_oldest(short, gone, first_page), mine)
         victims: list[str] = []
         while (
             count > self.config.recent_frames
@@ -53,10 +57,10 @@ class BudgetSteps:
         scores = self.pipe.zmscore(short, ordered) if ordered else []
         return {key for key, score in zip(ordered, scores) if score is not None}
 
-    def _short_oldest(self, short: str, gone: set[str]):
+    def _short_oldest(self, short: str, gone: set[str], page_size: int):
         start = 0
         while True:
-            page = self.pipe.zrange(short, start, start + PAGE - 1, withscores=True)
+            page = self.pipe.zrange(short, start, start + page_size - 1, withscores=True)
             if not page:
                 return
             members = [m.decode() for m, _ in page]
@@ -71,7 +75,8 @@ class BudgetSteps:
                         int(n_tokens or 0),
                         int(n_bytes or 0),
                     )
-            start += PAGE
+            start += page_size
+            page_size = min(2 * page_size, PAGE)
 
     def evict_mid(self) -> None:
         """Closed events past the mid tier's budgets lose their token blob, oldest first (they stay searchable)."""

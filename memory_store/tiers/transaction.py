@@ -71,13 +71,17 @@ class StreamTxn(EventSteps, BudgetSteps, MergeSteps, RetentionSteps):
         self.pipe, self.config, self.t, self.s = pipe, config, tenant_id, stream_id
         self._refs = refs
         self.stats_key = keys.stream_stats(tenant_id, stream_id)
-        values = pipe.hmget(self.stats_key, (*COUNTERS, "open_event"))
+        # One round trip, on another connection: what it reads is watched, so a change after it fails EXEC.
+        reads = pipe.pipeline(transaction=False)
+        reads.hmget(self.stats_key, (*COUNTERS, "open_event"))
+        reads.get(keys.next_id(tenant_id))
+        reads.zcard(keys.long_tier(tenant_id, stream_id))
+        values, next_id, self.long_count = reads.execute()
         self.counters = {name: int(v or 0) for name, v in zip(COUNTERS, values)}
         self._open_key = values[-1].decode() if values[-1] else None
         self._open: OpenEvent | None = None
         self._open_loaded = False
-        self.next_id = int(pipe.get(keys.next_id(tenant_id)) or 0)
-        self.long_count = pipe.zcard(keys.long_tier(tenant_id, stream_id))
+        self.next_id = int(next_id or 0)
         self.frame_writes: list[Callable[[Pipeline], object]] = []
         self.writes: list[Callable[[Pipeline], object]] = []
         self.added: list[IndexEntry] = []

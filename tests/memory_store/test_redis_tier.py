@@ -127,6 +127,30 @@ def test_short_tier_keeps_tokens_of_newest_frames_only(client: redis.Redis, arri
     assert [m.decode() for m in client.zrange(keys.short_tier("acme", "cam-1"), 0, -1)] == all_keys[5:]
 
 
+@pytest.mark.parametrize("budget", [
+    pytest.param(dict(recent_frames=9), id="frames: as many as a write adds"),
+    pytest.param(dict(recent_frames=4), id="frames: many at once"),
+    # About 40 tokens a frame here: 160 keeps the newest 3-4, evicting ~36 in one write, read in growing pages.
+    pytest.param(dict(short_max_tokens=160), id="tokens: many at once"),
+])
+def test_a_smaller_short_budget_takes_the_oldest_tokens_in_one_write(client: redis.Redis, budget: dict) -> None:
+    batches = [make_batch(seq=seq, frames=2, tokens=80, keep=0.5) for seq in range(21)]
+    wide = RedisTier(client, MemoryConfig())
+    for batch in batches[:-1]:
+        wide.write_segment(batch)
+    narrow = RedisTier(client, MemoryConfig(**budget))
+    narrow.write_segment(batches[-1])
+
+    all_keys = [b.segment.frame_key(p) for b in batches for p in b.pts_s]
+    holding = [r.tokens is not None for r in narrow.frames("acme", all_keys)]
+    kept = sum(holding)
+    assert holding == [False] * (len(all_keys) - kept) + [True] * kept  # the newest keep theirs
+    tokens = sum(r.tokens.shape[0] for r in narrow.frames("acme", all_keys[-kept:]))
+    assert kept <= budget.get("recent_frames", 600) and tokens <= budget.get("short_max_tokens", 60_000)
+    assert kept + 1 > budget.get("recent_frames", 600) or tokens + 40 > budget.get("short_max_tokens", 60_000)
+    assert [m.decode() for m in client.zrange(keys.short_tier("acme", "cam-1"), 0, -1)] == all_keys[-kept:]
+
+
 def test_stream_stats_widen_with_out_of_order_segments(tier: RedisTier) -> None:
     for seq in (2, 0, 1):
         tier.write_segment(make_batch(seq=seq))
