@@ -173,6 +173,7 @@ class CaptionReader(PerStreamState["_Stream"]):
     def flush(self, tenant_id: str, stream_id: str) -> list[TranscriptLine]:
         """The rows of the last screen reported, as lines (the stream ended); the stream's state is dropped."""
         state = self._streams.pop((tenant_id, stream_id), None)
+        self._recent.forget(tenant_id, stream_id)
         return [self._line(row) for row in state.rows] if state is not None else []
 
     # Snapshots (operators.state.PerStreamState): plain values only (the backfill manifest stores them as JSON),

@@ -101,6 +101,13 @@ def test_a_segment_read_again_after_later_ones_gets_its_lines_and_changes_nothin
         # Older than the latest segments: fed already, so nothing rebuilt and nothing new.
         reader._recent.forget("t", batches[0].segment.stream_id)
         assert reader.read(batches[0]) == [], sample
+        # The stream ended: its answers go with its state.
+        ended = CaptionReader(TranscriptConfig())
+        for batch in batches:
+            ended.read(batch)
+        assert ended._recent.get(batches[-1].segment) is not None
+        ended.flush("t", batches[0].segment.stream_id)
+        assert ended._recent.get(batches[-1].segment) is None
 
 
 def test_one_stream_taken_back_alone_continues_as_an_uninterrupted_one(muxjs: Path) -> None:
