@@ -115,8 +115,9 @@ class OcrConfig(Section):
         3, ge=1, description="Lines with fewer non-space characters are dropped: lone letters are mostly misreads."
     )
     threads: int | None = Field(
-        None, ge=1, description="onnxruntime threads per OCR model. None: its default, one per core of the host, "
-        "each pinned to its core, whatever the actor was given: set it to the actor's num_cpus on shared hosts.")
+        None, ge=1, description="onnxruntime threads per OCR model (they sleep between runs: "
+        "operators/onnx_session.py). None: its default, one per core of the host, each pinned to its core, whatever "
+        "the actor was given: set it to the actor's num_cpus on shared hosts.")
     incremental: bool = Field(
         True, description="A changed frame is read again only where it changed, with the text a whole read gives: "
         "a change touching no line of the last read is looked at by the detector in windows around it only (no "

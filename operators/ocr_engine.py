@@ -32,6 +32,7 @@ from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
 from operators.config import OcrConfig
 from operators.frames import StageError
+from operators.onnx_session import CPU, Provider, open_session
 
 # A CTC column whose best guess is "no character" becomes a space when the recogniser gives
 # a space at least this probability. On 1064 rendered headlines (7 fonts, 18-32 px, 60% in
@@ -44,7 +45,7 @@ _REC_MIN_WIDTH = 320  # and its narrowest input (RapidOCR's rec_img_shape)
 # picks convolution algorithms heuristically instead of searching at every new input shape.
 _MODELS = Path(rapidocr_onnxruntime.__file__).parent / "models"
 _DETECTOR, _RECOGNISER = "ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx"
-_CUDA: tuple[str, dict[str, object]] = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
+_CUDA: Provider = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
 
 
 class _SpaceRestoringDecoder:
@@ -73,17 +74,18 @@ class OcrEngine:
     """Text boxes of an image (or of a window of it) and the text of crops, many crops per model run."""
 
     def __init__(self, config: OcrConfig):
-        threads = {} if config.threads is None else {"intra_op_num_threads": config.threads, "inter_op_num_threads": 1}
         # det_limit_type "max": RapidOCR's default ("min" 736) upscales a 640x360 frame to 1309x736, four times
         # the pixels; "max" leaves an image of at most 960 px as it is, so max_side bounds the cost.
-        rapid = RapidOCR(use_cls=False, det_limit_type="max", det_limit_side_len=config.max_side, **threads)
+        rapid = RapidOCR(use_cls=False, det_limit_type="max", det_limit_side_len=config.max_side)
+        # Its models in sessions of our own (operators/onnx_session.py: threads that sleep between runs; the
+        # device asked for or none). Not RapidOCR's det/rec_use_cuda: it moves a model that CUDA does not take
+        # to the CPU with a log line, and asks cuDNN for an exhaustive algorithm search at every new input
+        # shape (the detector sees windows of many shapes).
+        provider = _CUDA if config.device == "cuda" else (CPU, {})
         if config.device == "cuda":
             _require_cuda_provider()
-            # Not RapidOCR's own det/rec_use_cuda: it moves a model that CUDA does not take to the CPU with a log
-            # line, and asks cuDNN for an exhaustive algorithm search at every new input shape (the detector
-            # sees windows of many shapes).
-            rapid.text_det.infer.session = placed(rapid.text_det.infer.session, _DETECTOR, _CUDA)
-            rapid.text_rec.session.session = placed(rapid.text_rec.session.session, _RECOGNISER, _CUDA)
+        rapid.text_det.infer.session = open_session(_MODELS / _DETECTOR, provider, threads=config.threads)
+        rapid.text_rec.session.session = open_session(_MODELS / _RECOGNISER, provider, threads=config.threads)
         self._detector = rapid.text_det
         # The recogniser's session and decoder are RapidOCR 1.4's attributes, not public API: check them on an
         # upgrade (tests/operators/test_ocr.py reads known text through them).
@@ -141,22 +143,6 @@ def _require_cuda_provider() -> None:
             f"ocr.device is cuda but this onnxruntime ({onnxruntime.__version__}) has no {_CUDA[0]} "
             f"(it has {', '.join(available)}): install onnxruntime-gpu in place of onnxruntime (docs/deploy.md), "
             "or set ocr.device=cpu")
-
-
-def placed(session: onnxruntime.InferenceSession, model_file: str,
-           provider: tuple[str, dict[str, object]]) -> onnxruntime.InferenceSession:
-    """The model of ``session`` (one of RapidOCR's, by file name) in a new session on ``provider``, with the same
-    session options (threads); raises when onnxruntime puts the model on another provider instead."""
-    # The CPU provider after another: it runs the few operators that provider has no kernel for.
-    providers = [provider] if provider[0] == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-    moved = onnxruntime.InferenceSession(str(_MODELS / model_file), sess_options=session.get_session_options(),
-                                         providers=providers)
-    if moved.get_providers()[0] != provider[0]:
-        raise RuntimeError(
-            f"ocr.device asks for {provider[0]} but onnxruntime put {model_file} on {moved.get_providers()[0]}: the "
-            "provider could not start (a CUDA or cuDNN version onnxruntime-gpu was not built for, or no visible "
-            "GPU); onnxruntime's log says why")
-    return moved
 
 
 def _padded_width(crop: np.ndarray) -> int:

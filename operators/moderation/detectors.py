@@ -23,7 +23,6 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-import onnxruntime
 
 from operators.frames import FrameBatch
 from operators.moderation.policy import (
@@ -34,6 +33,7 @@ from operators.moderation.policy import (
     normalise,
 )
 from operators.ocr import FrameText, TextEmbedder
+from operators.onnx_session import open_session
 from operators.transcript import TranscriptLine
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class NudityDetector:
             raise ValueError(f"not nudenet classes: {sorted(unknown)}")
         self.policy = policy
         self.batch_frames = batch_frames
-        self._session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        self._session = open_session(model_path)
         self._input = self._session.get_inputs()[0].name
         channels = self._session.get_outputs()[0].shape[1]
         if channels != 4 + len(NUDENET_CLASSES):

@@ -17,7 +17,8 @@ from rapidocr_onnxruntime import RapidOCR
 from operators.config import OcrConfig
 from operators.frames import FrameBatch, SegmentInfo, StageError
 from operators.ocr import ScreenTextReader, TextEmbedder
-from operators.ocr_engine import OcrEngine, placed
+from operators.ocr_engine import OcrEngine
+from operators.onnx_session import open_session
 from pipelines.ingest.snapshots import pack, unpack
 
 HEADLINES = ["STORM WARNING FOR COASTAL TOWNS", "MARKETS RALLY AS RATES FALL", "LOCAL TEAM WINS CHAMPIONSHIP"]
@@ -244,27 +245,24 @@ def test_cuda_without_onnxruntimes_cuda_provider_is_refused_not_read_on_the_cpu(
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own word for it
-def test_a_provider_that_does_not_take_the_models_is_refused():
-    session = OcrEngine(OcrConfig())._recogniser.session
-    with pytest.raises(RuntimeError, match="put ch_PP-OCRv4_rec_infer.onnx on CPUExecutionProvider"):
-        placed(session, "ch_PP-OCRv4_rec_infer.onnx", ("NoSuchExecutionProvider", {}))
+def test_a_provider_that_does_not_take_the_model_is_refused():
+    with pytest.raises(RuntimeError, match="asked for on NoSuchExecutionProvider but onnxruntime put it on CPU"):
+        open_session(Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_rec_infer.onnx",
+                     ("NoSuchExecutionProvider", {}))
+
+
+@pytest.mark.parametrize("threads", [None, 1, 2])
+def test_the_models_run_in_sessions_whose_threads_sleep_between_runs(threads):
+    engine = OcrEngine(OcrConfig(threads=threads))
+    for session in (engine._detector.infer.session, engine._recogniser.session):
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.intra_op_num_threads == (threads or 0)  # 0: onnxruntime's default, a thread per core
 
 
 def read_lines(reader: ScreenTextReader) -> list[list[tuple[str, tuple]]]:
     frames = [frame(HEADLINES[0]), frame(HEADLINES[1], corners=("14:05", "LIVE")), frame(HEADLINES[2])]
     return [[(line.text, line.box) for line in text.lines] for text in reader.read(batch(frames, stream="placed"))]
-
-
-def test_models_placed_in_new_sessions_read_what_rapidocrs_sessions_read(reader: CountingReader,
-                                                                         embedder: TextEmbedder):
-    """The step ocr.device=cuda takes (each model into a session of its own on the chosen provider), taken on
-    the CPU: the model files and the sessions it replaces are the right ones."""
-    moved = ScreenTextReader(OcrConfig(), embedder)
-    cpu = ("CPUExecutionProvider", {})
-    det, rec = moved.engine._detector.infer, moved.engine._recogniser
-    det.session = placed(det.session, "ch_PP-OCRv4_det_infer.onnx", cpu)
-    rec.session = placed(rec.session, "ch_PP-OCRv4_rec_infer.onnx", cpu)
-    assert read_lines(moved) == read_lines(ScreenTextReader(OcrConfig(), embedder))
 
 
 @pytest.mark.skipif(not CUDA_PROVIDER, reason="no onnxruntime CUDA provider")

@@ -1,0 +1,41 @@
+"""onnxruntime sessions as the pipeline's actors want them: on the provider asked for or not at all, with
+worker threads that sleep between runs.
+
+onnxruntime's intra-op threads busy-wait after each run for the next one (``session.intra_op.allow_spinning``,
+on by default). On an otherwise idle machine that saves a thread wake-up per run; in livelens the actors of
+every stage share the cores, and the cycles an OCR or moderation actor spends spinning are taken from
+decode, encode and memory. Off: the OCR benchmark's CPU per sampled frame fell from 57 to 39 ms on 2 cores
+and its wall time from 29 to 25 ms (BENCHMARKS.md, issue 18).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime
+
+CPU = "CPUExecutionProvider"
+Provider = tuple[str, dict[str, object]]
+
+
+def open_session(model: str | Path, provider: Provider = (CPU, {}), *,
+                 threads: int | None = None) -> onnxruntime.InferenceSession:
+    """A session of ``model`` on ``provider``; raises when onnxruntime puts the model on another provider (one
+    it lacks, or one that could not start) instead of running it there.
+
+    threads: intra-op threads; None: onnxruntime's default, one per core of the host.
+    """
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    # The CPU provider after another: it runs the few operators that provider has no kernel for.
+    providers = [provider] if provider[0] == CPU else [provider, CPU]
+    session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
+    if session.get_providers()[0] != provider[0]:
+        raise RuntimeError(
+            f"{Path(model).name} was asked for on {provider[0]} but onnxruntime put it on "
+            f"{session.get_providers()[0]}: that provider is missing from this onnxruntime or could not start (a "
+            "CUDA or cuDNN version onnxruntime-gpu was not built for, or no visible GPU); onnxruntime's log says why")
+    return session
