@@ -4,8 +4,8 @@ worker threads that sleep between runs.
 onnxruntime's intra-op threads busy-wait after each run for the next one (``session.intra_op.allow_spinning``,
 on by default). On an otherwise idle machine that saves a thread wake-up per run; in livelens the actors of
 every stage share the cores, and the cycles an OCR or moderation actor spends spinning are taken from
-decode, encode and memory. Off: the OCR benchmark's CPU per sampled frame fell from 57 to 39 ms on 2 cores
-and its wall time from 29 to 25 ms (BENCHMARKS.md, issue 18).
+decode, encode and memory. Off: the OCR benchmark's CPU per sampled frame fell from 58-59 to 40-41 ms on 2
+cores, and its wall time from 30 to 26 ms (BENCHMARKS.md, "OCR threads that sleep between runs").
 """
 
 from __future__ import annotations
