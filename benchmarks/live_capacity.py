@@ -23,7 +23,7 @@ are driven in plain processes, one per actor, joined by multiprocessing queues i
 - memory actors (--memory processes): MemoryStore.write into a real redis-server (AOF, appendfsync always)
   and FAISS; a segment is memory-visible when its write returns. Streams are sharded over them by tenant.
   A trial is too short to fill a stream's short tier (memory.recent_frames, 600 frames: 20 min at keyframe
-  rate); --recent-frames 4 fills it within seconds, so that every write evicts as a long-lived stream's does.
+  rate); --recent-frames 2 fills it within seconds, so that every write evicts as a long-lived stream's does.
 Latency = visible - published, per segment, after a 6 s warm-up; a segment not visible 10 s after the last
 publish counts as infinitely late. Utilisation = busy seconds / (processes x wall seconds) per stage.
 """
@@ -264,7 +264,8 @@ def main() -> int:
     print(f"\n{device}, {mp.cpu_count()} cores; {args.decoders} decode processes ({args.decode}"
           f"{', skip_unsampled' if args.skip_unsampled else ''}), 1 encoder, "
           f"{args.memory} memory "
-          f"writers (recent_frames {args.recent_frames}); batch {args.batch}; {args.seconds:g} s per trial; {time.strftime('%Y-%m-%d')}")
+          f"writers (recent_frames {args.recent_frames}); batch {args.batch}; {args.seconds:g} s per trial; "
+          f"{time.strftime('%Y-%m-%d')}")
     print("| sampling | streams | segments measured | p50 s | p99 s | max s | late | decode util | encode util "
           "| memory util | within bound |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime
 import rapidocr_onnxruntime
 from rapidocr_onnxruntime import RapidOCR
 from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
@@ -82,8 +81,6 @@ class OcrEngine:
         # to the CPU with a log line, and asks cuDNN for an exhaustive algorithm search at every new input
         # shape (the detector sees windows of many shapes).
         provider = _CUDA if config.device == "cuda" else (CPU, {})
-        if config.device == "cuda":
-            _require_cuda_provider()
         rapid.text_det.infer.session = open_session(_MODELS / _DETECTOR, provider, threads=config.threads)
         rapid.text_rec.session.session = open_session(_MODELS / _RECOGNISER, provider, threads=config.threads)
         self._detector = rapid.text_det
@@ -134,15 +131,6 @@ class OcrEngine:
                 for i, result in zip(chunk, self._decode(preds)):
                     out[i] = result
         return out
-
-
-def _require_cuda_provider() -> None:
-    available = onnxruntime.get_available_providers()
-    if _CUDA[0] not in available:
-        raise RuntimeError(
-            f"ocr.device is cuda but this onnxruntime ({onnxruntime.__version__}) has no {_CUDA[0]} "
-            f"(it has {', '.join(available)}): install onnxruntime-gpu in place of onnxruntime (docs/deploy.md), "
-            "or set ocr.device=cpu")
 
 
 def _padded_width(crop: np.ndarray) -> int:

@@ -20,8 +20,8 @@ Provider = tuple[str, dict[str, object]]
 
 def open_session(model: str | Path, provider: Provider = (CPU, {}), *,
                  threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A session of ``model`` on ``provider``; raises when onnxruntime puts the model on another provider (one
-    it lacks, or one that could not start) instead of running it there.
+    """A session of ``model`` on ``provider``; raises when this onnxruntime lacks the provider, or puts the model
+    on another one (the provider could not start) instead of running it there.
 
     threads: intra-op threads; None: onnxruntime's default, one per core of the host.
     """
@@ -34,8 +34,12 @@ def open_session(model: str | Path, provider: Provider = (CPU, {}), *,
     providers = [provider] if provider[0] == CPU else [provider, CPU]
     session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
     if session.get_providers()[0] != provider[0]:
-        raise RuntimeError(
-            f"{Path(model).name} was asked for on {provider[0]} but onnxruntime put it on "
-            f"{session.get_providers()[0]}: that provider is missing from this onnxruntime or could not start (a "
-            "CUDA or cuDNN version onnxruntime-gpu was not built for, or no visible GPU); onnxruntime's log says why")
+        available = onnxruntime.get_available_providers()
+        why = (f"this onnxruntime ({onnxruntime.__version__}) has no {provider[0]} (it has {', '.join(available)}): "
+               "for CUDA, install onnxruntime-gpu in place of onnxruntime (docs/deploy.md)"
+               if provider[0] not in available else
+               "the provider could not start (a CUDA or cuDNN version onnxruntime-gpu was not built for, or no "
+               "visible GPU); onnxruntime's log says why")
+        raise RuntimeError(f"{Path(model).name} was asked for on {provider[0]} but onnxruntime put it on "
+                           f"{session.get_providers()[0]}: {why}")
     return session

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from operators.config import SpeechConfig
+from operators.onnx_session import open_session
 from operators.speech.audio import SAMPLE_RATE, SpeechRegion
 
 FRAME = 512  # samples per VAD frame at 16 kHz (32 ms)
@@ -49,11 +49,8 @@ class VoiceActivityDetector:
 
     def __init__(self, config: SpeechConfig, model_path: Path | None = None):
         self.config = config
-        options = ort.SessionOptions()
-        options.inter_op_num_threads = 1
-        options.intra_op_num_threads = 1  # ~0.1 ms per frame on one core: threads would cost more than they save
-        self._session = ort.InferenceSession(
-            str(model_path or silero_model_path()), sess_options=options, providers=["CPUExecutionProvider"])
+        # ~0.1 ms per frame on one core: threads would cost more than they save.
+        self._session = open_session(model_path or silero_model_path(), threads=1)
 
     def probabilities(self, audio: np.ndarray) -> np.ndarray:
         """Speech probability of each 32 ms frame (the last one zero-padded)."""

@@ -239,6 +239,7 @@ CUDA_PROVIDER = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 @pytest.mark.skipif(CUDA_PROVIDER, reason="this onnxruntime has the CUDA provider")
+@pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own word for it
 def test_cuda_without_onnxruntimes_cuda_provider_is_refused_not_read_on_the_cpu(embedder: TextEmbedder):
     with pytest.raises(RuntimeError, match="no CUDAExecutionProvider.*install onnxruntime-gpu"):
         ScreenTextReader(OcrConfig(device="cuda"), embedder)
