@@ -2,6 +2,7 @@
 frames of evidence, every token of each frame against what compression keeps.
 
     python benchmarks/answer_latency.py [--frames 16 64] [--kept 196 60 39] [--repeats 10] [--device cuda]
+                                        [--compile off on]
 
 What runs: `operators.answer.Answerer` (the answer actor's code) around a LLaVA-architecture VLM whose language
 model has Qwen2-7B's shape (28 layers, 3584 wide, 28 heads, 4 KV heads, 18944 MLP; 7.6 B parameters), built
@@ -15,6 +16,9 @@ embedding the text, splicing) plus the prefill and the first token, wall clock a
 after 3 warm-up calls; p50 and p90 of --repeats calls. "prefill only" times the bare forward over the same
 inputs_embeds, to show what the actor adds. K=196 is every token of a SigLIP-B/16 frame; 60 is the pruning
 budget (60/196, the most a frame keeps); 39 is 20% (the anchor's point).
+
+--compile off on: every row with `answer.compile` off, then on (the same model, its norms and MLPs compiled in
+place; the compile time is printed).
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tokenizer", default="", help="Tokenizer dir; default: the MiniLM package's.")
+    parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"],
+                        help="answer.compile settings to run, in order (on compiles the model in place: keep it last)")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -100,37 +106,48 @@ def main() -> int:
     params = sum(p.numel() for p in model.language_model.parameters()) if hasattr(model, "language_model") else \
         sum(p.numel() for p in model.parameters())
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or minilm_tokenizer_dir())
-    answerer = Answerer.around(AnswerConfig(device=args.device, dtype="bfloat16", max_new_tokens=1,
-                                            max_evidence_frames=max(args.frames)),
-                               model, tokenizer, "qwen2-7b-shape", random_weights=True)
     print(f"model built in {time.perf_counter() - built:.0f} s: language model {params / 1e9:.2f} B parameters",
           flush=True)
-    rng = np.random.default_rng(0)
-    width = answerer.expects_token_dim
     rows = []
-    for frames in args.frames:
-        for kept in args.kept:
-            items = evidence(frames, kept, width, rng)
-            length = answerer.build_inputs(QUESTION, items).length
-            ttft = timed(lambda: answerer.answer(QUESTION, items), args.repeats, args.device)
-            embeds = answerer.build_inputs(QUESTION, items).inputs_embeds
-
-            def prefill():
-                with torch.inference_mode():
-                    model(inputs_embeds=embeds, logits_to_keep=1)
-
-            bare = timed(prefill, args.repeats, args.device)
-            rows.append((frames, kept, length, np.percentile(ttft, 50), np.percentile(ttft, 90), np.median(bare)))
-            print(f"{frames} frames x {kept} tokens: {length} positions, TTFT p50 {1000 * rows[-1][3]:.1f} ms, "
-                  f"p90 {1000 * rows[-1][4]:.1f} ms, prefill only {1000 * rows[-1][5]:.1f} ms", flush=True)
+    for compiled in args.compile:
+        started = time.perf_counter()
+        answerer = Answerer.around(AnswerConfig(device=args.device, dtype="bfloat16", max_new_tokens=1,
+                                                max_evidence_frames=max(args.frames), compile=compiled == "on"),
+                                   model, tokenizer, "qwen2-7b-shape", random_weights=True)
+        if compiled == "on":
+            print(f"compiled in {time.perf_counter() - started:.1f} s", flush=True)
+        rng = np.random.default_rng(0)  # the same evidence for every setting
+        for frames in args.frames:
+            for kept in args.kept:
+                items = evidence(frames, kept, answerer.expects_token_dim, rng)
+                rows.append((compiled, frames, kept, *measure(answerer, items, args)))
+                print(f"compile {compiled}, {frames} frames x {kept} tokens: {rows[-1][3]} positions, TTFT p50 "
+                      f"{1000 * rows[-1][4]:.1f} ms, p90 {1000 * rows[-1][5]:.1f} ms, prefill only "
+                      f"{1000 * rows[-1][6]:.1f} ms", flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"\n{device}; torch {torch.__version__}; Qwen2-7B-shaped LLaVA, random weights, bf16, SDPA; "
           f"{datetime.now(UTC):%Y-%m-%d}")
-    print("| frames | tokens a frame | prompt positions | TTFT p50 ms | TTFT p90 ms | prefill only ms |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for frames, kept, length, p50, p90, bare in rows:
-        print(f"| {frames} | {kept} | {length:,} | {1000 * p50:.1f} | {1000 * p90:.1f} | {1000 * bare:.1f} |")
+    print("| answer.compile | frames | tokens a frame | prompt positions | TTFT p50 ms | TTFT p90 ms "
+          "| prefill only ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for compiled, frames, kept, length, p50, p90, bare in rows:
+        print(f"| {compiled} | {frames} | {kept} | {length:,} | {1000 * p50:.1f} | {1000 * p90:.1f} | "
+              f"{1000 * bare:.1f} |")
     return 0
+
+
+def measure(answerer: Answerer, items: list[EvidenceItem], args) -> tuple[int, float, float, float]:
+    """(prompt positions, TTFT p50 and p90 s, median bare prefill s) of one evidence set."""
+    length = answerer.build_inputs(QUESTION, items).length
+    ttft = timed(lambda: answerer.answer(QUESTION, items), args.repeats, args.device)
+    embeds = answerer.build_inputs(QUESTION, items).inputs_embeds
+
+    def prefill():
+        with torch.inference_mode():
+            answerer.model(inputs_embeds=embeds, logits_to_keep=1)
+
+    bare = timed(prefill, args.repeats, args.device)
+    return length, float(np.percentile(ttft, 50)), float(np.percentile(ttft, 90)), float(np.median(bare))
 
 
 if __name__ == "__main__":

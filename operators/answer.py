@@ -18,6 +18,7 @@ same answer, which keeps replays and tests reproducible.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -163,11 +164,32 @@ class Answerer:
             raise ValueError(f"{self.model_name}: config has no max_position_embeddings to bound the prompt by")
         self.max_positions: int = text_config.max_position_embeddings
         self.random_weights = random_weights
+        if self.config.compile:
+            self._compile()
         log.info(
             "answer stage: %s loaded as %s (%s on %s, %d positions, token dim %s)%s",
             self.model_name, self.kind, self.config.dtype, self.config.device, self.max_positions,
             self.expects_token_dim, ", random weights" if self.random_weights else "",
         )
+
+    def _compile(self) -> None:
+        """``AnswerConfig.compile``: every decoder layer's modules but its attention through torch.compile, then one
+        short generation so that the graphs (a prompt of any length, and the one-token decoding step) are built
+        now, not on the first question."""
+        layers = getattr(self.model.get_decoder(), "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList) or not all(hasattr(layer, "self_attn") for layer in layers):
+            raise ValueError(f"answer.compile: {self.model_name} has no Llama-family decoder layers (get_decoder()."
+                             "layers, each with a self_attn); set answer.compile = false for this model")
+        started = time.perf_counter()
+        for layer in layers:
+            for name, module in layer.named_children():
+                if name != "self_attn":
+                    module.compile(dynamic=True)
+        ids = self._ids_tensor(self.tokenizer.encode("warm up the compiled layers"))
+        with torch.inference_mode():
+            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                                min_new_tokens=2, do_sample=False, num_beams=1)
+        log.info("answer stage: %s compiled in %.1f s", self.model_name, time.perf_counter() - started)
 
     def answer(self, question: str, evidence: list[EvidenceItem]) -> AnswerResult:
         # With nothing retrieved there is nothing to ground an answer on; a model would only invent one.

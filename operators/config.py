@@ -260,6 +260,12 @@ class AnswerConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_new_tokens: int = 64
     max_evidence_frames: int = 8
+    compile: bool = Field(
+        False, description="Compile the language model's norms and MLPs with torch.compile (one graph each, shared "
+        "by every decoder layer, any prompt length) when the model loads, which takes seconds to a minute more. It "
+        "fuses their memory-bound elementwise steps, a share of the prefill and so of the time to first token "
+        "(BENCHMARKS.md, answer latency). Attention stays eager: it writes the KV cache, whose per-layer state would "
+        "make a graph per layer. Llama-family layers (a self_attn module beside the rest); other models are refused.")
 
 
 class SpeechConfig(Section):

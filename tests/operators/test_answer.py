@@ -163,6 +163,26 @@ def test_vlm_inputs_on_cuda_are_the_cpu_inputs_through_the_kept_pinned_buffer(ti
         torch.testing.assert_close(got.cpu(), want)
 
 
+def test_compiled_layers_answer_as_eager_ones_for_any_prompt_length_without_compiling_again(
+        tiny_models, vlm: Answerer):
+    compiled = Answerer(AnswerConfig(max_new_tokens=8, compile=True), tiny_models["vlm"])
+    layer = compiled.model.get_decoder().layers[0]
+    assert layer.mlp._compiled_call_impl is not None and layer.self_attn._compiled_call_impl is None
+    # The load built every graph: prompts of other lengths, and 8 decoding steps each, compile nothing more.
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for n in (1, 3, 6):
+            assert compiled.answer("what happened?", frames(n)).text == vlm.answer("what happened?", frames(n)).text
+
+
+def test_compile_refuses_a_model_without_llama_family_layers(tiny_models):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=1000, n_positions=64))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llm"])
+    with pytest.raises(ValueError, match="no Llama-family decoder layers"):
+        Answerer.around(AnswerConfig(compile=True), gpt2, tokenizer, "gpt2-tiny", random_weights=True)
+
+
 def test_vlm_evidence_is_chronological_and_frames_without_tokens_get_a_marker(vlm: Answerer):
     evidence = [item("s", 30.0, 0.9), item("s", 10.0, 0.8, dim=None), item("s", 20.0, 0.7)]
     inputs = vlm.build_inputs("q", evidence)
