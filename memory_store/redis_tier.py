@@ -117,8 +117,9 @@ class RedisTier:
             reads.exists(marker)
             reads.hmget(stats, _STATS_FIELDS)
             reads.hget(keys.stream_settings(tenant, stream), "retention_s")
-            reads.hget(keys.offsets(tenant), source or "")
-            exists, stat_values, retention, offset = reads.execute()
+            if source is not None:  # a segment from Kafka: the highest offset stored of its partition
+                reads.hget(keys.offsets(tenant), source)
+            exists, stat_values, retention, *offset = reads.execute()
             stored = None
             if exists:
                 if not replace:
@@ -129,7 +130,7 @@ class RedisTier:
             if stored is not None:
                 txn.remove_frames(stored.frame_keys)
             old_stats = [None if v is None else float(v) for v in stat_values]
-            old_offset = int(offset or -1) if source else -1
+            old_offset = int(offset[0] or -1) if offset else -1
             ids = txn.allocate(len(frames))
             for f, event in zip(frames, txn.fold(batch, frames)):
                 if event is not None:
