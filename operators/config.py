@@ -267,7 +267,8 @@ class AnswerConfig(Section):
         "107 -> 98 ms (64 evidence frames); short prompts (16 frames) gain nothing, the host's launches bound them "
         "(BENCHMARKS.md, 'Answer latency with answer.compile'). Attention stays eager: it writes the KV cache, "
         "whose per-layer state would make a graph per layer. Llama-family layers (a self_attn module beside the "
-        "rest); other models are refused.")
+        "rest); other models are refused. On CUDA, Triton builds the kernels with the host's C compiler (gcc; "
+        "k8s/Dockerfile installs it).")
 
 
 class SpeechConfig(Section):
