@@ -94,8 +94,10 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tokenizer", default="", help="Tokenizer dir; default: the MiniLM package's.")
     parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"],
-                        help="answer.compile settings to run, in order (on compiles the model in place: keep it last)")
+                        help="answer.compile settings to run: off, on, or off on")
     args = parser.parse_args()
+    if args.compile not in (["off"], ["on"], ["off", "on"]):
+        parser.error("--compile: off, on, or off on (on compiles the model in place, so nothing runs eager after it)")
 
     from transformers import AutoTokenizer
 
