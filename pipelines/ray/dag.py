@@ -24,6 +24,7 @@ import functools
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,12 +43,14 @@ from pipelines import metrics
 from pipelines.config import LivelensConfig
 from pipelines.failures import DependencyUnavailable
 from pipelines.ray.placement import actor_options, memory_shard, named_actor, shard
-from pipelines.ray.supervision import require_predecessor
+from pipelines.ray.supervision import await_predecessors, require_predecessor
 from pipelines.redis_io import redis_client
 
 log = logging.getLogger(__name__)
 
 RESTART = dict(max_restarts=-1, max_task_retries=3)
+# A memory shard's reads (searches, timelines, stats) at once, beside its writes.
+READ_THREADS = 4
 
 
 def stream_states(config: LivelensConfig, step, stage: str):
@@ -256,11 +259,18 @@ class TranscriptActor:
         return call.done(transcript, frames=len(transcript))  # lines, for this stage
 
 
-# Writes have a concurrency group of one: a stream's tiers fold its frames into events in time order, and
-# two segments written at once (or out of order) would race on the stream's open event. Reads keep 4 threads.
-@ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=4, concurrency_groups={"writes": 1})
+@ray.remote(**RESTART)
 class MemoryActor:
-    """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts."""
+    """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts.
+
+    An asyncio actor, so that a write waits for its stream's earlier writes without holding anything: Ray
+    starts a concurrent actor's calls as their arguments arrive, and a segment's write can come before its
+    predecessor's. (As a threaded actor with one write thread, such a write held that thread for the whole
+    predecessor wait while the predecessor queued behind it: a 5 s stall, then every later segment of the
+    stream in flight failed and went round again.) The store's writes then run one at a time, in order, on
+    one thread: a stream's tiers fold its frames into events in time order, and two segments written at once
+    would race on the stream's open event. Reads run on threads of their own beside them.
+    """
 
     def __init__(self, config: LivelensConfig, shard_index: int):
         metrics.configure(config.metrics)
@@ -273,6 +283,8 @@ class MemoryActor:
         shards = config.memory.shards
         self.store = MemoryStore(client, config.memory, index_dir=index_dir,
                                  owns_tenant=lambda tenant: memory_shard(tenant, shards) == shard_index)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="memory-write")
+        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="memory-read")
         metrics.report_memory_every(config.metrics.memory_interval_s, shard_index, self.store.stats)
         threading.Thread(target=self._sweep_retention, args=(config.memory.retention_sweep_s,), daemon=True,
                          name="retention").start()
@@ -286,20 +298,21 @@ class MemoryActor:
             except Exception:  # the next sweep retries; a write in between applies retention to its stream
                 log.exception("retention sweep failed; next in %.0f s", every_s)
 
-    @ray.method(concurrency_group="writes")
-    def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False, transcript=None,
-              after: list | None = None):
+    async def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False,
+                    transcript=None, after: list | None = None):
         """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it.
         ``transcript``: the segment's transcript lines (operators.transcribe.Transcript), stored with it.
         ``after``: the writes of the stream's earlier segments in flight, which must have been stored (or refused
         as bad input) first."""
-        require_predecessor(after, "memory write")
+        await await_predecessors(after, "memory write")
         call = metrics.StageCall("memory", batch.segment, len(batch))
-        result = tag_stage("memory", functools.partial(self.store.write, replace=replace, transcript=transcript),
-                           batch, texts)
+        write = functools.partial(tag_stage, "memory",
+                                  functools.partial(self.store.write, replace=replace, transcript=transcript),
+                                  batch, texts)
+        result = await asyncio.get_running_loop().run_in_executor(self._writer, write)
         return call.done(result, frames=len(result.ids) if result is not None else 0)  # None: a replay
 
-    def call(self, method: str, *args, **kwargs):
+    async def call(self, method: str, *args, **kwargs):
         """Read-side calls by name, `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
         wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire`,
         `purge_stream` (a replay rebuilding a stream from its first segment), and the stream controls'
@@ -308,7 +321,8 @@ class MemoryActor:
                           "frames", "thumbnail", "stats", "rebuild", "memory_report", "delete_stream", "expire",
                           "event_tokens", "purge_stream", "erase_stream", "set_retention"}:
             raise ValueError(f"MemoryActor has no read method {method!r}")
-        return getattr(self.store, method)(*args, **kwargs)
+        read = functools.partial(getattr(self.store, method), *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._readers, read)
 
 
 @ray.remote(**RESTART)

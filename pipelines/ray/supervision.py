@@ -8,6 +8,7 @@ and a stage's StageError into itself (a dead letter). pipelines/failures.py has 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -27,11 +28,11 @@ RAY_AWAY = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.ex
             ray.exceptions.PendingCallsLimitExceeded)
 
 
-# How long a step waits for its predecessors' results to be known. Tasks from one submitter run in order on an
-# actor, but a finished task's result reaches its owner (the source) asynchronously: the next task can start
-# before the owner knows the previous one is done. Milliseconds, normally; the bound only matters if a
-# predecessor has genuinely not run (a threaded actor running out of order): then the step fails with
-# PredecessorFailed and is retried after it, rather than blocking its thread for long.
+# How long a sync step waits for its predecessors' results to be known. Tasks from one submitter run in order on
+# a sync actor, but a finished task's result reaches its owner (the source) asynchronously: the next task can
+# start before the owner knows the previous one is done. Milliseconds, normally; the bound only matters if a
+# predecessor has genuinely not run: then the step fails with PredecessorFailed and is retried after it, rather
+# than blocking the actor for long. (Actors that run calls out of order wait with `await_predecessors`.)
 PREDECESSOR_WAIT_S = 5.0
 
 
@@ -48,14 +49,29 @@ def require_predecessor(after: list | None, where: str) -> None:
     for ref in after:
         try:
             ray.get(ref)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, StageError):
-                continue
-            raise PredecessorFailed(detail=f"{where}: an earlier segment of the stream failed: "
-                                    f"{type(exc.cause).__name__}") from None
         except ray.exceptions.RayError as exc:
-            raise PredecessorFailed(detail=f"{where}: an earlier segment of the stream failed: "
-                                    f"{type(exc).__name__}") from None
+            _refuse_unless_bad_input(exc, where)
+
+
+async def await_predecessors(after: list | None, where: str) -> None:
+    """`require_predecessor` for an asyncio actor, which starts calls as their arguments arrive, so a segment's
+    call may come before its predecessor's on the same actor: it waits for them on the event loop, holding
+    nothing the predecessor needs, for as long as they take (each one ends, stored or failed)."""
+    if not after:
+        return
+    for outcome in await asyncio.gather(*after, return_exceptions=True):
+        if isinstance(outcome, ray.exceptions.RayError):
+            _refuse_unless_bad_input(outcome, where)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _refuse_unless_bad_input(exc: ray.exceptions.RayError, where: str) -> None:
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, StageError):
+        return
+    cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+    raise PredecessorFailed(detail=f"{where}: an earlier segment of the stream failed: "
+                            f"{type(cause).__name__}") from None
 
 
 def settle(ref: Any) -> Any:

@@ -77,3 +77,28 @@ def test_the_encoder_takes_a_stream_s_segments_in_order_whatever_order_their_fra
         encoded.append(encoder.encode_compress.remote(frames, after=list(encoded) or None))
     assert_same(ray.get(encoded, timeout=120), want)
     ray.kill(encoder)
+
+
+def test_a_memory_write_that_arrives_before_its_predecessor_s_waits_for_it_and_both_are_stored(
+        ray_runtime, tmp_path, tiny_models, redis_server):
+    """Ray starts the memory actor's calls as their arguments arrive: a segment whose compression ended first
+    reaches the shard before its predecessor. It must wait for it, not hold the shard's writes until its wait
+    runs out (then every later segment of the stream in flight failed, and went round again)."""
+    from pipelines.ingest.chain import OperatorChain
+    from pipelines.ray.dag import MemoryActor
+    from tests.test_chain import config, segments
+
+    settings = config(tmp_path, tiny_models, "on")
+    settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": redis_server.address})})
+    stream = [batch for batch in segments(range(4)) if batch.segment.stream_id == "a"]
+    compressed = OperatorChain.build(settings).visual.process(stream)
+    memory = MemoryActor.options(num_cpus=0).remote(settings, 0)
+    written: list = []
+    for seq, batch in enumerate(compressed):
+        ready = arrives.remote(batch, 3.0 if seq == 1 else 0.0)  # segment 1's compression ends after 2's and 3's
+        written.append(memory.write.remote(ready, after=list(written) or None))
+    results = ray.get(written, timeout=60)  # a PredecessorFailed would raise here
+    assert all(r is not None and len(r.ids) > 0 for r in results), results  # None: taken for a replay
+    (info,) = ray.get(memory.call.remote("streams", "t1"))
+    assert info.segments == len(compressed), info
+    ray.kill(memory)
