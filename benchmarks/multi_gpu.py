@@ -5,7 +5,7 @@
 As the deployed pipeline places them: each replica is its own process that sees
 exactly one GPU (CUDA_VISIBLE_DEVICES, as Ray sets it for an actor with
 num_gpus=1) and runs `VisionEncoder` (SigLIP-B/16 vision tower, random weights,
-bf16); stream s goes to replica `shard(s, replicas)` (pipelines/ray/dag.py), and each
+bf16); stream s goes to replica `shard(s, replicas)` (pipelines/ray/placement.py), and each
 replica encodes its streams' frames in batches of --batch. Frames are synthetic
 224x224 pictures made in each replica (decode is not measured here; see
 gpu_backfill.py). Throughput = all frames / wall time of the slowest replica,

@@ -42,7 +42,7 @@ def result(ref: Any) -> Any:
 class RayMemoryClient:
     """`memory_store.client.MemoryClient` over the memory actors (one per shard).
 
-    The actors answer reads through one `call(method, ...)` entry (pipelines/ray/dag.py): this class is the
+    The actors answer reads through one `call(method, ...)` entry (pipelines/ray/memory.py): this class is the
     only caller, so the method names stay in one place and every other caller is typed.
     """
 

@@ -14,22 +14,19 @@ keeps a stream's segments in order at its compressor.
 Each actor restarts when it dies (max_restarts=-1) and its in-flight calls are
 retried (max_task_retries): at-least-once, safe because memory writes are
 idempotent per segment.
+
+The media stages are here; the memory shard is in pipelines/ray/memory.py and the
+standing-query evaluator in pipelines/ray/standing.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
-import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from kafka.errors import KafkaError
 
 from operators.frames import (
     CompressedBatch,
@@ -41,17 +38,11 @@ from operators.frames import (
 )
 from pipelines import metrics
 from pipelines.config import LivelensConfig
-from pipelines.failures import DependencyUnavailable
-from pipelines.ray.placement import actor_options, memory_shard, named_actor, shard
-from pipelines.ray.supervision import await_predecessors, require_predecessor
+from pipelines.ray.memory import MemoryActor
+from pipelines.ray.placement import actor_options, memory_shard, named_actor
+from pipelines.ray.standing import StandingActor
+from pipelines.ray.supervision import RESTART
 from pipelines.redis_io import redis_client
-
-log = logging.getLogger(__name__)
-
-RESTART = dict(max_restarts=-1, max_task_retries=3)
-# A memory shard's reads (searches, timelines, stats) at once, beside its writes.
-READ_THREADS = 4
-
 
 def stream_states(config: LivelensConfig, step, stage: str):
     """The bound on an actor's per-stream state, evicted streams' state kept in Redis for their return
@@ -257,157 +248,6 @@ class TranscriptActor:
         self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
         transcript = tag_stage("transcript", self.step.read, batch)
         return call.done(transcript, frames=len(transcript))  # lines, for this stage
-
-
-@ray.remote(**RESTART)
-class MemoryActor:
-    """One shard of the memory service. Rebuilds its FAISS indexes from Redis when it (re)starts.
-
-    An asyncio actor, so that a write waits for its stream's earlier writes without holding anything: Ray
-    starts a concurrent actor's calls as their arguments arrive, and a segment's write can come before its
-    predecessor's. (As a threaded actor with one write thread, such a write held that thread for the whole
-    predecessor wait while the predecessor queued behind it: a 5 s stall, then every later segment of the
-    stream in flight failed and went round again.) The store's writes then run one at a time, in order, on
-    one thread: a stream's tiers fold its frames into events in time order, and two segments written at once
-    would race on the stream's open event. Reads run on threads of their own beside them.
-    """
-
-    def __init__(self, config: LivelensConfig, shard_index: int):
-        metrics.configure(config.metrics)
-        from memory_store.service import MemoryStore
-
-        if not config.redis.url:
-            raise RuntimeError("no Redis URL: set LIVELENS_REDIS_URL or run `livelens up`")
-        client = redis_client(config.redis)
-        index_dir = (config.data_dir / "faiss" / f"shard-{shard_index}").resolve()
-        shards = config.memory.shards
-        self.store = MemoryStore(client, config.memory, index_dir=index_dir,
-                                 owns_tenant=lambda tenant: memory_shard(tenant, shards) == shard_index)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="memory-write")
-        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="memory-read")
-        metrics.report_memory_every(config.metrics.memory_interval_s, shard_index, self.store.stats)
-        threading.Thread(target=self._sweep_retention, args=(config.memory.retention_sweep_s,), daemon=True,
-                         name="retention").start()
-
-    def _sweep_retention(self, every_s: float) -> None:
-        """Retention for streams that stopped writing (paused, deleted): writing streams apply it on each write."""
-        while True:
-            time.sleep(every_s)
-            try:
-                self.store.expire()
-            except Exception:  # the next sweep retries; a write in between applies retention to its stream
-                log.exception("retention sweep failed; next in %.0f s", every_s)
-
-    async def write(self, batch: CompressedBatch, texts: list | None = None, replace: bool = False,
-                    transcript=None, after: list | None = None):
-        """``replace``: `livelens replay` rebuilding a segment (MemoryStore.write); live ingest never sets it.
-        ``transcript``: the segment's transcript lines (operators.transcribe.Transcript), stored with it.
-        ``after``: the writes of the stream's earlier segments in flight, which must have been stored (or refused
-        as bad input) first."""
-        await await_predecessors(after, "memory write")
-        call = metrics.StageCall("memory", batch.segment, len(batch))
-        write = functools.partial(tag_stage, "memory",
-                                  functools.partial(self.store.write, replace=replace, transcript=transcript),
-                                  batch, texts)
-        result = await asyncio.get_running_loop().run_in_executor(self._writer, write)
-        return call.done(result, frames=len(result.ids) if result is not None else 0)  # None: a replay
-
-    async def call(self, method: str, *args, **kwargs):
-        """Read-side calls by name, `rebuild` (catch the FAISS indexes up with Redis, e.g. after a backfill
-        wrote to Redis directly), `delete_stream` (end a stream, history kept until retention), `expire`,
-        `purge_stream` (a replay rebuilding a stream from its first segment), and the stream controls'
-        `erase_stream` and `set_retention` (pipelines/streams/)."""
-        if method not in {"search", "search_text", "search_transcript", "transcript", "recent", "timeline", "streams",
-                          "frames", "thumbnail", "stats", "rebuild", "memory_report", "delete_stream", "expire",
-                          "event_tokens", "purge_stream", "erase_stream", "set_retention"}:
-            raise ValueError(f"MemoryActor has no read method {method!r}")
-        read = functools.partial(getattr(self.store, method), *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._readers, read)
-
-
-@ray.remote(**RESTART)
-class StandingActor:
-    """Evaluates standing queries on each stored segment; alerts are acknowledged before the source commits."""
-
-    def __init__(self, config: LivelensConfig):
-        metrics.configure(config.metrics)
-        from pipelines.kafka.client import make_producer
-        from pipelines.moderation.alerts import AlertLog
-        from pipelines.query.outbox import WebhookOutbox
-        from pipelines.query.standing import StandingEvaluator
-
-        self.config = config
-        self.producer = make_producer(config.kafka)
-        client = redis_client(config.redis)
-        self.evaluator = StandingEvaluator(client, self._emit)
-        self.alerts = AlertLog(client)  # what GET /v1/alerts serves
-        self.webhook_failures = 0
-        # Webhooks leave through the outbox in Redis: evaluate() returns once alerts are on the topic, whatever
-        # the tenants' endpoints do, and deliveries queued here outlive this actor (pipelines/query/outbox.py).
-        self.outbox = WebhookOutbox(config.webhooks, client, self._webhook_failed)
-
-    def evaluate(self, written, batch: CompressedBatch, texts: list | None, transcript=None, after: list | None = None):
-        """``after``: the evaluations of the stream's earlier segments in flight: standing queries see a stream in
-        order."""
-        from pipelines.query.standing import frame_views
-
-        require_predecessor(after, "standing queries")
-        self.evaluator.evaluate(batch.segment.tenant_id, batch.segment.stream_id,
-                                frame_views(batch, texts, transcript))
-        return written
-
-    def _emit(self, firings: list) -> None:
-        from contracts import messages
-        from pipelines.clips import alert_with_clip_urls
-        from pipelines.query.standing import firing_alert
-        from pipelines.query.webhooks import Delivery
-
-        futures = []
-        for firing in firings:
-            alert = alert_with_clip_urls(self.config, firing_alert(firing, firing.query.tenant_id))
-            topic = self.config.kafka.topic("alerts", alert.tenant_id)  # the tenant's own with tenant_topics
-            futures.append((alert, self.producer.send(topic, key=firing.stream_id.encode(),
-                                                      value=messages.encode(alert))))
-            self.alerts.record(alert)
-            if firing.query.webhook:
-                self.outbox.submit(Delivery(tenant_id=alert.tenant_id, query_id=firing.query.query_id,
-                                            url=firing.query.webhook, body=alert.model_dump_json(by_alias=True).encode(),
-                                            idempotency_key=alert.alert_id, stream_id=alert.stream_id))
-        try:
-            for alert, future in futures:
-                future.get(timeout=30)
-                metrics.record_alert(alert)
-        except KafkaError as exc:
-            # A producer that failed (broker away past its timeout, fenced, closed) is not trusted again: a new
-            # one is built, and the segment fails as waiting for Kafka, so the source retries it.
-            self._rebuild_producer()
-            raise DependencyUnavailable("kafka", f"alerts not acknowledged: {exc}") from exc
-
-    def _rebuild_producer(self) -> None:
-        from pipelines.kafka.client import make_producer
-
-        # The new one first: the outbox's threads send dead letters through self.producer at any time, and if the
-        # broker is still away make_producer raises (a dependency error) and the old one stays until next time.
-        old, self.producer = self.producer, make_producer(self.config.kafka)
-        try:
-            old.close(timeout=5)
-        except Exception:  # a producer of an unreachable broker may fail to close; it is dropped either way
-            log.debug("closing the failed producer", exc_info=True)
-
-    def _webhook_failed(self, delivery, code: str, reason: str) -> None:
-        """A webhook that was not delivered: a dead letter (the alert itself is on the alerts topic)."""
-        from kafka.structs import TopicPartition
-
-        from pipelines.kafka import dead_letters
-
-        self.webhook_failures += 1
-        metrics.webhook_failed("standing_query")
-        # No record of its own: the letter points at the tenant's alerts topic, partition and offset -1.
-        letter = dead_letters.dead_letter(
-            TopicPartition(self.config.kafka.topic("alerts", delivery.tenant_id), -1), [-1], stage="webhook",
-            code=code, reason=f"standing query {delivery.query_id}, alert {delivery.idempotency_key}: {reason}",
-            record_bytes=len(delivery.body), tenant_id=delivery.tenant_id, stream_id=delivery.stream_id)
-        dead_letters.send(self.producer, self.config.kafka, letter)
 
 
 @dataclass

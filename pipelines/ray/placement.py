@@ -1,6 +1,6 @@
 """Where each stage's actors run: Ray actor options built from ``config.placement``.
 
-dag.py and query_service.py only name the stage an actor belongs to; this module
+The actor modules (dag.py, memory.py, query.py, ...) only name the stage an actor belongs to; this module
 turns that stage's `StagePlacement` into the keyword arguments of
 ``ActorClass.options(...)``. Only what is set is passed, so the defaults leave
 Ray's own actor defaults alone and one machine with no custom resources runs

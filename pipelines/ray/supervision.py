@@ -21,6 +21,10 @@ from pipelines.failures import DependencyUnavailable, PredecessorFailed, depende
 
 log = logging.getLogger(__name__)
 
+# Every stage actor restarts when it dies, and its in-flight calls are retried: at-least-once, safe because
+# memory writes are idempotent per segment.
+RESTART = dict(max_restarts=-1, max_task_retries=3)
+
 # Ray's errors that mean an actor, its worker or an object is gone (for now): infrastructure, not bad input.
 RAY_AWAY = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.WorkerCrashedError,
             ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError, ray.exceptions.RaySystemError,

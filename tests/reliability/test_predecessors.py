@@ -85,7 +85,7 @@ def test_a_memory_write_that_arrives_before_its_predecessor_s_waits_for_it_and_b
     reaches the shard before its predecessor. It must wait for it, not hold the shard's writes until its wait
     runs out (then every later segment of the stream in flight failed, and went round again)."""
     from pipelines.ingest.chain import OperatorChain
-    from pipelines.ray.dag import MemoryActor
+    from pipelines.ray.memory import MemoryActor
     from tests.test_chain import config, segments
 
     settings = config(tmp_path, tiny_models, "on")
