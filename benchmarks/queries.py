@@ -27,7 +27,8 @@ from deploy.processes import free_port, start_broker, start_redis
 from memory_store.service import MemoryStore
 from operators.config import OcrConfig
 from operators.frames import CompressedBatch, SegmentInfo
-from operators.ocr import FrameText, ScreenTextReader, TextEmbedder, TextLine
+from operators.frames import FrameText, TextLine
+from operators.ocr import ScreenTextReader, TextEmbedder
 from pipelines.api.client import Client
 from pipelines.api.deployment import deploy_pipeline
 from pipelines.cli.sample_video import write_sample_video

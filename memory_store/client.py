@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from memory_store.hits import Hit, TextHit
     from memory_store.records import FrameRecord, StreamInfo, WriteResult
     from memory_store.transcripts import LineRecord, TranscriptHit
-    from operators.frames import CompressedBatch
-    from operators.ocr import FrameText
+    from operators.frames import CompressedBatch, FrameText
     from operators.transcribe import Transcript
 
 

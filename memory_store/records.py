@@ -13,16 +13,13 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from memory_store import keys
 from memory_store.text import check_texts, joined, parse_lines
-from operators.frames import CompressedBatch, StageError
-
-if TYPE_CHECKING:
-    from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text
+from operators.frames import CompressedBatch, FrameText, StageError
 
 # The two vector indexes of a tenant: frame embeddings, and embeddings of on-screen text.
 IndexKind = Literal["visual", "text"]
@@ -33,7 +30,7 @@ VECTOR_FIELD: dict[IndexKind, str] = {"visual": "embedding", "text": "text_embed
 # its share of the short tier's budgets: their presence means the frame is in the short tier).
 TOKEN_FIELDS = ("positions", "tokens", "token_shape", "n_tokens", "token_bytes")
 META_FIELDS = ("id", "stream_id", "seq", "pts_s", "t_end_s", "wallclock", "embedding", "drop_ratio", "grid",
-               "thumbnail", "text_lines", "kind", "covers", "boundary", "reps")
+               "thumbnail", "text_lines", "text_unread", "kind", "covers", "boundary", "reps")
 # What an entry is: a sampled frame, an event segment (frames between two boundaries), or a merged entry
 # (a time-ordered k-means centroid that replaced older entries; memory_store.merge).
 EntryKind = Literal["frame", "event", "merged"]
@@ -99,6 +96,8 @@ class FrameRecord:
     tokens: float16 [K, D], the kept tokens; positions: int16 [K], their index in the frame's token grid.
     text: the frame's on-screen text, lines joined by newlines; lines: one dict per line (text,
         confidence, box: 4 [x, y] corners in [0, 1]). Both empty when the frame has no text.
+    text_read: False when the live reader did not read the frame (it was behind: ``ocr.max_lag_s``): text and
+        lines are then empty because the text is unknown, not because there was none.
     """
 
     id: int
@@ -121,6 +120,7 @@ class FrameRecord:
     covers: int = 1  # frames this entry stands for
     boundary: bool = False  # a frame that begins an event; an entry that covers one
     representatives: tuple[str, ...] = ()  # event / merged: the frame keys it shows (nearest its mean)
+    text_read: bool = True
 
 
 class IndexEntry(NamedTuple):
@@ -197,7 +197,9 @@ def encode_frames(batch: CompressedBatch, texts: Sequence[FrameText] | None) -> 
         if thumbnail is not None:
             fields["thumbnail"] = keys.thumbnail(seg.tenant_id, key)
         text = stored_texts[i]
-        if text is not None:
+        if text is not None and text.unread:
+            fields["text_unread"] = 1
+        elif text is not None:
             fields["text_lines"] = text.lines_json
             if text.embedding is not None:
                 fields["text_embedding"] = text.embedding.tobytes()
@@ -278,6 +280,7 @@ def frame_record(frame_key: str, h: dict[str, bytes | None]) -> FrameRecord:
         tokens=tokens,
         text=joined(lines),
         lines=lines,
+        text_read=h.get("text_unread") is None,
         kind=h["kind"].decode() if h.get("kind") is not None else "frame",
         covers=int(h["covers"]) if h.get("covers") is not None else 1,
         boundary=bool(int(h["boundary"])) if h.get("boundary") is not None else False,

@@ -29,7 +29,6 @@ import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
@@ -55,10 +54,7 @@ from memory_store.records import (
 )
 from memory_store.replace import StoredSegment
 from memory_store.tiers.transaction import StreamTxn
-from operators.frames import CompressedBatch
-
-if TYPE_CHECKING:
-    from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text
+from operators.frames import CompressedBatch, FrameText
 
 log = logging.getLogger(__name__)
 

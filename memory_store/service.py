@@ -52,10 +52,9 @@ from memory_store.redis_tier import RedisTier
 from memory_store.report import TIERS, stream_tiers
 from memory_store.text import check_texts
 from memory_store.transcripts import TranscriptHit, TranscriptMemory
-from operators.frames import CompressedBatch, SegmentInfo, StageError
+from operators.frames import CompressedBatch, FrameText, SegmentInfo, StageError
 
 if TYPE_CHECKING:
-    from operators.ocr import FrameText  # why TYPE_CHECKING: see memory_store.text
     from operators.transcribe import Transcript
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,16 @@ and, when it has an embedding, a member in ``ll:{t}:text_ids`` (the text index's
 A frame without text stores neither. The frame's text is its lines joined by newlines,
 as ``FrameText.text`` defines it, so it is not stored twice.
 
+A frame the live reader did not read (``FrameText.unread``: it was behind, ``ocr.max_lag_s``) stores
+
+    text_unread     1
+
+and no text: its text is unknown, which readers must be able to tell from "no text" (``FrameRecord.text_read``).
+
 Bad input raises StageError with stage "memory":
     text_mismatch                 not one FrameText per frame, in the frames' pts order
-    bad_text                      a line that cannot be stored (a non-finite confidence or corner)
+    bad_text                      a line that cannot be stored (a non-finite confidence or corner), or an
+                                  unread frame with lines or an embedding
     bad_text_embedding            not a finite, non-zero vector, or an embedding without lines
     text_embedding_dim_mismatch   text embeddings of different sizes in one segment
 """
@@ -21,16 +28,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from operators.frames import CompressedBatch, StageError
-
-if TYPE_CHECKING:
-    # Only the shape of the data is needed here: importing operators.ocr loads torch, onnxruntime and
-    # OpenCV, which the memory actor has no use for.
-    from operators.ocr import FrameText
+from operators.frames import CompressedBatch, FrameText, StageError
 
 # Boxes are fractions of the frame's width and height: 4 decimals is under half a pixel even at
 # 3840 px, and keeps a line's JSON at about a third of its full-precision size.
@@ -39,14 +40,20 @@ _DECIMALS = 4
 
 @dataclass(frozen=True)
 class StoredText:
-    """The text of one frame as the frame hash keeps it. embedding: float32 [E], or None (lines only)."""
+    """The text of one frame as the frame hash keeps it. embedding: float32 [E], or None (lines only).
+    unread: the frame was not read (no lines, no embedding): stored as ``text_unread``."""
 
     lines_json: bytes
     embedding: np.ndarray | None
+    unread: bool = False
+
+
+_UNREAD = StoredText(b"", None, unread=True)
 
 
 def check_texts(batch: CompressedBatch, texts: Sequence[FrameText] | None) -> list[StoredText | None]:
-    """One entry per frame of ``batch``: its text to store, or None when it has none (or ``texts`` is None).
+    """One entry per frame of ``batch``: its text to store (or that it was not read), or None when it has none
+    (or ``texts`` is None).
 
     Everything is validated before anything is returned, so a bad text never becomes durable.
     """
@@ -71,6 +78,10 @@ def check_texts(batch: CompressedBatch, texts: Sequence[FrameText] | None) -> li
 
 
 def _stored(text: FrameText, i: int) -> StoredText | None:
+    if text.unread:
+        if text.lines or text.embedding is not None:
+            raise StageError("bad_text", f"frame {i} was not read but has lines or an embedding", stage="memory")
+        return _UNREAD
     embedding = None
     if text.embedding is not None:
         embedding = np.ascontiguousarray(text.embedding, dtype=np.float32)

@@ -3,6 +3,7 @@
 One segment of one stream moves through the DAG as:
 
     SegmentInfo + payload --decode--> FrameBatch --encode--> FeatureBatch --compress--> CompressedBatch
+                                                 \--ocr--> FrameText per frame
 
 Every batch carries its SegmentInfo so any stage can key its state by stream
 and any write is idempotent on (tenant, stream, session, seq, frame pts).
@@ -219,3 +220,43 @@ class CompressedBatch:
         counts = self.kept.sum(axis=1)
         start = int(counts[:i].sum())
         return np.flatnonzero(self.kept[i]), self.tokens[start : start + int(counts[i])]
+
+
+# -- on-screen text (operators/ocr.py reads it; memory, moderation and standing queries take it) -----------
+# Here, not in operators/ocr.py, so that the actors that only receive text (memory, standing queries) unpickle
+# it without importing the reader's torch, transformers and onnxruntime (seconds at an actor's first call).
+
+Box = tuple[tuple[float, float], ...]  # a line's 4 corners (x, y) in [0, 1], clockwise from top-left
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of text. box: 4 corners (x, y) in [0, 1] of the frame's width and height, clockwise from top-left."""
+
+    text: str
+    confidence: float
+    box: Box
+
+
+@dataclass
+class FrameText:
+    """The text of one frame, as the OCR stage gives it.
+
+    lines: in reading order (top to bottom, left to right).
+    embedding: L2-normalised float32 [384] of ``text``; None when the frame has no text.
+    reused: True when the frame was not read because its picture had not changed; lines and
+        embedding are then the last read frame's (the embedding is the same read-only array).
+    unread: True when the frame changed but was not read, because the live reader was behind
+        (operators.ocr.LiveDeadline): its text is unknown, not empty; lines are empty and embedding is None.
+    """
+
+    pts_s: float
+    lines: list[TextLine]
+    embedding: np.ndarray | None
+    reused: bool
+    unread: bool = False
+
+    @property
+    def text(self) -> str:
+        """The frame's lines, one per line of the string, in reading order: what is embedded."""
+        return "\n".join(line.text for line in self.lines)

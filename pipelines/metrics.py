@@ -40,6 +40,7 @@ from pipelines.metric_specs import (
     MEMORY_STORED,
     MEMORY_TOKENS,
     MetricSpec,
+    OCR_FRAMES_UNREAD,
     PAUSED,
     QUERIES,
     QUERY_SECONDS,
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from kafka.structs import TopicPartition
 
     from contracts import messages
-    from operators.frames import CompressedBatch
+    from operators.frames import CompressedBatch, SegmentInfo
 
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,12 @@ def tokens(batch: CompressedBatch) -> None:
     seg = batch.segment
     inc(TOKENS_KEPT, kept, tenant=seg.tenant_id, stream=seg.stream_id)
     inc(TOKENS_DROPPED, int(batch.kept.size) - kept, tenant=seg.tenant_id, stream=seg.stream_id)
+
+
+def ocr_unread(segment: SegmentInfo, frames: int) -> None:
+    """Changed frames of a segment the live OCR reader did not read (it was behind)."""
+    if frames:
+        inc(OCR_FRAMES_UNREAD, frames, tenant=segment.tenant_id, stream=segment.stream_id)
 
 
 # -- source --------------------------------------------------------------------------------------

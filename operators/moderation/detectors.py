@@ -24,7 +24,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from operators.frames import FrameBatch
+from operators.frames import FrameBatch, FrameText
 from operators.moderation.policy import (
     LexiconPolicy,
     NudityPolicy,
@@ -32,7 +32,7 @@ from operators.moderation.policy import (
     Severity,
     normalise,
 )
-from operators.ocr import FrameText, TextEmbedder
+from operators.ocr import TextEmbedder
 from operators.onnx_session import open_session
 from operators.transcript import TranscriptLine
 

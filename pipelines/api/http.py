@@ -236,13 +236,14 @@ class LivelensAPI:
     def timeline(self, request: Request, stream_id: str, tenant_id: str = "default", start: datetime | None = None,
                  end: datetime | None = None, limit: int = Query(500, ge=1, le=10_000)) -> list[dict]:
         """The stream's frames in a wall-clock range: times, drop ratio, on-screen text, thumbnail key; ``boundary``
-        where an event begins; ``kind`` "merged" (``covers`` frames) where older frames were merged."""
+        where an event begins; ``kind`` "merged" (``covers`` frames) where older frames were merged; ``text_read``
+        false where the live OCR reader was behind and did not read the frame (its text is unknown, not empty)."""
         tenant = self._tenant(request, tenant_id)
         frames = self.engine.timeline(tenant, stream_id, start.timestamp() if start else None,
                                       end.timestamp() if end else None, limit)
         return [dict(frame_key=f.frame_key, t_start=f.pts_s, t_end=f.t_end_s, wallclock_start=f.wallclock_start,
-                     drop_ratio=f.drop_ratio, text=f.text, lines=f.lines, thumbnail=f.thumbnail,
-                     boundary=f.boundary, kind=f.kind, covers=f.covers) for f in frames]
+                     drop_ratio=f.drop_ratio, text=f.text, lines=f.lines, text_read=f.text_read,
+                     thumbnail=f.thumbnail, boundary=f.boundary, kind=f.kind, covers=f.covers) for f in frames]
 
     @api.get("/v1/streams/{stream_id}/transcript")
     def transcript(self, request: Request, stream_id: str, tenant_id: str = "default", start: datetime | None = None,

@@ -162,6 +162,7 @@ class TimelineFrame(BaseModel):
     drop_ratio: float
     boundary: bool
     text: str
+    text_read: bool  # False: the live OCR reader was behind and did not read the frame (ocr.max_lag_s)
     thumbnail: str | None
 
 
@@ -362,7 +363,7 @@ class Overview:
         frames = [TimelineFrame(frame_key=r.frame_key, t_start=r.pts_s, t_end=r.t_end_s,
                                 wallclock_start=datetime.fromtimestamp(r.wallclock_start, UTC),
                                 drop_ratio=round(r.drop_ratio, 4), boundary=mark, text=r.text,
-                                thumbnail=r.thumbnail)
+                                text_read=r.text_read, thumbnail=r.thumbnail)
                   for r, mark in zip(records, marks)]
         alerts = self.alerts.recent(tenant_id, stream_id=stream_id, limit=50)
         return StreamDetail(refresh_ms=self.settings.refresh_ms, stream=rows[0], frames=frames, alerts=alerts)

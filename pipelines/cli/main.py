@@ -21,7 +21,7 @@ from rich.table import Table
 
 from pipelines.cli import archives, questions
 from pipelines.cli import streams as stream_commands
-from pipelines.cli.output import duration_s, print_summary
+from pipelines.cli.output import print_summary
 from pipelines.config import LivelensConfig
 from pipelines.ray.runtime import effective_config
 from pipelines.secrets import redact_url

@@ -220,15 +220,19 @@ class OcrActor:
 
     def __init__(self, config: LivelensConfig):
         metrics.configure(config.metrics)
-        from operators.ocr import ScreenTextReader
+        from operators.ocr import LiveDeadline, ScreenTextReader
 
         self.reader = ScreenTextReader(config.ocr)
         self.streams = stream_states(config, self.reader, "ocr")
+        # Live segments only come here (backfill and replay read in their own chain), so shedding is safe here.
+        self.deadline = LiveDeadline(config.ocr.max_lag_s) if config.ocr.max_lag_s is not None else None
 
     def read(self, batch: FrameBatch):
         call = metrics.StageCall("ocr", batch.segment, len(batch))
         self.streams.seen(batch.segment.tenant_id, batch.segment.stream_id)
-        return call.done(tag_stage("ocr", self.reader.read, batch))
+        texts = tag_stage("ocr", self.reader.read, batch, self.deadline)
+        metrics.ocr_unread(batch.segment, sum(text.unread for text in texts))
+        return call.done(texts)
 
 
 @ray.remote(**RESTART)

@@ -19,8 +19,7 @@ from memory_store.rebuild import rebuild_index
 from memory_store.redis_tier import RedisTier
 from memory_store.service import MemoryStore
 from memory_store.vector_index import VectorIndex
-from operators.frames import CompressedBatch, StageError
-from operators.ocr import FrameText, TextLine
+from operators.frames import CompressedBatch, FrameText, StageError, TextLine
 from tests.memory_store.batches import WALL0, make_batch, unit
 from tests.memory_store.conftest import StoreFactory
 from tests.memory_store.crash import kill_and_restart
@@ -112,6 +111,21 @@ def test_text_is_stored_with_its_segment_and_a_replay_changes_nothing(open_store
         text_frames=1, text_indexed=1, text_index_sizes={"acme": 1})
 
 
+def test_a_frame_not_read_is_stored_as_unknown_text_not_as_no_text(open_store: StoreFactory,
+                                                                   client: redis.Redis) -> None:
+    """The live reader was behind (ocr.max_lag_s): readers must tell "not read" from "read, no text"."""
+    store = open_store()
+    batch = make_batch(frames=3)
+    texts = [frame_text(0.0, "STORM WARNING"), FrameText(1.0, [], None, reused=False, unread=True),
+             frame_text(2.0, None)]
+    result = store.write(batch, texts)
+    read, unread, empty = store.frames("acme", result.frame_keys)
+    assert [(f.text, f.text_read) for f in (read, unread, empty)] == [("STORM WARNING", True), ("", False),
+                                                                      ("", True)]
+    assert client.hget(keys.frame("acme", result.frame_keys[1]), "text_unread") == b"1"
+    assert text_ids_in_redis(client, "acme") == [result.ids[0]]
+
+
 def test_acknowledged_text_survives_redis_sigkill(redis_server: ProcessRecord, tmp_path: Path) -> None:
     client = redis.Redis.from_url(redis_server.address)
     store = MemoryStore(client, MemoryConfig())
@@ -163,6 +177,8 @@ def _shifted(texts: list[FrameText], by: float) -> list[FrameText]:
                      "text_embedding_dim_mismatch", id="two-sizes"),
         pytest.param(lambda b: [FrameText(0.0, [TextLine("A B C", float("nan"), BOX)], embedding_of("A B C"), False),
                                 frame_text(1.0, None)], "bad_text", id="nan-confidence"),
+        pytest.param(lambda b: [FrameText(0.0, [TextLine("A B C", 0.9, BOX)], None, False, unread=True),
+                                frame_text(1.0, None)], "bad_text", id="unread-with-lines"),
     ],
 )
 def test_bad_texts_are_refused_before_any_write(open_store: StoreFactory, client: redis.Redis,

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from memory_store import keys
-from memory_store.service import MemoryStore
 from memory_store.transcripts import TranscriptHit
 from operators.frames import StageError
 from operators.ocr import TextEmbedder

@@ -10,7 +10,7 @@ import pytest
 
 from operators.config import OcrConfig
 from operators.frames import StageError
-from operators.ocr import ScreenTextReader, TextEmbedder
+from operators.ocr import LiveDeadline, ScreenTextReader, TextEmbedder
 from operators.ocr_engine import OcrEngine
 from pipelines.cli.sample_video import write_sample_video
 from tests.operators.moderation import rooms
@@ -130,6 +130,50 @@ def test_changed_lines_of_several_streams_share_one_recogniser_run(embedder: Tex
     assert [[line.text for line in r[0].lines] for r in results] == [[line.text for line in e[0].lines]
                                                                      for e in expected]
     assert similarity(results[0][0].lines[2].text, HEADLINES[1]) >= 0.9
+
+
+def test_a_live_reader_past_its_deadline_does_not_read_and_catches_up(embedder: TextEmbedder):
+    """ocr.max_lag_s: changed frames that come too late are marked unread (not empty, not the last read's
+    text), and the reader's state stays the last read frame's."""
+    reader = ScreenTextReader(OcrConfig(), embedder)
+    read_as = {h: "\n".join(line.text for line in reader.recognise(frame(h))) for h in HEADLINES[:3]}
+    now = [0.0]
+    deadline = LiveDeadline(max_lag_s=2.0, clock=lambda: now[0])
+    first = batch([frame(HEADLINES[0]), frame(HEADLINES[1])], stream="live")  # ends at 1.7e9 + 2
+    now[0] = first.segment.wallclock_start + first.segment.duration_s + 1.0  # on time
+    read = reader.read(first, deadline)
+    assert [t.text for t in read] == [read_as[HEADLINES[0]], read_as[HEADLINES[1]]] and not any(t.unread for t in read)
+
+    late = batch([frame(HEADLINES[2]), frame(HEADLINES[1])], start_s=2.0, stream="live")
+    now[0] = late.segment.wallclock_start + late.segment.duration_s + 2.5  # 2.5 s after it ended
+    whole, unread = reader.stats.whole + reader.stats.regions, reader.stats.unread
+    texts = reader.read(late, deadline)
+    # The new headline is not read; the next frame shows what the last read frame showed: reused, not unread.
+    assert [(t.unread, t.reused, t.text) for t in texts] == [(True, False, ""), (False, True, read_as[HEADLINES[1]])]
+    assert texts[0].lines == [] and texts[0].embedding is None
+    assert (reader.stats.whole + reader.stats.regions, reader.stats.unread) == (whole, unread + 1)
+
+    caught_up = batch([frame(HEADLINES[2])], start_s=4.0, stream="live")
+    now[0] = caught_up.segment.wallclock_start + caught_up.segment.duration_s + 0.5
+    assert [(t.unread, t.text) for t in reader.read(caught_up, deadline)] == [(False, read_as[HEADLINES[2]])]
+
+
+def test_the_deadline_is_checked_as_each_frame_comes_up(embedder: TextEmbedder):
+    """Reading the first frame took the reader past the deadline: the second is not read."""
+    reader = ScreenTextReader(OcrConfig(), embedder)
+    first_read = "\n".join(line.text for line in reader.recognise(frame(HEADLINES[0])))
+    segment = batch([frame(HEADLINES[0]), frame(HEADLINES[1])], stream="slow")
+    end = segment.segment.wallclock_start + segment.segment.duration_s
+    clock = iter([end + 1.0, end + 3.0])
+    texts = reader.read(segment, LiveDeadline(max_lag_s=2.0, clock=lambda: next(clock)))
+    assert [(t.unread, t.text) for t in texts] == [(False, first_read), (True, "")]
+
+
+def test_without_a_deadline_every_changed_frame_is_read_however_late(embedder: TextEmbedder):
+    """Backfill and replay pass no deadline: a segment from last year is read like any other."""
+    reader = ScreenTextReader(OcrConfig(), embedder)
+    texts = reader.read(batch([frame(HEADLINES[0]), frame(HEADLINES[1])], stream="archive"))
+    assert [t.unread for t in texts] == [False, False] and all(t.lines for t in texts)
 
 
 class FailingOnBlack(OcrEngine):

@@ -265,8 +265,8 @@ function drawTimeline(detail, tenant) {
     const img = el("img", { alt: `t=${f.t_start.toFixed(1)} s` });
     thumbnail(img, f.thumbnail, tenant);
     const alert = alertAt.get(f.t_start.toFixed(3));
-    return el("div", { class: "frame" + (f.boundary ? " boundary" : ""), title: f.text || "" }, img,
-      el("div", { text: `${f.t_start.toFixed(1)} s` + (f.boundary ? " ▌event" : "") }),
+    return el("div", { class: "frame" + (f.boundary ? " boundary" : ""), title: f.text_read ? f.text || "" : "text not read (OCR was behind)" }, img,
+      el("div", { text: `${f.t_start.toFixed(1)} s` + (f.boundary ? " ▌event" : "") + (f.text_read ? "" : " · text not read") }),
       el("div", { class: "flag", text: alert ? `⚑ ${alert.state}` : "" }));
   }));
   // On-screen text where it changes.

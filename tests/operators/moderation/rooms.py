@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from operators.frames import FrameBatch, SegmentInfo
+from operators.frames import FrameBatch, FrameText, SegmentInfo, TextLine
 from operators.moderation.policy import (
     LexiconPolicy,
     LexiconTerm,
@@ -16,7 +16,6 @@ from operators.moderation.policy import (
     PolicyBook,
     RiskPolicy,
 )
-from operators.ocr import FrameText, TextLine
 
 WIDTH, HEIGHT = 640, 360
 EPOCH = 1_700_000_000.0
