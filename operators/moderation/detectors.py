@@ -169,6 +169,10 @@ class LexiconDetector:
         return [self._frame_score(float(pts_s), text) for pts_s, text in zip(frames.pts_s, texts)]
 
     def _frame_score(self, pts_s: float, frame_text: FrameText) -> DetectorScore:
+        if frame_text.unread:
+            # Its text is unknown, not clean: the decision lists the lexicon under ``degraded``.
+            return DetectorScore(self.name, pts_s, None, error="text not read: the live OCR reader was behind "
+                                 "(ocr.max_lag_s)")
         hits = self.matches(frame_text.text) if frame_text.lines else []
         if not hits:
             return DetectorScore(self.name, pts_s, 0.0)

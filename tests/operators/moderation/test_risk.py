@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -187,6 +188,20 @@ def test_detector_failure_degrades_to_unknown_and_scoring_continues(embedder):
     assert flaky.health.failures == 10 and "model server went away" in flaky.health.last_error
     assert engine.snapshot()["rooms"][0]["unknown_frames"] == {"lexicon": 20}
     (alert,) = [d for d in decisions if d.event == "alert"]  # the phone number fell in the blind spell
+    assert alert.state == "RED" and alert.first_evidence_pts == 80 and alert.degraded == ("lexicon",)
+
+
+def test_text_the_live_reader_did_not_read_is_unknown_to_the_lexicon_not_clean(embedder):
+    """ocr.max_lag_s: while the live OCR reader was behind it left frames unread. A risky headline shown
+    then was not seen; the decisions must say the lexicon was blind (degraded), not that the text was clean."""
+    lexicon = LexiconDetector(policy_book().default.lexicon, embedder)
+    engine = RiskEngine(policy_book())
+    events = [Inserted("CALL 555-0142 NOW", 45, 5), Inserted("BEST COCAINE IN TOWN", 80, 3)]
+    frame_texts = [dataclasses.replace(t, lines=[], embedding=None, reused=False, unread=True)
+                   if 40 <= t.pts_s < 60 else t for t in texts(120, events)]
+    decisions = run_room(frame_texts, engine, lexicon)
+    assert engine.snapshot()["rooms"][0]["unknown_frames"] == {"lexicon": 20}
+    (alert,) = [d for d in decisions if d.event == "alert"]  # the phone number was on screen, unread
     assert alert.state == "RED" and alert.first_evidence_pts == 80 and alert.degraded == ("lexicon",)
 
 
