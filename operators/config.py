@@ -134,11 +134,12 @@ class OcrConfig(Section):
         "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18); raise it where the models run on a GPU.")
     max_lag_s: float | None = Field(
         None, gt=0.0, description="Live load shedding. A changed frame that reaches the live OCR actor more than "
-        "this many seconds after its segment ended (the segment's wall clock) is not read: it is stored as 'text "
-        "not read' (FrameText.unread; the frame's text_read is false in memory and the API), never as empty or as "
-        "the last read's text, and counted in livelens_ocr_frames_unread_total. Unchanged frames still reuse the "
-        "last read. The reader then catches up instead of falling further behind, and the stream's text has holes "
-        "where it was behind. None: every changed frame is read, however late. Backfill and replay never shed. "
+        "this many seconds after its segment ended (the segment's wall clock), and whose change touches text (or "
+        "is a cut), is not read: it is stored as 'text not read' (FrameText.unread; the frame's text_read is "
+        "false in memory and the API), never as empty or as the last read's text, and counted in "
+        "livelens_ocr_frames_unread_total. Unchanged frames still reuse the last read, and a change away from "
+        "text is still checked in windows (cheap). The reader then catches up instead of falling further behind, "
+        "and the stream's text has holes where it was behind. None: every changed frame is read, however late. Backfill and replay never shed. "
         "Set it on hosts that must stay live under peaks (docs/operations.md, 'OCR under load'); the wall clock "
         "is the publisher's, so a publisher whose clock runs behind the cluster's makes every frame look late.")
     device: Literal["cpu", "cuda"] = Field(

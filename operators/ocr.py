@@ -26,10 +26,12 @@ A changed frame is read incrementally (``OcrConfig.incremental``), with the same
 the recogniser in shared model runs.
 
 Live load shedding (``OcrConfig.max_lag_s``, the live OCR actor only): given a ``LiveDeadline``, a changed frame
-whose segment ended more than ``max_lag_s`` ago is not read (``FrameText.unread``): the reader catches up
-instead of falling further behind. Such a frame says "text not read", never "no text" or the last read's text,
-and the reader's state stays the last READ frame's, so the next changed frame in time is read against it.
-Unchanged frames still get the last read's text: that costs a thumbnail, and it is what a read would give.
+whose segment ended more than ``max_lag_s`` ago and that would need the detector on the whole frame (a change
+touching text, text where it changed, a cut) is not read (``FrameText.unread``): the reader catches up instead
+of falling further behind. Such a frame says "text not read", never "no text" or the last read's text, and the
+reader's state stays the last READ frame's, so the next changed frame in time is read against it. What is cheap
+is still done when late: unchanged frames get the last read's text (a thumbnail), and a change away from text
+with no text in it keeps the lines (window detections only), moving the reference picture on.
 
 The engine is RapidOCR's PP-OCRv4 detector and recogniser on onnxruntime, with no angle classifier (broadcast
 text is upright; it costs a model run per batch of lines and a misfire turns an upright line into garbage)
@@ -207,26 +209,35 @@ class ScreenTextReader:
                 and not ocr_regions.lines_changed(thumbnail, last.thumbnail, read_lines)):
             self.stats.reused += 1
             return FrameText(pts_s, list(last.lines), last.embedding, reused=True)
-        if deadline is not None and deadline.missed(segment):
-            self.stats.unread += 1
-            return FrameText(pts_s, [], None, reused=False, unread=True)
         regions = None
         if last is not None and self.config.incremental:
             regions = ocr_regions.changed_regions(thumbnail, last.thumbnail, read_lines)
             if ocr_regions.area(regions) > self.config.max_changed_fraction:
                 regions = None
         image = OcrEngine.detector_input(image, self.config.max_side)
+        unchanged: dict[Box, TextLine] = {}
+        if regions is not None:
+            unchanged = {line.box: line for line in last.lines
+                         if not any(ocr_regions.overlap(ocr_regions.bounds(line.box), r) for r in regions)}
+            if len(unchanged) == len(last.lines) and not self._text_in(image, regions):
+                # The change touched no line and holds no text: the lines stand. Done even past a deadline: it
+                # costs window detections only, and it moves the stream's reference picture forward, so its
+                # later frames are compared with a recent picture rather than all counting as changed.
+                self._count_regions(regions)
+                self.stats.lines_kept += len(last.lines)
+                return _Pending(slot, key, pts_s, thumbnail, list(last.lines), [], [])
+        if deadline is not None and deadline.missed(segment):
+            self.stats.unread += 1
+            return FrameText(pts_s, [], None, reused=False, unread=True)
         if regions is None:
             self.stats.whole += 1
             return self._whole(slot, key, pts_s, thumbnail, image, {})
+        self._count_regions(regions)
+        return self._whole(slot, key, pts_s, thumbnail, image, unchanged)
+
+    def _count_regions(self, regions: list[Region]) -> None:
         self.stats.regions += 1
         self.stats.region_area += ocr_regions.area(regions)
-        unchanged = {line.box: line for line in last.lines
-                     if not any(ocr_regions.overlap(ocr_regions.bounds(line.box), r) for r in regions)}
-        if len(unchanged) == len(last.lines) and not self._text_in(image, regions):
-            self.stats.lines_kept += len(last.lines)
-            return _Pending(slot, key, pts_s, thumbnail, list(last.lines), [], [])
-        return self._whole(slot, key, pts_s, thumbnail, image, unchanged)
 
     def _whole(self, slot: int, key: StreamKey, pts_s: float, thumbnail: np.ndarray, image: np.ndarray,
                unchanged: dict[Box, TextLine]) -> _Pending:

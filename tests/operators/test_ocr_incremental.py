@@ -158,6 +158,26 @@ def test_a_live_reader_past_its_deadline_does_not_read_and_catches_up(embedder: 
     assert [(t.unread, t.text) for t in reader.read(caught_up, deadline)] == [(False, read_as[HEADLINES[2]])]
 
 
+def test_past_its_deadline_a_change_away_from_text_still_keeps_the_lines(embedder: TextEmbedder):
+    """A shape moving over the sky costs window detections only: done even when late, so the stream's reference
+    picture moves on and its lines stand (not unread)."""
+    reader = ScreenTextReader(OcrConfig(), embedder)
+    headline = frame(HEADLINES[0])
+    shape = headline.copy()
+    shape[60:180, 200:440] = 255  # a white block over ~12% of the sky, far from the banner
+    now = [0.0]
+    deadline = LiveDeadline(max_lag_s=2.0, clock=lambda: now[0])
+    first = batch([headline], stream="shapes")
+    now[0] = first.segment.wallclock_start + first.segment.duration_s
+    (read,) = reader.read(first, deadline)
+    late = batch([shape], start_s=1.0, stream="shapes")
+    now[0] = late.segment.wallclock_start + late.segment.duration_s + 10.0
+    regions = reader.stats.regions
+    (kept,) = reader.read(late, deadline)
+    assert (kept.unread, kept.reused, kept.text) == (False, False, read.text) and read.text
+    assert reader.stats.regions == regions + 1 and reader.stats.unread == 0
+
+
 def test_the_deadline_is_checked_as_each_frame_comes_up(embedder: TextEmbedder):
     """Reading the first frame took the reader past the deadline: the second is not read."""
     reader = ScreenTextReader(OcrConfig(), embedder)
