@@ -1,6 +1,7 @@
 """OCR cost per live frame, reading changed frames whole against reading them only where they changed (issue 18).
 
     python benchmarks/ocr_incremental.py [--seconds 60] [--fps 1] [--size 640x360] [--video FILE] [--streams K]
+                                         [--device cuda]
 
 Frames: the sample broadcast (pipelines/cli/sample_video.py: scenes with moving shapes above a lower-third
 headline banner that changes at known times, hard cuts), or --video, sampled at --fps as a live decoder does.
@@ -105,6 +106,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="ocr.threads (and torch's threads for the text embedder).")
     parser.add_argument("--random-embedder", action="store_true", help="MiniLM's shape with random weights.")
     parser.add_argument("--streams", type=int, default=0, help="Also read K staggered streams, per call and together.")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="ocr.device: cuda needs onnxruntime-gpu (docs/deploy.md).")
     args = parser.parse_args()
     size = tuple(map(int, args.size.split("x")))
     video = args.video
@@ -121,12 +124,13 @@ def main() -> int:
     embedder = random_embedder(Path(tempfile.mkdtemp()) / "minilm") if args.random_embedder else TextEmbedder()
     results = {}
     for incremental in (False, True):
-        reader = ScreenTextReader(OcrConfig(incremental=incremental, threads=args.threads), embedder)
+        reader = ScreenTextReader(OcrConfig(incremental=incremental, threads=args.threads, device=args.device),
+                                  embedder)
         reader.recognise(frames[0])  # warm-up: onnxruntime's first run allocates
         results[incremental] = (reader, *run(reader, frames))
     whole_texts = results[False][1]
-    print(f"{len(frames)} frames of {video.name} at {args.fps:g} frame/s, {size[0]}x{size[1]}; "
-          f"{time.strftime('%Y-%m-%d')}")
+    print(f"{len(frames)} frames of {video.name} at {args.fps:g} frame/s, {size[0]}x{size[1]}; OCR on "
+          f"{args.device}; {time.strftime('%Y-%m-%d')}")
     print("| ocr.incremental | frames read whole | read in regions (mean share of frame) | reused | CPU ms a frame "
           "| CPU ms a re-read frame | wall ms a frame | text as whole reads | streams at 1 frame/s on "
           f"{args.cores:g} cores |")
@@ -145,7 +149,8 @@ def main() -> int:
         print("| reads | ocr.recognition_batch | CPU ms a frame | streams at 1 frame/s on "
               f"{args.cores:g} cores |\n| --- | ---: | ---: | ---: |")
         for together, batch in ((False, 1), (True, 1), (True, 8)):
-            reader = ScreenTextReader(OcrConfig(threads=args.threads, recognition_batch=batch), embedder)
+            reader = ScreenTextReader(OcrConfig(threads=args.threads, recognition_batch=batch, device=args.device),
+                                      embedder)
             reader.recognise(frames[0])
             per_frame = run_streams(reader, frames, args.streams, together)
             print(f"| {'read_many (one call for all streams)' if together else 'read (a call per stream)'} | "

@@ -32,6 +32,10 @@ def open_session(model: str | Path, provider: Provider = (CPU, {}), *,
         options.inter_op_num_threads = 1
     # The CPU provider after another: it runs the few operators that provider has no kernel for.
     providers = [provider] if provider[0] == CPU else [provider, CPU]
+    if provider[0] != CPU:
+        # onnxruntime-gpu finds CUDA and cuDNN where torch of the same CUDA major loaded them, or, with this,
+        # in the nvidia-* wheels its [cuda,cudnn] extras install (docs/deploy.md). A no-op in the CPU build.
+        onnxruntime.preload_dlls()
     session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
     if session.get_providers()[0] != provider[0]:
         available = onnxruntime.get_available_providers()
