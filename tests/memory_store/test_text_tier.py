@@ -124,6 +124,10 @@ def test_a_frame_not_read_is_stored_as_unknown_text_not_as_no_text(open_store: S
                                                                       ("", True)]
     assert client.hget(keys.frame("acme", result.frame_keys[1]), "text_unread") == b"1"
     assert text_ids_in_redis(client, "acme") == [result.ids[0]]
+    # A replay (livelens replay: every frame read) replaces the segment, and with it the mark.
+    replayed = store.write(batch, texts_for(batch, ["STORM WARNING", "COAST", None]), replace=True)
+    assert [(f.text, f.text_read) for f in store.frames("acme", replayed.frame_keys)] == [
+        ("STORM WARNING", True), ("COAST", True), ("", True)]
 
 
 def test_acknowledged_text_survives_redis_sigkill(redis_server: ProcessRecord, tmp_path: Path) -> None:
