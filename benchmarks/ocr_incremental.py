@@ -115,7 +115,7 @@ def main() -> int:
         from pipelines.cli.sample_video import write_sample_video
 
         video = Path(tempfile.mkdtemp(prefix="ocr-bench-")) / "broadcast.mp4"
-        write_sample_video(video, duration_s=args.seconds, size=size)
+        write_sample_video(video, duration_s=args.seconds, size=size, speech=False)  # OCR needs no soundtrack
     frames = sampled_frames(video, args.fps, size)
     if args.threads:
         import torch

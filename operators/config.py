@@ -131,7 +131,7 @@ class OcrConfig(Section):
         1, ge=1, description="Text crops of the same input width (all streams' changed lines of the calls read "
         "together) recognised per model run. A crop's text does not depend on it. 1 on CPUs: onnxruntime's CPU "
         "kernels for this recogniser cost more per line in larger runs (an 832 px wide input: 54 ms alone, "
-        "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18); raise it where the models run on a GPU.")
+        "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18). With ocr.device=cuda, try 8-32.")
     max_lag_s: float | None = Field(
         None, gt=0.0, description="Live load shedding. A changed frame that reaches the live OCR actor more than "
         "this many seconds after its segment ended (the segment's wall clock), and whose change touches text (or "
@@ -144,9 +144,11 @@ class OcrConfig(Section):
         "is the publisher's, so a publisher whose clock runs behind the cluster's makes every frame look late.")
     device: Literal["cpu", "cuda"] = Field(
         "cpu", description="Where the detector and recogniser run. cuda: onnxruntime's CUDA execution provider, "
-        "which only the onnxruntime-gpu build has (k8s/Dockerfile puts it in place of onnxruntime; "
-        "docs/deploy.md). A reader asked for cuda where that provider is missing or does not take the models "
-        "refuses to start: it never reads on the CPU instead. The OCR actors then hold placement.ocr.num_gpus.")
+        "which only the onnxruntime-gpu build has (docs/deploy.md says how to install it). Measured slower than "
+        "the CPU on an H200 host for incremental reads (113 against 30 ms a frame, and more host CPU: "
+        "BENCHMARKS.md, 'OCR on onnxruntime's CUDA provider'), so no profile sets it. A reader asked for cuda "
+        "where that provider is missing or does not take the models refuses to start: it never reads on the CPU "
+        "instead. The OCR actors then hold placement.ocr.num_gpus.")
 
 
 class TranscriptConfig(Section):

@@ -3,7 +3,7 @@
 One segment of one stream moves through the DAG as:
 
     SegmentInfo + payload --decode--> FrameBatch --encode--> FeatureBatch --compress--> CompressedBatch
-                                                 \--ocr--> FrameText per frame
+                                                 └--ocr--> FrameText per frame
 
 Every batch carries its SegmentInfo so any stage can key its state by stream
 and any write is idempotent on (tenant, stream, session, seq, frame pts).
