@@ -197,7 +197,8 @@ def write_markdown(rows, retrieval, answered, args) -> None:
     ]
     for r in rows:
         lines.append(f"| {r['streams']} | {r['pace']} | {r['frames']} | {r['wall_s']:.1f} | {r['fps']:.1f} | "
-                     f"{r['p50']:.2f} | {r['p99']:.2f} | {r['retries']} of {r['segments']} | {r['unread']} | {r['headlines']} |")
+                     f"{r['p50']:.2f} | {r['p99']:.2f} | {r['retries']} of {r['segments']} | {r['unread']} | "
+                     f"{r['headlines']} |")
     if retrieval is not None:
         lines += [
             "",

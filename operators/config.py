@@ -139,9 +139,10 @@ class OcrConfig(Section):
         "false in memory and the API), never as empty or as the last read's text, and counted in "
         "livelens_ocr_frames_unread_total. Unchanged frames still reuse the last read, and a change away from "
         "text is still checked in windows (cheap). The reader then catches up instead of falling further behind, "
-        "and the stream's text has holes where it was behind. None: every changed frame is read, however late. Backfill and replay never shed. "
-        "Set it on hosts that must stay live under peaks (docs/operations.md, 'OCR under load'); the wall clock "
-        "is the publisher's, so a publisher whose clock runs behind the cluster's makes every frame look late.")
+        "and the stream's text has holes where it was behind. None: every changed frame is read, however late. "
+        "Backfill and replay never shed. Set it on hosts that must stay live under peaks (docs/operations.md, "
+        "'OCR under load'); the wall clock is the publisher's, so a publisher whose clock runs behind the "
+        "cluster's makes every frame look late.")
     device: Literal["cpu", "cuda"] = Field(
         "cpu", description="Where the detector and recogniser run. cuda: onnxruntime's CUDA execution provider, "
         "which only the onnxruntime-gpu build has (docs/deploy.md says how to install it). Measured slower than "
