@@ -11,6 +11,10 @@ is read whole) and on (read only in the regions that changed). Cost is CPU secon
 machine, where wall time does not; wall time is printed beside it. Text agreement: per frame, whether the
 incremental reader's lines are the whole reads' lines, word for word.
 
+--passes N: read the frames N times with the same reader (its streams forgotten between passes), a row per
+pass: on a GPU the first pass pays onnxruntime's planning of each input shape it has not seen (BENCHMARKS.md,
+"OCR on the GPU: the shapes"), which a long-running reader pays once.
+
 --streams K: then K streams of the same frames, each starting at another point of the video (so their changes
 do not coincide), one frame per stream per second, read by one reader with a call per stream (`read`) and with
 one call for all (`read_many`: their changed boxes share the recogniser's model runs, up to
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from operators.config import OcrConfig  # noqa: E402
 from operators.frames import FrameBatch, SegmentInfo  # noqa: E402
-from operators.ocr import ScreenTextReader, TextEmbedder  # noqa: E402
+from operators.ocr import ReadStats, ScreenTextReader, TextEmbedder  # noqa: E402
 
 
 def sampled_frames(video: Path, fps: float, size: tuple[int, int]) -> list[np.ndarray]:
@@ -68,6 +72,8 @@ def same_text(a, b) -> bool:
 def run_streams(reader: ScreenTextReader, frames: list[np.ndarray], streams: int, together: bool) -> float:
     """CPU seconds per frame reading ``streams`` staggered copies of the frames, one second at a time."""
     n = len(frames)
+    for k in range(streams):
+        reader.forget("bench", f"s{k}")
     cpu0 = time.process_time()
     for t in range(n):
         batches = [FrameBatch(SegmentInfo("bench", f"s{k}", t, 1.7e9 + t, float(t), 1.0), np.array([float(t)]),
@@ -105,6 +111,7 @@ def main() -> int:
     parser.add_argument("--cores", type=float, default=2.0)
     parser.add_argument("--threads", type=int, help="ocr.threads (and torch's threads for the text embedder).")
     parser.add_argument("--random-embedder", action="store_true", help="MiniLM's shape with random weights.")
+    parser.add_argument("--passes", type=int, default=1, help="Read the frames this many times, a row per pass.")
     parser.add_argument("--streams", type=int, default=0, help="Also read K staggered streams, per call and together.")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="ocr.device: cuda needs onnxruntime-gpu (docs/deploy.md).")
@@ -127,32 +134,35 @@ def main() -> int:
         reader = ScreenTextReader(OcrConfig(incremental=incremental, threads=args.threads, device=args.device),
                                   embedder)
         reader.recognise(frames[0])  # warm-up: onnxruntime's first run allocates
-        results[incremental] = (reader, *run(reader, frames))
-    whole_texts = results[False][1]
+        for done in range(args.passes):
+            reader.forget("bench", "s")
+            reader.stats = ReadStats()
+            texts, cpu, wall = run(reader, frames)
+            results[incremental, done + 1] = (reader.stats, texts, cpu, wall)
+    whole_texts = results[False, args.passes][1]
     print(f"{len(frames)} frames of {video.name} at {args.fps:g} frame/s, {size[0]}x{size[1]}; OCR on "
           f"{args.device}; {time.strftime('%Y-%m-%d')}")
-    print("| ocr.incremental | frames read whole | read in regions (mean share of frame) | reused | CPU ms a frame "
-          "| CPU ms a re-read frame | wall ms a frame | text as whole reads | streams at 1 frame/s on "
+    print("| ocr.incremental | pass | frames read whole | read in regions (mean share of frame) | reused | CPU ms a "
+          "frame | CPU ms a re-read frame | wall ms a frame | text as whole reads | streams at 1 frame/s on "
           f"{args.cores:g} cores |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for incremental, (reader, texts, cpu, wall) in results.items():
-        s = reader.stats
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for (incremental, done), (s, texts, cpu, wall) in results.items():
         reread = [c for c, t in zip(cpu, texts) if not t.reused]
         agree = sum(same_text(a, b) for a, b in zip(texts, whole_texts))
         share = f"{s.regions} ({s.region_area / s.regions:.0%})" if s.regions else "0"
         per_frame = float(np.mean(cpu))
-        print(f"| {'on' if incremental else 'off'} | {s.whole} | {share} | {s.reused} | {1000 * per_frame:.1f} | "
-              f"{1000 * float(np.mean(reread)):.1f} | {1000 * float(np.mean(wall)):.1f} | {agree}/{len(texts)} | "
+        print(f"| {'on' if incremental else 'off'} | {done} | {s.whole} | {share} | {s.reused} | "
+              f"{1000 * per_frame:.1f} | {1000 * float(np.mean(reread)):.1f} | {1000 * float(np.mean(wall)):.1f} | {agree}/{len(texts)} | "
               f"{args.cores / (args.fps * per_frame):.0f} |")
     if args.streams:
-        print(f"\n{args.streams} staggered streams, ocr.incremental on:")
+        print(f"\n{args.streams} staggered streams, ocr.incremental on (the best of --passes):")
         print("| reads | ocr.recognition_batch | CPU ms a frame | streams at 1 frame/s on "
               f"{args.cores:g} cores |\n| --- | ---: | ---: | ---: |")
         for together, batch in ((False, 1), (True, 1), (True, 8)):
             reader = ScreenTextReader(OcrConfig(threads=args.threads, recognition_batch=batch, device=args.device),
                                       embedder)
             reader.recognise(frames[0])
-            per_frame = run_streams(reader, frames, args.streams, together)
+            per_frame = min(run_streams(reader, frames, args.streams, together) for _ in range(args.passes))
             print(f"| {'read_many (one call for all streams)' if together else 'read (a call per stream)'} | "
                   f"{batch} | {1000 * per_frame:.1f} | {args.cores / (args.fps * per_frame):.0f} |")
     return 0

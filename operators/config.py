@@ -124,6 +124,12 @@ class OcrConfig(Section):
         "text there: the lines stand); otherwise the detector sees the whole frame and only text boxes that are "
         "new, moved or under the change are recognised. False reads changed frames whole. BENCHMARKS.md "
         "(issue 18) has what it saves.")
+    detect_in_windows: bool | None = Field(
+        None, description="Incremental reads: whether a change touching no line is looked at by the detector in "
+        "windows around it (cheap on a CPU: the detector's cost follows the pixels it sees) or in the whole frame, "
+        "whose boxes then serve the read if it holds new text. None: windows on the CPU, the whole frame with "
+        "device cuda, where onnxruntime plans every new input shape once (45-60 ms on an H100) and runs a seen one "
+        "in ~2.5 ms, and windows come in many shapes (BENCHMARKS.md, 'OCR on the GPU: the shapes').")
     max_changed_fraction: float = Field(
         0.35, gt=0.0, le=1.0, description="Incremental reads: when the changed regions cover more than this share "
         "of the frame (a cut, a camera move) the whole frame is read, which then costs less than the regions.")
@@ -131,7 +137,8 @@ class OcrConfig(Section):
         1, ge=1, description="Text crops of the same input width (all streams' changed lines of the calls read "
         "together) recognised per model run. A crop's text does not depend on it. 1 on CPUs: onnxruntime's CPU "
         "kernels for this recogniser cost more per line in larger runs (an 832 px wide input: 54 ms alone, "
-        "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18). With ocr.device=cuda, try 8-32.")
+        "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18). 1 on CUDA too: read across 8 streams, "
+        "runs of 8 read no cheaper on an H100 host (30.6 against 29.0 ms of host CPU a frame).")
     max_lag_s: float | None = Field(
         None, gt=0.0, description="Live load shedding. A changed frame that reaches the live OCR actor more than "
         "this many seconds after its segment ended (the segment's wall clock), and whose change touches text (or "
@@ -144,12 +151,12 @@ class OcrConfig(Section):
         "'OCR under load'); the wall clock is the publisher's, so a publisher whose clock runs behind the "
         "cluster's makes every frame look late.")
     device: Literal["cpu", "cuda"] = Field(
-        "cpu", description="Where the detector and recogniser run. cuda: onnxruntime's CUDA execution provider, "
-        "which only the onnxruntime-gpu build has (docs/deploy.md says how to install it). Measured slower than "
-        "the CPU on an H200 host for incremental reads (113 against 30 ms a frame, and more host CPU: "
-        "BENCHMARKS.md, 'OCR on onnxruntime's CUDA provider'), so no profile sets it. A reader asked for cuda "
-        "where that provider is missing or does not take the models refuses to start: it never reads on the CPU "
-        "instead. The OCR actors then hold placement.ocr.num_gpus.")
+        "cpu", description="Where the detector and recogniser run. cuda (the gpu profile's): onnxruntime's CUDA "
+        "execution provider, which only the onnxruntime-gpu build has (docs/deploy.md says how to install it); "
+        "incremental reads of the sample broadcast at 13-14 ms a frame and 31-37 ms of host CPU on an H100 host, "
+        "against 24 and 46 ms on two CPU threads (BENCHMARKS.md, 'OCR on the GPU: the shapes'). A reader asked "
+        "for cuda where that provider is missing or does not take the models refuses to start: it never reads on "
+        "the CPU instead. The OCR actors then hold placement.ocr.num_gpus.")
 
 
 class TranscriptConfig(Section):

@@ -15,8 +15,9 @@ time, so replays and restarts need no special case.
 
 A changed frame is read incrementally (``OcrConfig.incremental``), with the same text a whole read gives:
 - where the change touches no line of the last read (moving shapes, a logo), the detector looks at windows
-  around the changed regions only (operators/ocr_regions.py); when they hold no text, the last read's lines
-  stand and nothing is recognised;
+  around the changed regions only (operators/ocr_regions.py; on a GPU at the whole frame, see
+  ``OcrConfig.detect_in_windows``); when they hold no text, the last read's lines stand and nothing is
+  recognised;
 - otherwise the detector sees the whole frame (a box detected on a window can be a pixel off the whole
   frame's, and a pixel moves the recogniser's spaces: operators/ocr_engine.py), and only boxes that are new,
   moved, or under a changed region are recognised; a box identical to one of the last read, over unchanged
@@ -153,6 +154,7 @@ class ScreenTextReader:
         self.config = config
         self.embedder = TextEmbedder() if embedder is None else embedder
         self.engine = OcrEngine(config)
+        self._windows = config.detect_in_windows if config.detect_in_windows is not None else config.device == "cpu"
         self._last: dict[StreamKey, _LastRead] = {}
         self.stats = ReadStats()
 
@@ -216,10 +218,13 @@ class ScreenTextReader:
                 regions = None
         image = OcrEngine.detector_input(image, self.config.max_side)
         unchanged: dict[Box, TextLine] = {}
+        found = None  # the whole frame's boxes, once detected
         if regions is not None:
             unchanged = {line.box: line for line in last.lines
                          if not any(ocr_regions.overlap(ocr_regions.bounds(line.box), r) for r in regions)}
-            if len(unchanged) == len(last.lines) and not self._text_in(image, regions):
+            if not self._windows and len(unchanged) == len(last.lines):
+                found = self.engine.detect(image)
+            if len(unchanged) == len(last.lines) and not self._text_in(image, regions, found):
                 # The change touched no line and holds no text: the lines stand. Done even past a deadline: it
                 # costs window detections only, and it moves the stream's reference picture forward, so its
                 # later frames are compared with a recent picture rather than all counting as changed.
@@ -233,16 +238,17 @@ class ScreenTextReader:
             self.stats.whole += 1
             return self._whole(slot, key, pts_s, thumbnail, image, {})
         self._count_regions(regions)
-        return self._whole(slot, key, pts_s, thumbnail, image, unchanged)
+        return self._whole(slot, key, pts_s, thumbnail, image, unchanged, found)
 
     def _count_regions(self, regions: list[Region]) -> None:
         self.stats.regions += 1
         self.stats.region_area += ocr_regions.area(regions)
 
     def _whole(self, slot: int, key: StreamKey, pts_s: float, thumbnail: np.ndarray, image: np.ndarray,
-               unchanged: dict[Box, TextLine]) -> _Pending:
-        """Detection on the whole frame; boxes found in ``unchanged`` keep their lines, the others are recognised."""
-        found = self.engine.detect(image)
+               unchanged: dict[Box, TextLine], found: np.ndarray | None = None) -> _Pending:
+        """Detection on the whole frame (unless ``found`` already holds it); boxes found in ``unchanged`` keep
+        their lines, the others are recognised."""
+        found = self.engine.detect(image) if found is None else found
         boxes = _normalised(found, image)
         kept = [unchanged[box] for box in boxes if box in unchanged]
         todo = [i for i, box in enumerate(boxes) if box not in unchanged]
@@ -250,8 +256,12 @@ class ScreenTextReader:
         return _Pending(slot, key, pts_s, thumbnail, kept, [boxes[i] for i in todo],
                         self.engine.crops(image, found[todo]) if todo else [])
 
-    def _text_in(self, image: np.ndarray, regions: list[Region]) -> bool:
-        """Whether the detector finds a text box centred in one of the regions, looking at windows around them."""
+    def _text_in(self, image: np.ndarray, regions: list[Region], found: np.ndarray | None) -> bool:
+        """Whether the detector finds a text box centred in one of the regions: among the whole frame's boxes
+        (``found``), or else looking at windows around the regions."""
+        if found is not None:
+            boxes = _normalised(found, image)
+            return any(ocr_regions.centre_in(box, region) for box in boxes for region in regions)
         height, width = image.shape[:2]
         for region in regions:
             boxes = _normalised(self.engine.detect(image, ocr_regions.window(region, width, height)), image)

@@ -204,10 +204,10 @@ SHORT_ENV: dict[str, tuple[str, str]] = {
 # What a profile changes. offline: tiny random models built locally, CPU, float32.
 # gpu: real Hugging Face checkpoints, bf16 on CUDA: a SigLIP dual encoder (text queries work) and a
 # text LLM that answers from the evidence's times and scores. To feed stored visual tokens to the answer
-# model instead, set encode.model and answer.model to the same VLM (docs/operations.md). OCR stays on the
-# host's cores: on an H200 host onnxruntime's CUDA provider read the sample broadcast incrementally at 113 ms
-# a frame and 149 ms of host CPU, against 30 ms and 53 ms on two CPU threads (BENCHMARKS.md, "OCR on
-# onnxruntime's CUDA provider"); ocr.device=cuda is there to try on other models and hosts.
+# model instead, set encode.model and answer.model to the same VLM (docs/operations.md). OCR runs on
+# onnxruntime's CUDA provider (onnxruntime-gpu, docs/deploy.md), each reader holding a tenth of the GPU: the
+# sample broadcast read incrementally at 13-14 ms a frame and 31-37 ms of host CPU on an H100 host, against
+# 24 and 46 ms on two CPU threads (BENCHMARKS.md, "OCR on the GPU: the shapes").
 PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "offline": {},
     "gpu": {
@@ -220,17 +220,20 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "answer": {"model": "Qwen/Qwen2.5-1.5B-Instruct", "device": "cuda", "dtype": "bfloat16"},
         "pipeline": {"decoders": 8, "encoders": 1, "sources": 2, "max_inflight_segments": 32},
+        "ocr": {"device": "cuda"},
+        "placement": {"ocr": {"num_gpus": 0.1}},
     },
 }
 # cluster: the gpu profile's models, with every stage tagged for its node type (ray_cluster.yaml, k8s/) and
 # holding the CPUs it uses, so that the autoscaler adds CPU workers for decode / OCR and GPU workers for
-# encode / answer. OCR stays on the CPU workers, which scale apart from the GPUs (to try it on the GPU: set
-# ocr.device=cuda and placement.ocr's tag to livelens_gpu_worker). Replica counts stay a per-deployment choice
+# encode / answer. OCR stays on the CPU workers, which scale apart from the GPUs: set ocr.device=cuda and
+# placement.ocr's tag to livelens_gpu_worker to move it. Replica counts stay a per-deployment choice
 # (docs/deploy.md sizes them).
 _CPU_NODE = {"livelens_cpu_worker": 0.01}
 _GPU_NODE = {"livelens_gpu_worker": 0.01}
 PROFILE_DEFAULTS["cluster"] = {
     **PROFILE_DEFAULTS["gpu"],
+    "ocr": {"device": "cpu"},
     "placement": {
         "source": {"num_cpus": 0.5, "resources": _CPU_NODE},
         "decode": {"num_cpus": 1, "resources": _CPU_NODE},

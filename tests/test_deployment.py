@@ -60,7 +60,7 @@ GPU_STAGE = {"resources": {GPU_TAG: 0.01}}
     (dict(profile="gpu"), "encode", {"num_gpus": 1}),
     (dict(profile="gpu"), "answer", {"num_gpus": 1}),
     (dict(profile="gpu"), "decode", {}),
-    (dict(profile="gpu"), "ocr", {}),  # OCR on the host's cores: cheaper there than on CUDA (BENCHMARKS.md)
+    (dict(profile="gpu"), "ocr", {"num_gpus": 0.1}),  # OCR on onnxruntime's CUDA provider, a share of the GPU
     (dict(ocr={"device": "cuda"}), "ocr", {"num_gpus": 1}),
     (dict(profile="cluster"), "source", {"num_cpus": 0.5, **CPU_STAGE}),
     (dict(profile="cluster"), "decode", {"num_cpus": 1, **CPU_STAGE}),
@@ -101,7 +101,7 @@ def test_placement_from_environment(monkeypatch):
 @pytest.mark.parametrize("kwargs, stage, message", [
     (dict(profile="gpu", placement={"encode": {"num_gpus": 0}}), "encode", "would see no GPU"),
     (dict(answer={"device": "cuda"}, placement={"answer": {"num_gpus": 0}}), "answer", "would see no GPU"),
-    (dict(ocr={"device": "cuda"}, placement={"ocr": {"num_gpus": 0}}), "ocr", "would see no GPU"),
+    (dict(profile="gpu", placement={"ocr": {"num_gpus": 0}}), "ocr", "would see no GPU"),
     ({}, "decoder", "unknown stage"),
 ])
 def test_actor_options_refuse(kwargs, stage, message):
@@ -418,15 +418,15 @@ def test_redis_keeps_every_acknowledged_write():
 # --- docs/deploy.md --------------------------------------------------------------------------------
 
 def test_documented_single_gpu_host_config_fits_one_gpu(monkeypatch, tmp_path):
-    """The livelens.toml of docs/deploy.md loads, and its encoder and answer actors fit one GPU together."""
+    """The livelens.toml of docs/deploy.md loads, and its encoder, OCR and answer actors fit one GPU together."""
     text = (ROOT / "docs" / "deploy.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
     assert len(blocks) == 1
     (tmp_path / "livelens.toml").write_text(blocks[0])
     config = LivelensConfig()
     assert config.profile == "gpu" and config.encode.device == config.answer.device == "cuda"
-    assert config.ocr.device == "cpu"
-    assert "num_gpus" not in actor_options(config, "ocr")
+    assert config.ocr.device == "cuda"
     gpus = (config.pipeline.encoders * actor_options(config, "encode")["num_gpus"]
+            + config.pipeline.ocr_readers * actor_options(config, "ocr")["num_gpus"]
             + config.pipeline.answerers * actor_options(config, "answer")["num_gpus"])
-    assert gpus <= 1 + 1e-9  # Ray counts GPU shares in fixed point
+    assert gpus <= 1 + 1e-9  # Ray counts GPU shares in fixed point: 0.5 + 0.3 + 2 x 0.1 is a whole GPU

@@ -14,7 +14,7 @@ from operators.ocr import LiveDeadline, ScreenTextReader, TextEmbedder
 from operators.ocr_engine import OcrEngine
 from pipelines.cli.sample_video import write_sample_video
 from tests.operators.moderation import rooms
-from tests.operators.test_ocr import HEADLINES, batch, frame, similarity
+from tests.operators.test_ocr import HEADLINES, CountingEngine, batch, frame, similarity
 
 ROOM_HEADLINES = ["EVENING NEWS WITH DANA", "CALL 555-0142 NOW", "EVENING NEWS WITH DANA", "BEST COCAINE IN TOWN",
                   "FOLLOW MY ONLYFANS", *rooms.BENIGN[1:7]]
@@ -54,12 +54,25 @@ def reader(embedder: TextEmbedder) -> ScreenTextReader:
     return ScreenTextReader(OcrConfig(), embedder)
 
 
+@pytest.fixture(scope="module")
+def whole_frame_reader(embedder: TextEmbedder) -> ScreenTextReader:
+    """The reader as on a GPU (ocr.device cuda): a change away from text is looked at in the whole frame."""
+    reader = ScreenTextReader(OcrConfig(detect_in_windows=False), embedder)
+    reader.engine = CountingEngine(reader.config)
+    return reader
+
+
+@pytest.mark.parametrize("windows", [True, False], ids=["windows", "whole-frame"])
 @pytest.mark.parametrize("name", SEQUENCES)
-def test_incremental_reads_equal_whole_reads(reader: ScreenTextReader, work: Path, name: str):
+def test_incremental_reads_equal_whole_reads(reader: ScreenTextReader, whole_frame_reader: ScreenTextReader,
+                                             work: Path, name: str, windows: bool):
+    reader = reader if windows else whole_frame_reader
     frames = SEQUENCES[name](work)
     regions = reader.stats.regions
     texts = reader.read(batch(frames, stream=f"equal-{name}"))
     assert reader.stats.regions > regions  # some frames were read incrementally
+    if not windows:  # the detector saw whole frames only
+        assert reader.engine.detected_pixels == reader.engine.detections * frames[0].shape[0] * frames[0].shape[1]
     for image, text in zip(frames, texts):
         if not text.reused:
             whole = reader.recognise(image)
@@ -93,7 +106,7 @@ def test_a_headline_swapped_on_the_same_banner_is_read_again_not_reused(reader: 
 
 
 def test_reading_streams_together_equals_reading_each(embedder: TextEmbedder, work: Path):
-    together = ScreenTextReader(OcrConfig(recognition_batch=8), embedder)  # as on a GPU host
+    together = ScreenTextReader(OcrConfig(recognition_batch=8), embedder)
     alone = ScreenTextReader(OcrConfig(), embedder)
     streams = {name: make(work) for name, make in SEQUENCES.items()}
     # Two segments per stream, all handed over at once, as the OCR actor drains its queue.
@@ -116,7 +129,7 @@ def test_reading_streams_together_equals_reading_each(embedder: TextEmbedder, wo
 def test_changed_lines_of_several_streams_share_one_recogniser_run(embedder: TextEmbedder):
     """Two channels switch to the same syndicated headline: its crops, one per stream, are read in one model
     run (crops share a run at the same input width: every crop up to 320/48 as wide as high, or equal lines)."""
-    together = ScreenTextReader(OcrConfig(recognition_batch=8), embedder)  # as on a GPU host
+    together = ScreenTextReader(OcrConfig(recognition_batch=8), embedder)
     alone = ScreenTextReader(OcrConfig(), embedder)
     for reader in (together, alone):
         reader.read_many([batch([frame(HEADLINES[i], corners=("14:05", "LIVE"))], stream=f"s{i}") for i in range(3)])
