@@ -23,14 +23,15 @@ class Section(BaseModel):
 class DecodeConfig(Section):
     sample_fps: float = Field(1.0, gt=0, description="Frames per second kept from each stream.")
     keyframes_only: bool = Field(
-        False, description="Decode only keyframes (FFmpeg skip_frame=NONKEY): far cheaper when sample_fps <= keyframe rate."
-    )
+        False, description="Decode only keyframes (FFmpeg skip_frame=NONKEY): far cheaper when sample_fps <= keyframe "
+        "rate. Closed captions of H.264 and HEVC are still read from every packet (operators/cc_data.py); other "
+        "codecs' only from the frames decoded (a warning says so).")
     skip_unsampled: bool = Field(
         False, description="A full decode decodes only what its samples need: non-reference frames that are not "
         "samples are skipped (FFmpeg skip_frame=NONREF) and decoding stops at the segment's last sample. The same "
         "frames come out, ~3x cheaper at 1 frame/s on 2 s GOPs with B-frames (BENCHMARKS.md). Closed captions "
-        "ride on every frame, so transcript.captions must be off; a damaged frame after the last sample is not "
-        "seen.")
+        "of H.264 and HEVC are read from every packet, as with keyframes_only; a damaged frame after the last "
+        "sample is not seen.")
     max_pixels: int = Field(3840 * 2160, description="Frames larger than this are rejected as oversize (dead letter).")
     containers: tuple[str, ...] = Field(
         ("mpegts", "mp4", "mov", "matroska", "webm", "flv", "h264", "hevc"),

@@ -1,9 +1,11 @@
 """Decode one container segment into sampled RGB frames and JPEG thumbnails, and what travelled with them.
 
-Beside the frames a batch carries what speaks: every decoded frame's closed-caption bytes (A53 side data,
-read by operators/captions.py), the cues of the segment's subtitle tracks as transcript lines, and with
-``decode.audio`` its audio track as float32 mono 16 kHz for speech recognition (operators/side_tracks.py).
-A video-only segment (every segment before tracks travelled) gives none of them.
+Beside the frames a batch carries what speaks: every frame's closed-caption bytes (A53 cc_data, read by
+operators/captions.py; for H.264 and HEVC straight from the packets, operators/cc_data.py, so frames the
+decoder skips keep their captions; for other codecs from the frames decoded), the cues of the segment's
+subtitle tracks as transcript lines, and with ``decode.audio`` its audio track as float32 mono 16 kHz for
+speech recognition (operators/side_tracks.py). A video-only segment (every segment before tracks
+travelled) gives none of them.
 
 A segment is a short chunk (normally MPEG-TS) that starts at a keyframe. The
 decoder is stateless: any actor can decode any segment, and replaying a segment
@@ -46,6 +48,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from operators.cc_data import CcDataReader
 from operators.config import DecodeConfig
 from operators.frames import CaptionData, FrameBatch, SegmentInfo, StageError
 from operators.side_tracks import audio_clip, subtitle_lines
@@ -68,7 +71,7 @@ _JPEG_QUALITY = 80
 #   not the one that decodes: the probe then learns the video's size and rate from the headers without
 #   decoding its first frames, which cost a 1080p keyframe segment a third of its decode time (~5 of 15 ms).
 _OPEN_OPTIONS = {"protocol_whitelist": "none", "skip_frame": "all"}
-# Closed captions (CEA-608/708 cc_data) that H.264 / HEVC / MPEG-2 decoders attach to the frames they carry.
+# Closed captions (CEA-608/708 cc_data) that decoders attach to the frames they carry (MPEG-2, AV1, ...).
 _A53_CC = av.sidedata.sidedata.Type.A53_CC
 
 logger = logging.getLogger(__name__)
@@ -96,6 +99,7 @@ class SegmentDecoder:
         # None where cuvid could not open, so the CPU fallback is decided (and logged) once per codec.
         self._cuvid: dict[str, av.codec.context.CodecContext | None] = {}
         self.cpu_fallbacks = 0  # segments decoded on the CPU although nvdec was asked for
+        self._frame_caption_codecs: set[str] = set()  # codecs already warned of: captions of skipped frames unread
         self.frames_decoded = 0  # frames the decoders gave back, sampled or not: what decoding cost
 
     def decode(self, info: SegmentInfo, payload: bytes) -> FrameBatch:
@@ -170,6 +174,7 @@ class SegmentDecoder:
             raise StageError("truncated_segment",
                              f"frames cover {covered:.3f} s of the declared {info.duration_s:.3f} s")
 
+        video_packets = packets
         needed: set[int] | None = None  # the pts of the frames that will be samples, where known
         if self.config.keyframes_only:
             key_pts = sorted(p.pts for p in packets if p.is_keyframe)
@@ -185,13 +190,35 @@ class SegmentDecoder:
             if self.config.skip_unsampled:
                 grid = _Grid(info.media_start_s, period_ticks * tb, info.sample_fps or self.config.sample_fps)
                 needed = {pts for pts in all_pts if grid.claims(float((pts - all_pts[0]) * tb))}
+        cc_reader = CcDataReader.for_stream(context.codec.name, context.extradata)
+        if cc_reader is None and (self.config.keyframes_only or needed is not None):
+            self._warn_frame_captions(context.codec.name)
         try:
-            batch = self._sample(info, stream, decoder, packets, period_ticks * tb, deadline, needed)
+            batch = self._sample(info, stream, decoder, packets, period_ticks * tb, deadline, needed,
+                                 frame_captions=cc_reader is None)
         finally:
             if decoder is not context:
                 decoder.flush_buffers()  # the NVDEC decoder serves the next segment
+        if cc_reader is not None:
+            batch.captions = self._packet_captions(cc_reader, video_packets, info.media_start_s, all_pts[0], tb)
         self._side_tracks(batch, container, others, float(all_pts[0] * tb))
         return batch
+
+    def _packet_captions(self, reader: CcDataReader, packets: list[av.Packet], start_s: float, first_pts: int,
+                         tb: Fraction) -> list[CaptionData]:
+        """Every packet's cc_data, in presentation order, on the clock the frames are put on."""
+        try:
+            found = [(p.pts, reader.read(bytes(p))) for p in packets]
+        except ValueError as exc:  # extradata that names no NAL length size
+            raise StageError("decode_error", f"cannot read the stream's closed captions: {exc}") from exc
+        return [CaptionData(start_s + float((pts - first_pts) * tb), data) for pts, data in sorted(found) if data]
+
+    def _warn_frame_captions(self, codec: str) -> None:
+        if codec not in self._frame_caption_codecs:
+            self._frame_caption_codecs.add(codec)
+            logger.warning("decode: closed captions of %s are read from decoded frames only (operators/cc_data.py "
+                           "reads H.264 and HEVC packets): with keyframes_only or skip_unsampled, the captions of "
+                           "frames not decoded are not read", codec)
 
     def _side_tracks(self, batch: FrameBatch, container: av.container.InputContainer,
                      others: dict[int, list[av.Packet]], anchor_s: float) -> None:
@@ -233,12 +260,13 @@ class SegmentDecoder:
 
     def _sample(
         self, info: SegmentInfo, stream: av.VideoStream, decoder: av.codec.context.CodecContext,
-        packets: list[av.Packet], period: Fraction, deadline: float, needed: set[int] | None
+        packets: list[av.Packet], period: Fraction, deadline: float, needed: set[int] | None, frame_captions: bool
     ) -> FrameBatch:
         """Decode in presentation order, keeping each frame that claims a grid point; ``period`` as above.
 
         ``needed``: the pts of the frames expected to claim grid points (predicted from the packets, so
-        ``decode.skip_unsampled`` can skip the rest); None decodes every frame.
+        ``decode.skip_unsampled`` can skip the rest); None decodes every frame. ``frame_captions``: take the
+        captions from the decoded frames' A53 side data (codecs whose packets are not read for them).
         """
         grid = _Grid(info.media_start_s, period, info.sample_fps or self.config.sample_fps)
         last_needed = max(needed, default=None) if needed is not None else None
@@ -268,7 +296,7 @@ class SegmentDecoder:
             if t <= previous_time:
                 raise StageError("decode_error", f"frame timestamps go backwards at {t:.3f} s")
             previous_time = t
-            cc = frame.side_data.get(_A53_CC)
+            cc = frame.side_data.get(_A53_CC) if frame_captions else None
             if cc is not None:
                 captions.append(CaptionData(t, bytes(cc)))
             if frame.is_corrupt:

@@ -88,7 +88,7 @@ def seq_of_frame_key(frame_key: str) -> int:
 @dataclass(frozen=True)
 class CaptionData:
     """The closed-caption bytes one video frame carried: CEA-708 ``cc_data`` triplets (CEA-608 inside them), as
-    A53 side data, at the frame's stream time. Every decoded frame's, in presentation order, not only sampled ones."""
+    A53 data, at the frame's stream time. Every frame's, in presentation order, not only sampled ones."""
 
     pts_s: float
     data: bytes
@@ -117,7 +117,8 @@ class FrameBatch:
     pts_s: seconds from the stream's start, shape [N], increasing.
     images: RGB uint8, shape [N, H, W, 3].
     thumbnails: one JPEG per frame.
-    captions: the closed-caption data of every decoded frame (operators.captions turns it into lines).
+    captions: the closed-caption data of every frame of the segment, decoded or not where the codec's packets are
+        read for it (operators.cc_data), in presentation order (operators.captions turns it into lines).
     subtitles: the cues of the segment's text subtitle tracks, as transcript lines.
     audio: the audio track as 16 kHz mono, when decoding audio is on (``decode.audio``) and the segment has one.
     """
