@@ -10,6 +10,7 @@ cores, and its wall time from 30 to 26 ms (BENCHMARKS.md, "OCR threads that slee
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import onnxruntime
@@ -33,9 +34,7 @@ def open_session(model: str | Path, provider: Provider = (CPU, {}), *,
     # The CPU provider after another: it runs the few operators that provider has no kernel for.
     providers = [provider] if provider[0] == CPU else [provider, CPU]
     if provider[0] != CPU:
-        # onnxruntime-gpu finds CUDA and cuDNN where torch of the same CUDA major loaded them, or, with this,
-        # in the nvidia-* wheels its [cuda,cudnn] extras install (docs/deploy.md). A no-op in the CPU build.
-        onnxruntime.preload_dlls()
+        _preload_cuda_libraries()
     session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
     if session.get_providers()[0] != provider[0]:
         available = onnxruntime.get_available_providers()
@@ -47,3 +46,11 @@ def open_session(model: str | Path, provider: Provider = (CPU, {}), *,
         raise RuntimeError(f"{Path(model).name} was asked for on {provider[0]} but onnxruntime put it on "
                            f"{session.get_providers()[0]}: {why}")
     return session
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Once per process: onnxruntime-gpu finds CUDA and cuDNN where torch of the same CUDA major loaded them,
+    or, with this, in the nvidia-* wheels its [cuda,cudnn] extras install (docs/deploy.md). A no-op in the CPU
+    build."""
+    onnxruntime.preload_dlls()
