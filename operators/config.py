@@ -118,7 +118,9 @@ class OcrConfig(Section):
     threads: int | None = Field(
         None, ge=1, description="onnxruntime threads per OCR model (they sleep between runs: "
         "operators/onnx_session.py). None: its default, one per core of the host, each pinned to its core, whatever "
-        "the actor was given: set it to the actor's num_cpus on shared hosts.")
+        "the actor was given: set it to the actor's num_cpus on shared hosts. With device cuda, 1 (the gpu "
+        "profile's): the threads only run the few operators left on the CPU, and one halved the host CPU of a read "
+        "on an H100 host against one per core.")
     incremental: bool = Field(
         True, description="A changed frame is read again only where it changed, with the text a whole read gives: "
         "a change touching no line of the last read is looked at by the detector in windows around it only (no "
@@ -154,10 +156,10 @@ class OcrConfig(Section):
     device: Literal["cpu", "cuda"] = Field(
         "cpu", description="Where the detector and recogniser run. cuda (the gpu profile's): onnxruntime's CUDA "
         "execution provider, which only the onnxruntime-gpu build has (docs/deploy.md says how to install it); "
-        "incremental reads of the sample broadcast at 13-14 ms a frame and 31-37 ms of host CPU on an H100 host, "
-        "against 24 and 46 ms on two CPU threads (BENCHMARKS.md, 'OCR on the GPU: the shapes'). A reader asked "
-        "for cuda where that provider is missing or does not take the models refuses to start: it never reads on "
-        "the CPU instead. The OCR actors then hold placement.ocr.num_gpus.")
+        "incremental reads of the sample broadcast at 13.5 ms a frame and 17.9 ms of host CPU on an H100 host with "
+        "ocr.threads 1, against 24 and 46 ms on two CPU threads (BENCHMARKS.md, 'OCR on the GPU: the shapes'). "
+        "A reader asked for cuda where that provider is missing or does not take the models refuses to start: it "
+        "never reads on the CPU instead. The OCR actors then hold placement.ocr.num_gpus.")
 
 
 class TranscriptConfig(Section):

@@ -198,9 +198,10 @@ SHORT_ENV: dict[str, tuple[str, str]] = {
 # gpu: real Hugging Face checkpoints, bf16 on CUDA: a SigLIP dual encoder (text queries work) and a
 # text LLM that answers from the evidence's times and scores. To feed stored visual tokens to the answer
 # model instead, set encode.model and answer.model to the same VLM (docs/operations.md). OCR runs on
-# onnxruntime's CUDA provider (onnxruntime-gpu, docs/deploy.md), each reader holding a tenth of the GPU: the
-# sample broadcast read incrementally at 13-14 ms a frame and 31-37 ms of host CPU on an H100 host, against
-# 24 and 46 ms on two CPU threads (BENCHMARKS.md, "OCR on the GPU: the shapes").
+# onnxruntime's CUDA provider (onnxruntime-gpu, docs/deploy.md), each reader holding a tenth of the GPU and one
+# onnxruntime CPU thread: the sample broadcast read incrementally at 13.5 ms a frame and 17.9 ms of host CPU on
+# an H100 host (36.3 with onnxruntime's default thread per core), against 24 and 46 ms on two CPU threads
+# (BENCHMARKS.md, "OCR on the GPU: the shapes").
 PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "offline": {},
     "gpu": {
@@ -216,7 +217,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         # GPU hosts are sized by their decode cores: at 1 frame/s this decodes 2.3-3x fewer frames, the same
         # frames out, and closed captions come from the packets (operators/cc_data.py).
         "decode": {"skip_unsampled": True},
-        "ocr": {"device": "cuda"},
+        "ocr": {"device": "cuda", "threads": 1},
         "placement": {"ocr": {"num_gpus": 0.1}},
     },
 }
