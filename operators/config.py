@@ -140,8 +140,9 @@ class OcrConfig(Section):
         1, ge=1, description="Text crops of the same input width (all streams' changed lines of the calls read "
         "together) recognised per model run. A crop's text does not depend on it. 1 on CPUs: onnxruntime's CPU "
         "kernels for this recogniser cost more per line in larger runs (an 832 px wide input: 54 ms alone, "
-        "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18). 1 on CUDA too: read across 8 streams, "
-        "runs of 8 read no cheaper on an H100 host (30.6 against 29.0 ms of host CPU a frame).")
+        "~100 ms each in runs of 4-16 on 2 cores; BENCHMARKS.md, issue 18). 1 on CUDA too: read across 8 streams on "
+        "an H100 host, runs of 8 differed from runs of 1 within the run-to-run spread (18.6 against 20.9 ms of "
+        "host CPU a frame with ocr.threads 1, 30.6 against 29.0 with a thread per core).")
     max_lag_s: float | None = Field(
         None, gt=0.0, description="Live load shedding. A changed frame that reaches the live OCR actor more than "
         "this many seconds after its segment ended (the segment's wall clock), and whose change touches text (or "

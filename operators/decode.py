@@ -190,7 +190,10 @@ class SegmentDecoder:
             if self.config.skip_unsampled:
                 grid = _Grid(info.media_start_s, period_ticks * tb, info.sample_fps or self.config.sample_fps)
                 needed = {pts for pts in all_pts if grid.claims(float((pts - all_pts[0]) * tb))}
-        cc_reader = CcDataReader.for_stream(context.codec.name, context.extradata)
+        try:
+            cc_reader = CcDataReader.for_stream(context.codec.name, context.extradata)
+        except ValueError as exc:  # extradata that names no NAL length size
+            raise StageError("decode_error", f"cannot read the stream's closed captions: {exc}") from exc
         if cc_reader is None and (self.config.keyframes_only or needed is not None):
             self._warn_frame_captions(context.codec.name)
         try:
@@ -207,10 +210,7 @@ class SegmentDecoder:
     def _packet_captions(self, reader: CcDataReader, packets: list[av.Packet], start_s: float, first_pts: int,
                          tb: Fraction) -> list[CaptionData]:
         """Every packet's cc_data, in presentation order, on the clock the frames are put on."""
-        try:
-            found = [(p.pts, reader.read(bytes(p))) for p in packets]
-        except ValueError as exc:  # extradata that names no NAL length size
-            raise StageError("decode_error", f"cannot read the stream's closed captions: {exc}") from exc
+        found = [(p.pts, reader.read(bytes(p))) for p in packets]
         return [CaptionData(start_s + float((pts - first_pts) * tb), data) for pts, data in sorted(found) if data]
 
     def _warn_frame_captions(self, codec: str) -> None:

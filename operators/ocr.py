@@ -226,8 +226,9 @@ class ScreenTextReader:
                 found = self.engine.detect(image)
             if len(unchanged) == len(last.lines) and not self._text_in(image, regions, found):
                 # The change touched no line and holds no text: the lines stand. Done even past a deadline: it
-                # costs window detections only, and it moves the stream's reference picture forward, so its
-                # later frames are compared with a recent picture rather than all counting as changed.
+                # costs window detections only (one whole-frame detection on a GPU), and it moves the stream's
+                # reference picture forward, so its later frames are compared with a recent picture rather than
+                # all counting as changed.
                 self._count_regions(regions)
                 self.stats.lines_kept += len(last.lines)
                 return _Pending(slot, key, pts_s, thumbnail, list(last.lines), [], [])
