@@ -19,14 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rapidocr_onnxruntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from operators.ocr_engine import DETECTOR_MODEL, RECOGNISER_MODEL  # noqa: E402
 from operators.onnx_session import CPU, open_session  # noqa: E402
-
-MODELS = Path(rapidocr_onnxruntime.__file__).parent / "models"
-DETECTOR, RECOGNISER = MODELS / "ch_PP-OCRv4_det_infer.onnx", MODELS / "ch_PP-OCRv4_rec_infer.onnx"
 
 
 def timed(session, x: np.ndarray) -> tuple[float, float]:
@@ -38,9 +35,9 @@ def timed(session, x: np.ndarray) -> tuple[float, float]:
 
 def probe(label: str, provider, shapes: int, threads: int) -> None:
     rng = random.Random(0)
-    cases = (("detector", DETECTOR, (352, 640), [(rng.randrange(64, 353, 32), rng.randrange(64, 641, 32))
+    cases = (("detector", DETECTOR_MODEL, (352, 640), [(rng.randrange(64, 353, 32), rng.randrange(64, 641, 32))
                                                  for _ in range(shapes)]),
-             ("recogniser", RECOGNISER, (48, 320), [(48, rng.randrange(320, 1200)) for _ in range(shapes)]))
+             ("recogniser", RECOGNISER_MODEL, (48, 320), [(48, rng.randrange(320, 1200)) for _ in range(shapes)]))
     for model, path, base, sizes in cases:
         session = open_session(path, provider, threads=threads)
         x = np.random.rand(1, 3, *base).astype(np.float32)

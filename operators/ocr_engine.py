@@ -43,7 +43,7 @@ _REC_MIN_WIDTH = 320  # and its narrowest input (RapidOCR's rec_img_shape)
 # RapidOCR's model files (the version is pinned in pyproject.toml), and the CUDA provider's options: cuDNN
 # picks convolution algorithms heuristically instead of searching at every new input shape.
 _MODELS = Path(rapidocr_onnxruntime.__file__).parent / "models"
-_DETECTOR, _RECOGNISER = "ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx"
+DETECTOR_MODEL, RECOGNISER_MODEL = _MODELS / "ch_PP-OCRv4_det_infer.onnx", _MODELS / "ch_PP-OCRv4_rec_infer.onnx"
 _CUDA: Provider = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
 
 
@@ -81,8 +81,8 @@ class OcrEngine:
         # to the CPU with a log line, and asks cuDNN for an exhaustive algorithm search at every new input
         # shape (the detector sees windows of many shapes).
         provider = _CUDA if config.device == "cuda" else (CPU, {})
-        rapid.text_det.infer.session = open_session(_MODELS / _DETECTOR, provider, threads=config.threads)
-        rapid.text_rec.session.session = open_session(_MODELS / _RECOGNISER, provider, threads=config.threads)
+        rapid.text_det.infer.session = open_session(DETECTOR_MODEL, provider, threads=config.threads)
+        rapid.text_rec.session.session = open_session(RECOGNISER_MODEL, provider, threads=config.threads)
         self._detector = rapid.text_det
         # The recogniser's session and decoder are RapidOCR 1.4's attributes, not public API: check them on an
         # upgrade (tests/operators/test_ocr.py reads known text through them).

@@ -10,14 +10,13 @@ import av
 import numpy as np
 import onnxruntime
 import pytest
-import rapidocr_onnxruntime
 from PIL import Image, ImageDraw, ImageFont
 from rapidocr_onnxruntime import RapidOCR
 
 from operators.config import OcrConfig
 from operators.frames import FrameBatch, SegmentInfo, StageError
 from operators.ocr import ScreenTextReader, TextEmbedder
-from operators.ocr_engine import OcrEngine
+from operators.ocr_engine import RECOGNISER_MODEL, OcrEngine
 from operators.onnx_session import open_session
 from pipelines.ingest.snapshots import pack, unpack
 
@@ -227,8 +226,7 @@ def test_one_stream_is_handed_over_and_taken_back_alone(reader: CountingReader):
 def test_engine_failure_is_a_stage_error(embedder: TextEmbedder):
     broken = ScreenTextReader(OcrConfig(), embedder)
     # The detector given the recogniser's model: onnxruntime fails on the first frame.
-    models = Path(rapidocr_onnxruntime.__file__).parent / "models"
-    broken.engine._detector = RapidOCR(use_cls=False, det_model_path=str(models / "ch_PP-OCRv4_rec_infer.onnx")).text_det
+    broken.engine._detector = RapidOCR(use_cls=False, det_model_path=str(RECOGNISER_MODEL)).text_det
     with pytest.raises(StageError) as error:
         broken.read(batch([frame(HEADLINES[0])]))
     assert (error.value.code, error.value.stage) == ("ocr_error", "ocr")
@@ -248,8 +246,7 @@ def test_cuda_without_onnxruntimes_cuda_provider_is_refused_not_read_on_the_cpu(
 @pytest.mark.filterwarnings("ignore:Specified provider")  # onnxruntime's own word for it
 def test_a_provider_that_does_not_take_the_model_is_refused():
     with pytest.raises(RuntimeError, match="asked for on NoSuchExecutionProvider but onnxruntime put it on CPU"):
-        open_session(Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_rec_infer.onnx",
-                     ("NoSuchExecutionProvider", {}))
+        open_session(RECOGNISER_MODEL, ("NoSuchExecutionProvider", {}))
 
 
 @pytest.mark.parametrize("threads", [None, 1, 2])
