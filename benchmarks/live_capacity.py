@@ -14,7 +14,8 @@ are driven in plain processes, one per actor, joined by multiprocessing queues i
 - decode actors (--decoders processes, one core each): SegmentDecoder (--decode nvdec: full decodes on
   NVDEC), frames resized to 640 px, JPEG thumbnails; "keyframes" samples the keyframe of each segment (skip_frame=NONKEY, one frame per 2 s),
   "1fps" keeps one frame a second, decoding every frame, or with --skip-unsampled (decode.skip_unsampled)
-  only the frames a sample needs.
+  only the frames a sample needs. Closed captions are read from every segment's packets in both modes
+  (operators/cc_data.py), as a deployment with transcript.captions on (the default) reads them.
 - encoder actor (one process, the GPU): frame batches of many streams gathered for up to 30 ms or --batch
   frames, then the encode actor's fused step (pipelines/ingest/chain.py FusedEncodeCompress: resize, SigLIP-B/16
   tower with random weights in bf16, pixel-mode drop, pruning to 60/196, pooled embedding, all on the GPU;
@@ -230,7 +231,7 @@ def main() -> int:
     parser.add_argument("--decode", choices=["cpu", "nvdec"], default="cpu", help="DecodeConfig.hardware: nvdec "
                         "decodes 1fps mode's full decodes on the GPU (keyframes stay on the CPU).")
     parser.add_argument("--skip-unsampled", action="store_true", help="decode.skip_unsampled in 1fps mode: "
-                        "decode only the frames a sample needs (a deployment without closed captions).")
+                        "decode only the frames a sample needs (closed captions still read from every packet).")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", default="1920x1080")
