@@ -224,13 +224,15 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 # cluster: the gpu profile's models, with every stage tagged for its node type (ray_cluster.yaml, k8s/) and
 # holding the CPUs it uses, so that the autoscaler adds CPU workers for decode / OCR and GPU workers for
 # encode / answer. OCR stays on the CPU workers, which scale apart from the GPUs: set ocr.device=cuda and
-# placement.ocr's tag to livelens_gpu_worker to move it. Replica counts stay a per-deployment choice
+# placement.ocr's tag to livelens_gpu_worker to move it. Each OCR reader runs one onnxruntime thread, as it holds
+# one CPU: with onnxruntime's default thread per host core, two readers sharing 2 cores spent 38-56 ms of CPU a
+# frame instead of 28-33 (BENCHMARKS.md, "OCR threads per reader"). Replica counts stay a per-deployment choice
 # (docs/deploy.md sizes them).
 _CPU_NODE = {"livelens_cpu_worker": 0.01}
 _GPU_NODE = {"livelens_gpu_worker": 0.01}
 PROFILE_DEFAULTS["cluster"] = {
     **PROFILE_DEFAULTS["gpu"],
-    "ocr": {"device": "cpu"},
+    "ocr": {"device": "cpu", "threads": 1},
     "placement": {
         "source": {"num_cpus": 0.5, "resources": _CPU_NODE},
         "decode": {"num_cpus": 1, "resources": _CPU_NODE},

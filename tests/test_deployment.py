@@ -89,6 +89,15 @@ def test_actor_options_per_stage(kwargs, stage, expected):
     assert actor_options(LivelensConfig(**kwargs), stage) == expected
 
 
+@pytest.mark.parametrize("profile", ["gpu", "cluster"])
+def test_profile_ocr_readers_run_no_more_threads_than_they_hold(profile):
+    """onnxruntime starts a thread per host core unless told: a reader holding one CPU must say one thread, or
+    readers sharing a node contend for every core (BENCHMARKS.md, "OCR threads per reader")."""
+    config = LivelensConfig(profile=profile)
+    assert config.ocr.threads is not None
+    assert config.ocr.threads <= actor_options(config, "ocr").get("num_cpus", 1)
+
+
 def test_placement_from_environment(monkeypatch):
     monkeypatch.setenv("LIVELENS_PROFILE", "cluster")
     monkeypatch.setenv("LIVELENS_PLACEMENT__DECODE__NUM_CPUS", "2")
