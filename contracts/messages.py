@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _HEADER_LEN = struct.Struct(">I")  # contract 1's length prefix
 # Metadata (a segment header, contract 1's framed header) is small; a larger one is malformed or hostile.
@@ -131,6 +131,18 @@ class TimeScope(BaseModel):
     start: datetime | None = None
     end: datetime | None = None
     since_s: float | None = Field(None, gt=0)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _has_epoch_time(cls, bound: datetime | None) -> datetime | None:
+        # A naive 0001-01-01 has no epoch time (its local-time conversion falls in year 0): bad input, refused
+        # with the rest of the request's errors, not an error when the query runs (tests/security/test_fuzz.py).
+        if bound is not None:
+            try:
+                bound.timestamp()
+            except (ValueError, OverflowError) as exc:
+                raise ValueError(f"{bound.isoformat()} has no epoch time: {exc}") from exc
+        return bound
 
     def resolve(self, now: datetime | None = None) -> tuple[float | None, float | None]:
         """Epoch-seconds (start, end); None for an open bound."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from datetime import UTC, datetime, timedelta, timezone
 from typing import ClassVar, Literal
 
 import pytest
@@ -268,3 +269,20 @@ def test_the_session_names_the_segment(session, seq, key, frame_key):
 def test_a_session_id_cannot_break_the_keys_it_is_part_of():
     with pytest.raises(ValidationError, match="session"):
         messages.VideoSegment(**{**SEG.model_dump(), "session": "a/b-c"})
+
+
+@pytest.mark.parametrize(("bound", "refused"), [
+    (datetime(1, 1, 1), True),  # naive: read as local time, which falls in year 0
+    (datetime(1, 1, 2), False),
+    (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))), False),
+    (datetime.max, False),
+    (datetime(2026, 12, 7, 12, tzinfo=UTC), False),
+])
+@pytest.mark.parametrize("field", ["start", "end"])
+def test_a_time_scope_bound_without_an_epoch_time_is_refused_as_bad_input(bound, refused, field):
+    """Found by the fuzz test: such a bound passed validation and failed when the query ran (an HTTP 500)."""
+    if refused:
+        with pytest.raises(ValidationError, match="has no epoch time"):
+            messages.TimeScope(**{field: bound})
+    else:
+        assert messages.TimeScope(**{field: bound}).resolve()[field == "end"] == bound.timestamp()
