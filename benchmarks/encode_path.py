@@ -2,7 +2,7 @@
 encode-and-compress comes to the bare tower on the same batch.
 
     python benchmarks/encode_path.py [--batch 512] [--streams 64] [--sizes 640x360 224x224] [--steps 10]
-                                     [--parts tower path] [--compile]
+                                     [--parts tower path] [--compile] [--preprocess torch triton]
 
 tower: SigLIP-B/16's vision tower (random weights, bf16) on one batch, frames/s of the forward pass alone
     (CUDA events, median over --steps batches after warm-up, inputs rotated among 4 sets), under the
@@ -16,7 +16,8 @@ path: --streams streams x (batch / streams) frames of --sizes, uint8 on the host
     - the bare tower on the same frames already resized on the device (the ceiling),
     - VisionEncoder.encode + TokenDropCompressor.compress (host-side drop and pruning, every token copied back),
     - EncodeCompressor (operators/encode_compress.py) at chunk sizes batch, batch/2, batch/4, one call at a
-      time (process) and fed continuously (the next call submitted before this one is collected),
+      time (process) and fed continuously (the next call submitted before this one is collected), for each
+      --preprocess (encode.preprocess: torch, or triton's single-read resize and cells),
     each with pixel-mode drop and pruning to 60/196 (the gpu profile's compression), wall clock per call
     including every host copy, median over --steps calls.
 """
@@ -24,6 +25,7 @@ path: --streams streams x (batch / streams) frames of --sizes, uint8 on the host
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import subprocess
 import sys
@@ -170,8 +172,13 @@ def stream_batches(frames: np.ndarray, streams: int, step: int):
     return out
 
 
-def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int) -> float:
-    """Frames/s of a continuously fed EncodeCompressor: each call's batches submitted before the last is collected."""
+def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int, warmup: int = 3) -> float:
+    """Frames/s of a continuously fed EncodeCompressor: each call's batches submitted before the last is collected.
+    The first ``warmup`` calls are not timed: a fresh compressor keeps its streams' first frames whole, and its
+    first calls fill the allocator's caches (one untimed run read 49% of the tower where the next read 78%)."""
+    for step in range(first_step, first_step + warmup):
+        fused.process(stream_batches(frames, streams, step))
+    first_step += warmup
     torch.cuda.synchronize()
     started = time.perf_counter()
     pending = fused.submit(stream_batches(frames, streams, first_step))
@@ -185,7 +192,7 @@ def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int)
 
 
 def path_rows(model_dir: Path, batch: int, streams: int, sizes: list[str], steps: int, with_compile: bool,
-              profile: bool = False) -> list[str]:
+              profile: bool = False, preprocessing: tuple[str, ...] = ("torch",)) -> list[str]:
     from operators.compress import TokenDropCompressor
     from operators.device_compress import DeviceTokenCompressor
     from operators.encode import VisionEncoder
@@ -224,17 +231,18 @@ def path_rows(model_dir: Path, batch: int, streams: int, sizes: list[str], steps
         lines.append(f"| {size} | VisionEncoder.encode + TokenDropCompressor (before) | {batch} | no | {fps:,.0f} | "
                      f"{fps / bare:.0%} | {kept:.1%} |")
         print(lines[-1], flush=True)
-        for compiled in ([False, True] if with_compile else [False]):
+        for preprocess, compiled in itertools.product(preprocessing, [False, True] if with_compile else [False]):
             for chunk in ((batch, batch // 4) if compiled else (batch, batch // 2, batch // 4)):
-                config = EncodeConfig(device="cuda", dtype="bfloat16", batch_frames=chunk, compile=compiled)
+                config = EncodeConfig(device="cuda", dtype="bfloat16", batch_frames=chunk, compile=compiled,
+                                      preprocess=preprocess)
                 fused = EncodeCompressor(VisionEncoder(config, model_dir),
                                          DeviceTokenCompressor(compress, drop, prune, device="cuda"))
                 fps, kept = timed(fused.process)
-                lines.append(f"| {size} | EncodeCompressor.process, one call at a time | {chunk} | "
+                lines.append(f"| {size} | EncodeCompressor.process, one call at a time, {preprocess} | {chunk} | "
                              f"{'yes' if compiled else 'no'} | {fps:,.0f} | {fps / bare:.0%} | {kept:.1%} |")
                 print(lines[-1], flush=True)
                 fps = steady(fused, frames, streams, steps, 100)
-                lines.append(f"| {size} | EncodeCompressor.submit / collect, next call submitted first | {chunk} | "
+                lines.append(f"| {size} | EncodeCompressor, fed continuously, {preprocess} | {chunk} | "
                              f"{'yes' if compiled else 'no'} | {fps:,.0f} | {fps / bare:.0%} | |")
                 print(lines[-1], flush=True)
         if profile:
@@ -261,6 +269,8 @@ def main() -> int:
     parser.add_argument("--parts", nargs="+", choices=["tower", "path"], default=["tower", "path"])
     parser.add_argument("--compile", action="store_true", help="Add torch.compile rows (minutes of compiling).")
     parser.add_argument("--profile", action="store_true", help="Print a torch profile of one EncodeCompressor call.")
+    parser.add_argument("--preprocess", nargs="+", choices=["torch", "triton"], default=["torch"],
+                        help="encode.preprocess values of the EncodeCompressor rows.")
     args = parser.parse_args()
     import transformers
 
@@ -272,7 +282,8 @@ def main() -> int:
     if "tower" in args.parts:
         tower_rows(model_dir, args.batch, args.steps, args.compile)
     if "path" in args.parts:
-        path_rows(model_dir, args.batch, args.streams, args.sizes, args.steps, args.compile, args.profile)
+        path_rows(model_dir, args.batch, args.streams, args.sizes, args.steps, args.compile, args.profile,
+                  tuple(args.preprocess))
     return 0
 
 

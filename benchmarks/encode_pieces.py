@@ -10,12 +10,15 @@ drop, pruning to 60/196, uncompiled, one chunk of --batch). Prints, per frame si
 - frames/s of `EncodeCompressor` fed continuously (`encode_path.steady`) as built, with torch on 2 threads,
   and with parts of its work taken away: frames already in a pinned buffer (no host staging), frames already
   on the device (no staging and no copy), and the resize in bfloat16. What a variant gains is what that
-  part costs the path.
+  part costs the path;
+- where the triton package is installed, the same for ``encode.preprocess = "triton"``: its two passes alone,
+  and the path fed continuously with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.encode_path import build_siglip, steady, synthetic_frames, to_pixels  # noqa: E402
-from operators.device_compress import DeviceTokenCompressor, pixel_cells_on_device  # noqa: E402
+from operators.device_compress import DeviceTokenCompressor, cell_lattice, pixel_cells_on_device  # noqa: E402
 from operators.encode import VisionEncoder  # noqa: E402
 from operators.encode_compress import EncodeCompressor  # noqa: E402
 from pipelines.config import CompressConfig, DropConfig, EncodeConfig, PruneConfig  # noqa: E402
@@ -67,6 +70,10 @@ def pieces(size: str, batch: int, model_dir: Path) -> None:
     width, height = map(int, size.split("x"))
     frames = synthetic_frames(batch, height, width, seed=7, per_stream=batch // STREAMS)
     encoder = VisionEncoder(EncodeConfig(device="cuda", dtype="bfloat16", batch_frames=batch), model_dir)
+    triton_encoder = None
+    if importlib.util.find_spec("triton"):
+        triton_encoder = VisionEncoder(EncodeConfig(device="cuda", dtype="bfloat16", batch_frames=batch,
+                                                    preprocess="triton"), model_dir)
     on_device = torch.from_numpy(frames).cuda()
     pinned = torch.empty(on_device.shape, dtype=torch.uint8, pin_memory=True)
     pinned.copy_(torch.from_numpy(frames))
@@ -77,6 +84,11 @@ def pieces(size: str, batch: int, model_dir: Path) -> None:
                 "resize + normalise": gpu_ms(lambda: encoder._normalise_frames(on_device)),
                 "pixel cells": gpu_ms(lambda: pixel_cells_on_device(on_device, encoder.grid)),
                 "copy to the device from pinned memory": gpu_ms(lambda: pinned.to("cuda", non_blocking=True))}
+        if triton_encoder is not None:
+            passes, lattice = triton_encoder.frame_passes, cell_lattice(on_device, encoder.grid)
+            rows["resize + normalise, Triton (encode.preprocess=triton)"] = gpu_ms(
+                lambda: triton_encoder._normalise_frames(on_device))
+            rows["pixel cells, Triton"] = gpu_ms(lambda: passes.pixel_cells(on_device, lattice))
     for threads in (2, 16):
         torch.set_num_threads(threads)
         rows[f"host: staging into pinned memory, {threads} threads"] = host_ms(
@@ -90,7 +102,9 @@ def pieces(size: str, batch: int, model_dir: Path) -> None:
     fused = EncodeCompressor(encoder, DeviceTokenCompressor(CompressConfig(), DropConfig(mode="pixel"), PruneConfig(),
                                                             device="cuda"))
     bare = batch / tower * 1000
-    as_built, staged = encoder._normalise_frames, fused._to_device
+    as_built, staged, as_built_cells = encoder._normalise_frames, fused._to_device, fused._pixel_cells
+    if triton_encoder is not None:
+        triton_fused = EncodeCompressor(triton_encoder, DeviceTokenCompressor(CompressConfig(), device="cuda"))
 
     def resize_bf16(images: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(images.permute(0, 3, 1, 2).to(torch.bfloat16), size=encoder._input_hw, mode="bilinear",
@@ -113,12 +127,17 @@ def pieces(size: str, batch: int, model_dir: Path) -> None:
                 ("frames already in a pinned buffer (no host staging)", as_built, from_pinned, 16),
                 ("frames already on the device (no staging, no copy)", as_built, already_there, 16),
                 ("resize in bfloat16", resize_bf16, staged, 16)]
-    for step, (name, normalise, to_device, threads) in enumerate(variants):
+    if triton_encoder is not None:
+        variants.append(("encode.preprocess = triton (resize and cells read the uint8 frames once)",
+                         triton_encoder._normalise_frames, staged, 16))
+    # Two rounds, the second in reverse order: the spread between them is the measurement's.
+    for step, (name, normalise, to_device, threads) in enumerate(variants + variants[::-1]):
         encoder._normalise_frames, fused._to_device = normalise, to_device
+        fused._pixel_cells = triton_fused._pixel_cells if "triton" in name else as_built_cells
         torch.set_num_threads(threads)
         fps = steady(fused, frames, STREAMS, 10, 1000 + 100 * step)
         print(f"| {name} | {fps:,.0f} | {fps / bare:.0%} |", flush=True)
-    encoder._normalise_frames, fused._to_device = as_built, staged
+    encoder._normalise_frames, fused._to_device, fused._pixel_cells = as_built, staged, as_built_cells
     torch.set_num_threads(16)
 
 

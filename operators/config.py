@@ -69,6 +69,11 @@ class EncodeConfig(Section):
         False, description="torch.compile the tower's forward pass (cuda only), compiled at its first batch "
         "(~15 s), once more for a dynamic batch size. SigLIP-B/16 on an H100: +57% on noise-like frames, +9% on "
         "mostly still ones (BENCHMARKS.md); not yet measured with live partial batches, hence off.")
+    preprocess: Literal["torch", "triton"] = Field(
+        "torch", description="How frames become the tower's input (and, on the fused path, the pixel-mode drop's "
+        "cells): torch (convert the batch to float, then resize and pool it) or triton (cuda only: one kernel per "
+        "pass reads the uint8 frames once; operators/triton_frames.py; needs the triton package that torch's CUDA "
+        "wheels bring). Same results within float rounding; see BENCHMARKS.md for what it gains.")
     fused: Literal["auto", "on", "off"] = Field(
         "auto", description="Encode and compress in one step on the encoder's device (operators/encode_compress.py): "
         "only kept tokens leave it. The encode actor then also holds the streams' compression state and no "

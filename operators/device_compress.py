@@ -348,12 +348,17 @@ class _Plan:
 
 def pixel_cells_on_device(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """``operators.frame_skip.pixel_cells`` of uint8 frames [N,H,W,3] already on the device: [N, rows*4, cols*4, 3]."""
+    x = images.permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(x, cell_lattice(images, grid)).permute(0, 2, 3, 1).contiguous()
+
+
+def cell_lattice(images: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of pixel cells for a token grid; frames [N,H,W,3] smaller than that are refused."""
     rows, cols = grid[0] * CELLS_PER_PATCH, grid[1] * CELLS_PER_PATCH
     height, width = images.shape[1:3]
     if height < rows or width < cols:
         raise ValueError(f"a {height}x{width} frame is smaller than the {rows}x{cols} cell lattice of grid {grid}")
-    x = images.permute(0, 3, 1, 2).float()
-    return F.adaptive_avg_pool2d(x, (rows, cols)).permute(0, 2, 3, 1).contiguous()
+    return rows, cols
 
 
 def distinctiveness(tokens: torch.Tensor, memory_means: torch.Tensor) -> torch.Tensor:

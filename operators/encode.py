@@ -28,7 +28,8 @@ The VLM kind stores ~15x the bytes of a dual encoder per frame: token drop
 
 Frames are resized whole to the model's input size, never centre-cropped:
 on-screen text and objects at the edges must reach memory. Resizing and
-normalising run in torch on the encoder's device, one call per input batch.
+normalising run on the encoder's device, one call per input batch: in torch, or in
+one Triton kernel reading the uint8 frames once (``encode.preprocess``, operators/triton_frames.py).
 """
 
 from __future__ import annotations
@@ -128,6 +129,17 @@ class VisionEncoder:
         self._mean = torch.tensor(mean, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=self._device).view(1, 3, 1, 1)
         self._scale = scale
+        # Imported here: the triton package comes with torch's CUDA wheels only, and the torch path needs none.
+        self.frame_passes = None
+        if config.preprocess == "triton":
+            if self._device.type != "cuda":
+                raise ValueError("encode.preprocess='triton' runs on cuda: set encode.device='cuda' or use 'torch'")
+            try:
+                from operators.triton_frames import FramePasses
+            except ImportError as exc:
+                raise ValueError(f"encode.preprocess='triton' needs the triton package, which torch's CUDA wheels "
+                                 f"bring ({exc}); or set encode.preprocess='torch'") from exc
+            self.frame_passes = FramePasses(self._device)
 
         vision_config = getattr(hf_config, "vision_config", hf_config)
         patch = vision_config.patch_size
@@ -271,6 +283,9 @@ class VisionEncoder:
 
     def _normalise_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [N,H,W,3] on the device -> normalised [N,3,h,w] at the model's input size."""
+        if self.frame_passes is not None:
+            return self.frame_passes.resize_normalise(frames, self._input_hw, self._scale, self._mean, self._std,
+                                                      self._dtype)
         x = frames.permute(0, 3, 1, 2).float()
         # Antialiased: frames are usually 3-7x larger than the model input; plain bilinear would alias.
         x = F.interpolate(x, size=self._input_hw, mode="bilinear", antialias=True, align_corners=False)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from operators.device_compress import DeviceTokenCompressor, StreamRows, pixel_cells_on_device
+from operators.device_compress import DeviceTokenCompressor, StreamRows, cell_lattice, pixel_cells_on_device
 from operators.encode import VisionEncoder
 from operators.frames import CompressedBatch, FrameBatch
 
@@ -139,7 +139,7 @@ class EncodeCompressor:
         tokens = tokens.to(torch.float16)  # what memory stores, and what the host path compares
         cells = None
         if self.compressor.drop.mode == "pixel":
-            cells = torch.cat([pixel_cells_on_device(f, self.encoder.grid) for f in frames])
+            cells = torch.cat([self._pixel_cells(f) for f in frames])
         rows = [StreamRows((batches[p.batch].segment.tenant_id, batches[p.batch].segment.stream_id),
                            batches[p.batch].pts_s[p.start : p.stop]) for p in pieces]
         kept, drop_ratio = self.compressor.mark_chunk(rows, tokens, self.encoder.grid, cells)
@@ -150,6 +150,12 @@ class EncodeCompressor:
             marked = torch.cuda.Event()
             marked.record()
         return _Queued(pieces, tokens, embedding, kept, drop_ratio, counts, marked)
+
+    def _pixel_cells(self, frames: torch.Tensor) -> torch.Tensor:
+        passes = self.encoder.frame_passes
+        if passes is None:
+            return pixel_cells_on_device(frames, self.encoder.grid)
+        return passes.pixel_cells(frames, cell_lattice(frames, self.encoder.grid))
 
     @staticmethod
     def _same_size_runs(batches: Sequence[FrameBatch], pieces: list[_Piece]) -> list[list[_Piece]]:

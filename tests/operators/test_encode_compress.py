@@ -3,6 +3,7 @@ TokenDropCompressor.compress: the same stored tokens, masks, ratios and embeddin
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,26 @@ def test_gpu_path_equals_cpu_path(tower: Path):
     for c, g in zip(results["cpu"], results["cuda"]):
         np.testing.assert_array_equal(c.kept, g.kept)
         np.testing.assert_allclose(c.tokens.astype(np.float32), g.tokens.astype(np.float32), atol=2e-2)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and importlib.util.find_spec("triton")),
+                    reason="no CUDA device with triton")
+def test_triton_preprocessing_gives_the_torch_path_results(tower: Path):
+    results = {}
+    for preprocess in ("torch", "triton"):
+        encoder = VisionEncoder(EncodeConfig(batch_frames=4, device="cuda", preprocess=preprocess), tower)
+        compressor = DeviceTokenCompressor(CompressConfig(drop_threshold=0.9), DropConfig(mode="pixel"),
+                                           PruneConfig(keep_fraction=0.25), device="cuda")
+        results[preprocess] = EncodeCompressor(encoder, compressor).process(batches())
+    for t, g in zip(results["torch"], results["triton"]):
+        np.testing.assert_array_equal(t.kept, g.kept)
+        np.testing.assert_allclose(t.tokens.astype(np.float32), g.tokens.astype(np.float32), atol=2e-2)
+        np.testing.assert_allclose(t.embedding, g.embedding, atol=1e-3)
+
+
+def test_triton_preprocessing_on_the_cpu_is_refused(tower: Path):
+    with pytest.raises(ValueError, match="preprocess='triton' runs on cuda"):
+        VisionEncoder(EncodeConfig(batch_frames=4, device="cpu", preprocess="triton"), tower)
 
 
 def test_an_empty_batch_yields_an_empty_result(tower: Path):
