@@ -212,7 +212,8 @@ PROFILE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
             "batch_frames": 256,
             "max_batch_wait_ms": 30.0,
             # Resize and pixel cells in one read of the uint8 frames: the fused path at 90-91% of the bare tower
-            # at 640x360 on an H100 against 80-82% in torch (BENCHMARKS.md, "Resize and cells in one read").
+            # at 640x360 on an H100 (chunk 512) against 80-82% in torch (BENCHMARKS.md, "Resize and cells in one
+            # read of the uint8 frames").
             "preprocess": "triton",
         },
         "answer": {"model": "Qwen/Qwen2.5-1.5B-Instruct", "device": "cuda", "dtype": "bfloat16"},
