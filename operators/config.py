@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DropMode = Literal["feature", "pixel"]
 BoundarySignal = Literal["drop_ratio", "curvature"]
@@ -79,7 +79,16 @@ class EncodeConfig(Section):
         "only kept tokens leave it. The encode actor then also holds the streams' compression state and no "
         "compress actor runs. auto: on when device is cuda and neither cache.skip_frames nor cache.token_cache is "
         "set (the fused path runs every frame through the tower in full); on: also on the CPU, where it gives the "
-        "separate steps' results. SigLIP-B/16 on an H100: 81-92% of the bare tower against 4% (BENCHMARKS.md).")
+        "separate steps' results. SigLIP-B/16 on an H100: 81-97% of the bare tower against 4% (BENCHMARKS.md).")
+
+    @model_validator(mode="after")
+    def _triton_runs_on_cuda(self) -> EncodeConfig:
+        # Refused when the config loads, not when an encode actor starts: a gpu-profile config moved to the CPU
+        # (encode.device = cpu) must say what else to change.
+        if self.preprocess == "triton" and self.device != "cuda":
+            raise ValueError("encode.preprocess='triton' runs on cuda: with encode.device='cpu' set "
+                             "encode.preprocess='torch'")
+        return self
 
 
 class CompressConfig(Section):

@@ -91,6 +91,13 @@ def test_forget_starts_a_stream_afresh_in_the_fused_path(tmp_path, tiny_models):
     assert again[0].drop_ratio[0] == 0 and again[1].drop_ratio[0] > 0
 
 
+def test_triton_preprocessing_on_the_cpu_is_refused_when_the_config_loads():
+    assert LivelensConfig(profile="gpu").encode.preprocess == "triton"
+    with pytest.raises(pydantic.ValidationError, match="set encode.preprocess='torch'"):
+        LivelensConfig(profile="gpu", encode=dict(device="cpu"))
+    assert LivelensConfig(profile="gpu", encode=dict(device="cpu", preprocess="torch")).encode.device == "cpu"
+
+
 def test_the_config_chooses_the_path():
     assert not LivelensConfig().fused_encode  # auto on the CPU: the separate steps
     assert LivelensConfig(profile="gpu").fused_encode  # auto on CUDA: fused
