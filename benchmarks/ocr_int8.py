@@ -53,7 +53,7 @@ class _Recording:
 def read_whole(engine: OcrEngine, frames: list[np.ndarray]) -> list[list[str]]:
     out = []
     for image in frames:
-        image = OcrEngine.detector_input(image, 960)
+        image = OcrEngine.detector_input(image, OcrConfig().max_side)  # as ScreenTextReader scales by default
         boxes = engine.detect(image)
         out.append([text for text, _ in engine.recognise(engine.crops(image, boxes))] if len(boxes) else [])
     return out
