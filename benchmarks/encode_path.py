@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -172,19 +173,37 @@ def stream_batches(frames: np.ndarray, streams: int, step: int):
     return out
 
 
-def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int, warmup: int = 3) -> float:
+@dataclass
+class CallTimes:
+    """Host wall seconds of each submit and collect of a ``steady`` run: one long call (a stall) and a slow
+    steady state read alike in frames/s, and differently here (benchmarks/encode_stalls.py)."""
+
+    submit: list[float] = field(default_factory=list)
+    collect: list[float] = field(default_factory=list)
+
+
+def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int, warmup: int = 3,
+           calls: CallTimes | None = None) -> float:
     """Frames/s of a continuously fed EncodeCompressor: each call's batches submitted before the last is collected.
     The first ``warmup`` calls are not timed: a fresh compressor keeps its streams' first frames whole, and its
     first calls fill the allocator's caches (one untimed run read 49% of the tower where the next read 78%)."""
+    calls = calls if calls is not None else CallTimes()
+
+    def timed(times: list[float], call, *args):
+        at = time.perf_counter()
+        out = call(*args)
+        times.append(time.perf_counter() - at)
+        return out
+
     for step in range(first_step, first_step + warmup):
         fused.process(stream_batches(frames, streams, step))
     first_step += warmup
     torch.cuda.synchronize()
     started = time.perf_counter()
-    pending = fused.submit(stream_batches(frames, streams, first_step))
+    pending = timed(calls.submit, fused.submit, stream_batches(frames, streams, first_step))
     for step in range(first_step + 1, first_step + steps):
-        following = fused.submit(stream_batches(frames, streams, step))
-        fused.collect(pending)
+        following = timed(calls.submit, fused.submit, stream_batches(frames, streams, step))
+        timed(calls.collect, fused.collect, pending)
         pending = following
     fused.collect(pending)
     torch.cuda.synchronize()

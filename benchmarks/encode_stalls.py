@@ -2,8 +2,8 @@
 
     python benchmarks/encode_stalls.py
 
-`benchmarks/encode_path.py`'s fed-continuously measurement (64 streams x 8 frames of 640x360 a call, pixel-mode
-drop, pruning to 60/196, uncompiled, 3 untimed calls first), repeated 3 times per `encode.preprocess` and chunk
+`benchmarks/encode_path.py`'s fed-continuously measurement (`steady`: 64 streams x 8 frames of 640x360 a call,
+pixel-mode drop, pruning to 60/196, uncompiled, 3 untimed calls first), repeated 3 times per `encode.preprocess` and chunk
 size (512, 256, 128), with the host's wall time of every `EncodeCompressor.submit` and `collect` call: a run that
 reads low because of one long call (a stall) looks different from one that is slow throughout.
 """
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.encode_path import build_siglip, stream_batches, synthetic_frames, time_tower, to_pixels  # noqa: E402
+from benchmarks.encode_path import CallTimes, build_siglip, steady, synthetic_frames, time_tower, to_pixels  # noqa: E402
 from operators.device_compress import DeviceTokenCompressor  # noqa: E402
 from operators.encode import VisionEncoder  # noqa: E402
 from operators.encode_compress import EncodeCompressor  # noqa: E402
@@ -44,30 +44,11 @@ def main() -> int:
             config = EncodeConfig(device="cuda", dtype="bfloat16", batch_frames=chunk, preprocess=preprocess)
             fused = EncodeCompressor(VisionEncoder(config, model), DeviceTokenCompressor(
                 CompressConfig(), DropConfig(mode="pixel"), PruneConfig(), device="cuda"))
-            step = 0
-            for _ in range(3):
-                fused.process(stream_batches(frames, STREAMS, step))
-                step += 1
             for run in range(3):
-                submits, collects = [], []
-                torch.cuda.synchronize()
-                started = time.perf_counter()
-                at = time.perf_counter()
-                pending = fused.submit(stream_batches(frames, STREAMS, step))
-                submits.append(time.perf_counter() - at)
-                step += 1
-                for _ in range(CALLS - 1):  # the next call submitted before this one is collected
-                    at = time.perf_counter()
-                    following = fused.submit(stream_batches(frames, STREAMS, step))
-                    submits.append(time.perf_counter() - at)
-                    step += 1
-                    at = time.perf_counter()
-                    fused.collect(pending)
-                    collects.append(time.perf_counter() - at)
-                    pending = following
-                fused.collect(pending)
-                torch.cuda.synchronize()
-                fps = len(frames) * CALLS / (time.perf_counter() - started)
+                calls = CallTimes()
+                # Calls go on from run to run (3 untimed ones first): each stream's pts keep rising.
+                fps = steady(fused, frames, STREAMS, CALLS, 1000 * run, warmup=3 if run == 0 else 0, calls=calls)
+                submits, collects = calls.submit, calls.collect
                 print(f"| {preprocess} | {chunk} | {run} | {fps:,.0f} | {fps / bare:.0%} | "
                       f"{1000 * statistics.median(submits):.1f} / {1000 * max(submits):.1f} | "
                       f"{1000 * statistics.median(collects):.1f} / {1000 * max(collects):.1f} |", flush=True)

@@ -11,6 +11,8 @@ cells in float32. Selected by ``encode.preprocess = "triton"``; importing this m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -67,25 +69,25 @@ class FramePasses:
         Stored channels last, as torch's resize of permuted uint8 frames leaves it: the tower (whose first
         operation is the patch convolution) is that much faster on it that the path fed contiguous [N,3,h,w]
         pixels ran at 64% of the bare tower instead of 91% on an H100 (SigLIP-B/16, bf16; BENCHMARKS.md)."""
-        taps = self._filter("resize", frames, out_hw)
+        taps = self._filter(SeparableFilter.resize, frames, out_hw)
         out = torch.empty((len(frames), *out_hw, 3), dtype=dtype, device=self._device)
         self._run(frames, taps, out, scale, mean.reshape(3).float(), std.reshape(3).float())
         return out.permute(0, 3, 1, 2)
 
     def pixel_cells(self, frames: torch.Tensor, cells_hw: tuple[int, int]) -> torch.Tensor:
         """uint8 [N,H,W,3] -> float32 cell means [N,rows,cols,3], as ``pixel_cells_on_device``."""
-        taps = self._filter("cells", frames, cells_hw)
+        taps = self._filter(SeparableFilter.cell_means, frames, cells_hw)
         out = torch.empty((len(frames), *cells_hw, 3), dtype=torch.float32, device=self._device)
         self._run(frames, taps, out, 1.0, *self._identity)
         return out
 
-    def _filter(self, kind: str, frames: torch.Tensor, out_hw: tuple[int, int]) -> SeparableFilter:
+    def _filter(self, build: Callable[[tuple[int, int], tuple[int, int]], SeparableFilter], frames: torch.Tensor,
+                out_hw: tuple[int, int]) -> SeparableFilter:
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[3] != 3:
             raise ValueError(f"frames must be uint8 [N,H,W,3], got {frames.dtype} {tuple(frames.shape)}")
         in_hw = (frames.shape[1], frames.shape[2])
-        key = (kind, in_hw, out_hw)
+        key = (build.__name__, in_hw, out_hw)
         if key not in self._filters:
-            build = SeparableFilter.resize if kind == "resize" else SeparableFilter.cell_means
             self._filters[key] = build(in_hw, out_hw).to(self._device)
         return self._filters[key]
 
