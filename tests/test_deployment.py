@@ -84,6 +84,9 @@ GPU_STAGE = {"resources": {GPU_TAG: 0.01}}
      {"num_cpus": 2, "resources": {"ocr_box": 1}}),
     (dict(encode={"device": "cuda"}, placement={"encode": {"num_gpus": 2}}), "encode", {"num_gpus": 2}),
     (dict(placement={"compress": {"num_gpus": 0.25}}), "compress", {"num_gpus": 0.25}),
+    # Decoders on NVDEC hold the share they are given: Ray hides the GPU from actors that hold none.
+    (dict(profile="gpu", decode={"hardware": "nvdec"}, placement={"decode": {"num_gpus": 0.02}}), "decode",
+     {"num_gpus": 0.02}),
 ])
 def test_actor_options_per_stage(kwargs, stage, expected):
     assert actor_options(LivelensConfig(**kwargs), stage) == expected
@@ -111,6 +114,8 @@ def test_placement_from_environment(monkeypatch):
     (dict(profile="gpu", placement={"encode": {"num_gpus": 0}}), "encode", "would see no GPU"),
     (dict(answer={"device": "cuda"}, placement={"answer": {"num_gpus": 0}}), "answer", "would see no GPU"),
     (dict(profile="gpu", placement={"ocr": {"num_gpus": 0}}), "ocr", "would see no GPU"),
+    (dict(decode={"hardware": "nvdec"}), "decode", "set placement.decode.num_gpus"),
+    (dict(decode={"hardware": "nvdec"}, placement={"decode": {"num_gpus": 0}}), "decode", "would see no GPU"),
     ({}, "decoder", "unknown stage"),
 ])
 def test_actor_options_refuse(kwargs, stage, message):

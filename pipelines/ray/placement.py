@@ -22,7 +22,10 @@ STAGES: tuple[str, ...] = tuple(PlacementConfig.model_fields)
 
 def _device(config: LivelensConfig, stage: str) -> str:
     """The device a stage computes on; only encode, OCR and answer (and a VLM verifier, which runs the answer
-    model: pipelines.moderation.moderator.build_verifier) load models that can use a GPU."""
+    model: pipelines.moderation.moderator.build_verifier) load models that can use a GPU, and decode uses the
+    GPU's video decoders with ``decode.hardware = nvdec``."""
+    if stage == "decode":
+        return "cuda" if config.decode.hardware == "nvdec" else "cpu"
     if stage == "encode":
         return config.encode.device
     if stage == "ocr":
@@ -38,12 +41,17 @@ def actor_options(config: LivelensConfig, stage: str) -> dict[str, Any]:
 
     num_gpus defaults to 1 on a cuda stage: Ray sets CUDA_VISIBLE_DEVICES from what an actor reserved, so a
     cuda stage that reserved no GPU would see none and fail on its first tensor. Asking for 0 explicitly is a
-    configuration error, raised here rather than as a CUDA error inside a restarting actor.
+    configuration error, raised here rather than as a CUDA error inside a restarting actor. Decoders on NVDEC
+    have no default: a whole GPU each would leave all but one per GPU unplaced, and their share is the
+    deployment's choice (docs/deploy.md).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; placement has {', '.join(STAGES)}")
     placement = getattr(config.placement, stage)
     cuda = _device(config, stage) == "cuda"
+    if cuda and stage == "decode" and placement.num_gpus is None:
+        raise ValueError("decode.hardware is nvdec: set placement.decode.num_gpus to each decoder's share of a GPU "
+                         "(0.02, say): Ray shows no GPU to actors that hold none, and NVDEC would not open")
     num_gpus = placement.num_gpus if placement.num_gpus is not None else (1 if cuda else 0)
     if cuda and num_gpus == 0:
         raise ValueError(f"{stage} runs on cuda but placement.{stage}.num_gpus is 0: its actors would see no GPU")

@@ -76,8 +76,9 @@ class StagePlacement(Section):
         "while it runs), which lets a dozen actors share a 2-core laptop. On a cluster set it, so that the "
         "autoscaler sees the demand and adds nodes.")
     num_gpus: float | None = Field(
-        None, ge=0, description="GPUs each actor holds. None: 1 for encode and answer when their device is cuda, "
-        "else none. A fraction (0.5) packs two actors onto one GPU.")
+        None, ge=0, description="GPUs each actor holds. None: 1 for encode, OCR and answer when their device is "
+        "cuda, else none; decoders with decode.hardware=nvdec must be given their share (0.02, say). A fraction "
+        "(0.5) packs two actors onto one GPU.")
     resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources each actor asks for, e.g. "
         "{\"livelens_gpu_worker\": 0.01}: the actor is then placed only on nodes that declare them "
