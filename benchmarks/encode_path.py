@@ -173,26 +173,55 @@ def stream_batches(frames: np.ndarray, streams: int, step: int):
     return out
 
 
+@dataclass(frozen=True)
+class Allocations:
+    """What the CUDA allocators made: pinned host blocks (cudaHostAlloc, and the ms spent in it) and device
+    blocks (cudaMalloc). A call that makes none has only its own work to be slow about."""
+
+    pinned_blocks: int = 0
+    pinned_ms: float = 0.0
+    device_blocks: int = 0
+
+    @classmethod
+    def so_far(cls) -> Allocations:
+        host, device = torch.cuda.host_memory_stats(), torch.cuda.memory_stats()
+        return cls(host.get("num_host_alloc", 0), host.get("host_alloc_time.total", 0) / 1000,
+                   device.get("num_device_alloc", 0))
+
+    def __add__(self, other: Allocations) -> Allocations:
+        return Allocations(self.pinned_blocks + other.pinned_blocks, self.pinned_ms + other.pinned_ms,
+                           self.device_blocks + other.device_blocks)
+
+    def __sub__(self, other: Allocations) -> Allocations:
+        return Allocations(self.pinned_blocks - other.pinned_blocks, self.pinned_ms - other.pinned_ms,
+                           self.device_blocks - other.device_blocks)
+
+
 @dataclass
 class CallTimes:
-    """Host wall seconds of each submit and collect of a ``steady`` run: one long call (a stall) and a slow
-    steady state read alike in frames/s, and differently here (benchmarks/encode_stalls.py)."""
+    """Host wall seconds of each submit and collect of a ``steady`` run, and what each allocated: one long call
+    (a stall) and a slow steady state read alike in frames/s, and differently here (benchmarks/encode_stalls.py)."""
 
     submit: list[float] = field(default_factory=list)
     collect: list[float] = field(default_factory=list)
+    submit_made: list[Allocations] = field(default_factory=list)
+    collect_made: list[Allocations] = field(default_factory=list)
 
 
 def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int, warmup: int = 3,
            calls: CallTimes | None = None) -> float:
-    """Frames/s of a continuously fed EncodeCompressor: each call's batches submitted before the last is collected.
-    The first ``warmup`` calls are not timed: a fresh compressor keeps its streams' first frames whole, and its
-    first calls fill the allocator's caches (one untimed run read 49% of the tower where the next read 78%)."""
-    calls = calls if calls is not None else CallTimes()
+    """Frames/s of a continuously fed EncodeCompressor: each call's batches submitted before the last is collected;
+    each call's time and allocations into ``calls`` when given. The first ``warmup`` calls are not timed: a fresh
+    compressor keeps its streams' first frames whole, and its first calls fill the allocator's caches (one untimed
+    run read 49% of the tower where the next read 78%)."""
 
-    def timed(times: list[float], call, *args):
-        at = time.perf_counter()
+    def timed(times: list[float], made: list[Allocations], call, *args):
+        if calls is None:  # reading the allocators' statistics costs host time: only when asked for
+            return call(*args)
+        before, at = Allocations.so_far(), time.perf_counter()
         out = call(*args)
         times.append(time.perf_counter() - at)
+        made.append(Allocations.so_far() - before)
         return out
 
     for step in range(first_step, first_step + warmup):
@@ -200,10 +229,11 @@ def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int,
     first_step += warmup
     torch.cuda.synchronize()
     started = time.perf_counter()
-    pending = timed(calls.submit, fused.submit, stream_batches(frames, streams, first_step))
+    record = calls if calls is not None else CallTimes()
+    pending = timed(record.submit, record.submit_made, fused.submit, stream_batches(frames, streams, first_step))
     for step in range(first_step + 1, first_step + steps):
-        following = timed(calls.submit, fused.submit, stream_batches(frames, streams, step))
-        timed(calls.collect, fused.collect, pending)
+        following = timed(record.submit, record.submit_made, fused.submit, stream_batches(frames, streams, step))
+        timed(record.collect, record.collect_made, fused.collect, pending)
         pending = following
     fused.collect(pending)
     torch.cuda.synchronize()
