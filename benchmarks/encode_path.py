@@ -215,13 +215,13 @@ def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int,
     compressor keeps its streams' first frames whole, and its first calls fill the allocator's caches (one untimed
     run read 49% of the tower where the next read 78%)."""
 
-    def timed(times: list[float], made: list[Allocations], call, *args):
+    def timed(kind: str, call, *args):  # kind: "submit" or "collect", the CallTimes fields it goes into
         if calls is None:  # reading the allocators' statistics costs host time: only when asked for
             return call(*args)
         before, at = Allocations.so_far(), time.perf_counter()
         out = call(*args)
-        times.append(time.perf_counter() - at)
-        made.append(Allocations.so_far() - before)
+        getattr(calls, kind).append(time.perf_counter() - at)
+        getattr(calls, f"{kind}_made").append(Allocations.so_far() - before)
         return out
 
     for step in range(first_step, first_step + warmup):
@@ -229,11 +229,10 @@ def steady(fused, frames: np.ndarray, streams: int, steps: int, first_step: int,
     first_step += warmup
     torch.cuda.synchronize()
     started = time.perf_counter()
-    record = calls if calls is not None else CallTimes()
-    pending = timed(record.submit, record.submit_made, fused.submit, stream_batches(frames, streams, first_step))
+    pending = timed("submit", fused.submit, stream_batches(frames, streams, first_step))
     for step in range(first_step + 1, first_step + steps):
-        following = timed(record.submit, record.submit_made, fused.submit, stream_batches(frames, streams, step))
-        timed(record.collect, record.collect_made, fused.collect, pending)
+        following = timed("submit", fused.submit, stream_batches(frames, streams, step))
+        timed("collect", fused.collect, pending)
         pending = following
     fused.collect(pending)
     torch.cuda.synchronize()
